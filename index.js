@@ -1,0 +1,28 @@
+'use strict';
+// sticky-rs: sticky-cluster's and sticky-session's APIs over a native router.
+const cluster = require('node:cluster');
+const { clusterOptions, sessionOptions } = require('./lib/options');
+const { startPrimary } = require('./lib/primary');
+const { serve } = require('./lib/worker');
+
+/** sticky-cluster: `startFn(callback)` runs in workers and calls `callback(server)`. */
+function sticky(startFn, options) {
+  const o = clusterOptions(startFn, options);
+  if (cluster.isPrimary) return startPrimary(o, o.errorHandler);
+  startFn((server) => serve(server, o));
+}
+
+/** sticky-session: false in the primary, true in a worker, where `server` gets connections. */
+function listen(server, port, options) {
+  const o = sessionOptions(server, port, options);
+  if (!cluster.isPrimary) {
+    serve(server, o);
+    return true;
+  }
+  const primary = startPrimary(o, (err) => server.emit('error', err));
+  if (primary.router) process.nextTick(() => server.emit('listening'));
+  return false;
+}
+
+module.exports = sticky;
+module.exports.listen = listen;

@@ -1,0 +1,45 @@
+'use strict';
+// Loads the native addon, with errors that say what to do.
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+
+if (process.platform === 'win32') {
+  throw new Error('sticky-rs: unsupported platform win32: it needs Unix descriptor passing (Linux or macOS)');
+}
+
+const root = path.resolve(__dirname, '..');
+
+function load() {
+  try {
+    return require(path.join(root, 'sticky_rs.node'));
+  } catch (cause) {
+    let reason = '';
+    try {
+      reason = fs.readFileSync(path.join(root, 'build-error.txt'), 'utf8').trim();
+    } catch {}
+    const err = new Error(
+      'sticky-rs: the native addon is not built' + (reason ? `: ${reason}` : '') +
+        '. It is compiled from source when the package is installed and needs Rust (https://rustup.rs);' +
+        ' run `npm rebuild sticky-rs` (or `npm run build` in its folder).',
+      { cause },
+    );
+    err.code = 'STICKY_RS_NOT_BUILT';
+    throw err;
+  }
+}
+
+const native = load();
+
+/** Turns an addon error (`EADDRINUSE: ...`) into a Node-style error from this realm. */
+function nodeError(err, syscall, extra) {
+  const match = /^(E[A-Z0-9]+): (.*)$/s.exec(err.message);
+  const code = match ? match[1] : 'ERR_STICKY_RS';
+  const out = new Error(match ? `${syscall} ${code}: ${match[2]}` : err.message);
+  out.code = code;
+  if (match && os.constants.errno[code] !== undefined) out.errno = -os.constants.errno[code];
+  out.syscall = syscall;
+  return Object.assign(out, extra);
+}
+
+module.exports = { native, nodeError };

@@ -1,0 +1,238 @@
+//! The fd channel between the primary and one worker: an anonymous `SOCK_STREAM` socketpair
+//! (stream, not seqpacket: Node can only pass stream sockets to the worker), carrying fixed-size
+//! records.
+//!
+//! Connections travel as `SCM_RIGHTS` batches. The worker answers on the same socket: `Hello`
+//! once it owns its end (the primary delivers nothing before, since Node's own reader would
+//! swallow the descriptors), then `Ack(n)` once it has adopted `n` connections. Being a
+//! socketpair, the channel has no name another process could connect to.
+
+use std::io;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
+
+/// Most descriptors sent in one message (the kernel allows 253).
+pub const MAX_BATCH: usize = 64;
+
+/// One record on a channel: a tag byte and four bytes of argument (a little-endian count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// Primary to worker: `n` connections, carried as the message's descriptors.
+    Connections(u8),
+    /// Worker to primary: the worker holds its end and is ready for connections.
+    Hello,
+    /// Worker to primary: the worker adopted this many more connections.
+    Ack(u32),
+}
+
+/// The size of every record.
+pub const RECORD: usize = 5;
+
+impl Message {
+    /// The record of this message.
+    pub fn encode(self) -> [u8; RECORD] {
+        let (tag, arg) = match self {
+            Message::Connections(n) => (b'C', u32::from(n)),
+            Message::Hello => (b'H', 0),
+            Message::Ack(n) => (b'A', n),
+        };
+        let a = arg.to_le_bytes();
+        [tag, a[0], a[1], a[2], a[3]]
+    }
+
+    /// Reads one record; `None` for an unknown tag or an out-of-range count.
+    pub fn decode(record: &[u8; RECORD]) -> Option<Message> {
+        let arg = u32::from_le_bytes([record[1], record[2], record[3], record[4]]);
+        match record[0] {
+            b'C' => u8::try_from(arg).ok().map(Message::Connections),
+            b'H' => Some(Message::Hello),
+            b'A' => Some(Message::Ack(arg)),
+            _ => None,
+        }
+    }
+}
+
+/// Creates a channel: `(primary end, worker end)`, both close-on-exec, the primary's end
+/// non-blocking.
+pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let flags = SockFlag::SOCK_CLOEXEC;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let flags = SockFlag::empty();
+    let (primary, worker) = socket::socketpair(
+        socket::AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        flags,
+    )?;
+    for fd in [&primary, &worker] {
+        set_cloexec(fd.as_raw_fd())?;
+    }
+    set_nonblocking(primary.as_raw_fd())?;
+    Ok((primary, worker))
+}
+
+fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    // SAFETY: the caller owns `fd` for the duration of the call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+/// Puts a descriptor in non-blocking mode.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    // SAFETY: the caller owns `fd` for the duration of the call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Duplicates a descriptor owned by someone else (close-on-exec), so it can outlive the original.
+pub fn duplicate(fd: RawFd) -> io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    // SAFETY: the caller guarantees `fd` is open for the duration of the call.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let dup = fcntl(borrowed, FcntlArg::F_DUPFD_CLOEXEC(0))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+fn send_flags() -> MsgFlags {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    return MsgFlags::MSG_DONTWAIT;
+}
+
+/// Sends up to [`MAX_BATCH`] connections in one message without blocking. The caller keeps
+/// its copies: the kernel holds its own reference while the message is in flight.
+pub fn send_connections(channel: BorrowedFd, fds: &[RawFd]) -> io::Result<()> {
+    let n = fds.len().min(MAX_BATCH);
+    let record = Message::Connections(n as u8).encode();
+    let iov = [IoSlice::new(&record)];
+    let cmsg = [ControlMessage::ScmRights(&fds[..n])];
+    socket::sendmsg::<()>(channel.as_raw_fd(), &iov, &cmsg, send_flags(), None)?;
+    Ok(())
+}
+
+/// Sends a descriptor-less message (`Hello` or `Ack`) without blocking.
+pub fn send(channel: BorrowedFd, message: Message) -> io::Result<()> {
+    // A record this small is sent whole or not at all (EAGAIN).
+    socket::send(channel.as_raw_fd(), &message.encode(), send_flags())?;
+    Ok(())
+}
+
+/// Reads records off a channel, keeping a partial record between reads.
+#[derive(Default)]
+pub struct Reader {
+    carry: [u8; RECORD],
+    carried: usize,
+}
+
+impl Reader {
+    /// Receives what is there without blocking: appends records to `messages` and descriptors
+    /// (close-on-exec) to `fds`. `Ok(false)` means the peer closed the channel; `WouldBlock`
+    /// means nothing is there yet. Unknown records are skipped.
+    pub fn recv(
+        &mut self,
+        channel: BorrowedFd,
+        messages: &mut Vec<Message>,
+        fds: &mut Vec<OwnedFd>,
+    ) -> io::Result<bool> {
+        let mut buf = [0u8; RECORD * 32];
+        buf[..self.carried].copy_from_slice(&self.carry[..self.carried]);
+        let mut iov = [IoSliceMut::new(&mut buf[self.carried..])];
+        let mut space = nix::cmsg_space!([RawFd; MAX_BATCH]);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let flags = MsgFlags::MSG_DONTWAIT;
+        let msg = socket::recvmsg::<()>(channel.as_raw_fd(), &mut iov, Some(&mut space), flags)?;
+        let received = msg.bytes;
+        for cmsg in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                // SAFETY: SCM_RIGHTS installed these descriptors in this process for us alone.
+                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        if received == 0 {
+            return Ok(false);
+        }
+        let total = self.carried + received;
+        let mut records = buf[..total].chunks_exact(RECORD);
+        for record in &mut records {
+            let mut r = [0u8; RECORD];
+            r.copy_from_slice(record);
+            messages.extend(Message::decode(&r));
+        }
+        let rest = records.remainder();
+        self.carry[..rest.len()].copy_from_slice(rest);
+        self.carried = rest.len();
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn messages_round_trip() {
+        for m in [
+            Message::Connections(0),
+            Message::Connections(64),
+            Message::Hello,
+            Message::Ack(0),
+            Message::Ack(u32::MAX),
+        ] {
+            assert_eq!(Message::decode(&m.encode()), Some(m));
+        }
+        assert_eq!(Message::decode(b"C\x00\x01\x00\x00"), None);
+        assert_eq!(Message::decode(b"Xabcd"), None);
+    }
+
+    #[test]
+    fn descriptors_cross_in_batches() -> io::Result<()> {
+        let (primary, worker) = pair()?;
+        set_nonblocking(worker.as_raw_fd())?;
+        let pipes: Vec<(OwnedFd, OwnedFd)> = (0..MAX_BATCH + 3)
+            .map(|_| nix::unistd::pipe().map_err(io::Error::from))
+            .collect::<io::Result<_>>()?;
+        let raw: Vec<RawFd> = pipes.iter().map(|(r, _)| r.as_raw_fd()).collect();
+        send_connections(primary.as_fd(), &raw[..MAX_BATCH])?;
+        send_connections(primary.as_fd(), &raw[MAX_BATCH..])?;
+        let (mut reader, mut got, mut msgs) = (Reader::default(), Vec::new(), Vec::new());
+        assert!(reader.recv(worker.as_fd(), &mut msgs, &mut got)?);
+        assert_eq!(msgs, [Message::Connections(64)]);
+        assert_eq!(got.len(), MAX_BATCH);
+        assert!(reader.recv(worker.as_fd(), &mut msgs, &mut got)?);
+        assert_eq!(msgs, [Message::Connections(64), Message::Connections(3)]);
+        assert_eq!(got.len(), MAX_BATCH + 3);
+        // Nothing more: no descriptor was lost or duplicated.
+        let err = reader.recv(worker.as_fd(), &mut msgs, &mut got).err().map(|e| e.kind());
+        assert_eq!(err, Some(io::ErrorKind::WouldBlock));
+        // The received descriptors are the same pipes: write through one end, read the other.
+        nix::unistd::write(&pipes[5].1, b"x")?;
+        let mut b = [0u8; 1];
+        assert_eq!(nix::unistd::read(got[5].as_fd(), &mut b)?, 1);
+
+        msgs.clear();
+        send(worker.as_fd(), Message::Hello)?;
+        for n in 0..40 {
+            send(worker.as_fd(), Message::Ack(n))?;
+        }
+        drop(worker);
+        let mut reader = Reader::default();
+        while reader.recv(primary.as_fd(), &mut msgs, &mut got)? {}
+        assert_eq!(msgs.len(), 41);
+        assert_eq!(msgs[0], Message::Hello);
+        assert_eq!(msgs[40], Message::Ack(39));
+        Ok(())
+    }
+}

@@ -1,0 +1,62 @@
+//! The djb2 string hash, bit for bit as npm's `string-hash` computes it.
+//!
+//! sticky-cluster routes with `stringHash(remoteAddress) % workers`; keeping the exact function
+//! keeps every client on the slot it had before a migration.
+
+/// Hashes a sequence of UTF-16 code units the way `string-hash` does: seed 5381, multiply by 33,
+/// XOR (not add) the unit, walking from the last unit to the first.
+#[inline]
+pub fn djb2<I>(units: I) -> u32
+where
+    I: DoubleEndedIterator<Item = u16>,
+{
+    units
+        .rev()
+        .fold(5381u32, |h, c| h.wrapping_mul(33) ^ u32::from(c))
+}
+
+/// djb2 of ASCII text (route keys are always ASCII: digits, hex, dots, colons, an interface name).
+#[inline]
+pub fn djb2_ascii(text: &[u8]) -> u32 {
+    djb2(text.iter().map(|&b| u16::from(b)))
+}
+
+/// djb2 of any Rust string, over its UTF-16 units as JavaScript sees them.
+pub fn djb2_str(text: &str) -> u32 {
+    let units: Vec<u16> = text.encode_utf16().collect();
+    djb2(units.into_iter())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VECTORS: &[(&str, u32)] = &[
+        ("Mary had a little lamb.", 1766333550),
+        ("Hello, world!", 343662184),
+        ("127.0.0.1", 340519950),
+        ("::ffff:127.0.0.1", 339916724),
+        ("1.2.3.4", 3534154447),
+        ("::ffff:1.2.3.4", 1215779413),
+        ("::1", 193359316),
+        ("2001:db8::1", 825529651),
+        ("fe80::1%eth0", 2739542867),
+        ("", 5381),
+    ];
+
+    #[test]
+    fn matches_string_hash_vectors() {
+        for &(text, want) in VECTORS {
+            assert_eq!(djb2_ascii(text.as_bytes()), want, "{text:?}");
+            assert_eq!(djb2_str(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn walks_utf16_units_not_bytes() {
+        // "é" is one UTF-16 unit (0xE9) but two UTF-8 bytes.
+        assert_eq!(djb2_str("é"), 5381u32.wrapping_mul(33) ^ 0xE9);
+        // A character outside the BMP is two units (a surrogate pair).
+        assert_eq!(djb2_str("😀"), djb2([0xD83D, 0xDE00].into_iter()));
+    }
+}

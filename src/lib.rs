@@ -1,0 +1,16 @@
+//! sticky-rs: a sticky-session router for Node.js clusters.
+//!
+//! The pure core (no napi types) is split by concept: [`address`] formats peers as Node shows
+//! them, [`hash`] is djb2, [`table`] holds the slots, [`channel`] carries descriptors to a
+//! worker, [`listener`] binds, [`router`] is the accept loop in the primary, [`receiver`] the worker's end. The `napi` module is the binding.
+
+pub mod address;
+pub mod channel;
+pub mod hash;
+pub mod listener;
+pub mod receiver;
+pub mod router;
+pub mod stats;
+pub mod table;
+
+mod napi;

@@ -1,0 +1,72 @@
+//! The public listening socket, bound the way Node binds `server.listen(port, host)`.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Resolves `host` (an IP literal or a name) the way `listen` would: the first address found.
+/// An empty host means Node's default, dual-stack `::`.
+pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    if host.is_empty() {
+        return Ok(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port));
+    }
+    let unbracketed = host.trim_start_matches('[').trim_end_matches(']');
+    (unbracketed, port).to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("getaddrinfo ENOTFOUND {host}"),
+        )
+    })
+}
+
+/// Binds and listens: `SO_REUSEADDR` as Node sets it, dual-stack on an IPv6 wildcard, close-on-exec,
+/// non-blocking. On a machine without IPv6, `::` falls back to `0.0.0.0` as Node does.
+pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+    match bind_exact(addr, backlog) {
+        Err(e)
+            if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+                && addr.ip() == Ipv6Addr::UNSPECIFIED =>
+        {
+            bind_exact(
+                SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port()),
+                backlog,
+            )
+        }
+        other => other,
+    }
+}
+
+fn bind_exact(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_host_is_dual_stack_wildcard() -> io::Result<()> {
+        assert_eq!(resolve("", 80)?, "[::]:80".parse::<SocketAddr>().map_err(io::Error::other)?);
+        assert_eq!(resolve("127.0.0.1", 1)?.to_string(), "127.0.0.1:1");
+        assert_eq!(resolve("[::1]", 2)?.to_string(), "[::1]:2");
+        Ok(())
+    }
+
+    #[test]
+    fn a_taken_port_reports_addr_in_use() -> io::Result<()> {
+        let first = bind(resolve("127.0.0.1", 0)?, 16)?;
+        let taken = first.local_addr()?.as_socket().ok_or_else(|| io::Error::other("no addr"))?;
+        let err = bind(taken, 16).err().and_then(|e| e.raw_os_error());
+        assert_eq!(err, Some(libc::EADDRINUSE));
+        Ok(())
+    }
+}

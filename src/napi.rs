@@ -1,0 +1,246 @@
+//! The binding: JavaScript classes over the core, nothing more.
+//!
+//! OS errors are thrown as `Error`s whose message starts with the errno name (`EADDRINUSE: ...`);
+//! `lib/binding.js` turns them into Node-style errors with `code`, `errno` and `syscall`.
+
+use std::io;
+use std::os::fd::IntoRawFd;
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+
+use crate::address::AddressText;
+use crate::hash::djb2_str;
+use crate::table::slot_for;
+use crate::{listener, receiver, router};
+
+fn os_error(e: io::Error) -> Error {
+    let reason = match e.raw_os_error() {
+        Some(code) => format!("{:?}: {}", nix::errno::Errno::from_raw(code), e),
+        None => e.to_string(),
+    };
+    Error::new(Status::GenericFailure, reason)
+}
+
+/// Options of a [`Router`]; `lib/options.js` has validated them.
+#[napi(object)]
+pub struct RouterOptions {
+    /// Host to listen on; empty for dual-stack `::`.
+    pub host: String,
+    pub port: u32,
+    pub backlog: u32,
+    /// Number of slots (workers).
+    pub slots: u32,
+    /// Connections a slot holds while it has no ready worker, at most.
+    pub queue_limit: u32,
+    pub debug: bool,
+}
+
+/// The address a router listens on, shaped like `server.address()`.
+#[napi(object)]
+pub struct AddressInfo {
+    pub address: String,
+    pub family: String,
+    pub port: u32,
+}
+
+/// A new worker channel: its id and the worker's end, to send to that worker alone.
+#[napi(object)]
+pub struct ChannelEnd {
+    pub id: i64,
+    pub fd: i32,
+}
+
+/// Counters of one slot, see `stats.rs`.
+#[napi(object)]
+pub struct SlotStats {
+    pub accepted: f64,
+    pub delivered: f64,
+    pub queued: f64,
+    pub in_flight: f64,
+    pub redelivered: f64,
+    pub dropped: f64,
+}
+
+/// Counters of a router.
+#[napi(object)]
+pub struct RouterStats {
+    pub slots: Vec<SlotStats>,
+    pub accept_errors: f64,
+}
+
+/// The primary's native router.
+#[napi]
+pub struct Router {
+    inner: Option<router::Router>,
+}
+
+#[napi]
+impl Router {
+    /// Binds and starts accepting; throws `EADDRINUSE: ...` and the like.
+    #[napi(constructor)]
+    pub fn new(options: RouterOptions) -> Result<Self> {
+        let port = u16::try_from(options.port)
+            .map_err(|_| Error::new(Status::InvalidArg, "port out of range"))?;
+        let addr = listener::resolve(&options.host, port).map_err(os_error)?;
+        let config = router::Config {
+            addr,
+            backlog: i32::try_from(options.backlog).unwrap_or(i32::MAX),
+            slots: options.slots as usize,
+            queue_limit: options.queue_limit as usize,
+            debug: options.debug,
+        };
+        let inner = router::Router::start(config).map_err(os_error)?;
+        Ok(Router { inner: Some(inner) })
+    }
+
+    fn inner(&self) -> Result<&router::Router> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| Error::new(Status::GenericFailure, "router is closed"))
+    }
+
+    /// The bound address.
+    #[napi]
+    pub fn address(&self) -> Result<AddressInfo> {
+        let addr = self.inner()?.local_addr();
+        Ok(AddressInfo {
+            address: addr.ip().to_string(),
+            family: if addr.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
+            port: u32::from(addr.port()),
+        })
+    }
+
+    /// Opens a channel for a new worker of `slot`.
+    #[napi]
+    pub fn open_channel(&self, slot: u32) -> Result<ChannelEnd> {
+        let (id, fd) = self.inner()?.open_channel(slot as usize).map_err(os_error)?;
+        Ok(ChannelEnd {
+            id: id as i64,
+            fd: fd.into_raw_fd(),
+        })
+    }
+
+    /// Releases a channel whose worker is gone; nothing to do once the router is closed.
+    #[napi]
+    pub fn release(&self, id: i64) -> Result<()> {
+        match &self.inner {
+            Some(inner) => inner.release(id as u64).map_err(os_error),
+            None => Ok(()),
+        }
+    }
+
+    /// A snapshot of the counters.
+    #[napi]
+    pub fn stats(&self) -> Result<RouterStats> {
+        let inner = self.inner()?;
+        let stats = inner.stats();
+        Ok(RouterStats {
+            slots: (0..inner.slots())
+                .map(|i| {
+                    let s = stats.snapshot(i);
+                    SlotStats {
+                        accepted: s.accepted as f64,
+                        delivered: s.delivered as f64,
+                        queued: s.queued as f64,
+                        in_flight: s.in_flight as f64,
+                        redelivered: s.redelivered as f64,
+                        dropped: s.dropped as f64,
+                    }
+                })
+                .collect(),
+            accept_errors: stats.accept_errors() as f64,
+        })
+    }
+
+    /// Closes the listener, every channel and every waiting connection. Idempotent.
+    #[napi]
+    pub fn close(&mut self) {
+        if let Some(mut inner) = self.inner.take() {
+            inner.close();
+        }
+    }
+}
+
+/// Called with each batch of adopted descriptors.
+type OnConnections = ThreadsafeFunction<Vec<i32>, (), Vec<i32>, Status, false>;
+
+/// A worker's native receiver.
+#[napi]
+pub struct Receiver {
+    inner: Option<receiver::Receiver>,
+}
+
+#[napi]
+impl Receiver {
+    /// Copies `fd` (the caller closes its own) and calls `onConnections(fds)` per batch. The
+    /// callback owns the descriptors it gets.
+    #[napi(constructor)]
+    pub fn new(fd: i32, on_connections: OnConnections) -> Result<Self> {
+        let inner = receiver::Receiver::start(fd, move |batch| {
+            let fds: Vec<i32> = batch.into_iter().map(IntoRawFd::into_raw_fd).collect();
+            let status = on_connections.call(fds.clone(), ThreadsafeFunctionCallMode::NonBlocking);
+            if status != Status::Ok {
+                for fd in fds {
+                    let _ = nix::unistd::close(fd);
+                }
+            }
+        })
+        .map_err(os_error)?;
+        Ok(Receiver { inner: Some(inner) })
+    }
+
+    fn inner(&self) -> Result<&receiver::Receiver> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| Error::new(Status::GenericFailure, "receiver is closed"))
+    }
+
+    /// Tells the primary this worker is ready for connections.
+    #[napi]
+    pub fn hello(&self) -> Result<()> {
+        self.inner()?.hello().map_err(os_error)
+    }
+
+    /// Confirms `n` more adopted connections.
+    #[napi]
+    pub fn ack(&self, n: u32) -> Result<()> {
+        self.inner()?.ack(n).map_err(os_error)
+    }
+
+    /// Stops receiving. Idempotent.
+    #[napi]
+    pub fn close(&mut self) {
+        if let Some(mut inner) = self.inner.take() {
+            inner.close();
+        }
+    }
+}
+
+/// djb2 of a string's UTF-16 units, as npm's `string-hash`.
+#[napi]
+pub fn djb2(text: String) -> u32 {
+    djb2_str(&text)
+}
+
+fn parse_ip(ip: &str) -> Result<AddressText> {
+    let parsed: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| Error::new(Status::InvalidArg, format!("not an IP address: {ip}")))?;
+    Ok(AddressText::from_ip(&parsed))
+}
+
+/// An IP address (text) reformatted the way the router formats peers, for parity tests.
+#[napi]
+pub fn address_text(ip: String) -> Result<String> {
+    Ok(parse_ip(&ip)?.as_str().to_owned())
+}
+
+/// The slot of each address (formatted by the router's rules, then djb2 % slots), in one call.
+#[napi]
+pub fn slots_of(ips: Vec<String>, slots: u32) -> Result<Vec<u32>> {
+    ips.iter()
+        .map(|ip| Ok(slot_for(parse_ip(ip)?.as_bytes(), slots as usize) as u32))
+        .collect()
+}

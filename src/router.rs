@@ -1,0 +1,463 @@
+//! The router: a thread of its own that accepts every connection, routes it to a slot and
+//! passes it down the slot's worker channel. JavaScript only opens and releases channels.
+//!
+//! Each channel keeps the primary's copy of a connection until the worker acknowledges it, so a
+//! worker that dies first costs nothing: its unacknowledged connections go back to the front of
+//! the slot's queue and reach the replacement.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::Socket;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::task::JoinHandle as TaskHandle;
+use tokio::time::Instant;
+
+use crate::address::AddressText;
+use crate::channel::{self, Message, Reader, MAX_BATCH};
+use crate::listener;
+use crate::stats::Stats;
+use crate::table::{ChannelId, Table};
+
+/// Connections sent to one worker and not yet acknowledged, at most.
+const WINDOW: usize = 1024;
+/// Connections accepted per wake-up before delivering, so batches form under load.
+const ACCEPT_BURST: usize = 256;
+/// Pause after the process ran out of descriptors, leaving clients in the kernel's backlog.
+const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What a router listens on and how it routes.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The address to listen on.
+    pub addr: SocketAddr,
+    /// The `listen` backlog.
+    pub backlog: i32,
+    /// The number of slots (workers).
+    pub slots: usize,
+    /// Connections a slot may hold while its worker is not ready, at most; beyond, they are closed.
+    pub queue_limit: usize,
+    /// Log each routing decision and channel change to stderr.
+    pub debug: bool,
+}
+
+enum Command {
+    Open { id: ChannelId, slot: usize, fd: OwnedFd },
+    Release { id: ChannelId },
+    Close,
+}
+
+enum Event {
+    Hello(ChannelId),
+    Ack(ChannelId, u32),
+    Writable(ChannelId),
+    Closed(ChannelId),
+}
+
+/// A listening router and its accept thread.
+pub struct Router {
+    commands: UnboundedSender<Command>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<Stats>,
+    local_addr: SocketAddr,
+    slots: usize,
+    next_id: AtomicU64,
+}
+
+impl Router {
+    /// Binds, listens, and starts accepting on a new thread. Bind errors (EADDRINUSE, EACCES...)
+    /// are returned here, before anything runs.
+    pub fn start(config: Config) -> io::Result<Router> {
+        let socket = listener::bind(config.addr, config.backlog)?;
+        let local_addr = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("listener has no IP address"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let slots = config.slots.max(1);
+        let stats = Arc::new(Stats::new(slots));
+        let (commands, command_rx) = unbounded_channel();
+        let state = State::new(&config, stats.clone());
+        let thread = std::thread::Builder::new()
+            .name("sticky-rs-router".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // SAFETY: the socket is owned and moved in; it stays open as long as the AsyncFd.
+                    match unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) } {
+                        Ok(listener) => run(listener, command_rx, state).await,
+                        Err(e) => eprintln!("sticky-rs: cannot watch the listener: {}", io::Error::from(e)),
+                    }
+                });
+            })?;
+        Ok(Router {
+            commands,
+            thread: Some(thread),
+            stats,
+            local_addr,
+            slots,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The bound address (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The number of slots.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Creates a channel for a worker of `slot` and returns its id and the worker's end, to be
+    /// handed to that worker alone. The slot switches to it when the worker says hello.
+    pub fn open_channel(&self, slot: usize) -> io::Result<(ChannelId, OwnedFd)> {
+        if slot >= self.slots {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("slot {slot} out of range 0..{}", self.slots),
+            ));
+        }
+        let (primary, worker) = channel::pair()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.send(Command::Open {
+            id,
+            slot,
+            fd: primary,
+        })?;
+        Ok((id, worker))
+    }
+
+    /// Forgets a channel (its worker exited); connections it did not acknowledge are re-queued.
+    pub fn release(&self, id: ChannelId) -> io::Result<()> {
+        self.send(Command::Release { id })
+    }
+
+    fn send(&self, command: Command) -> io::Result<()> {
+        self.commands
+            .send(command)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "router is closed"))
+    }
+
+    /// Stops accepting, closes the listener, every channel and every queued connection, and
+    /// waits for the thread. Idempotent.
+    pub fn close(&mut self) {
+        let _ = self.commands.send(Command::Close);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct Channel {
+    fd: Arc<AsyncFd<OwnedFd>>,
+    slot: usize,
+    in_flight: VecDeque<OwnedFd>,
+    blocked: bool,
+    reader: TaskHandle<()>,
+}
+
+struct State {
+    table: Table<OwnedFd>,
+    channels: HashMap<ChannelId, Channel>,
+    stats: Arc<Stats>,
+    events: UnboundedSender<Event>,
+    event_rx: Option<UnboundedReceiver<Event>>,
+    touched: Vec<bool>,
+    debug: bool,
+}
+
+async fn run(listener: AsyncFd<Socket>, mut commands: UnboundedReceiver<Command>, mut state: State) {
+    let Some(mut events) = state.event_rx.take() else {
+        return;
+    };
+    let mut paused_until: Option<Instant> = None;
+    loop {
+        let resume_at = paused_until.unwrap_or_else(Instant::now);
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::Open { id, slot, fd }) => state.open(id, slot, fd),
+                Some(Command::Release { id }) => state.close_channel(id),
+                Some(Command::Close) | None => break,
+            },
+            Some(event) = events.recv() => state.event(event),
+            ready = listener.readable(), if paused_until.is_none() => match ready {
+                Ok(mut guard) => {
+                    for _ in 0..ACCEPT_BURST {
+                        match guard.try_io(|l| l.get_ref().accept()) {
+                            Ok(Ok((conn, peer))) => state.route(conn.into(), peer.as_socket()),
+                            Ok(Err(e)) => {
+                                if let Some(pause) = state.accept_failed(&e) {
+                                    paused_until = Some(Instant::now() + pause);
+                                    break;
+                                }
+                            }
+                            Err(_would_block) => break,
+                        }
+                    }
+                    state.deliver_touched();
+                }
+                Err(e) => {
+                    eprintln!("sticky-rs: listener failed: {e}");
+                    break;
+                }
+            },
+            _ = tokio::time::sleep_until(resume_at), if paused_until.is_some() => paused_until = None,
+        }
+    }
+    state.shutdown();
+}
+
+impl State {
+    fn new(config: &Config, stats: Arc<Stats>) -> State {
+        let slots = config.slots.max(1);
+        let (events, event_rx) = unbounded_channel();
+        State {
+            table: Table::new(slots, config.queue_limit),
+            channels: HashMap::new(),
+            stats,
+            events,
+            event_rx: Some(event_rx),
+            touched: vec![false; slots],
+            debug: config.debug,
+        }
+    }
+
+    fn route(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) {
+        let text = peer.map(|p| AddressText::new(&p));
+        let key = text.as_ref().map_or(&b""[..], |t| t.as_bytes());
+        let slot = self.table.push(key, conn);
+        Stats::add(&self.stats.slots[slot].accepted, 1);
+        self.touched[slot] = true;
+        if self.debug {
+            let addr = text.as_ref().map_or("", |t| t.as_str());
+            eprintln!("[sticky-rs] primary: connection from {addr} -> slot {slot}");
+        }
+    }
+
+    /// What to do after a failed accept: `Some(pause)` when the process or system is out of
+    /// descriptors or memory (retrying at once would spin), `None` to go on.
+    fn accept_failed(&mut self, e: &io::Error) -> Option<Duration> {
+        match e.raw_os_error() {
+            Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) => None,
+            Some(code) => {
+                Stats::add(&self.stats.accept_errors, 1);
+                if self.debug {
+                    eprintln!("[sticky-rs] primary: accept failed: {e}");
+                }
+                let exhausted = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
+                Some(if exhausted.contains(&code) {
+                    EMFILE_BACKOFF
+                } else {
+                    Duration::from_millis(1)
+                })
+            }
+            None => Some(EMFILE_BACKOFF),
+        }
+    }
+
+    fn deliver_touched(&mut self) {
+        for slot in 0..self.touched.len() {
+            if std::mem::take(&mut self.touched[slot]) {
+                self.deliver(slot);
+            }
+        }
+    }
+
+    /// Sends what the slot has waiting to its channel, in batches, while the window allows;
+    /// then closes whatever still waits beyond the slot's limit.
+    fn deliver(&mut self, slot: usize) {
+        let mut broken = None;
+        if let Some(id) = self.table.slot(slot).channel {
+            if let Some(ch) = self.channels.get_mut(&id) {
+                let waiting = &mut self.table.slot_mut(slot).waiting;
+                while !ch.blocked && !waiting.is_empty() && ch.in_flight.len() < WINDOW {
+                    let n = waiting.len().min(MAX_BATCH).min(WINDOW - ch.in_flight.len());
+                    let mut batch = [0 as RawFd; MAX_BATCH];
+                    for (dst, conn) in batch.iter_mut().zip(waiting.iter()) {
+                        *dst = conn.as_raw_fd();
+                    }
+                    let sent = ch.fd.try_io(Interest::WRITABLE, |fd| {
+                        channel::send_connections(fd.as_fd(), &batch[..n])
+                    });
+                    match sent {
+                        Ok(()) => ch.in_flight.extend(waiting.drain(..n)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            ch.blocked = true;
+                            tokio::spawn(await_writable(id, ch.fd.clone(), self.events.clone()));
+                        }
+                        Err(e) if is_peer_gone(&e) => {
+                            broken = Some(id);
+                            break;
+                        }
+                        // ETOOMANYREFS and the like: wait for the next acknowledgement.
+                        Err(_) => break,
+                    }
+                }
+                Stats::set(&self.stats.slots[slot].in_flight, ch.in_flight.len() as u64);
+            }
+        }
+        if let Some(id) = broken {
+            self.close_channel(id);
+            return;
+        }
+        let dropped = self.table.trim(slot);
+        if !dropped.is_empty() {
+            Stats::add(&self.stats.slots[slot].dropped, dropped.len() as u64);
+            if self.debug {
+                eprintln!(
+                    "[sticky-rs] primary: slot {slot} queue full, closed {} connection(s)",
+                    dropped.len()
+                );
+            }
+        }
+        let queued = self.table.slot(slot).waiting.len() as u64;
+        Stats::set(&self.stats.slots[slot].queued, queued);
+    }
+
+    fn open(&mut self, id: ChannelId, slot: usize, fd: OwnedFd) {
+        // SAFETY: the descriptor is owned and moved in; it stays open as long as the AsyncFd.
+        let fd = match unsafe { AsyncFd::register(fd) } {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                eprintln!("sticky-rs: cannot watch channel {id}: {}", io::Error::from(e));
+                return;
+            }
+        };
+        let reader = tokio::spawn(read_channel(id, fd.clone(), self.events.clone()));
+        self.channels.insert(
+            id,
+            Channel {
+                fd,
+                slot,
+                in_flight: VecDeque::new(),
+                blocked: false,
+                reader,
+            },
+        );
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Hello(id) => {
+                if let Some(slot) = self.channels.get(&id).map(|c| c.slot) {
+                    self.table.activate(slot, id);
+                    if self.debug {
+                        eprintln!("[sticky-rs] primary: slot {slot} ready (channel {id})");
+                    }
+                    self.deliver(slot);
+                }
+            }
+            Event::Ack(id, n) => {
+                if let Some(ch) = self.channels.get_mut(&id) {
+                    let n = (n as usize).min(ch.in_flight.len());
+                    ch.in_flight.drain(..n);
+                    let slot = ch.slot;
+                    Stats::add(&self.stats.slots[slot].delivered, n as u64);
+                    self.deliver(slot);
+                }
+            }
+            Event::Writable(id) => {
+                if let Some(ch) = self.channels.get_mut(&id) {
+                    ch.blocked = false;
+                    let slot = ch.slot;
+                    self.deliver(slot);
+                }
+            }
+            Event::Closed(id) => self.close_channel(id),
+        }
+    }
+
+    /// Drops a channel; what it had not acknowledged goes back to its slot for the next worker.
+    fn close_channel(&mut self, id: ChannelId) {
+        let Some(ch) = self.channels.remove(&id) else {
+            return;
+        };
+        ch.reader.abort();
+        self.table.deactivate(ch.slot, id);
+        let returned = ch.in_flight.len() as u64;
+        Stats::add(&self.stats.slots[ch.slot].redelivered, returned);
+        Stats::set(&self.stats.slots[ch.slot].in_flight, 0);
+        self.table.requeue_front(ch.slot, ch.in_flight);
+        if self.debug {
+            eprintln!(
+                "[sticky-rs] primary: slot {} channel {id} closed, {returned} connection(s) re-queued",
+                ch.slot
+            );
+        }
+        self.deliver(ch.slot);
+    }
+
+    fn shutdown(&mut self) {
+        for (_, ch) in self.channels.drain() {
+            ch.reader.abort();
+        }
+        drop(self.table.drain_all());
+    }
+}
+
+fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ECONNREFUSED) | Some(libc::ENOTCONN)
+    )
+}
+
+async fn read_channel(id: ChannelId, fd: Arc<AsyncFd<OwnedFd>>, events: UnboundedSender<Event>) {
+    let (mut reader, mut messages, mut stray) = (Reader::default(), Vec::new(), Vec::new());
+    'read: loop {
+        let Ok(mut guard) = fd.readable().await else {
+            break;
+        };
+        loop {
+            let open = match guard.try_io(|fd| reader.recv(fd.as_fd(), &mut messages, &mut stray)) {
+                Ok(Ok(open)) => open,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => true,
+                Ok(Err(_)) => false,
+                Err(_would_block) => break,
+            };
+            // A worker never sends connections; close any it did.
+            stray.clear();
+            for message in messages.drain(..) {
+                let event = match message {
+                    Message::Hello => Event::Hello(id),
+                    Message::Ack(n) => Event::Ack(id, n),
+                    Message::Connections(_) => continue,
+                };
+                let _ = events.send(event);
+            }
+            if !open {
+                break 'read;
+            }
+        }
+    }
+    let _ = events.send(Event::Closed(id));
+}
+
+async fn await_writable(id: ChannelId, fd: Arc<AsyncFd<OwnedFd>>, events: UnboundedSender<Event>) {
+    // Readiness is consumed by the next send attempt (try_io clears it on WouldBlock).
+    let _ = fd.writable().await.map(|mut g| g.retain_ready());
+    let _ = events.send(Event::Writable(id));
+}

@@ -1,0 +1,86 @@
+//! Counters the accept thread writes and JavaScript reads without a round trip.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counters of one slot.
+#[derive(Debug, Default)]
+pub struct SlotCounters {
+    /// Connections accepted for this slot.
+    pub accepted: AtomicU64,
+    /// Connections a worker confirmed it adopted.
+    pub delivered: AtomicU64,
+    /// Connections waiting in the primary now.
+    pub queued: AtomicU64,
+    /// Connections sent and not yet confirmed now.
+    pub in_flight: AtomicU64,
+    /// Connections put back in the queue because their worker died before confirming them.
+    pub redelivered: AtomicU64,
+    /// Connections closed unserved because the slot's queue was full.
+    pub dropped: AtomicU64,
+}
+
+/// A plain copy of [`SlotCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotSnapshot {
+    /// See [`SlotCounters::accepted`].
+    pub accepted: u64,
+    /// See [`SlotCounters::delivered`].
+    pub delivered: u64,
+    /// See [`SlotCounters::queued`].
+    pub queued: u64,
+    /// See [`SlotCounters::in_flight`].
+    pub in_flight: u64,
+    /// See [`SlotCounters::redelivered`].
+    pub redelivered: u64,
+    /// See [`SlotCounters::dropped`].
+    pub dropped: u64,
+}
+
+/// All counters of a router.
+#[derive(Debug)]
+pub struct Stats {
+    /// One entry per slot.
+    pub slots: Vec<SlotCounters>,
+    /// Failed `accept` calls (EMFILE, ENFILE, ...).
+    pub accept_errors: AtomicU64,
+}
+
+impl Stats {
+    /// Zeroed counters for `slots` slots.
+    pub fn new(slots: usize) -> Self {
+        Stats {
+            slots: (0..slots).map(|_| SlotCounters::default()).collect(),
+            accept_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `n` to a counter.
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// Sets a gauge.
+    #[inline]
+    pub fn set(counter: &AtomicU64, n: u64) {
+        counter.store(n, Relaxed);
+    }
+
+    /// A copy of one slot's counters.
+    pub fn snapshot(&self, index: usize) -> SlotSnapshot {
+        let c = &self.slots[index];
+        SlotSnapshot {
+            accepted: c.accepted.load(Relaxed),
+            delivered: c.delivered.load(Relaxed),
+            queued: c.queued.load(Relaxed),
+            in_flight: c.in_flight.load(Relaxed),
+            redelivered: c.redelivered.load(Relaxed),
+            dropped: c.dropped.load(Relaxed),
+        }
+    }
+
+    /// The number of failed accepts so far.
+    pub fn accept_errors(&self) -> u64 {
+        self.accept_errors.load(Relaxed)
+    }
+}

@@ -1,0 +1,166 @@
+//! The routing table: fixed slots, each with the worker channel it delivers to and the
+//! connections waiting for it.
+//!
+//! Slot `i` belongs to whichever worker currently serves index `i`, so a respawn or a reload
+//! moves no other client. A slot without a ready worker keeps its connections until one says
+//! hello (the ready gate), bounded by a per-slot limit.
+
+use std::collections::VecDeque;
+
+use crate::hash::djb2_ascii;
+
+/// Identifies one worker's channel for its whole life; never reused.
+pub type ChannelId = u64;
+
+/// One worker index and the connections waiting for it.
+#[derive(Debug)]
+pub struct Slot<C> {
+    /// Accepted connections not yet sent to a worker, oldest first.
+    pub waiting: VecDeque<C>,
+    /// The channel of the ready worker that serves this slot now, if any.
+    pub channel: Option<ChannelId>,
+}
+
+/// All slots of a router.
+#[derive(Debug)]
+pub struct Table<C> {
+    slots: Vec<Slot<C>>,
+    limit: usize,
+}
+
+/// The slot a route key belongs to: `djb2(key) % slots`, as sticky-cluster computes it.
+#[inline]
+pub fn slot_for(key: &[u8], slots: usize) -> usize {
+    djb2_ascii(key) as usize % slots.max(1)
+}
+
+impl<C> Table<C> {
+    /// A table of `slots` slots (at least one), each holding at most `limit` waiting connections.
+    pub fn new(slots: usize, limit: usize) -> Self {
+        Table {
+            slots: (0..slots.max(1))
+                .map(|_| Slot {
+                    waiting: VecDeque::new(),
+                    channel: None,
+                })
+                .collect(),
+            limit,
+        }
+    }
+
+    /// The number of slots.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Always false: a table has at least one slot.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The slot at `index`.
+    pub fn slot(&self, index: usize) -> &Slot<C> {
+        &self.slots[index]
+    }
+
+    /// The slot at `index`, mutably.
+    pub fn slot_mut(&mut self, index: usize) -> &mut Slot<C> {
+        &mut self.slots[index]
+    }
+
+    /// Routes `conn` by `key` to the back of its slot's queue; returns the slot.
+    pub fn push(&mut self, key: &[u8], conn: C) -> usize {
+        let index = slot_for(key, self.slots.len());
+        self.slots[index].waiting.push_back(conn);
+        index
+    }
+
+    /// Puts connections a dead worker never adopted back at the front, in their original order.
+    /// They were accepted before anything now waiting, so they keep their place.
+    pub fn requeue_front<I>(&mut self, index: usize, conns: I)
+    where
+        I: IntoIterator<Item = C>,
+        I::IntoIter: DoubleEndedIterator,
+    {
+        let waiting = &mut self.slots[index].waiting;
+        for conn in conns.into_iter().rev() {
+            waiting.push_front(conn);
+        }
+    }
+
+    /// Removes the newest connections beyond the limit (called once a delivery attempt is
+    /// over, so only connections that really have to wait count) and returns them.
+    pub fn trim(&mut self, index: usize) -> Vec<C> {
+        let waiting = &mut self.slots[index].waiting;
+        let excess = waiting.len().saturating_sub(self.limit);
+        let keep = waiting.len() - excess;
+        waiting.drain(keep..).collect()
+    }
+
+    /// Makes `channel` the slot's delivery target.
+    pub fn activate(&mut self, index: usize, channel: ChannelId) {
+        self.slots[index].channel = Some(channel);
+    }
+
+    /// Detaches `channel` if it is still the slot's target; a newer channel stays.
+    pub fn deactivate(&mut self, index: usize, channel: ChannelId) {
+        let slot = &mut self.slots[index];
+        if slot.channel == Some(channel) {
+            slot.channel = None;
+        }
+    }
+
+    /// Takes every waiting connection of every slot (shutdown).
+    pub fn drain_all(&mut self) -> Vec<C> {
+        self.slots.iter_mut().flat_map(|s| s.waiting.drain(..)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_djb2_modulo() {
+        // djb2("::ffff:127.0.0.1") = 339916724; 339916724 % 4 = 0, % 3 = 2.
+        assert_eq!(slot_for(b"::ffff:127.0.0.1", 4), 0);
+        assert_eq!(slot_for(b"::ffff:127.0.0.1", 3), 2);
+        // An empty key (unknown peer) hashes like sticky-cluster's `remoteAddress || ''`.
+        assert_eq!(slot_for(b"", 7), 5381 % 7);
+        let mut t: Table<u32> = Table::new(3, 10);
+        assert_eq!(t.push(b"::ffff:127.0.0.1", 1), 2);
+        assert_eq!(t.slot(2).waiting.len(), 1);
+    }
+
+    #[test]
+    fn waits_until_activated_and_bounds_the_wait() {
+        let mut t: Table<u32> = Table::new(1, 3);
+        for c in 0..5 {
+            t.push(b"k", c);
+        }
+        assert_eq!(t.trim(0), vec![3, 4]);
+        assert_eq!(t.slot(0).waiting, [0, 1, 2]);
+        assert_eq!(t.slot(0).channel, None);
+        t.activate(0, 7);
+        assert_eq!(t.slot(0).channel, Some(7));
+    }
+
+    #[test]
+    fn requeued_connections_keep_their_order_in_front() {
+        let mut t: Table<u32> = Table::new(1, 100);
+        t.push(b"k", 10);
+        t.requeue_front(0, vec![1, 2, 3]);
+        assert_eq!(t.slot(0).waiting, [1, 2, 3, 10]);
+    }
+
+    #[test]
+    fn a_newer_channel_survives_the_old_ones_release() {
+        let mut t: Table<u32> = Table::new(2, 1);
+        t.activate(1, 1);
+        t.activate(1, 2);
+        t.deactivate(1, 1);
+        assert_eq!(t.slot(1).channel, Some(2));
+        t.deactivate(1, 2);
+        assert_eq!(t.slot(1).channel, None);
+    }
+}
