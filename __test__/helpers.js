@@ -1,0 +1,157 @@
+'use strict';
+// Shared by the jest suites: fixture primaries as child processes (never cluster.fork() inside
+// jest), clients from distinct loopback addresses, and cleanup that runs even when a test fails.
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const http = require('node:http');
+const net = require('node:net');
+const path = require('node:path');
+const readline = require('node:readline');
+
+const FIXTURES = path.join(__dirname, 'fixtures');
+const running = new Set();
+
+/** A port that was free a moment ago (the fixture binds it itself). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '::', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** The i-th distinct client address: 127.0.x.y with x >= 1 and y in 1..250. */
+function clientIp(i) {
+  return `127.0.${1 + Math.floor(i / 250)}.${1 + (i % 250)}`;
+}
+
+/**
+ * Starts a fixture script as its own process group. The fixture prints JSON lines on stdout;
+ * `next(predicate)` waits for a matching one. `stop()` kills the whole group.
+ */
+function startFixture(script, env = {}) {
+  const child = spawn(process.execPath, [path.join(FIXTURES, script)], {
+    env: { ...process.env, ...env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  });
+  const events = [];
+  const waiters = [];
+  let stderr = '';
+  child.stderr.on('data', (d) => {
+    stderr += d;
+  });
+  readline.createInterface({ input: child.stdout }).on('line', (line) => {
+    let event;
+    try {
+      event = JSON.parse(line);
+    } catch {
+      return;
+    }
+    events.push(event);
+    for (const w of [...waiters]) {
+      if (w.predicate(event)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(event);
+      }
+    }
+  });
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const fixture = {
+    child,
+    events,
+    exited,
+    get stderr() {
+      return stderr;
+    },
+    /** Resolves with the first event (past or future) matching `predicate`. */
+    next(predicate, timeout = 20000) {
+      const seen = events.find(predicate);
+      if (seen) return Promise.resolve(seen);
+      return new Promise((resolve, reject) => {
+        const w = { predicate, resolve };
+        waiters.push(w);
+        const timer = setTimeout(() => {
+          waiters.splice(waiters.indexOf(w), 1);
+          reject(new Error(`${script}: no matching event in ${timeout} ms; events: ${JSON.stringify(events)}; stderr: ${stderr}`));
+        }, timeout);
+        const done = w.resolve;
+        w.resolve = (e) => {
+          clearTimeout(timer);
+          done(e);
+        };
+      });
+    },
+    /** Waits until `count` events of `type` were seen. */
+    async count(type, count, timeout = 20000) {
+      let n = 0;
+      return fixture.next((e) => e.event === type && ++n >= count, timeout);
+    },
+    /** Asks the primary for its counters. */
+    async stats() {
+      const before = events.filter((e) => e.event === 'stats').length;
+      child.stdin.write('stats\n');
+      let n = 0;
+      return fixture.next((e) => e.event === 'stats' && ++n > before);
+    },
+    /** The primary's open descriptors. */
+    fdCount() {
+      return fs.readdirSync(`/proc/${child.pid}/fd`).length;
+    },
+    stop() {
+      running.delete(fixture);
+      if (child.exitCode === null && child.signalCode === null) {
+        try {
+          process.kill(-child.pid, 'SIGKILL');
+        } catch {}
+      }
+      return exited;
+    },
+  };
+  running.add(fixture);
+  return fixture;
+}
+
+/** Kills every fixture still running (register with afterEach/afterAll). */
+async function stopAll() {
+  await Promise.all([...running].map((f) => f.stop()));
+}
+
+/** GET `path` from `ip`; resolves { status, body } with the body parsed as JSON when it is. */
+function get(port, ip, urlPath = '/', { agent = false, host = '127.0.0.1', timeout = 10000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host, port, path: urlPath, localAddress: ip, agent }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => (body += c));
+      res.on('end', () => {
+        let parsed = body;
+        try {
+          parsed = JSON.parse(body);
+        } catch {}
+        resolve({ status: res.statusCode, body: parsed });
+      });
+    });
+    req.setTimeout(timeout, () => req.destroy(new Error(`GET ${urlPath} from ${ip}: no answer in ${timeout} ms`)));
+    req.on('error', reject);
+  });
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight. */
+async function pool(items, limit, fn) {
+  const results = new Array(items.length);
+  let next = 0;
+  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i], i);
+    }
+  });
+  await Promise.all(workers);
+  return results;
+}
+
+module.exports = { freePort, clientIp, startFixture, stopAll, get, pool };

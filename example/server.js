@@ -1,0 +1,153 @@
+'use strict';
+// A small chat on a sticky cluster: Express 5 + Socket.IO, one server per worker.
+//
+// Run with `npm start` (or `node example/server.js`). Environment:
+//   PORT     port to listen on (default 8080)
+//   HOST     address to bind (default: all addresses, IPv4 and IPv6)
+//   WORKERS  number of workers (default: one per CPU)
+//
+// Every connection from one client IP reaches the same worker, so Socket.IO's long-polling
+// (several HTTP requests per session) works without any shared session store. Open
+// /?transport=polling to force long-polling and watch every request land on one worker.
+const cluster = require('node:cluster');
+const { randomUUID } = require('node:crypto');
+const http = require('node:http');
+const os = require('node:os');
+const path = require('node:path');
+const express = require('express');
+const { Server } = require('socket.io');
+const { createAdapter, setupPrimary } = require('@socket.io/cluster-adapter');
+const sticky = require('..');
+
+const MAX_NAME = 32;
+const MAX_ROOM = 32;
+const MAX_TEXT = 500;
+const DEFAULT_ROOM = 'lobby';
+
+function positiveInt(name, fallback) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 1) {
+    console.error(`${name} must be a positive integer, got ${JSON.stringify(raw)}`);
+    process.exit(1);
+  }
+  return value;
+}
+
+const PORT = positiveInt('PORT', 8080);
+const HOST = process.env.HOST || undefined;
+const WORKERS = positiveInt('WORKERS', os.availableParallelism());
+
+// ---------------------------------------------------------------------------------------------
+// Worker: builds the app and hands its (not listening) server over to the cluster.
+
+async function startWorker(callback) {
+  // Ctrl-C in a terminal signals the whole process group. The primary turns it into an orderly
+  // shutdown message for each worker; dying on the signal here would cut connections short.
+  process.on('SIGINT', () => {});
+  process.on('SIGTERM', () => {});
+
+  const self = { pid: process.pid, slot: Number(process.env.stickycluster_worker_index) };
+
+  const app = express();
+  app.get('/health', (req, res) => res.json(self));
+  app.use(express.static(path.join(__dirname, 'public')));
+
+  const server = http.createServer(app);
+  // Chat messages are tiny; a low cap stops one client from making a worker buffer megabytes.
+  const io = new Server(server, { maxHttpBufferSize: 16 * 1024 });
+  // Relays room broadcasts through the primary, so clients on other workers get them too.
+  io.adapter(createAdapter());
+  io.on('connection', (socket) => chat(io, socket, self));
+
+  // Stands in for real start-up work (config, database...). Connections that arrive meanwhile
+  // wait in the primary and are served once the server is handed over.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  callback(server);
+}
+
+/** A trimmed single-line string of 1..max characters, or null for anything else. */
+function cleanString(value, max) {
+  if (typeof value !== 'string') return null;
+  // Control characters would let a name or message fake line breaks in other people's view.
+  const text = value.replace(/[\u0000-\u001f\u007f]+/g, ' ').trim();
+  return text.length > 0 && text.length <= max ? text : null;
+}
+
+function reply(ack, value) {
+  // A client may emit without an ack; answering nobody must not throw.
+  if (typeof ack === 'function') ack(value);
+}
+
+function chat(io, socket, self) {
+  let member = null; // { name, room } once joined
+  // Prefixed so a chosen room name can never be another socket's private room (its id).
+  const roomKey = (room) => `room:${room}`;
+  const notice = (room, text) => io.to(roomKey(room)).emit('system', { room, text, worker: self, at: Date.now() });
+
+  socket.on('whoami', (ack) => reply(ack, { ...self, transport: socket.conn.transport.name }));
+
+  socket.on('join', (payload, ack) => {
+    const name = cleanString(payload?.name, MAX_NAME);
+    const room = cleanString(payload?.room || DEFAULT_ROOM, MAX_ROOM);
+    if (!name) return reply(ack, { error: `name must be 1 to ${MAX_NAME} characters` });
+    if (!room) return reply(ack, { error: `room must be 1 to ${MAX_ROOM} characters` });
+    if (member) {
+      socket.leave(roomKey(member.room));
+      notice(member.room, `${member.name} left`);
+    }
+    member = { name, room };
+    socket.join(roomKey(room));
+    notice(room, `${name} joined`);
+    reply(ack, { ok: true, name, room, worker: self });
+  });
+
+  socket.on('chat', (payload, ack) => {
+    if (!member) return reply(ack, { error: 'join a room first' });
+    const text = cleanString(payload?.text, MAX_TEXT);
+    if (!text) return reply(ack, { error: `message must be 1 to ${MAX_TEXT} characters` });
+    const message = { id: randomUUID(), from: member.name, text, room: member.room, worker: self, at: Date.now() };
+    io.to(roomKey(member.room)).emit('chat', message);
+    reply(ack, { ok: true, id: message.id });
+  });
+
+  socket.on('disconnect', () => {
+    if (member) notice(member.room, `${member.name} left`);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Primary (sticky() returns undefined in workers, where startWorker runs instead).
+
+const primary = sticky(startWorker, {
+  concurrency: WORKERS,
+  port: PORT,
+  host: HOST,
+  // Bounds how long Ctrl-C can wait for connections that do not close.
+  hardShutdownDelay: 10_000,
+  errorHandler(err) {
+    console.error(`Cannot listen on ${HOST || '*'}:${PORT}: ${err.message}`);
+    process.exit(1);
+  },
+});
+
+if (cluster.isPrimary) {
+  setupPrimary();
+
+  const { port } = primary.address();
+  const any = !HOST || HOST === '::' || HOST === '0.0.0.0';
+  const host = any ? 'localhost' : HOST.includes(':') ? `[${HOST}]` : HOST;
+  console.log(`Chat on http://${host}:${port} (polling only: http://${host}:${port}/?transport=polling)`);
+  console.log(`${WORKERS} worker(s), Socket.IO adapter: @socket.io/cluster-adapter (embedded, one machine)`);
+
+  primary.on('ready', ({ slot, worker }) => console.log(`worker ready: slot ${slot}, pid ${worker.process.pid}`));
+  primary.on('exit', ({ slot, worker, code, signal }) => {
+    if (code !== 0) console.log(`worker exited: slot ${slot}, pid ${worker.process.pid} (${signal || `code ${code}`})`);
+  });
+  primary.on('respawn', ({ slot, delay }) => console.log(`restarting slot ${slot} in ${delay} ms`));
+
+  const stopping = () => console.log('Shutting down: waiting for open connections to close...');
+  process.once('SIGINT', stopping);
+  process.once('SIGTERM', stopping);
+}
