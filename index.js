@@ -19,7 +19,8 @@ function listen(server, port, options) {
     serve(server, o);
     return true;
   }
-  const primary = startPrimary(o, (err) => server.emit('error', err));
+  // Like server.listen(), errors arrive as an 'error' event, after the caller could attach one.
+  const primary = startPrimary(o, (err) => process.nextTick(() => server.emit('error', err)));
   if (primary.router) process.nextTick(() => server.emit('listening'));
   return false;
 }

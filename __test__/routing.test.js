@@ -108,14 +108,18 @@ test("the worker's server enforces headersTimeout (408) though it never listened
 
 test("closeIdleConnections() closes the worker's idle keep-alive connections", async () => {
   const port = await freePort();
-  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 1 });
+  // Idle connections would otherwise only close after a minute.
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 1, KEEPALIVE_TIMEOUT: 60000 });
   await app.count('ready', 1);
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   try {
     await get(port, clientIp(1), '/', { agent });
     const [idle] = Object.values(agent.freeSockets).flat();
     expect(idle).toBeDefined();
-    const closed = new Promise((resolve) => idle.once('close', resolve));
+    const closed = new Promise((resolve, reject) => {
+      idle.once('close', resolve);
+      setTimeout(() => reject(new Error('the idle connection was not closed within 3 s')), 3000).unref();
+    });
     await get(port, clientIp(2), '/close-idle');
     await closed;
   } finally {

@@ -31,15 +31,19 @@ function load() {
 
 const native = load();
 
-/** Turns an addon error (`EADDRINUSE: ...`) into a Node-style error from this realm. */
-function nodeError(err, syscall, extra) {
+/**
+ * Turns an addon error (`EADDRINUSE: Address already in use`) into an error of this realm shaped
+ * like Node's own: `listen EADDRINUSE: address already in use :::8080`, with code/errno/syscall.
+ */
+function nodeError(err, syscall, { address, port }) {
   const match = /^(E[A-Z0-9]+): (.*)$/s.exec(err.message);
   const code = match ? match[1] : 'ERR_STICKY_RS';
-  const out = new Error(match ? `${syscall} ${code}: ${match[2]}` : err.message);
+  const text = match ? match[2].charAt(0).toLowerCase() + match[2].slice(1) : err.message;
+  const out = new Error(match ? `${syscall} ${code}: ${text} ${address}:${port}` : err.message);
   out.code = code;
   if (match && os.constants.errno[code] !== undefined) out.errno = -os.constants.errno[code];
   out.syscall = syscall;
-  return Object.assign(out, extra);
+  return Object.assign(out, { address, port });
 }
 
 module.exports = { native, nodeError };

@@ -17,7 +17,10 @@ use crate::{listener, receiver, router};
 
 fn os_error(e: io::Error) -> Error {
     let reason = match e.raw_os_error() {
-        Some(code) => format!("{:?}: {}", nix::errno::Errno::from_raw(code), e),
+        Some(code) => {
+            let errno = nix::errno::Errno::from_raw(code);
+            format!("{errno:?}: {}", errno.desc())
+        }
         None => e.to_string(),
     };
     Error::new(Status::GenericFailure, reason)
