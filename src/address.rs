@@ -161,9 +161,7 @@ impl AddressText {
             if i != 0 {
                 self.push(b':');
             }
-            if i == 6
-                && best_base == 0
-                && (best_len == 6 || (best_len == 5 && words[5] == 0xffff))
+            if i == 6 && best_base == 0 && (best_len == 6 || (best_len == 5 && words[5] == 0xffff))
             {
                 let o = ip.octets();
                 self.push_v4(&Ipv4Addr::new(o[12], o[13], o[14], o[15]));
@@ -210,7 +208,13 @@ mod tests {
 
     #[test]
     fn ipv4_is_dotted() {
-        for text in ["0.0.0.0", "127.0.0.1", "1.2.3.4", "255.255.255.255", "10.0.100.9"] {
+        for text in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "1.2.3.4",
+            "255.255.255.255",
+            "10.0.100.9",
+        ] {
             let ip: Ipv4Addr = text.parse().expect("test address");
             assert_eq!(AddressText::from_v4(&ip).as_str(), text);
         }
@@ -231,7 +235,10 @@ mod tests {
         assert_eq!(v6("1:2:3:4:5:6:7:0"), "1:2:3:4:5:6:7:0");
         assert_eq!(v6("1:2:3:4:5:6::"), "1:2:3:4:5:6::");
         assert_eq!(v6("fe80::abcd:ef01"), "fe80::abcd:ef01");
-        assert_eq!(v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+        assert_eq!(
+            v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
     }
 
     #[test]
@@ -255,7 +262,12 @@ mod tests {
         assert_eq!(AddressText::new(&lo).as_str(), "fe80::1%lo");
         let unnamed = SocketAddr::V6(SocketAddrV6::new(ip, 1, 0, 999_999));
         assert_eq!(AddressText::new(&unnamed).as_str(), "fe80::1%999999");
-        let global = SocketAddr::V6(SocketAddrV6::new("2001:db8::1".parse().expect("ip"), 1, 0, 1));
+        let global = SocketAddr::V6(SocketAddrV6::new(
+            "2001:db8::1".parse().expect("ip"),
+            1,
+            0,
+            1,
+        ));
         assert_eq!(AddressText::new(&global).as_str(), "2001:db8::1");
     }
 }

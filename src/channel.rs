@@ -61,12 +61,8 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let flags = SockFlag::SOCK_CLOEXEC;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let flags = SockFlag::empty();
-    let (primary, worker) = socket::socketpair(
-        socket::AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        flags,
-    )?;
+    let (primary, worker) =
+        socket::socketpair(socket::AddressFamily::Unix, SockType::Stream, None, flags)?;
     for fd in [&primary, &worker] {
         set_cloexec(fd.as_raw_fd())?;
     }
@@ -157,7 +153,10 @@ impl Reader {
         for cmsg in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(raw) = cmsg {
                 // SAFETY: SCM_RIGHTS installed these descriptors in this process for us alone.
-                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
         }
         if received == 0 {
@@ -215,7 +214,10 @@ mod tests {
         assert_eq!(msgs, [Message::Connections(64), Message::Connections(3)]);
         assert_eq!(got.len(), MAX_BATCH + 3);
         // Nothing more: no descriptor was lost or duplicated.
-        let err = reader.recv(worker.as_fd(), &mut msgs, &mut got).err().map(|e| e.kind());
+        let err = reader
+            .recv(worker.as_fd(), &mut msgs, &mut got)
+            .err()
+            .map(|e| e.kind());
         assert_eq!(err, Some(io::ErrorKind::WouldBlock));
         // The received descriptors are the same pipes: write through one end, read the other.
         nix::unistd::write(&pipes[5].1, b"x")?;

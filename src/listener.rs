@@ -12,12 +12,15 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
         return Ok(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port));
     }
     let unbracketed = host.trim_start_matches('[').trim_end_matches(']');
-    (unbracketed, port).to_socket_addrs()?.next().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("getaddrinfo ENOTFOUND {host}"),
-        )
-    })
+    (unbracketed, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("getaddrinfo ENOTFOUND {host}"),
+            )
+        })
 }
 
 /// Binds and listens: `SO_REUSEADDR` as Node sets it, dual-stack on an IPv6 wildcard, close-on-exec,
@@ -55,7 +58,10 @@ mod tests {
 
     #[test]
     fn empty_host_is_dual_stack_wildcard() -> io::Result<()> {
-        assert_eq!(resolve("", 80)?, "[::]:80".parse::<SocketAddr>().map_err(io::Error::other)?);
+        assert_eq!(
+            resolve("", 80)?,
+            "[::]:80".parse::<SocketAddr>().map_err(io::Error::other)?
+        );
         assert_eq!(resolve("127.0.0.1", 1)?.to_string(), "127.0.0.1:1");
         assert_eq!(resolve("[::1]", 2)?.to_string(), "[::1]:2");
         Ok(())
@@ -64,7 +70,10 @@ mod tests {
     #[test]
     fn a_taken_port_reports_addr_in_use() -> io::Result<()> {
         let first = bind(resolve("127.0.0.1", 0)?, 16)?;
-        let taken = first.local_addr()?.as_socket().ok_or_else(|| io::Error::other("no addr"))?;
+        let taken = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("no addr"))?;
         let err = bind(taken, 16).err().and_then(|e| e.raw_os_error());
         assert_eq!(err, Some(libc::EADDRINUSE));
         Ok(())

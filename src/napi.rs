@@ -118,7 +118,10 @@ impl Router {
     /// Opens a channel for a new worker of `slot`.
     #[napi]
     pub fn open_channel(&self, slot: u32) -> Result<ChannelEnd> {
-        let (id, fd) = self.inner()?.open_channel(slot as usize).map_err(os_error)?;
+        let (id, fd) = self
+            .inner()?
+            .open_channel(slot as usize)
+            .map_err(os_error)?;
         Ok(ChannelEnd {
             id: id as i64,
             fd: fd.into_raw_fd(),

@@ -50,8 +50,14 @@ pub struct Config {
 }
 
 enum Command {
-    Open { id: ChannelId, slot: usize, fd: OwnedFd },
-    Release { id: ChannelId },
+    Open {
+        id: ChannelId,
+        slot: usize,
+        fd: OwnedFd,
+    },
+    Release {
+        id: ChannelId,
+    },
     Close,
 }
 
@@ -96,7 +102,10 @@ impl Router {
                     // SAFETY: the socket is owned and moved in; it stays open as long as the AsyncFd.
                     match unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) } {
                         Ok(listener) => run(listener, command_rx, state).await,
-                        Err(e) => eprintln!("sticky-rs: cannot watch the listener: {}", io::Error::from(e)),
+                        Err(e) => eprintln!(
+                            "sticky-rs: cannot watch the listener: {}",
+                            io::Error::from(e)
+                        ),
                     }
                 });
             })?;
@@ -189,7 +198,11 @@ struct State {
     debug: bool,
 }
 
-async fn run(listener: AsyncFd<Socket>, mut commands: UnboundedReceiver<Command>, mut state: State) {
+async fn run(
+    listener: AsyncFd<Socket>,
+    mut commands: UnboundedReceiver<Command>,
+    mut state: State,
+) {
     let Some(mut events) = state.event_rx.take() else {
         return;
     };
@@ -294,7 +307,10 @@ impl State {
             if let Some(ch) = self.channels.get_mut(&id) {
                 let waiting = &mut self.table.slot_mut(slot).waiting;
                 while !ch.blocked && !waiting.is_empty() && ch.in_flight.len() < WINDOW {
-                    let n = waiting.len().min(MAX_BATCH).min(WINDOW - ch.in_flight.len());
+                    let n = waiting
+                        .len()
+                        .min(MAX_BATCH)
+                        .min(WINDOW - ch.in_flight.len());
                     let mut batch = [0 as RawFd; MAX_BATCH];
                     for (dst, conn) in batch.iter_mut().zip(waiting.iter()) {
                         *dst = conn.as_raw_fd();
@@ -342,7 +358,10 @@ impl State {
         let fd = match unsafe { AsyncFd::register(fd) } {
             Ok(fd) => Arc::new(fd),
             Err(e) => {
-                eprintln!("sticky-rs: cannot watch channel {id}: {}", io::Error::from(e));
+                eprintln!(
+                    "sticky-rs: cannot watch channel {id}: {}",
+                    io::Error::from(e)
+                );
                 return;
             }
         };
@@ -421,7 +440,10 @@ impl State {
 fn is_peer_gone(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ECONNREFUSED) | Some(libc::ENOTCONN)
+        Some(libc::EPIPE)
+            | Some(libc::ECONNRESET)
+            | Some(libc::ECONNREFUSED)
+            | Some(libc::ENOTCONN)
     )
 }
 

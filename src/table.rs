@@ -112,7 +112,10 @@ impl<C> Table<C> {
 
     /// Takes every waiting connection of every slot (shutdown).
     pub fn drain_all(&mut self) -> Vec<C> {
-        self.slots.iter_mut().flat_map(|s| s.waiting.drain(..)).collect()
+        self.slots
+            .iter_mut()
+            .flat_map(|s| s.waiting.drain(..))
+            .collect()
     }
 }
 

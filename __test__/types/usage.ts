@@ -1,0 +1,40 @@
+// Compiled with `tsc --noEmit` by `npm test`: both APIs as users write them.
+import http = require('node:http');
+import https = require('node:https');
+import sticky = require('../..');
+
+const primary = sticky(
+  (callback) => {
+    const server = http.createServer((_req, res) => res.end('ok'));
+    setTimeout(() => callback(server), 100);
+  },
+  {
+    concurrency: 4,
+    port: 8080,
+    host: '::',
+    backlog: 511,
+    debug: false,
+    prefix: 'sticky-cluster:',
+    env: (index) => ({ stickycluster_worker_index: index }),
+    hardShutdownDelay: 60_000,
+    errorHandler: (err) => console.error(err.code),
+    queueLimit: 1024,
+    hash: 'djb2',
+  },
+);
+if (primary) {
+  primary.on('ready', ({ slot, worker }) => console.log(slot, worker.process.pid));
+  primary.on('exit', ({ code, signal }) => console.log(code, signal));
+  const stats = primary.stats();
+  if (stats) console.log(stats.slots[0].delivered, stats.acceptErrors);
+  void primary.shutdown().then((code: number) => code);
+}
+
+const tls = https.createServer({});
+const isWorker: boolean = sticky.listen(tls, 8443, { workers: 2, env: { NAME: 'x' } });
+console.log(isWorker);
+
+// @ts-expect-error: unknown hash
+sticky((cb) => cb(http.createServer()), { hash: 'md5' });
+// @ts-expect-error: env is a function in the sticky-cluster API
+sticky((cb) => cb(http.createServer()), { env: { a: 1 } });

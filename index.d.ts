@@ -1,0 +1,97 @@
+import type { EventEmitter } from 'node:events';
+import type { Server } from 'node:net';
+import type { Worker } from 'node:cluster';
+
+declare namespace sticky {
+  /** Options shared by both APIs (sticky-rs additions to the originals). */
+  interface CommonOptions {
+    /** Host to listen on. Default: dual-stack `::`, like the originals. */
+    host?: string;
+    /** `listen()` backlog. Default 511, like Node. */
+    backlog?: number;
+    /** Log lifecycle and routing decisions to stderr. Default false. */
+    debug?: boolean;
+    /** Prefix of the IPC messages between primary and workers. Default `'sticky-cluster:'`. */
+    prefix?: string;
+    /** Connections a slot may hold in the primary while its worker is not ready; beyond, they are closed. Default 1024. */
+    queueLimit?: number;
+    /** Route hash. Only `'djb2'` (sticky-cluster's, the default) for now. */
+    hash?: 'djb2';
+  }
+
+  /** sticky-cluster 0.3.5's options; a falsy value means the default, as there. */
+  interface ClusterOptions extends CommonOptions {
+    /** Number of workers. Default: number of CPUs. */
+    concurrency?: number;
+    /** Port to listen on. Default 8080. */
+    port?: number | string;
+    /** Environment of the worker of slot `index`. Default `{ stickycluster_worker_index: index }`. */
+    env?: (index: number) => Record<string, string | number | boolean | undefined>;
+    /** Grace period of a shutdown before remaining workers are killed, in ms. Default 60000. */
+    hardShutdownDelay?: number;
+    /** Receives listen errors such as EADDRINUSE. Default: log and `process.exit(1)`. */
+    errorHandler?: (err: NodeJS.ErrnoException) => void;
+  }
+
+  /** sticky-session 1.x's options. */
+  interface SessionOptions extends CommonOptions {
+    /** Number of workers. Default: number of CPUs. */
+    workers?: number;
+    /** Extra environment of every worker. */
+    env?: Record<string, string | number | boolean | undefined>;
+  }
+
+  /** Counters of one slot. */
+  interface SlotStats {
+    /** The pid of the slot's current worker, or null between a death and its replacement. */
+    pid: number | null;
+    accepted: number;
+    /** Connections the worker confirmed it adopted. */
+    delivered: number;
+    /** Waiting in the primary now. */
+    queued: number;
+    /** Sent and not yet confirmed now. */
+    inFlight: number;
+    /** Put back in the queue because their worker died before confirming them. */
+    redelivered: number;
+    /** Closed unserved because the slot's queue was full. */
+    dropped: number;
+  }
+
+  interface Stats {
+    acceptErrors: number;
+    slots: SlotStats[];
+  }
+
+  interface WorkerEvent {
+    slot: number;
+    worker: Worker;
+  }
+
+  /** The cluster primary, returned by `sticky(startFn, options)` in the primary process. */
+  interface Primary extends EventEmitter {
+    /** The address the router listens on, or null if listening failed. */
+    address(): { address: string; family: string; port: number } | null;
+    /** Per-slot pids and counters, or null if listening failed. */
+    stats(): Stats | null;
+    /** Stops accepting, asks every worker to finish, exits the process when all are gone. */
+    shutdown(): Promise<number>;
+    on(event: 'fork' | 'ready', listener: (e: WorkerEvent) => void): this;
+    on(event: 'exit', listener: (e: WorkerEvent & { code: number | null; signal: string | null }) => void): this;
+    on(event: 'respawn', listener: (e: { slot: number; delay: number }) => void): this;
+  }
+
+  /** sticky-session: returns false in the primary and true in a worker, where `server` gets the connections. */
+  function listen(server: Server, port: number | string, options?: SessionOptions): boolean;
+}
+
+/**
+ * sticky-cluster: `startFn` runs in each worker and calls `callback(server)` with a server that
+ * has not listened (possibly after async work). Returns the Primary in the primary, undefined in workers.
+ */
+declare function sticky(
+  startFn: (callback: (server: Server) => void) => void,
+  options?: sticky.ClusterOptions,
+): sticky.Primary | undefined;
+
+export = sticky;
