@@ -126,3 +126,23 @@ test("closeIdleConnections() closes the worker's idle keep-alive connections", a
     agent.destroy();
   }
 });
+
+test('SIGTERM: the primary stops, idle keep-alive connections close, everything exits 0', async () => {
+  const port = await freePort();
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, KEEPALIVE_TIMEOUT: 60000 });
+  const ready = await Promise.all([0, 1].map((slot) => app.next((e) => e.event === 'ready' && e.slot === slot)));
+  const agent = new http.Agent({ keepAlive: true });
+  try {
+    await pool(range(10), 10, (i) => get(port, clientIp(i), '/', { agent }));
+    expect(Object.values(agent.freeSockets).flat().length).toBeGreaterThan(0);
+    const started = Date.now();
+    app.child.kill('SIGTERM');
+    const { code } = await app.exited;
+    expect(code).toBe(0);
+    expect(Date.now() - started).toBeLessThan(5000);
+    for (const { pid } of ready) expect(() => process.kill(pid, 0)).toThrow(/ESRCH/);
+    await expect(get(port, clientIp(1))).rejects.toThrow(/ECONNREFUSED/);
+  } finally {
+    agent.destroy();
+  }
+});

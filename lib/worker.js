@@ -31,7 +31,8 @@ function serve(server, options) {
   server.emit('listening');
   process.on('message', (message, handle) => onMessage(state, message, handle));
   process.on('disconnect', () => close(state));
-  process.send(options.prefix + READY);
+  // The callback keeps a closed channel (primary gone) from becoming an uncaught error.
+  process.send(options.prefix + READY, () => {});
   if (options.debug) log(role, 'server handed over, waiting for the channel');
 }
 
@@ -85,9 +86,9 @@ function shutdown(state) {
   state.shuttingDown = true;
   if (state.options.debug) log(state.role, 'shutting down');
   close(state);
-  const { server } = state;
-  server.emit('close');
-  if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
+  // Closes idle keep-alive connections, stops Node's timeout checks and emits 'close', so the
+  // user's own close hooks run.
+  state.server.close();
   const exitWhenDrained = () => {
     if (state.sockets.size === 0) process.exit(0);
   };
