@@ -118,6 +118,12 @@ test('no process outside the cluster can obtain connections: every channel is an
   // A rogue local process could only reach a socket with a name (a path or an abstract name).
   const reachable = sockets.filter((s) => s.name !== '');
   expect(reachable).toEqual([]);
+  // Nothing leaks by inheritance: each worker holds Node's IPC channel and its own fd channel
+  // (no other worker's), and a program a worker starts inherits no socket at all.
+  // (fds 0-2 are the stdio socketpairs the test harness gave the fixture.)
+  for (const { pid } of ready) expect(sockets.filter((s) => s.pid === pid && Number(s.fd) > 2)).toHaveLength(2);
+  const child = await get(port, clientIp(1), '/child-sockets');
+  expect(child.body.inherited).toEqual([]);
 });
 
 test('1,000 connect-then-reset connections: the primary stays up and its fds return to baseline', async () => {
