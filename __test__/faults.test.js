@@ -165,3 +165,43 @@ test('the wait for a worker that is not ready is bounded: past queueLimit connec
 function range(n) {
   return Array.from({ length: n }, (_, i) => i);
 }
+
+test('few descriptors: the primary stops accepting instead of failing, and serves everyone', async () => {
+  const port = await freePort();
+  // 1,000 queue places but few descriptors: waiting connections would exhaust them.
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 1, INIT_DELAY: 2500, QUEUE_LIMIT: 1000 }, { fdLimit: 90 });
+  await app.next((e) => e.event === 'listening');
+  const answers = pool(range(150), 150, (i) => get(port, clientIp(i), '/', { timeout: 20000 }));
+  await new Promise((r) => setTimeout(r, 700));
+  const cpuBefore = app.cpuMs();
+  await new Promise((r) => setTimeout(r, 1000));
+  // Connections pending and no worker ready: a busy loop would burn ~1000 ms of CPU here.
+  expect(app.cpuMs() - cpuBefore).toBeLessThan(150);
+  expect(app.events.filter((e) => e.event === 'ready')).toHaveLength(0);
+  const results = await answers;
+  expect(results.filter((a) => a.status === 200)).toHaveLength(150);
+  const stats = await app.stats();
+  expect(stats.slots[0]).toMatchObject({ accepted: 150, delivered: 150, dropped: 0 });
+});
+
+test('EMFILE on accept: the primary backs off instead of spinning, then serves everyone', async () => {
+  const port = await freePort();
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 1 }, { fdLimit: 200 });
+  await app.count('ready', 1);
+  app.command('hog');
+  expect(await app.next((e) => e.event === 'hogged')).toMatchObject({ code: 'EMFILE' });
+  const answers = pool(range(100), 100, (i) => get(port, clientIp(i), '/', { timeout: 20000 }));
+  await new Promise((r) => setTimeout(r, 300));
+  const cpuBefore = app.cpuMs();
+  await new Promise((r) => setTimeout(r, 1000));
+  expect(app.cpuMs() - cpuBefore).toBeLessThan(150);
+  const during = await app.stats();
+  expect(during.acceptErrors).toBeGreaterThan(0);
+  // Retries are paced (100 ms apart), not a spin.
+  expect(during.acceptErrors).toBeLessThan(40);
+  app.command('release');
+  const results = await answers;
+  expect(results.filter((a) => a.status === 200)).toHaveLength(100);
+  const after = await app.stats();
+  expect(after.slots[0]).toMatchObject({ accepted: 100, delivered: 100, dropped: 0 });
+});

@@ -32,8 +32,13 @@ function clientIp(i) {
  * Starts a fixture script as its own process group. The fixture prints JSON lines on stdout;
  * `next(predicate)` waits for a matching one. `stop()` kills the whole group.
  */
-function startFixture(script, env = {}) {
-  const child = spawn(process.execPath, [path.join(FIXTURES, script)], {
+function startFixture(script, env = {}, { fdLimit } = {}) {
+  // With fdLimit, the fixture runs under `ulimit -n` (its workers inherit the limit).
+  const command = fdLimit ? '/bin/sh' : process.execPath;
+  const args = fdLimit
+    ? ['-c', `ulimit -n ${fdLimit} && exec "$0" "$1"`, process.execPath, path.join(FIXTURES, script)]
+    : [path.join(FIXTURES, script)];
+  const child = spawn(command, args, {
     env: { ...process.env, ...env },
     stdio: ['pipe', 'pipe', 'pipe'],
     detached: true,
@@ -90,12 +95,26 @@ function startFixture(script, env = {}) {
       let n = 0;
       return fixture.next((e) => e.event === type && ++n >= count, timeout);
     },
+    /** Sends a command line to the fixture (see cluster-app.js). */
+    command(line) {
+      child.stdin.write(`${line}\n`);
+    },
     /** Asks the primary for its counters. */
     async stats() {
       const before = events.filter((e) => e.event === 'stats').length;
       child.stdin.write('stats\n');
       let n = 0;
       return fixture.next((e) => e.event === 'stats' && ++n > before);
+    },
+    /** CPU time of all the primary's threads so far, in ms. */
+    cpuMs() {
+      let ns = 0;
+      for (const task of fs.readdirSync(`/proc/${child.pid}/task`)) {
+        try {
+          ns += Number(fs.readFileSync(`/proc/${child.pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]);
+        } catch {}
+      }
+      return ns / 1e6;
     },
     /** The primary's open descriptors. */
     fdCount() {

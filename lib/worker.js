@@ -41,7 +41,7 @@ function onMessage(state, message, handle) {
   if (message === prefix + CHANNEL && handle && !state.receiver) {
     const fd = handle._handle && handle._handle.fd;
     try {
-      state.receiver = new native.Receiver(fd, (fds) => adopt(state, fds));
+      state.receiver = new native.Receiver(fd, (fds, lost) => adopt(state, fds, lost));
     } finally {
       // The receiver holds its own copy; Node's must go before anything is sent on it.
       handle.destroy();
@@ -53,7 +53,7 @@ function onMessage(state, message, handle) {
   }
 }
 
-function adopt(state, fds) {
+function adopt(state, fds, lost) {
   const { server } = state;
   const { debug } = state.options;
   const sockets = [];
@@ -66,8 +66,9 @@ function adopt(state, fds) {
     }
   }
   // Confirmed before any byte is read: until now the primary could still give them to a
-  // replacement if this worker died.
-  if (state.receiver) state.receiver.ack(fds.length);
+  // replacement if this worker died. `lost` ones never arrived: the primary sends them again.
+  if (state.receiver) state.receiver.ack(fds.length, lost);
+  if (lost && debug) log(state.role, `out of descriptors: ${lost} connection(s) will be sent again`);
   for (const socket of sockets) {
     if (state.options.debug) log(state.role, `connection from ${socket.remoteAddress}`);
     socket.server = server;

@@ -4,14 +4,15 @@
 //!
 //! Connections travel as `SCM_RIGHTS` batches. The worker answers on the same socket: `Hello`
 //! once it owns its end (the primary delivers nothing before, since Node's own reader would
-//! swallow the descriptors), then `Ack(n)` once it has adopted `n` connections. Being a
+//! swallow the descriptors), then `Ack(n)` once it has adopted `n` connections, and `Lost(n)`
+//! when the kernel could not give it `n` of them (the worker was out of descriptors). Being a
 //! socketpair, the channel has no name another process could connect to.
 
 use std::io;
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
+use nix::sys::socket::{self, ControlMessage, MsgFlags, SockFlag, SockType};
 
 /// Most descriptors sent in one message (the kernel allows 253).
 pub const MAX_BATCH: usize = 64;
@@ -25,6 +26,9 @@ pub enum Message {
     Hello,
     /// Worker to primary: the worker adopted this many more connections.
     Ack(u32),
+    /// Worker to primary: the next this many connections never arrived (the worker was out of
+    /// descriptors and the kernel dropped them); the primary still has them and sends them again.
+    Lost(u32),
 }
 
 /// The size of every record.
@@ -37,6 +41,7 @@ impl Message {
             Message::Connections(n) => (b'C', u32::from(n)),
             Message::Hello => (b'H', 0),
             Message::Ack(n) => (b'A', n),
+            Message::Lost(n) => (b'L', n),
         };
         let a = arg.to_le_bytes();
         [tag, a[0], a[1], a[2], a[3]]
@@ -49,6 +54,7 @@ impl Message {
             b'C' => u8::try_from(arg).ok().map(Message::Connections),
             b'H' => Some(Message::Hello),
             b'A' => Some(Message::Ack(arg)),
+            b'L' => Some(Message::Lost(arg)),
             _ => None,
         }
     }
@@ -123,6 +129,54 @@ pub fn send(channel: BorrowedFd, message: Message) -> io::Result<()> {
     Ok(())
 }
 
+/// `recvmsg` without blocking, appending the descriptors it carried to `fds`.
+///
+/// Not nix's `recvmsg`: when this process is out of descriptors the kernel installs only some of
+/// them and sets `MSG_CTRUNC`, and nix then refuses to read the control data at all, which would
+/// leak the ones installed. The header the kernel writes stays well-formed, its length covering
+/// exactly the descriptors installed, so it is read here as is.
+fn recv_with_fds(channel: BorrowedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    const FD_SIZE: usize = std::mem::size_of::<RawFd>();
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 2 + MAX_BATCH * FD_SIZE / 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is a plain C struct for which all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let flags = libc::MSG_DONTWAIT;
+    // SAFETY: `msg` points at `iov` and `control`, both alive and large enough for the call.
+    let received = unsafe { libc::recvmsg(channel.as_raw_fd(), &mut msg, flags) };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled `control` with well-formed headers (see above); each SCM_RIGHTS
+    // payload holds descriptors newly installed in this process, owned by nobody else.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                for i in 0..len / FD_SIZE {
+                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(received as usize)
+}
+
 /// Reads records off a channel, keeping a partial record between reads.
 #[derive(Default)]
 pub struct Reader {
@@ -142,23 +196,7 @@ impl Reader {
     ) -> io::Result<bool> {
         let mut buf = [0u8; RECORD * 32];
         buf[..self.carried].copy_from_slice(&self.carry[..self.carried]);
-        let mut iov = [IoSliceMut::new(&mut buf[self.carried..])];
-        let mut space = nix::cmsg_space!([RawFd; MAX_BATCH]);
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        let flags = MsgFlags::MSG_DONTWAIT;
-        let msg = socket::recvmsg::<()>(channel.as_raw_fd(), &mut iov, Some(&mut space), flags)?;
-        let received = msg.bytes;
-        for cmsg in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                // SAFETY: SCM_RIGHTS installed these descriptors in this process for us alone.
-                fds.extend(
-                    raw.into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
-            }
-        }
+        let received = recv_with_fds(channel, &mut buf[self.carried..], fds)?;
         if received == 0 {
             return Ok(false);
         }
@@ -189,6 +227,7 @@ mod tests {
             Message::Hello,
             Message::Ack(0),
             Message::Ack(u32::MAX),
+            Message::Lost(3),
         ] {
             assert_eq!(Message::decode(&m.encode()), Some(m));
         }

@@ -169,8 +169,9 @@ impl Router {
     }
 }
 
-/// Called with each batch of adopted descriptors.
-type OnConnections = ThreadsafeFunction<Vec<i32>, (), Vec<i32>, Status, false>;
+/// Called as `(fds, lost)` with each batch of descriptors, see `receiver.rs`.
+type OnConnections =
+    ThreadsafeFunction<FnArgs<(Vec<i32>, u32)>, (), FnArgs<(Vec<i32>, u32)>, Status, false>;
 
 /// A worker's native receiver.
 #[napi]
@@ -180,13 +181,14 @@ pub struct Receiver {
 
 #[napi]
 impl Receiver {
-    /// Copies `fd` (the caller closes its own) and calls `onConnections(fds)` per batch. The
-    /// callback owns the descriptors it gets.
+    /// Copies `fd` (the caller closes its own) and calls `onConnections(fds, lost)` per batch.
+    /// The callback owns the descriptors it gets and answers with `ack(fds.length, lost)`.
     #[napi(constructor)]
     pub fn new(fd: i32, on_connections: OnConnections) -> Result<Self> {
-        let inner = receiver::Receiver::start(fd, move |batch| {
+        let inner = receiver::Receiver::start(fd, move |batch, lost| {
             let fds: Vec<i32> = batch.into_iter().map(IntoRawFd::into_raw_fd).collect();
-            let status = on_connections.call(fds.clone(), ThreadsafeFunctionCallMode::NonBlocking);
+            let args = FnArgs::from((fds.clone(), lost));
+            let status = on_connections.call(args, ThreadsafeFunctionCallMode::NonBlocking);
             if status != Status::Ok {
                 for fd in fds {
                     let _ = nix::unistd::close(fd);
@@ -209,10 +211,10 @@ impl Receiver {
         self.inner()?.hello().map_err(os_error)
     }
 
-    /// Confirms `n` more adopted connections.
+    /// Confirms `adopted` more connections, then reports `lost` ones for the primary to resend.
     #[napi]
-    pub fn ack(&self, n: u32) -> Result<()> {
-        self.inner()?.ack(n).map_err(os_error)
+    pub fn ack(&self, adopted: u32, lost: u32) -> Result<()> {
+        self.inner()?.ack(adopted, lost).map_err(os_error)
     }
 
     /// Stops receiving. Idempotent.

@@ -18,11 +18,14 @@ pub struct Receiver {
 
 impl Receiver {
     /// Takes its own copy of `fd` (the caller may close the original at once) and starts a thread
-    /// that calls `deliver` with every batch of connections that arrives, until the channel
-    /// closes. Nothing arrives before [`Receiver::hello`].
+    /// that calls `deliver(connections, lost)` with every batch that arrives, until the channel
+    /// closes. `lost` counts connections that should have followed this batch but that the kernel
+    /// dropped (this process was out of descriptors): the owner acknowledges the batch, then
+    /// reports the loss with [`Receiver::ack`], so the primary sends them again.
+    /// Nothing arrives before [`Receiver::hello`].
     pub fn start<F>(fd: RawFd, deliver: F) -> io::Result<Receiver>
     where
-        F: FnMut(Vec<OwnedFd>) + Send + 'static,
+        F: FnMut(Vec<OwnedFd>, u32) + Send + 'static,
     {
         let fd = Arc::new(channel::duplicate(fd)?);
         // Non-blocking on our own terms; whoever had the original may have set it either way.
@@ -42,9 +45,16 @@ impl Receiver {
         channel::send(self.fd.as_fd(), Message::Hello)
     }
 
-    /// Tells the primary that `n` more connections were adopted; it closes its copies.
-    pub fn ack(&self, n: u32) -> io::Result<()> {
-        channel::send(self.fd.as_fd(), Message::Ack(n))
+    /// Tells the primary that `adopted` more connections were adopted (it closes its copies) and
+    /// that the `lost` after them never arrived (it sends them again).
+    pub fn ack(&self, adopted: u32, lost: u32) -> io::Result<()> {
+        if adopted > 0 {
+            channel::send(self.fd.as_fd(), Message::Ack(adopted))?;
+        }
+        if lost > 0 {
+            channel::send(self.fd.as_fd(), Message::Lost(lost))?;
+        }
+        Ok(())
     }
 
     /// Stops the thread and waits for it. Connections already delivered stay with their owner;
@@ -64,7 +74,7 @@ impl Drop for Receiver {
     }
 }
 
-fn read_loop<F: FnMut(Vec<OwnedFd>)>(fd: &OwnedFd, mut deliver: F) {
+fn read_loop<F: FnMut(Vec<OwnedFd>, u32)>(fd: &OwnedFd, mut deliver: F) {
     let (mut reader, mut messages, mut batch) = (Reader::default(), Vec::new(), Vec::new());
     loop {
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
@@ -73,17 +83,33 @@ fn read_loop<F: FnMut(Vec<OwnedFd>)>(fd: &OwnedFd, mut deliver: F) {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return,
         }
+        let mut lost = 0;
         let open = loop {
+            let before = batch.len();
             match reader.recv(fd.as_fd(), &mut messages, &mut batch) {
-                Ok(true) => messages.clear(),
+                Ok(true) => {}
                 Ok(false) => break false,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break false,
             }
+            let expected: usize = messages
+                .drain(..)
+                .map(|m| match m {
+                    Message::Connections(n) => usize::from(n),
+                    _ => 0,
+                })
+                .sum();
+            let missing = expected.saturating_sub(batch.len() - before);
+            if missing > 0 {
+                // The kernel dropped the tail of this message: deliver now, so the loss is
+                // reported right after the connections that came before it.
+                lost = u32::try_from(missing).unwrap_or(u32::MAX);
+                break true;
+            }
         };
-        if !batch.is_empty() {
-            deliver(std::mem::take(&mut batch));
+        if !batch.is_empty() || lost > 0 {
+            deliver(std::mem::take(&mut batch), lost);
         }
         if !open {
             return;

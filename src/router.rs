@@ -33,6 +33,8 @@ const WINDOW: usize = 1024;
 const ACCEPT_BURST: usize = 256;
 /// Pause after the process ran out of descriptors, leaving clients in the kernel's backlog.
 const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause before sending again to a worker that was out of descriptors.
+const LOST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What a router listens on and how it routes.
 #[derive(Debug, Clone)]
@@ -47,6 +49,23 @@ pub struct Config {
     pub queue_limit: usize,
     /// Log each routing decision and channel change to stderr.
     pub debug: bool,
+}
+
+/// Connections the router may hold (waiting or unacknowledged) before it stops accepting and
+/// lets clients wait in the kernel's backlog: half the descriptors still free when it starts,
+/// so the primary always keeps descriptors to fork workers and open their channels.
+fn held_limit() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let open = ["/proc/self/fd", "/dev/fd"]
+        .iter()
+        .find_map(|dir| std::fs::read_dir(dir).ok())
+        .map_or(64, |entries| entries.count() as u64);
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => usize::try_from(soft.saturating_sub(open) / 2)
+            .unwrap_or(usize::MAX)
+            .max(8),
+        Err(_) => 4096,
+    }
 }
 
 enum Command {
@@ -64,6 +83,7 @@ enum Command {
 enum Event {
     Hello(ChannelId),
     Ack(ChannelId, u32),
+    Lost(ChannelId, u32),
     Writable(ChannelId),
     Closed(ChannelId),
 }
@@ -195,6 +215,7 @@ struct State {
     events: UnboundedSender<Event>,
     event_rx: Option<UnboundedReceiver<Event>>,
     touched: Vec<bool>,
+    held_limit: usize,
     debug: bool,
 }
 
@@ -216,9 +237,12 @@ async fn run(
                 Some(Command::Close) | None => break,
             },
             Some(event) = events.recv() => state.event(event),
-            ready = listener.readable(), if paused_until.is_none() => match ready {
+            ready = listener.readable(), if paused_until.is_none() && !state.full() => match ready {
                 Ok(mut guard) => {
                     for _ in 0..ACCEPT_BURST {
+                        if state.full() {
+                            break;
+                        }
                         match guard.try_io(|l| l.get_ref().accept()) {
                             Ok(Ok((conn, peer))) => state.route(conn.into(), peer.as_socket()),
                             Ok(Err(e)) => {
@@ -254,8 +278,18 @@ impl State {
             events,
             event_rx: Some(event_rx),
             touched: vec![false; slots],
+            held_limit: held_limit(),
             debug: config.debug,
         }
+    }
+
+    /// Whether the router holds as many connections as it may; accepting resumes below.
+    fn full(&self) -> bool {
+        let waiting: usize = (0..self.table.len())
+            .map(|i| self.table.slot(i).waiting.len())
+            .sum();
+        let in_flight: usize = self.channels.values().map(|c| c.in_flight.len()).sum();
+        waiting + in_flight >= self.held_limit
     }
 
     fn route(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) {
@@ -398,6 +432,32 @@ impl State {
                     self.deliver(slot);
                 }
             }
+            Event::Lost(id, n) => {
+                if let Some(ch) = self.channels.get_mut(&id) {
+                    let n = (n as usize).min(ch.in_flight.len());
+                    let slot = ch.slot;
+                    let lost: Vec<OwnedFd> = ch.in_flight.drain(..n).collect();
+                    Stats::add(&self.stats.slots[slot].redelivered, n as u64);
+                    Stats::set(&self.stats.slots[slot].in_flight, ch.in_flight.len() as u64);
+                    self.table.requeue_front(slot, lost);
+                    if !ch.blocked {
+                        ch.blocked = true;
+                        // If the channel is gone by then, the event is ignored.
+                        let events = self.events.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(LOST_BACKOFF).await;
+                            let _ = events.send(Event::Writable(id));
+                        });
+                    }
+                    if self.debug {
+                        eprintln!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
+                    }
+                    Stats::set(
+                        &self.stats.slots[slot].queued,
+                        self.table.slot(slot).waiting.len() as u64,
+                    );
+                }
+            }
             Event::Writable(id) => {
                 if let Some(ch) = self.channels.get_mut(&id) {
                     ch.blocked = false;
@@ -466,6 +526,7 @@ async fn read_channel(id: ChannelId, fd: Arc<AsyncFd<OwnedFd>>, events: Unbounde
                 let event = match message {
                     Message::Hello => Event::Hello(id),
                     Message::Ack(n) => Event::Ack(id, n),
+                    Message::Lost(n) => Event::Lost(id, n),
                     Message::Connections(_) => continue,
                 };
                 let _ = events.send(event);
