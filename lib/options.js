@@ -7,11 +7,13 @@ const os = require('node:os');
 const DEFAULT_PREFIX = 'sticky-cluster:';
 const HASHES = ['djb2'];
 
-const CLUSTER_KEYS = [
-  'concurrency', 'port', 'host', 'backlog', 'debug', 'prefix', 'env',
-  'hardShutdownDelay', 'errorHandler', 'queueLimit', 'hash',
+const SHARED_KEYS = [
+  'host', 'backlog', 'debug', 'prefix', 'queueLimit', 'queueTimeout', 'hash',
+  'readyTimeout', 'respawnDelay', 'maxRespawnDelay', 'respawnResetAfter', 'hardShutdownDelay',
 ];
-const SESSION_KEYS = ['workers', 'env', 'host', 'backlog', 'debug', 'prefix', 'queueLimit', 'hash'];
+const CLUSTER_KEYS = ['concurrency', 'port', 'env', 'errorHandler', ...SHARED_KEYS];
+const SESSION_KEYS = ['workers', 'env', ...SHARED_KEYS];
+const MAX_MS = 2 ** 31 - 1;
 
 function describe(value) {
   if (typeof value === 'string') return JSON.stringify(value);
@@ -59,6 +61,11 @@ function checkKeys(options, known) {
   return options;
 }
 
+/** A duration in ms; falsy means the default, as `hardShutdownDelay` in sticky-cluster. */
+function ms(o, name, fallback) {
+  return o[name] ? integer(name, o[name], 1, MAX_MS) : fallback;
+}
+
 /** The options both APIs share. */
 function common(o) {
   const hash = o.hash === undefined ? 'djb2' : ofType('hash', o.hash, 'string');
@@ -71,6 +78,12 @@ function common(o) {
     debug: Boolean(o.debug),
     prefix: o.prefix ? ofType('prefix', o.prefix, 'string') : DEFAULT_PREFIX,
     queueLimit: o.queueLimit === undefined ? 1024 : integer('queueLimit', o.queueLimit, 0, 1 << 20),
+    queueTimeout: ms(o, 'queueTimeout', 30_000),
+    readyTimeout: ms(o, 'readyTimeout', 30_000),
+    respawnDelay: ms(o, 'respawnDelay', 100),
+    maxRespawnDelay: ms(o, 'maxRespawnDelay', 10_000),
+    respawnResetAfter: ms(o, 'respawnResetAfter', 30_000),
+    hardShutdownDelay: ms(o, 'hardShutdownDelay', 60_000),
     hash,
   };
 }
@@ -91,9 +104,6 @@ function clusterOptions(startFn, options) {
     ...common(o),
     slots: o.concurrency ? integer('concurrency', o.concurrency, 1, 1024) : os.availableParallelism(),
     port: o.port ? port('port', o.port, 1) : 8080,
-    hardShutdownDelay: o.hardShutdownDelay
-      ? integer('hardShutdownDelay', o.hardShutdownDelay, 1, 2 ** 31 - 1)
-      : 60 * 1000,
     env: userEnv || ((index) => ({ stickycluster_worker_index: index })),
     errorHandler: o.errorHandler ? ofType('errorHandler', o.errorHandler, 'function') : defaultErrorHandler,
   };
@@ -113,7 +123,6 @@ function sessionOptions(server, portValue, options) {
     ...common(o),
     slots: o.workers ? integer('workers', o.workers, 1, 1024) : os.availableParallelism(),
     port: port('port', portValue, 0),
-    hardShutdownDelay: 60 * 1000,
     env: () => env,
     errorHandler: null,
   };

@@ -1,6 +1,7 @@
 'use strict';
 // The cluster primary: starts the native router, forks one worker per slot, gives each worker
-// its channel once its server is handed over, and replaces workers that exit.
+// its channel once its server is handed over, replaces workers that exit or hang, reloads them
+// one slot at a time, and shuts down gracefully.
 const cluster = require('node:cluster');
 const { EventEmitter } = require('node:events');
 const fs = require('node:fs');
@@ -9,9 +10,19 @@ const { native, nodeError } = require('./binding');
 const { log } = require('./log');
 const { READY, CHANNEL, SHUTDOWN } = require('./messages');
 
-const RESPAWN_MIN_DELAY = 100;
-const RESPAWN_MAX_DELAY = 10_000;
-const HEALTHY_AFTER = 30_000;
+const POLL = 10;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Resolves once `condition()` holds (checked every POLL ms), or with false after `timeout`. */
+async function until(condition, timeout) {
+  const deadline = Date.now() + timeout;
+  while (!condition()) {
+    if (Date.now() >= deadline) return false;
+    await sleep(POLL);
+  }
+  return true;
+}
 
 class Primary extends EventEmitter {
   constructor(options) {
@@ -19,7 +30,10 @@ class Primary extends EventEmitter {
     this.options = options;
     this.router = null;
     this.slots = [];
+    // One record per live worker: { slot, worker, channel, ready, timer }.
+    this.members = new Map();
     this.closing = false;
+    this.reloading = null;
   }
 
   /** Binds; on a bind error calls `onError` and forks nothing. */
@@ -27,20 +41,29 @@ class Primary extends EventEmitter {
     const o = this.options;
     try {
       this.router = new native.Router({
-        host: o.host, port: o.port, backlog: o.backlog, slots: o.slots, queueLimit: o.queueLimit, debug: o.debug,
+        host: o.host,
+        port: o.port,
+        backlog: o.backlog,
+        slots: o.slots,
+        queueLimit: o.queueLimit,
+        queueTimeout: o.queueTimeout,
+        debug: o.debug,
       });
     } catch (err) {
       onError(nodeError(err, 'listen', { address: o.host || '::', port: o.port }));
       return this;
     }
     if (o.debug) log('primary', `listening on ${JSON.stringify(this.address())}, ${o.slots} slot(s)`);
-    for (let slot = 0; slot < o.slots; slot++) {
-      this.slots.push({ worker: null, channel: null, delay: RESPAWN_MIN_DELAY, timer: null, bornAt: 0 });
-      this.fork(slot);
+    for (let index = 0; index < o.slots; index++) {
+      this.slots.push({ current: null, delay: o.respawnDelay, timer: null });
+      this.slots[index].current = this.fork(index);
     }
-    this.onSignal = () => this.shutdown();
-    process.once('SIGINT', this.onSignal);
-    process.once('SIGTERM', this.onSignal);
+    this.signals = {
+      SIGINT: () => this.exitAfter(this.shutdown()),
+      SIGTERM: () => this.exitAfter(this.shutdown()),
+      SIGHUP: () => this.reload().catch((err) => o.debug && log('primary', `reload failed: ${err.message}`)),
+    };
+    for (const [signal, handler] of Object.entries(this.signals)) process.on(signal, handler);
     return this;
   }
 
@@ -52,110 +75,189 @@ class Primary extends EventEmitter {
   /** Per-slot pids and counters. */
   stats() {
     if (!this.router) return null;
-    const native = this.router.stats();
+    const counters = this.router.stats();
     return {
-      acceptErrors: native.acceptErrors,
-      slots: native.slots.map((counters, i) => ({
-        pid: this.slots[i].worker ? this.slots[i].worker.process.pid : null,
-        ...counters,
-      })),
+      acceptErrors: counters.acceptErrors,
+      slots: counters.slots.map(({ channel, ...c }, i) => {
+        const current = this.slots[i].current;
+        return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c };
+      }),
     };
   }
 
   fork(index) {
     const o = this.options;
-    const slot = this.slots[index];
-    slot.timer = null;
-    slot.bornAt = Date.now();
     const worker = cluster.fork(o.env(index));
-    slot.worker = worker;
+    const member = { slot: index, worker, channel: null, ready: false, bornAt: Date.now(), timer: null };
+    this.members.set(worker, member);
     if (o.debug) log('primary', `slot ${index}: forked worker #${worker.id} (pid ${worker.process.pid})`);
-    this.emit('fork', { slot: index, worker });
+    // A worker that never hands its server over is replaced; its slot's clients wait meanwhile.
+    member.timer = setTimeout(() => {
+      if (o.debug) log('primary', `slot ${index}: worker #${worker.id} not ready after ${o.readyTimeout} ms, killing it`);
+      worker.process.kill('SIGKILL');
+    }, o.readyTimeout);
     // An IPC failure (ERR_IPC_CHANNEL_CLOSED...) concerns this worker only; 'exit' follows.
     worker.on('error', (err) => {
       if (o.debug) log('primary', `slot ${index}: worker #${worker.id}: ${err.message}`);
     });
     worker.on('message', (message) => {
-      if (message !== o.prefix + READY || slot.worker !== worker || slot.channel) return;
-      this.sendChannel(index, worker);
+      if (message === o.prefix + READY && !member.channel && !this.closing) this.sendChannel(member);
     });
-    worker.on('exit', (code, signal) => this.onExit(index, worker, code, signal));
+    worker.on('exit', (code, signal) => this.onExit(member, code, signal));
+    this.emit('fork', { slot: index, worker });
+    return member;
   }
 
-  sendChannel(index, worker) {
+  sendChannel(member) {
     const o = this.options;
-    const slot = this.slots[index];
+    const { slot, worker } = member;
     let end;
     try {
-      slot.channel = this.router.openChannel(index);
-      end = new net.Socket({ fd: slot.channel.fd, readable: false, writable: false });
+      member.channel = this.router.openChannel(slot);
+      end = new net.Socket({ fd: member.channel.fd, readable: false, writable: false });
     } catch (err) {
-      if (slot.channel) fs.closeSync(slot.channel.fd);
-      if (o.debug) log('primary', `slot ${index}: cannot open a channel: ${err.message}`);
+      if (member.channel) fs.closeSync(member.channel.fd);
+      if (o.debug) log('primary', `slot ${slot}: cannot open a channel: ${err.message}`);
       worker.process.kill('SIGKILL');
       return;
     }
+    clearTimeout(member.timer);
     // Node closes our copy of the worker's end once the worker has it.
     worker.send(o.prefix + CHANNEL, end, (err) => {
       if (err) end.destroy();
     });
-    if (o.debug) log('primary', `slot ${index}: worker #${worker.id} is ready, channel ${slot.channel.id} sent`);
-    this.emit('ready', { slot: index, worker });
+    member.ready = true;
+    if (o.debug) log('primary', `slot ${slot}: worker #${worker.id} is ready, channel ${member.channel.id} sent`);
+    this.emit('ready', { slot, worker });
   }
 
-  onExit(index, worker, code, signal) {
+  onExit(member, code, signal) {
     const o = this.options;
-    const slot = this.slots[index];
-    if (slot.worker !== worker) return;
-    if (slot.channel) this.router.release(slot.channel.id);
-    slot.channel = null;
-    slot.worker = null;
+    const { slot: index, worker } = member;
+    clearTimeout(member.timer);
+    this.members.delete(worker);
+    // Connections it had not confirmed go back to the slot, for the next worker.
+    if (member.channel) this.router.release(member.channel.id);
     if (o.debug) log('primary', `slot ${index}: worker #${worker.id} exited (${signal || code})`);
     this.emit('exit', { slot: index, worker, code, signal });
+    const slot = this.slots[index];
     if (this.closing) {
-      if (this.slots.every((s) => !s.worker)) this.finish(0);
+      if (this.members.size === 0) this.finish(0);
       return;
     }
+    if (slot.current !== member) return; // a worker retired by reload, or a failed replacement
+    slot.current = null;
     // Crash loops back off; a worker that lived long enough resets the delay.
-    if (Date.now() - slot.bornAt >= HEALTHY_AFTER) slot.delay = RESPAWN_MIN_DELAY;
+    if (Date.now() - member.bornAt >= o.respawnResetAfter) slot.delay = o.respawnDelay;
     const delay = slot.delay;
-    slot.delay = Math.min(slot.delay * 2, RESPAWN_MAX_DELAY);
+    slot.delay = Math.min(slot.delay * 2, o.maxRespawnDelay);
     this.emit('respawn', { slot: index, delay });
-    slot.timer = setTimeout(() => this.fork(index), delay);
+    slot.timer = setTimeout(() => {
+      slot.timer = null;
+      if (!this.closing) slot.current = this.fork(index);
+    }, delay);
   }
 
-  /** Stops accepting, asks every worker to finish and exit, and resolves when all are gone. */
+  /** Waits until the router delivers `member`'s slot through its channel. */
+  switched(member, timeout) {
+    return until(
+      () => !this.members.has(member.worker) || (member.channel && this.router.activeChannel(member.slot) === member.channel.id),
+      timeout,
+    );
+  }
+
+  /**
+   * Replaces every worker, one slot at a time: fork, wait until the new one is ready and the
+   * slot delivers to it, then let the old one finish its connections and exit.
+   */
+  reload() {
+    if (this.closing) return Promise.reject(new Error('sticky-rs: shutting down'));
+    if (this.reloading) return this.reloading;
+    const o = this.options;
+    this.reloading = (async () => {
+      if (o.debug) log('primary', 'reloading');
+      const retired = [];
+      for (let index = 0; index < this.slots.length && !this.closing; index++) {
+        const slot = this.slots[index];
+        const old = slot.current;
+        const next = this.fork(index);
+        const ok = (await until(() => next.ready || !this.members.has(next.worker), o.readyTimeout)) &&
+          this.members.has(next.worker) && (await this.switched(next, o.readyTimeout));
+        if (!ok || this.closing) {
+          if (this.members.has(next.worker)) next.worker.process.kill('SIGKILL');
+          throw new Error(`sticky-rs: reload failed at slot ${index}: the new worker did not become ready`);
+        }
+        slot.current = next;
+        slot.delay = o.respawnDelay;
+        if (old && this.members.has(old.worker)) {
+          retired.push(new Promise((resolve) => old.worker.once('exit', resolve)));
+          this.retire(old);
+        }
+      }
+      await Promise.all(retired);
+      if (o.debug) log('primary', 'reload done');
+    })().finally(() => {
+      this.reloading = null;
+    });
+    return this.reloading;
+  }
+
+  /** Asks a worker to finish its connections and exit; kills it after hardShutdownDelay. */
+  retire(member) {
+    const { worker } = member;
+    if (worker.isConnected()) worker.send(this.options.prefix + SHUTDOWN, () => {});
+    else worker.process.kill('SIGTERM');
+    member.timer = setTimeout(() => worker.process.kill('SIGKILL'), this.options.hardShutdownDelay);
+    member.timer.unref();
+  }
+
+  /**
+   * Graceful shutdown: stop accepting, deliver what is already accepted, ask every worker to
+   * finish; resolves with 0 once all exited, or 1 after hardShutdownDelay (remaining workers
+   * are killed).
+   */
   shutdown() {
-    if (this.closing) return this.closed;
+    if (this.closed) return this.closed;
+    const o = this.options;
     this.closing = true;
     this.closed = new Promise((resolve) => {
       this.resolveClosed = resolve;
     });
-    const o = this.options;
     if (o.debug) log('primary', 'shutting down');
-    process.removeListener('SIGINT', this.onSignal);
-    process.removeListener('SIGTERM', this.onSignal);
     // A second signal forces the exit.
-    this.onForce = () => this.finish(1);
-    process.once('SIGINT', this.onForce);
-    process.once('SIGTERM', this.onForce);
-    if (this.router) this.router.close();
-    for (const slot of this.slots) {
-      clearTimeout(slot.timer);
-      if (slot.worker && slot.worker.isConnected()) slot.worker.send(o.prefix + SHUTDOWN, () => {});
+    for (const [signal, handler] of Object.entries(this.signals || {})) {
+      process.removeListener(signal, handler);
+      if (signal !== 'SIGHUP') process.once(signal, () => process.exit(1));
     }
+    for (const slot of this.slots) clearTimeout(slot.timer);
     this.hardTimer = setTimeout(() => this.finish(1), o.hardShutdownDelay);
-    this.hardTimer.unref();
-    if (this.slots.every((s) => !s.worker)) this.finish(0);
+    (async () => {
+      if (this.router) {
+        this.router.stopAccepting();
+        // Accepted connections of slots with a ready worker still go out first.
+        await until(() => this.router.stats().slots.every((s) => s.channel === 0 || s.queued + s.inFlight === 0), o.hardShutdownDelay);
+      }
+      for (const member of this.members.values()) this.retire(member);
+      if (this.members.size === 0) this.finish(0);
+    })();
     return this.closed;
   }
 
   finish(code) {
+    if (this.finished) return;
+    this.finished = true;
     clearTimeout(this.hardTimer);
-    for (const slot of this.slots) if (slot.worker) slot.worker.process.kill('SIGKILL');
-    if (this.options.debug) log('primary', `exiting with code ${code}`);
+    for (const { worker, timer } of this.members.values()) {
+      clearTimeout(timer);
+      worker.process.kill('SIGKILL');
+    }
+    if (this.router) this.router.close();
+    if (this.options.debug) log('primary', `shut down (${code})`);
     this.resolveClosed(code);
-    process.exit(code);
+  }
+
+  exitAfter(closed) {
+    closed.then((code) => process.exit(code));
   }
 }
 

@@ -73,7 +73,10 @@ function adopt(state, fds, lost) {
     if (state.options.debug) log(state.role, `connection from ${socket.remoteAddress}`);
     socket.server = server;
     state.sockets.add(socket);
-    socket.once('close', () => state.sockets.delete(socket));
+    socket.once('close', () => {
+      state.sockets.delete(socket);
+      if (state.onSocketClosed) state.onSocketClosed();
+    });
     server.emit('connection', socket);
   }
 }
@@ -82,19 +85,33 @@ function close(state) {
   if (state.receiver) state.receiver.close();
 }
 
+/**
+ * Graceful exit: the server closes (idle keep-alive connections close; Socket.IO attached to it
+ * closes its clients), busy connections finish and close as they go idle, connections already
+ * on their way are still adopted and served, then the worker exits. `'sticky:shutdown'` on the
+ * server lets user code delay the exit: `server.on('sticky:shutdown', ({ waitUntil }) =>
+ * waitUntil(flush()))`.
+ */
 function shutdown(state) {
   if (state.shuttingDown) return;
   state.shuttingDown = true;
-  if (state.options.debug) log(state.role, 'shutting down');
-  close(state);
-  // Closes idle keep-alive connections, stops Node's timeout checks and emits 'close', so the
-  // user's own close hooks run.
-  state.server.close();
-  const exitWhenDrained = () => {
-    if (state.sockets.size === 0) process.exit(0);
-  };
-  for (const socket of state.sockets) socket.once('close', () => setImmediate(exitWhenDrained));
-  exitWhenDrained();
+  const { server, options } = state;
+  if (options.debug) log(state.role, 'shutting down');
+  const hooks = [];
+  server.emit('sticky:shutdown', { waitUntil: (promise) => hooks.push(Promise.resolve(promise).catch(() => {})) });
+  server.close();
+  const idleSweep = setInterval(() => server.closeIdleConnections(), 100);
+  const drained = new Promise((resolve) => {
+    const check = () => state.sockets.size === 0 && resolve();
+    state.onSocketClosed = () => setImmediate(check);
+    check();
+  });
+  Promise.all([drained, ...hooks]).then(() => {
+    clearInterval(idleSweep);
+    close(state);
+    if (options.debug) log(state.role, 'done, exiting');
+    process.exit(0);
+  });
 }
 
 module.exports = { serve };

@@ -37,6 +37,8 @@ pub struct RouterOptions {
     pub slots: u32,
     /// Connections a slot holds while it has no ready worker, at most.
     pub queue_limit: u32,
+    /// Milliseconds a connection may wait for a ready worker; 0: no limit.
+    pub queue_timeout: u32,
     pub debug: bool,
 }
 
@@ -92,6 +94,8 @@ impl Router {
             backlog: i32::try_from(options.backlog).unwrap_or(i32::MAX),
             slots: options.slots as usize,
             queue_limit: options.queue_limit as usize,
+            queue_timeout: (options.queue_timeout > 0)
+                .then(|| std::time::Duration::from_millis(u64::from(options.queue_timeout))),
             debug: options.debug,
         };
         let inner = router::Router::start(config).map_err(os_error)?;
@@ -126,6 +130,25 @@ impl Router {
             id: id as i64,
             fd: fd.into_raw_fd(),
         })
+    }
+
+    /// The channel `slot` delivers to now (0: none).
+    #[napi]
+    pub fn active_channel(&self, slot: u32) -> Result<i64> {
+        let inner = self.inner()?;
+        if slot as usize >= inner.slots() {
+            return Err(Error::new(Status::InvalidArg, "slot out of range"));
+        }
+        Ok(inner.stats().snapshot(slot as usize).channel as i64)
+    }
+
+    /// Closes the listener; accepted connections are still delivered.
+    #[napi]
+    pub fn stop_accepting(&self) -> Result<()> {
+        match &self.inner {
+            Some(inner) => inner.stop_accepting().map_err(os_error),
+            None => Ok(()),
+        }
     }
 
     /// Releases a channel whose worker is gone; nothing to do once the router is closed.

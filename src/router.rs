@@ -35,6 +35,8 @@ const ACCEPT_BURST: usize = 256;
 const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
 /// Pause before sending again to a worker that was out of descriptors.
 const LOST_BACKOFF: Duration = Duration::from_millis(50);
+/// How often waiting connections are checked against `queue_timeout`.
+const EXPIRY_TICK: Duration = Duration::from_millis(50);
 
 /// What a router listens on and how it routes.
 #[derive(Debug, Clone)]
@@ -47,6 +49,8 @@ pub struct Config {
     pub slots: usize,
     /// Connections a slot may hold while its worker is not ready, at most; beyond, they are closed.
     pub queue_limit: usize,
+    /// How long a connection may wait for a ready worker; older ones are closed. None: no limit.
+    pub queue_timeout: Option<Duration>,
     /// Log each routing decision and channel change to stderr.
     pub debug: bool,
 }
@@ -77,6 +81,7 @@ enum Command {
     Release {
         id: ChannelId,
     },
+    StopAccepting,
     Close,
 }
 
@@ -184,6 +189,12 @@ impl Router {
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "router is closed"))
     }
 
+    /// Closes the listener but keeps delivering what is already accepted (graceful shutdown:
+    /// new clients are refused by the kernel, accepted ones still reach their workers).
+    pub fn stop_accepting(&self) -> io::Result<()> {
+        self.send(Command::StopAccepting)
+    }
+
     /// Stops accepting, closes the listener, every channel and every queued connection, and
     /// waits for the thread. Idempotent.
     pub fn close(&mut self) {
@@ -200,22 +211,29 @@ impl Drop for Router {
     }
 }
 
+/// A connection the router holds, with the time it was accepted (for `queue_timeout`).
+struct Held {
+    conn: OwnedFd,
+    since: Instant,
+}
+
 struct Channel {
     fd: Arc<AsyncFd<OwnedFd>>,
     slot: usize,
-    in_flight: VecDeque<OwnedFd>,
+    in_flight: VecDeque<Held>,
     blocked: bool,
     reader: TaskHandle<()>,
 }
 
 struct State {
-    table: Table<OwnedFd>,
+    table: Table<Held>,
     channels: HashMap<ChannelId, Channel>,
     stats: Arc<Stats>,
     events: UnboundedSender<Event>,
     event_rx: Option<UnboundedReceiver<Event>>,
     touched: Vec<bool>,
     held_limit: usize,
+    queue_timeout: Option<Duration>,
     debug: bool,
 }
 
@@ -227,18 +245,24 @@ async fn run(
     let Some(mut events) = state.event_rx.take() else {
         return;
     };
+    let mut listener = Some(listener);
     let mut paused_until: Option<Instant> = None;
+    let mut expiry = tokio::time::interval(EXPIRY_TICK);
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let resume_at = paused_until.unwrap_or_else(Instant::now);
+        let accepting = listener.is_some() && paused_until.is_none() && !state.full();
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Open { id, slot, fd }) => state.open(id, slot, fd),
                 Some(Command::Release { id }) => state.close_channel(id),
+                Some(Command::StopAccepting) => listener = None,
                 Some(Command::Close) | None => break,
             },
             Some(event) = events.recv() => state.event(event),
-            ready = listener.readable(), if paused_until.is_none() && !state.full() => match ready {
-                Ok(mut guard) => {
+            _ = expiry.tick(), if state.may_expire() => state.expire(),
+            ready = async { listener.as_ref()?.readable().await.ok() }, if accepting => match ready {
+                Some(mut guard) => {
                     for _ in 0..ACCEPT_BURST {
                         if state.full() {
                             break;
@@ -256,9 +280,9 @@ async fn run(
                     }
                     state.deliver_touched();
                 }
-                Err(e) => {
-                    eprintln!("sticky-rs: listener failed: {e}");
-                    break;
+                None => {
+                    eprintln!("sticky-rs: the listener failed; no longer accepting");
+                    listener = None;
                 }
             },
             _ = tokio::time::sleep_until(resume_at), if paused_until.is_some() => paused_until = None,
@@ -279,7 +303,38 @@ impl State {
             event_rx: Some(event_rx),
             touched: vec![false; slots],
             held_limit: held_limit(),
+            queue_timeout: config.queue_timeout,
             debug: config.debug,
+        }
+    }
+
+    /// Whether some connection could be waiting too long.
+    fn may_expire(&self) -> bool {
+        self.queue_timeout.is_some()
+            && (0..self.table.len()).any(|i| !self.table.slot(i).waiting.is_empty())
+    }
+
+    /// Closes connections that waited longer than `queue_timeout`, oldest first.
+    fn expire(&mut self) {
+        let Some(timeout) = self.queue_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        for slot in 0..self.table.len() {
+            let expired = self
+                .table
+                .expire_front(slot, |held| now.duration_since(held.since) >= timeout);
+            if !expired.is_empty() {
+                Stats::add(&self.stats.slots[slot].dropped, expired.len() as u64);
+                let queued = self.table.slot(slot).waiting.len() as u64;
+                Stats::set(&self.stats.slots[slot].queued, queued);
+                if self.debug {
+                    eprintln!(
+                        "[sticky-rs] primary: slot {slot}: closed {} connection(s) that waited {timeout:?}",
+                        expired.len()
+                    );
+                }
+            }
         }
     }
 
@@ -295,7 +350,13 @@ impl State {
     fn route(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) {
         let text = peer.map(|p| AddressText::new(&p));
         let key = text.as_ref().map_or(&b""[..], |t| t.as_bytes());
-        let slot = self.table.push(key, conn);
+        let slot = self.table.push(
+            key,
+            Held {
+                conn,
+                since: Instant::now(),
+            },
+        );
         Stats::add(&self.stats.slots[slot].accepted, 1);
         self.touched[slot] = true;
         if self.debug {
@@ -346,8 +407,8 @@ impl State {
                         .min(MAX_BATCH)
                         .min(WINDOW - ch.in_flight.len());
                     let mut batch = [0 as RawFd; MAX_BATCH];
-                    for (dst, conn) in batch.iter_mut().zip(waiting.iter()) {
-                        *dst = conn.as_raw_fd();
+                    for (dst, held) in batch.iter_mut().zip(waiting.iter()) {
+                        *dst = held.conn.as_raw_fd();
                     }
                     let sent = ch.fd.try_io(Interest::WRITABLE, |fd| {
                         channel::send_connections(fd.as_fd(), &batch[..n])
@@ -417,6 +478,7 @@ impl State {
             Event::Hello(id) => {
                 if let Some(slot) = self.channels.get(&id).map(|c| c.slot) {
                     self.table.activate(slot, id);
+                    Stats::set(&self.stats.slots[slot].channel, id);
                     if self.debug {
                         eprintln!("[sticky-rs] primary: slot {slot} ready (channel {id})");
                     }
@@ -436,7 +498,7 @@ impl State {
                 if let Some(ch) = self.channels.get_mut(&id) {
                     let n = (n as usize).min(ch.in_flight.len());
                     let slot = ch.slot;
-                    let lost: Vec<OwnedFd> = ch.in_flight.drain(..n).collect();
+                    let lost: Vec<Held> = ch.in_flight.drain(..n).collect();
                     Stats::add(&self.stats.slots[slot].redelivered, n as u64);
                     Stats::set(&self.stats.slots[slot].in_flight, ch.in_flight.len() as u64);
                     self.table.requeue_front(slot, lost);
@@ -476,6 +538,8 @@ impl State {
         };
         ch.reader.abort();
         self.table.deactivate(ch.slot, id);
+        let active = self.table.slot(ch.slot).channel.unwrap_or(0);
+        Stats::set(&self.stats.slots[ch.slot].channel, active);
         let returned = ch.in_flight.len() as u64;
         Stats::add(&self.stats.slots[ch.slot].redelivered, returned);
         Stats::set(&self.stats.slots[ch.slot].in_flight, 0);

@@ -15,8 +15,10 @@ pub struct SlotCounters {
     pub in_flight: AtomicU64,
     /// Connections put back in the queue because their worker died before confirming them.
     pub redelivered: AtomicU64,
-    /// Connections closed unserved because the slot's queue was full.
+    /// Connections closed unserved: the slot's queue was full, or they waited too long.
     pub dropped: AtomicU64,
+    /// The channel the slot delivers to now (0: none, the slot has no ready worker).
+    pub channel: AtomicU64,
 }
 
 /// A plain copy of [`SlotCounters`].
@@ -34,6 +36,8 @@ pub struct SlotSnapshot {
     pub redelivered: u64,
     /// See [`SlotCounters::dropped`].
     pub dropped: u64,
+    /// See [`SlotCounters::channel`].
+    pub channel: u64,
 }
 
 /// All counters of a router.
@@ -76,6 +80,7 @@ impl Stats {
             in_flight: c.in_flight.load(Relaxed),
             redelivered: c.redelivered.load(Relaxed),
             dropped: c.dropped.load(Relaxed),
+            channel: c.channel.load(Relaxed),
         }
     }
 

@@ -97,6 +97,13 @@ impl<C> Table<C> {
         waiting.drain(keep..).collect()
     }
 
+    /// Removes waiting connections from the front (the oldest) while `expired` holds.
+    pub fn expire_front(&mut self, index: usize, expired: impl Fn(&C) -> bool) -> Vec<C> {
+        let waiting = &mut self.slots[index].waiting;
+        let n = waiting.iter().take_while(|c| expired(c)).count();
+        waiting.drain(..n).collect()
+    }
+
     /// Makes `channel` the slot's delivery target.
     pub fn activate(&mut self, index: usize, channel: ChannelId) {
         self.slots[index].channel = Some(channel);
@@ -146,6 +153,16 @@ mod tests {
         assert_eq!(t.slot(0).channel, None);
         t.activate(0, 7);
         assert_eq!(t.slot(0).channel, Some(7));
+    }
+
+    #[test]
+    fn expiry_takes_the_oldest_first() {
+        let mut t: Table<u32> = Table::new(1, 100);
+        for c in [1, 2, 3, 10, 4] {
+            t.push(b"k", c);
+        }
+        assert_eq!(t.expire_front(0, |&c| c < 5), vec![1, 2, 3]);
+        assert_eq!(t.slot(0).waiting, [10, 4]);
     }
 
     #[test]
