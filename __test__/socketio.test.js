@@ -28,6 +28,13 @@ function closeAll() {
   open.clear();
 }
 
+// Set at a client's first failure: the clients not started yet are skipped and running ones
+// stop at their next step, so a broken router fails the test in seconds, not by the timeout.
+let failed = false;
+beforeEach(() => {
+  failed = false;
+});
+
 afterEach(async () => {
   closeAll();
   await stopAll();
@@ -45,11 +52,39 @@ async function start() {
 }
 
 let reportId = 0;
-/** Every worker's connection_error list and handshake count, collected through the primary. */
-async function report(fixture) {
+/**
+ * Every worker's connection_error list and handshake count, collected through the primary once
+ * every worker's sessions have all closed.
+ */
+async function idleReport(fixture) {
+  return report(fixture, true);
+}
+
+/** The same now (`idle` false) or once every session closed (`idle` true). */
+async function report(fixture, idle) {
   const id = String(++reportId);
-  fixture.child.stdin.write(`report ${id}\n`);
-  return fixture.next((e) => e.event === 'report' && e.id === id);
+  fixture.child.stdin.write(`${idle ? 'report-idle' : 'report'} ${id}\n`);
+  return fixture.next((e) => e.event === 'report' && e.id === id, 30000);
+}
+
+function serverErrors(r) {
+  return r.workers.flatMap((w) => w.errors.map((e) => ({ pid: w.pid, ...e })));
+}
+
+/**
+ * No client saw an error. When one did, the failure also shows what the servers (their
+ * connection_errors) and the router (its counters) saw at that point.
+ */
+async function expectNoProblems(fixture, clients) {
+  const clientProblems = clients.flatMap(problems);
+  if (clientProblems.length === 0) return;
+  const r = await report(fixture, false);
+  const stats = await fixture.stats();
+  expect({ clientProblems, serverErrors: serverErrors(r), router: stats }).toEqual({
+    clientProblems: [],
+    serverErrors: [],
+    router: stats,
+  });
 }
 
 /** Resolves with the first of `events` that `emitter` emits, or rejects after `timeout`. */
@@ -98,48 +133,89 @@ async function connect(url, ip, { agentOptions = {}, transports } = {}) {
     news: [],
     newsWaiters: [],
   };
-  socket.on('connect_error', (err) => client.connectErrors.push(err.message));
-  socket.on('disconnect', (reason) => {
-    if (!client.closing) client.disconnects.push(reason);
+  socket.on('connect_error', (err) => {
+    client.connectErrors.push(err.message + describeDetails(err));
+    failed = true;
+  });
+  socket.on('disconnect', (reason, details) => {
+    if (client.closing) return;
+    client.disconnects.push(reason + describeDetails(details));
+    failed = true;
   });
   socket.on('news', (payload) => {
     client.news.push(payload);
     for (const w of [...client.newsWaiters]) w();
   });
   const engine = socket.io.engine;
-  engine.on('upgradeError', (err) => client.upgradeErrors.push(err.message));
+  engine.on('upgradeError', (err) => {
+    client.upgradeErrors.push(err.message);
+    failed = true;
+  });
   // The upgrade may complete before 'connect'; listen from the start.
-  client.upgraded = new Promise((resolve) => engine.once('upgrade', (t) => resolve(t.name)));
+  client.upgraded = new Promise((resolve) => {
+    engine.once('upgrade', (t) => resolve(t.name));
+    engine.once('upgradeError', (err) => resolve(`upgradeError: ${err.message}`));
+  });
   try {
-    const { event, value } = await first(socket, ['connect', 'connect_error'], STEP_TIMEOUT, `connect from ${ip}`);
-    if (event !== 'connect') client.failures.push(`connect: ${value && value.message}`);
+    // A connect_error is already in client.connectErrors.
+    const { event } = await first(socket, ['connect', 'connect_error'], STEP_TIMEOUT, `connect from ${ip}`);
+    if (event !== 'connect') failed = true;
   } catch (err) {
-    client.failures.push(err.message);
+    fail(client, err.message);
   }
   return client;
+}
+
+/** What engine.io-client says about a transport error (`details` of 'disconnect'). */
+function describeDetails(details) {
+  if (!details) return '';
+  const { description, context } = details;
+  const parts = [];
+  if (description !== undefined) parts.push(description instanceof Error ? description.message : String(description));
+  if (context && context.status !== undefined) parts.push(`status ${context.status}`);
+  if (context && typeof context.responseText === 'string' && context.responseText) parts.push(context.responseText.slice(0, 200));
+  return parts.length ? ` (${parts.join(', ')})` : '';
+}
+
+function fail(client, message) {
+  client.failures.push(message);
+  failed = true;
+}
+
+/** Runs `fn(client)` for each ip unless an earlier client failed (then the client is skipped). */
+function clientPool(ips, limit, fn) {
+  return pool(ips, limit, async (ip, i) => {
+    if (failed) return { ip, skipped: true, acks: [], news: [], connectErrors: [], disconnects: [], upgradeErrors: [], failures: [] };
+    return fn(ip, i);
+  });
 }
 
 /** `count` sequential echo acks; each answer records which worker gave it. */
 async function echo(client, count) {
   for (let k = 0; k < count; k++) {
+    if (failed || problems(client).length) return;
     try {
       const answer = await client.socket.timeout(STEP_TIMEOUT).emitWithAck('echo', { ip: client.ip, k });
       if (!answer || !answer.payload || answer.payload.k !== k || answer.payload.ip !== client.ip) {
-        client.failures.push(`ack ${k}: wrong answer ${JSON.stringify(answer)}`);
+        fail(client, `ack ${k}: wrong answer ${JSON.stringify(answer)}`);
       }
       client.acks.push(answer);
     } catch (err) {
-      client.failures.push(`ack ${k}: ${err.message}`);
+      fail(client, `ack ${k}: ${err.message}`);
     }
   }
 }
 
+/**
+ * A clean disconnect: the client sends its close packets (on new connections, with this agent);
+ * the agent is destroyed after the test, once the servers saw every session end. (Destroying
+ * it now would abort the pending long-poll, the server would drop the session, and the close
+ * packets still queued would then be answered "Session ID unknown".)
+ */
 function close(client) {
+  if (client.skipped) return;
   client.closing = true;
   client.socket.disconnect();
-  client.agent.destroy();
-  open.delete(client.socket);
-  open.delete(client.agent);
 }
 
 /** Resolves once `client` has at least `n` 'news' events. */
@@ -170,15 +246,19 @@ function problems(client) {
   return out;
 }
 
-/** The server side: no connection_error on any worker, every worker answered the report. */
+/**
+ * The server side, after every client disconnected: every worker answered, no connection_error
+ * anywhere, every session closed.
+ */
 async function expectCleanServers(fixture, pidOfSlot, clientCount) {
-  const r = await report(fixture);
+  const r = await idleReport(fixture);
   expect(r.workers.map((w) => w.slot)).toEqual([...Array(WORKERS).keys()]);
   expect(r.workers.map((w) => w.pid)).toEqual([...Array(WORKERS).keys()].map((s) => pidOfSlot[s]));
-  expect(r.workers.flatMap((w) => w.errors.map((e) => ({ pid: w.pid, ...e })))).toEqual([]);
+  expect(serverErrors(r)).toEqual([]);
   // reconnection is off: exactly one engine.io handshake per client, none repeated.
   expect(r.workers.reduce((n, w) => n + w.handshakes, 0)).toBe(clientCount);
   for (const w of r.workers) expect(w.handshakes).toBeGreaterThan(0);
+  expect(r.workers.map((w) => w.clients)).toEqual(Array(WORKERS).fill(0));
   return r;
 }
 
@@ -219,7 +299,7 @@ async function pollingRun(agentOptions) {
   const ACKS = 10;
   const { fixture, url, pidOfSlot } = await start();
   const ips = Array.from({ length: CLIENTS }, (_, i) => clientIp(i));
-  const clients = await pool(ips, 16, async (ip) => {
+  const clients = await clientPool(ips, 16, async (ip) => {
     const client = await connect(url, ip, { agentOptions, transports: ['polling'] });
     if (client.socket.connected) await echo(client, ACKS);
     // Asserted later so that one failure does not hide the others.
@@ -228,7 +308,7 @@ async function pollingRun(agentOptions) {
     return client;
   });
 
-  expect(clients.flatMap(problems)).toEqual([]);
+  await expectNoProblems(fixture, clients);
   expect(clients.map((c) => c.acks.length)).toEqual(Array(CLIENTS).fill(ACKS));
   expect([...new Set(clients.flatMap((c) => c.transports))]).toEqual(['polling']);
   const perPid = expectSticky(clients, pidOfSlot);
@@ -258,7 +338,7 @@ describe('Socket.IO on 4 workers with @socket.io/cluster-adapter', () => {
     const ACKS = 10;
     const { fixture, url, pidOfSlot } = await start();
     const ips = Array.from({ length: CLIENTS }, (_, i) => clientIp(500 + i));
-    const clients = await pool(ips, 8, async (ip) => {
+    const clients = await clientPool(ips, 8, async (ip) => {
       // Default transports: polling first, then the websocket probe on a new connection.
       const client = await connect(url, ip, { agentOptions: { keepAlive: false } });
       if (client.socket.connected) {
@@ -270,7 +350,7 @@ describe('Socket.IO on 4 workers with @socket.io/cluster-adapter', () => {
             client.upgraded,
             new Promise((resolve) => setTimeout(() => resolve('timeout'), STEP_TIMEOUT).unref()),
           ]);
-          if (name !== 'websocket') client.failures.push(`no upgrade to websocket: ${name}`);
+          if (name !== 'websocket') fail(client, `no upgrade to websocket: ${name}`);
         }
         client.transport = engine.transport.name;
         await echo(client, ACKS);
@@ -279,7 +359,7 @@ describe('Socket.IO on 4 workers with @socket.io/cluster-adapter', () => {
       return client;
     });
 
-    expect(clients.flatMap(problems)).toEqual([]);
+    await expectNoProblems(fixture, clients);
     expect(clients.map((c) => c.transport)).toEqual(Array(CLIENTS).fill('websocket'));
     expect(clients.map((c) => c.acks.length)).toEqual(Array(CLIENTS).fill(1 + ACKS));
     // The server saw the acks after the upgrade over the websocket, too (the first one may
@@ -296,14 +376,14 @@ describe('Socket.IO on 4 workers with @socket.io/cluster-adapter', () => {
     const { fixture, url, pidOfSlot } = await start();
     const ips = Array.from({ length: CLIENTS }, (_, i) => clientIp(1000 + i));
     // Half polling-only (keep-alive agent), half upgrading to websocket.
-    const clients = await pool(ips, 8, async (ip, i) => {
+    const clients = await clientPool(ips, 8, async (ip, i) => {
       const client = i % 2 === 0
         ? await connect(url, ip, { agentOptions: { keepAlive: true }, transports: ['polling'] })
         : await connect(url, ip, { agentOptions: { keepAlive: false } });
       if (client.socket.connected) await echo(client, 1);
       return client;
     });
-    expect(clients.flatMap(problems)).toEqual([]);
+    await expectNoProblems(fixture, clients);
     expect(clients.map((c) => c.acks.length)).toEqual(Array(CLIENTS).fill(1));
     const perPid = expectSticky(clients, pidOfSlot);
     expect(Object.keys(perPid)).toHaveLength(WORKERS);
@@ -324,13 +404,13 @@ describe('Socket.IO on 4 workers with @socket.io/cluster-adapter', () => {
 
     const expected = [{ seq: 1, from: pidA }, { seq: 2, from: pidB }];
     expect(clients.map((c) => ({ ip: c.ip, news: c.news }))).toEqual(clients.map((c) => ({ ip: c.ip, news: expected })));
-    expect(clients.flatMap(problems)).toEqual([]);
+    await expectNoProblems(fixture, clients);
     // Still connected, and still on the same worker.
     await pool(clients, 8, (c) => echo(c, 1));
-    expect(clients.flatMap(problems)).toEqual([]);
+    await expectNoProblems(fixture, clients);
     expectSticky(clients, pidOfSlot);
+    for (const c of clients) close(c);
     await expectCleanServers(fixture, pidOfSlot, CLIENTS);
     await expectCleanRouter(fixture);
-    for (const c of clients) close(c);
   }, TEST_TIMEOUT);
 });
