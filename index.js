@@ -3,20 +3,22 @@
 const cluster = require('node:cluster');
 const { clusterOptions, sessionOptions } = require('./lib/options');
 const { startPrimary } = require('./lib/primary');
-const { serve } = require('./lib/worker');
+const { prepare, serve } = require('./lib/worker');
 
 /** sticky-cluster: `startFn(callback)` runs in workers and calls `callback(server)`. */
 function sticky(startFn, options) {
   const o = clusterOptions(startFn, options);
   if (cluster.isPrimary) return startPrimary(o, o.errorHandler);
-  startFn((server) => serve(server, o));
+  prepare(o);
+  startFn(serve);
 }
 
 /** sticky-session: false in the primary, true in a worker, where `server` gets connections. */
 function listen(server, port, options) {
   const o = sessionOptions(server, port, options);
   if (!cluster.isPrimary) {
-    serve(server, o);
+    prepare(o);
+    serve(server);
     return true;
   }
   // Like server.listen(), errors arrive as an 'error' event, after the caller could attach one.

@@ -198,3 +198,15 @@ test('10,000 connect-then-reset and 10,000 normal connections: primary fds and R
   // A leak of 256 bytes per connection would show as 5 MB.
   expect(grown).toBeLessThan(5 * 1024);
 });
+
+test('SIGTERM while workers are still starting: everything exits 0 at once, not after hardShutdownDelay', async () => {
+  const port = await freePort();
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, INIT_DELAY: 5000, HARD_SHUTDOWN_DELAY: 20000 });
+  const forks = await Promise.all([0, 1].map((slot) => app.next((e) => e.event === 'fork' && e.slot === slot)));
+  await sleep(300); // the workers are inside their async start-up now
+  const started = Date.now();
+  app.child.kill('SIGTERM');
+  expect((await app.exited).code).toBe(0);
+  expect(Date.now() - started).toBeLessThan(3000);
+  for (const { pid } of forks) expect(() => process.kill(pid, 0)).toThrow(/ESRCH/);
+});

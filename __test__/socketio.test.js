@@ -64,7 +64,17 @@ async function idleReport(fixture) {
 async function report(fixture, idle) {
   const id = String(++reportId);
   fixture.child.stdin.write(`${idle ? 'report-idle' : 'report'} ${id}\n`);
-  return fixture.next((e) => e.event === 'report' && e.id === id, 30000);
+  return whileAlive(fixture, fixture.next((e) => e.event === 'report' && e.id === id, 30000));
+}
+
+/** `promise`, or an error that says so if the fixture's primary exits first. */
+async function whileAlive(fixture, promise) {
+  const result = await Promise.race([promise, fixture.exited.then((exit) => ({ primaryExited: exit }))]);
+  if (result && result.primaryExited) {
+    const { code, signal } = result.primaryExited;
+    throw new Error(`the fixture's primary exited (code ${code}, signal ${signal}); stderr: ${fixture.stderr}`);
+  }
+  return result;
 }
 
 function serverErrors(r) {
@@ -79,7 +89,7 @@ async function expectNoProblems(fixture, clients) {
   const clientProblems = clients.flatMap(problems);
   if (clientProblems.length === 0) return;
   const r = await report(fixture, false);
-  const stats = await fixture.stats();
+  const stats = await whileAlive(fixture, fixture.stats());
   expect({ clientProblems, serverErrors: serverErrors(r), router: stats }).toEqual({
     clientProblems: [],
     serverErrors: [],
@@ -264,7 +274,7 @@ async function expectCleanServers(fixture, pidOfSlot, clientCount) {
 
 /** Router counters: nothing dropped, redelivered or failed; returns connections accepted. */
 async function expectCleanRouter(fixture) {
-  const stats = await fixture.stats();
+  const stats = await whileAlive(fixture, fixture.stats());
   expect(stats.acceptErrors).toBe(0);
   for (const s of stats.slots) {
     expect(s.dropped).toBe(0);
@@ -333,7 +343,7 @@ describe('Socket.IO on 4 workers with @socket.io/cluster-adapter', () => {
     expect(accepted).toBeLessThan(requests);
   }, TEST_TIMEOUT);
 
-  test('20 clients upgrade from polling to websocket and keep working', async () => {
+  test('24 clients upgrade from polling to websocket and keep working', async () => {
     const CLIENTS = 24;
     const ACKS = 10;
     const { fixture, url, pidOfSlot } = await start();

@@ -43,11 +43,6 @@ const WORKERS = positiveInt('WORKERS', os.availableParallelism());
 // Worker: builds the app and hands its (not listening) server over to the cluster.
 
 async function startWorker(callback) {
-  // Ctrl-C in a terminal signals the whole process group. The primary turns it into an orderly
-  // shutdown message for each worker; dying on the signal here would cut connections short.
-  process.on('SIGINT', () => {});
-  process.on('SIGTERM', () => {});
-
   const self = { pid: process.pid, slot: Number(process.env.stickycluster_worker_index) };
 
   const app = express();
@@ -141,13 +136,19 @@ if (cluster.isPrimary) {
   console.log(`Chat on http://${host}:${port} (polling only: http://${host}:${port}/?transport=polling)`);
   console.log(`${WORKERS} worker(s), Socket.IO adapter: @socket.io/cluster-adapter (embedded, one machine)`);
 
+  // Set on Ctrl-C: workers exiting after that are the shutdown working, not news.
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    console.log('Shutting down: waiting for open connections to close...');
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+
   primary.on('ready', ({ slot, worker }) => console.log(`worker ready: slot ${slot}, pid ${worker.process.pid}`));
   primary.on('exit', ({ slot, worker, code, signal }) => {
-    if (code !== 0) console.log(`worker exited: slot ${slot}, pid ${worker.process.pid} (${signal || `code ${code}`})`);
+    if (!stopping) console.log(`worker exited: slot ${slot}, pid ${worker.process.pid} (${signal || `code ${code}`})`);
   });
   primary.on('respawn', ({ slot, delay }) => console.log(`restarting slot ${slot} in ${delay} ms`));
-
-  const stopping = () => console.log('Shutting down: waiting for open connections to close...');
-  process.once('SIGINT', stopping);
-  process.once('SIGTERM', stopping);
 }

@@ -56,8 +56,11 @@ class Primary extends EventEmitter {
     if (o.debug) log('primary', `listening on ${JSON.stringify(this.address())}, ${o.slots} slot(s)`);
     for (let index = 0; index < o.slots; index++) {
       this.slots.push({ current: null, delay: o.respawnDelay, timer: null });
-      this.slots[index].current = this.fork(index);
     }
+    // Forked on the next tick, so listeners attached when sticky() returns see every 'fork'.
+    process.nextTick(() => {
+      for (const [index, slot] of this.slots.entries()) if (!this.closing) slot.current = this.fork(index);
+    });
     this.signals = {
       SIGINT: () => this.exitAfter(this.shutdown()),
       SIGTERM: () => this.exitAfter(this.shutdown()),
@@ -202,10 +205,15 @@ class Primary extends EventEmitter {
     return this.reloading;
   }
 
-  /** Asks a worker to finish its connections and exit; kills it after hardShutdownDelay. */
+  /**
+   * Asks a worker to finish its connections and exit; kills it after hardShutdownDelay. A worker
+   * that is not ready has no connections: SIGTERM ends it (Node's default action before its
+   * server is handed over, a graceful shutdown after), even if it missed the message.
+   */
   retire(member) {
     const { worker } = member;
-    if (worker.isConnected()) worker.send(this.options.prefix + SHUTDOWN, () => {});
+    clearTimeout(member.timer);
+    if (member.ready && worker.isConnected()) worker.send(this.options.prefix + SHUTDOWN, () => {});
     else worker.process.kill('SIGTERM');
     member.timer = setTimeout(() => worker.process.kill('SIGKILL'), this.options.hardShutdownDelay);
     member.timer.unref();

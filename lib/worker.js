@@ -8,40 +8,61 @@ const { native } = require('./binding');
 const { log } = require('./log');
 const { READY, CHANNEL, SHUTDOWN } = require('./messages');
 
-let current = null;
+let state = null;
 
 function describe(value) {
   return value === null || typeof value !== 'object' ? String(value) : value.constructor.name;
 }
 
+/**
+ * Sets the worker up before the user's start-up code runs, so a shutdown that arrives during
+ * async start-up is not missed.
+ */
+function prepare(options) {
+  if (state) return;
+  state = {
+    options,
+    role: `worker #${cluster.worker.id} (pid ${process.pid})`,
+    server: null,
+    receiver: null,
+    sockets: new Set(),
+    shuttingDown: false,
+    onSocketClosed: null,
+  };
+  process.on('message', onMessage);
+  process.on('disconnect', close);
+  // SIGHUP means "reload" to the primary, which replaces this worker gracefully; a terminal
+  // sends it to the whole process group.
+  process.on('SIGHUP', () => {});
+}
+
 /** Hands `server` over: from now on it gets this worker's connections. Once per worker. */
-function serve(server, options) {
+function serve(server) {
   if (!(server instanceof net.Server)) {
     throw new TypeError(`sticky-rs: the worker must hand over a net.Server (http, https, ...), got ${describe(server)}`);
   }
-  if (current) throw new Error('sticky-rs: a server was already handed over in this worker');
+  if (state.server) throw new Error('sticky-rs: a server was already handed over in this worker');
   if (server.listening) {
     throw new Error('sticky-rs: the server handed over must not listen; the primary listens for it');
   }
-  const state = { server, options, receiver: null, sockets: new Set(), shuttingDown: false };
-  current = state;
-  const role = `worker #${cluster.worker.id} (pid ${process.pid})`;
-  state.role = role;
+  if (state.shuttingDown) return;
+  state.server = server;
   // http.Server sets up its request timeouts and idle-connection tracking on 'listening'.
   server.emit('listening');
-  process.on('message', (message, handle) => onMessage(state, message, handle));
-  process.on('disconnect', () => close(state));
+  // Ctrl-C reaches every process of the group: finish what is open rather than die mid-request.
+  process.once('SIGINT', shutdown);
+  process.once('SIGTERM', shutdown);
   // The callback keeps a closed channel (primary gone) from becoming an uncaught error.
-  process.send(options.prefix + READY, () => {});
-  if (options.debug) log(role, 'server handed over, waiting for the channel');
+  process.send(state.options.prefix + READY, () => {});
+  if (state.options.debug) log(state.role, 'server handed over, waiting for the channel');
 }
 
-function onMessage(state, message, handle) {
+function onMessage(message, handle) {
   const { prefix, debug } = state.options;
-  if (message === prefix + CHANNEL && handle && !state.receiver) {
+  if (message === prefix + CHANNEL && handle && state.server && !state.receiver) {
     const fd = handle._handle && handle._handle.fd;
     try {
-      state.receiver = new native.Receiver(fd, (fds, lost) => adopt(state, fds, lost));
+      state.receiver = new native.Receiver(fd, adopt);
     } finally {
       // The receiver holds its own copy; Node's must go before anything is sent on it.
       handle.destroy();
@@ -49,28 +70,27 @@ function onMessage(state, message, handle) {
     state.receiver.hello();
     if (debug) log(state.role, 'channel open, ready for connections');
   } else if (message === prefix + SHUTDOWN) {
-    shutdown(state);
+    shutdown();
   }
 }
 
-function adopt(state, fds, lost) {
-  const { server } = state;
-  const { debug } = state.options;
+function adopt(fds, lost) {
+  const { server, options } = state;
   const sockets = [];
   for (const fd of fds) {
     try {
       sockets.push(new net.Socket({ fd, readable: true, writable: true }));
     } catch (err) {
       fs.closeSync(fd);
-      if (debug) log(state.role, `cannot adopt fd ${fd}: ${err.message}`);
+      if (options.debug) log(state.role, `cannot adopt fd ${fd}: ${err.message}`);
     }
   }
   // Confirmed before any byte is read: until now the primary could still give them to a
   // replacement if this worker died. `lost` ones never arrived: the primary sends them again.
   if (state.receiver) state.receiver.ack(fds.length, lost);
-  if (lost && debug) log(state.role, `out of descriptors: ${lost} connection(s) will be sent again`);
+  if (lost && options.debug) log(state.role, `out of descriptors: ${lost} connection(s) will be sent again`);
   for (const socket of sockets) {
-    if (state.options.debug) log(state.role, `connection from ${socket.remoteAddress}`);
+    if (options.debug) log(state.role, `connection from ${socket.remoteAddress}`);
     socket.server = server;
     state.sockets.add(socket);
     socket.once('close', () => {
@@ -81,7 +101,7 @@ function adopt(state, fds, lost) {
   }
 }
 
-function close(state) {
+function close() {
   if (state.receiver) state.receiver.close();
 }
 
@@ -90,16 +110,18 @@ function close(state) {
  * closes its clients), busy connections finish and close as they go idle, connections already
  * on their way are still adopted and served, then the worker exits. `'sticky:shutdown'` on the
  * server lets user code delay the exit: `server.on('sticky:shutdown', ({ waitUntil }) =>
- * waitUntil(flush()))`.
+ * waitUntil(flush()))`. Before a server is handed over there is nothing to finish.
  */
-function shutdown(state) {
+function shutdown() {
   if (state.shuttingDown) return;
   state.shuttingDown = true;
   const { server, options } = state;
   if (options.debug) log(state.role, 'shutting down');
+  if (!server) process.exit(0);
   const hooks = [];
   server.emit('sticky:shutdown', { waitUntil: (promise) => hooks.push(Promise.resolve(promise).catch(() => {})) });
   server.close();
+  // Engine.io answers pending long-polls on 'close', after closeIdleConnections() ran once.
   const idleSweep = setInterval(() => server.closeIdleConnections(), 100);
   const drained = new Promise((resolve) => {
     const check = () => state.sockets.size === 0 && resolve();
@@ -108,10 +130,10 @@ function shutdown(state) {
   });
   Promise.all([drained, ...hooks]).then(() => {
     clearInterval(idleSweep);
-    close(state);
+    close();
     if (options.debug) log(state.role, 'done, exiting');
     process.exit(0);
   });
 }
 
-module.exports = { serve };
+module.exports = { prepare, serve };
