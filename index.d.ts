@@ -17,6 +17,18 @@ declare namespace sticky {
     queueLimit?: number;
     /** Route hash. Only `'djb2'` (sticky-cluster's, the default) for now. */
     hash?: 'djb2';
+    /** ms a connection may wait in the primary for a ready worker. Default 30000. */
+    queueTimeout?: number;
+    /** ms a new worker may take to hand its server over before it is replaced. Default 30000. */
+    readyTimeout?: number;
+    /** ms before a dead worker is replaced; doubles per crash in a row. Default 100. */
+    respawnDelay?: number;
+    /** Upper bound of the respawn delay, ms. Default 10000. */
+    maxRespawnDelay?: number;
+    /** A worker that lived this long (ms) resets the respawn delay. Default 30000. */
+    respawnResetAfter?: number;
+    /** Grace period of a shutdown before remaining workers are killed, in ms. Default 60000. */
+    hardShutdownDelay?: number;
   }
 
   /** sticky-cluster 0.3.5's options; a falsy value means the default, as there. */
@@ -27,8 +39,6 @@ declare namespace sticky {
     port?: number | string;
     /** Environment of the worker of slot `index`. Default `{ stickycluster_worker_index: index }`. */
     env?: (index: number) => Record<string, string | number | boolean | undefined>;
-    /** Grace period of a shutdown before remaining workers are killed, in ms. Default 60000. */
-    hardShutdownDelay?: number;
     /** Receives listen errors such as EADDRINUSE. Default: log and `process.exit(1)`. */
     errorHandler?: (err: NodeJS.ErrnoException) => void;
   }
@@ -54,8 +64,10 @@ declare namespace sticky {
     inFlight: number;
     /** Put back in the queue because their worker died before confirming them. */
     redelivered: number;
-    /** Closed unserved because the slot's queue was full. */
+    /** Closed unserved: the slot's queue was full or they waited longer than queueTimeout. */
     dropped: number;
+    /** Whether the slot delivers to a ready worker now. */
+    ready: boolean;
   }
 
   interface Stats {
@@ -74,8 +86,10 @@ declare namespace sticky {
     address(): { address: string; family: string; port: number } | null;
     /** Per-slot pids and counters, or null if listening failed. */
     stats(): Stats | null;
-    /** Stops accepting, asks every worker to finish, exits the process when all are gone. */
+    /** Stops accepting, delivers what was accepted, asks every worker to finish; resolves with 0, or 1 if hardShutdownDelay ran out. */
     shutdown(): Promise<number>;
+    /** Replaces every worker, one slot at a time, without dropping a connection. */
+    reload(): Promise<void>;
     on(event: 'fork' | 'ready', listener: (e: WorkerEvent) => void): this;
     on(event: 'exit', listener: (e: WorkerEvent & { code: number | null; signal: string | null }) => void): this;
     on(event: 'respawn', listener: (e: { slot: number; delay: number }) => void): this;

@@ -19,6 +19,11 @@ const primary = sticky(
     hardShutdownDelay: 60_000,
     errorHandler: (err) => console.error(err.code),
     queueLimit: 1024,
+    queueTimeout: 30_000,
+    readyTimeout: 30_000,
+    respawnDelay: 100,
+    maxRespawnDelay: 10_000,
+    respawnResetAfter: 30_000,
     hash: 'djb2',
   },
 );
@@ -27,10 +32,12 @@ if (primary) {
   primary.on('exit', ({ code, signal }) => console.log(code, signal));
   const stats = primary.stats();
   if (stats) console.log(stats.slots[0].delivered, stats.acceptErrors);
-  void primary.shutdown().then((code: number) => code);
+  void primary.reload().then(() => primary.shutdown()).then((code: number) => code);
+  primary.on('respawn', ({ slot, delay }) => console.log(slot, delay));
 }
 
 const tls = https.createServer({});
+tls.on('sticky:shutdown', ({ waitUntil }: { waitUntil(p: Promise<unknown>): void }) => waitUntil(Promise.resolve()));
 const isWorker: boolean = sticky.listen(tls, 8443, { workers: 2, env: { NAME: 'x' } });
 console.log(isWorker);
 
