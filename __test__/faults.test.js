@@ -131,6 +131,7 @@ test('1,000 connect-then-reset connections: the primary stays up and its fds ret
   const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2 });
   await app.count('ready', 2);
   await pool(range(10), 5, (i) => get(port, clientIp(i)));
+  await app.atRest();
   const baseline = app.fdCount();
   await pool(range(1000), 50, (i) => new Promise((resolve) => {
     const s = net.connect({ port, host: '127.0.0.1', localAddress: clientIp(i) });

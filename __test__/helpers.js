@@ -116,6 +116,16 @@ function startFixture(script, env = {}, { fdLimit } = {}) {
       }
       return ns / 1e6;
     },
+    /** Resolves once the router holds no connection (none queued, none unacknowledged). */
+    async atRest(timeout = 5000) {
+      const deadline = Date.now() + timeout;
+      for (;;) {
+        const { slots } = await fixture.stats();
+        if (slots.every((s) => s.queued === 0 && s.inFlight === 0)) return;
+        if (Date.now() > deadline) throw new Error(`router not at rest after ${timeout} ms: ${JSON.stringify(slots)}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
     /** The primary's open descriptors. */
     fdCount() {
       return fs.readdirSync(`/proc/${child.pid}/fd`).length;

@@ -179,6 +179,7 @@ test('10,000 connect-then-reset and 10,000 normal connections: primary fds and R
   await app.count('ready', 2);
   const rss = () => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${app.child.pid}/status`, 'utf8'))[1]);
   await pool(range(2000), 32, (i) => get(port, clientIp(i % 200)));
+  await app.atRest();
   const fdBase = app.fdCount();
   const rssBase = rss();
   await pool(range(10000), 64, (i) => new Promise((resolve) => {

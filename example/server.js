@@ -5,6 +5,8 @@
 //   PORT     port to listen on (default 8080)
 //   HOST     address to bind (default: all addresses, IPv4 and IPv6)
 //   WORKERS  number of workers (default: one per CPU)
+//   REDIS_URL Redis to share rooms and broadcasts with other machines (e.g. redis://127.0.0.1:6379).
+//            Without it, the workers of this machine share them through the primary.
 //
 // Every connection from one client IP reaches the same worker, so Socket.IO's long-polling
 // (several HTTP requests per session) works without any shared session store. Open
@@ -16,7 +18,7 @@ const os = require('node:os');
 const path = require('node:path');
 const express = require('express');
 const { Server } = require('socket.io');
-const { createAdapter, setupPrimary } = require('@socket.io/cluster-adapter');
+const clusterAdapter = require('@socket.io/cluster-adapter');
 const sticky = require('..');
 
 const MAX_NAME = 32;
@@ -38,6 +40,51 @@ function positiveInt(name, fallback) {
 const PORT = positiveInt('PORT', 8080);
 const HOST = process.env.HOST || undefined;
 const WORKERS = positiveInt('WORKERS', os.availableParallelism());
+const REDIS_URL = process.env.REDIS_URL || '';
+
+/** The URL without its password, for logs. */
+function redactUrl(url) {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return '(unparsable REDIS_URL)';
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket.IO adapter: how a broadcast to a room reaches the members connected to other workers.
+
+/**
+ * One machine: @socket.io/cluster-adapter relays broadcasts through the cluster primary (Node's
+ * IPC channel). Several machines: @socket.io/redis-streams-adapter appends them to a Redis
+ * stream that every worker of every machine reads from its last offset, so a Redis restart
+ * delays broadcasts instead of dropping them (see docs/EXAMPLE.md).
+ */
+async function createSocketAdapter(self) {
+  if (!REDIS_URL) return clusterAdapter.createAdapter();
+
+  const { createClient } = require('redis');
+  const { createAdapter } = require('@socket.io/redis-streams-adapter');
+  const client = createClient({ url: REDIS_URL });
+  // Without an 'error' listener a Redis outage would crash the worker. The client reconnects
+  // by itself (back-off up to 2 s) and queues commands meanwhile; log once per outage.
+  let down = false;
+  client.on('error', (err) => {
+    if (down) return;
+    down = true;
+    console.error(`worker slot ${self.slot} (pid ${self.pid}): Redis unavailable (${err.message || err.code || err}); retrying`);
+  });
+  client.on('ready', () => {
+    if (!down) return;
+    down = false;
+    console.error(`worker slot ${self.slot} (pid ${self.pid}): Redis connection restored`);
+  });
+  // Waits (retrying) until Redis answers; connections wait in the primary meanwhile.
+  await client.connect();
+  return createAdapter(client);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Worker: builds the app and hands its (not listening) server over to the cluster.
@@ -52,13 +99,10 @@ async function startWorker(callback) {
   const server = http.createServer(app);
   // Chat messages are tiny; a low cap stops one client from making a worker buffer megabytes.
   const io = new Server(server, { maxHttpBufferSize: 16 * 1024 });
-  // Relays room broadcasts through the primary, so clients on other workers get them too.
-  io.adapter(createAdapter());
-  io.on('connection', (socket) => chat(io, socket, self));
-
-  // Stands in for real start-up work (config, database...). Connections that arrive meanwhile
+  // Async start-up work (here: connecting to Redis, if used). Connections that arrive meanwhile
   // wait in the primary and are served once the server is handed over.
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  io.adapter(await createSocketAdapter(self));
+  io.on('connection', (socket) => chat(io, socket, self));
   callback(server);
 }
 
@@ -128,13 +172,18 @@ const primary = sticky(startWorker, {
 });
 
 if (cluster.isPrimary) {
-  setupPrimary();
+  // The cluster adapter's relay in the primary; with Redis, the workers talk to Redis instead.
+  if (!REDIS_URL) clusterAdapter.setupPrimary();
 
   const { port } = primary.address();
   const any = !HOST || HOST === '::' || HOST === '0.0.0.0';
   const host = any ? 'localhost' : HOST.includes(':') ? `[${HOST}]` : HOST;
   console.log(`Chat on http://${host}:${port} (polling only: http://${host}:${port}/?transport=polling)`);
-  console.log(`${WORKERS} worker(s), Socket.IO adapter: @socket.io/cluster-adapter (embedded, one machine)`);
+  console.log(
+    REDIS_URL
+      ? `${WORKERS} worker(s), Socket.IO adapter: @socket.io/redis-streams-adapter (Redis ${redactUrl(REDIS_URL)}, shared by every machine using it)`
+      : `${WORKERS} worker(s), Socket.IO adapter: @socket.io/cluster-adapter (through this primary, one machine)`,
+  );
 
   // Set on Ctrl-C: workers exiting after that are the shutdown working, not news.
   let stopping = false;

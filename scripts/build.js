@@ -32,4 +32,7 @@ if (result.error && result.error.code === 'ENOENT') {
 if (result.status !== 0) {
   fail(`\`cargo build --release\` failed (exit ${result.status}); see the output above, then run \`npm rebuild sticky-rs\`.`);
 }
-fs.copyFileSync(path.join(targetDir, 'release', libName), addon);
+// Copy then rename: overwriting the file in place could crash processes that have it loaded.
+const staged = `${addon}.${process.pid}.tmp`;
+fs.copyFileSync(path.join(targetDir, 'release', libName), staged);
+fs.renameSync(staged, addon);

@@ -4,6 +4,11 @@
 //! Each channel keeps the primary's copy of a connection until the worker acknowledges it, so a
 //! worker that dies first costs nothing: its unacknowledged connections go back to the front of
 //! the slot's queue and reach the replacement.
+//!
+//! Only the listener wakes the thread. Wake-ups are the dominant cost per connection (a context
+//! switch each), so channels are not watched: what workers send back (hello, acks, losses, end of
+//! file) is read without blocking after each burst of accepts, while the thread is awake anyway,
+//! and on a short tick that runs only while something is pending.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -18,7 +23,6 @@ use socket2::Socket;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::task::JoinHandle as TaskHandle;
 use tokio::time::Instant;
 
 use crate::address::AddressText;
@@ -35,8 +39,9 @@ const ACCEPT_BURST: usize = 256;
 const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
 /// Pause before sending again to a worker that was out of descriptors.
 const LOST_BACKOFF: Duration = Duration::from_millis(50);
-/// How often waiting connections are checked against `queue_timeout`.
-const EXPIRY_TICK: Duration = Duration::from_millis(50);
+/// How often channels are read and queues checked while something is pending: the most an
+/// acknowledgement, a hello or a full channel can wait for attention.
+const TICK: Duration = Duration::from_millis(5);
 
 /// What a router listens on and how it routes.
 #[derive(Debug, Clone)]
@@ -83,14 +88,6 @@ enum Command {
     },
     StopAccepting,
     Close,
-}
-
-enum Event {
-    Hello(ChannelId),
-    Ack(ChannelId, u32),
-    Lost(ChannelId, u32),
-    Writable(ChannelId),
-    Closed(ChannelId),
 }
 
 /// A listening router and its accept thread.
@@ -218,19 +215,21 @@ struct Held {
 }
 
 struct Channel {
-    fd: Arc<AsyncFd<OwnedFd>>,
+    fd: OwnedFd,
     slot: usize,
+    reader: Reader,
+    /// Sent, not yet acknowledged, oldest first.
     in_flight: VecDeque<Held>,
-    blocked: bool,
-    reader: TaskHandle<()>,
+    /// Not before this instant may more be sent (the socket was full, or the worker lost some).
+    paused_until: Option<Instant>,
+    /// The worker said hello.
+    ready: bool,
 }
 
 struct State {
     table: Table<Held>,
     channels: HashMap<ChannelId, Channel>,
     stats: Arc<Stats>,
-    events: UnboundedSender<Event>,
-    event_rx: Option<UnboundedReceiver<Event>>,
     touched: Vec<bool>,
     held_limit: usize,
     queue_timeout: Option<Duration>,
@@ -242,13 +241,10 @@ async fn run(
     mut commands: UnboundedReceiver<Command>,
     mut state: State,
 ) {
-    let Some(mut events) = state.event_rx.take() else {
-        return;
-    };
     let mut listener = Some(listener);
     let mut paused_until: Option<Instant> = None;
-    let mut expiry = tokio::time::interval(EXPIRY_TICK);
-    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let resume_at = paused_until.unwrap_or_else(Instant::now);
         let accepting = listener.is_some() && paused_until.is_none() && !state.full();
@@ -259,8 +255,10 @@ async fn run(
                 Some(Command::StopAccepting) => listener = None,
                 Some(Command::Close) | None => break,
             },
-            Some(event) = events.recv() => state.event(event),
-            _ = expiry.tick(), if state.may_expire() => state.expire(),
+            _ = tick.tick(), if state.pending() => {
+                state.service();
+                state.expire();
+            }
             ready = async { listener.as_ref()?.readable().await.ok() }, if accepting => match ready {
                 Some(mut guard) => {
                     for _ in 0..ACCEPT_BURST {
@@ -278,7 +276,10 @@ async fn run(
                             Err(_would_block) => break,
                         }
                     }
-                    state.deliver_touched();
+                    // Awake anyway: collect acknowledgements, then send the new connections. The
+                    // tick is for lulls only, so it adds no wake-ups under load.
+                    state.service();
+                    tick.reset();
                 }
                 None => {
                     eprintln!("sticky-rs: the listener failed; no longer accepting");
@@ -294,13 +295,10 @@ async fn run(
 impl State {
     fn new(config: &Config, stats: Arc<Stats>) -> State {
         let slots = config.slots.max(1);
-        let (events, event_rx) = unbounded_channel();
         State {
             table: Table::new(slots, config.queue_limit),
             channels: HashMap::new(),
             stats,
-            events,
-            event_rx: Some(event_rx),
             touched: vec![false; slots],
             held_limit: held_limit(),
             queue_timeout: config.queue_timeout,
@@ -308,10 +306,38 @@ impl State {
         }
     }
 
-    /// Whether some connection could be waiting too long.
-    fn may_expire(&self) -> bool {
-        self.queue_timeout.is_some()
-            && (0..self.table.len()).any(|i| !self.table.slot(i).waiting.is_empty())
+    /// Whether the tick has work: a channel owes an answer, waits to send, or connections wait.
+    fn pending(&self) -> bool {
+        self.channels
+            .values()
+            .any(|c| !c.ready || !c.in_flight.is_empty() || c.paused_until.is_some())
+            || (0..self.table.len()).any(|i| !self.table.slot(i).waiting.is_empty())
+    }
+
+    /// Reads every channel that owes an answer, then delivers to every slot that can take more.
+    fn service(&mut self) {
+        let owing: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| !c.ready || !c.in_flight.is_empty())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in owing {
+            self.read_channel(id);
+        }
+        let now = Instant::now();
+        for ch in self.channels.values_mut() {
+            if ch.paused_until.is_some_and(|t| t <= now) {
+                ch.paused_until = None;
+                self.touched[ch.slot] = true;
+            }
+        }
+        for slot in 0..self.touched.len() {
+            if std::mem::take(&mut self.touched[slot]) || !self.table.slot(slot).waiting.is_empty()
+            {
+                self.deliver(slot);
+            }
+        }
     }
 
     /// Closes connections that waited longer than `queue_timeout`, oldest first.
@@ -326,8 +352,7 @@ impl State {
                 .expire_front(slot, |held| now.duration_since(held.since) >= timeout);
             if !expired.is_empty() {
                 Stats::add(&self.stats.slots[slot].dropped, expired.len() as u64);
-                let queued = self.table.slot(slot).waiting.len() as u64;
-                Stats::set(&self.stats.slots[slot].queued, queued);
+                self.update_gauges(slot);
                 if self.debug {
                     eprintln!(
                         "[sticky-rs] primary: slot {slot}: closed {} connection(s) that waited {timeout:?}",
@@ -386,14 +411,6 @@ impl State {
         }
     }
 
-    fn deliver_touched(&mut self) {
-        for slot in 0..self.touched.len() {
-            if std::mem::take(&mut self.touched[slot]) {
-                self.deliver(slot);
-            }
-        }
-    }
-
     /// Sends what the slot has waiting to its channel, in batches, while the window allows;
     /// then closes whatever still waits beyond the slot's limit.
     fn deliver(&mut self, slot: usize) {
@@ -401,7 +418,10 @@ impl State {
         if let Some(id) = self.table.slot(slot).channel {
             if let Some(ch) = self.channels.get_mut(&id) {
                 let waiting = &mut self.table.slot_mut(slot).waiting;
-                while !ch.blocked && !waiting.is_empty() && ch.in_flight.len() < WINDOW {
+                while ch.paused_until.is_none()
+                    && !waiting.is_empty()
+                    && ch.in_flight.len() < WINDOW
+                {
                     let n = waiting
                         .len()
                         .min(MAX_BATCH)
@@ -410,24 +430,22 @@ impl State {
                     for (dst, held) in batch.iter_mut().zip(waiting.iter()) {
                         *dst = held.conn.as_raw_fd();
                     }
-                    let sent = ch.fd.try_io(Interest::WRITABLE, |fd| {
-                        channel::send_connections(fd.as_fd(), &batch[..n])
-                    });
-                    match sent {
+                    match channel::send_connections(ch.fd.as_fd(), &batch[..n]) {
                         Ok(()) => ch.in_flight.extend(waiting.drain(..n)),
+                        // The worker has not read what it was sent: try again on a later tick.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            ch.blocked = true;
-                            tokio::spawn(await_writable(id, ch.fd.clone(), self.events.clone()));
+                            ch.paused_until = Some(Instant::now() + TICK);
                         }
                         Err(e) if is_peer_gone(&e) => {
                             broken = Some(id);
                             break;
                         }
-                        // ETOOMANYREFS and the like: wait for the next acknowledgement.
-                        Err(_) => break,
+                        // ETOOMANYREFS and the like: wait for acknowledgements.
+                        Err(_) => {
+                            ch.paused_until = Some(Instant::now() + TICK);
+                        }
                     }
                 }
-                Stats::set(&self.stats.slots[slot].in_flight, ch.in_flight.len() as u64);
             }
         }
         if let Some(id) = broken {
@@ -444,90 +462,103 @@ impl State {
                 );
             }
         }
-        let queued = self.table.slot(slot).waiting.len() as u64;
-        Stats::set(&self.stats.slots[slot].queued, queued);
+        self.update_gauges(slot);
+    }
+
+    fn update_gauges(&self, slot: usize) {
+        let counters = &self.stats.slots[slot];
+        let in_flight: usize = self
+            .channels
+            .values()
+            .filter(|c| c.slot == slot)
+            .map(|c| c.in_flight.len())
+            .sum();
+        Stats::set(&counters.in_flight, in_flight as u64);
+        Stats::set(&counters.queued, self.table.slot(slot).waiting.len() as u64);
+        Stats::set(
+            &counters.channel,
+            self.table.slot(slot).channel.unwrap_or(0),
+        );
     }
 
     fn open(&mut self, id: ChannelId, slot: usize, fd: OwnedFd) {
-        // SAFETY: the descriptor is owned and moved in; it stays open as long as the AsyncFd.
-        let fd = match unsafe { AsyncFd::register(fd) } {
-            Ok(fd) => Arc::new(fd),
-            Err(e) => {
-                eprintln!(
-                    "sticky-rs: cannot watch channel {id}: {}",
-                    io::Error::from(e)
-                );
-                return;
-            }
-        };
-        let reader = tokio::spawn(read_channel(id, fd.clone(), self.events.clone()));
         self.channels.insert(
             id,
             Channel {
                 fd,
                 slot,
+                reader: Reader::default(),
                 in_flight: VecDeque::new(),
-                blocked: false,
-                reader,
+                paused_until: None,
+                ready: false,
             },
         );
     }
 
-    fn event(&mut self, event: Event) {
-        match event {
-            Event::Hello(id) => {
-                if let Some(slot) = self.channels.get(&id).map(|c| c.slot) {
-                    self.table.activate(slot, id);
-                    Stats::set(&self.stats.slots[slot].channel, id);
-                    if self.debug {
-                        eprintln!("[sticky-rs] primary: slot {slot} ready (channel {id})");
-                    }
-                    self.deliver(slot);
-                }
+    /// Reads what a worker sent back, without blocking, and acts on it.
+    fn read_channel(&mut self, id: ChannelId) {
+        let mut messages = Vec::new();
+        let mut stray = Vec::new();
+        let open = loop {
+            let Some(ch) = self.channels.get_mut(&id) else {
+                return;
+            };
+            match ch.reader.recv(ch.fd.as_fd(), &mut messages, &mut stray) {
+                Ok(true) => {}
+                Ok(false) => break false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break false,
             }
-            Event::Ack(id, n) => {
-                if let Some(ch) = self.channels.get_mut(&id) {
-                    let n = (n as usize).min(ch.in_flight.len());
-                    ch.in_flight.drain(..n);
-                    let slot = ch.slot;
-                    Stats::add(&self.stats.slots[slot].delivered, n as u64);
-                    self.deliver(slot);
-                }
+        };
+        // A worker never sends connections; close any it did.
+        drop(stray);
+        for message in messages {
+            match message {
+                Message::Hello => self.hello(id),
+                Message::Ack(n) => self.acknowledged(id, n),
+                Message::Lost(n) => self.lost(id, n),
+                Message::Connections(_) => {}
             }
-            Event::Lost(id, n) => {
-                if let Some(ch) = self.channels.get_mut(&id) {
-                    let n = (n as usize).min(ch.in_flight.len());
-                    let slot = ch.slot;
-                    let lost: Vec<Held> = ch.in_flight.drain(..n).collect();
-                    Stats::add(&self.stats.slots[slot].redelivered, n as u64);
-                    Stats::set(&self.stats.slots[slot].in_flight, ch.in_flight.len() as u64);
-                    self.table.requeue_front(slot, lost);
-                    if !ch.blocked {
-                        ch.blocked = true;
-                        // If the channel is gone by then, the event is ignored.
-                        let events = self.events.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(LOST_BACKOFF).await;
-                            let _ = events.send(Event::Writable(id));
-                        });
-                    }
-                    if self.debug {
-                        eprintln!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
-                    }
-                    Stats::set(
-                        &self.stats.slots[slot].queued,
-                        self.table.slot(slot).waiting.len() as u64,
-                    );
-                }
+        }
+        if !open {
+            self.close_channel(id);
+        }
+    }
+
+    fn hello(&mut self, id: ChannelId) {
+        if let Some(ch) = self.channels.get_mut(&id) {
+            ch.ready = true;
+            let slot = ch.slot;
+            self.table.activate(slot, id);
+            self.touched[slot] = true;
+            self.update_gauges(slot);
+            if self.debug {
+                eprintln!("[sticky-rs] primary: slot {slot} ready (channel {id})");
             }
-            Event::Writable(id) => {
-                if let Some(ch) = self.channels.get_mut(&id) {
-                    ch.blocked = false;
-                    let slot = ch.slot;
-                    self.deliver(slot);
-                }
+        }
+    }
+
+    fn acknowledged(&mut self, id: ChannelId, n: u32) {
+        if let Some(ch) = self.channels.get_mut(&id) {
+            let n = (n as usize).min(ch.in_flight.len());
+            ch.in_flight.drain(..n);
+            Stats::add(&self.stats.slots[ch.slot].delivered, n as u64);
+            self.touched[ch.slot] = true;
+        }
+    }
+
+    fn lost(&mut self, id: ChannelId, n: u32) {
+        if let Some(ch) = self.channels.get_mut(&id) {
+            let n = (n as usize).min(ch.in_flight.len());
+            let slot = ch.slot;
+            let lost: Vec<Held> = ch.in_flight.drain(..n).collect();
+            ch.paused_until = Some(Instant::now() + LOST_BACKOFF);
+            Stats::add(&self.stats.slots[slot].redelivered, n as u64);
+            self.table.requeue_front(slot, lost);
+            if self.debug {
+                eprintln!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
             }
-            Event::Closed(id) => self.close_channel(id),
         }
     }
 
@@ -536,13 +567,9 @@ impl State {
         let Some(ch) = self.channels.remove(&id) else {
             return;
         };
-        ch.reader.abort();
         self.table.deactivate(ch.slot, id);
-        let active = self.table.slot(ch.slot).channel.unwrap_or(0);
-        Stats::set(&self.stats.slots[ch.slot].channel, active);
         let returned = ch.in_flight.len() as u64;
         Stats::add(&self.stats.slots[ch.slot].redelivered, returned);
-        Stats::set(&self.stats.slots[ch.slot].in_flight, 0);
         self.table.requeue_front(ch.slot, ch.in_flight);
         if self.debug {
             eprintln!(
@@ -554,9 +581,7 @@ impl State {
     }
 
     fn shutdown(&mut self) {
-        for (_, ch) in self.channels.drain() {
-            ch.reader.abort();
-        }
+        self.channels.clear();
         drop(self.table.drain_all());
     }
 }
@@ -569,42 +594,4 @@ fn is_peer_gone(e: &io::Error) -> bool {
             | Some(libc::ECONNREFUSED)
             | Some(libc::ENOTCONN)
     )
-}
-
-async fn read_channel(id: ChannelId, fd: Arc<AsyncFd<OwnedFd>>, events: UnboundedSender<Event>) {
-    let (mut reader, mut messages, mut stray) = (Reader::default(), Vec::new(), Vec::new());
-    'read: loop {
-        let Ok(mut guard) = fd.readable().await else {
-            break;
-        };
-        loop {
-            let open = match guard.try_io(|fd| reader.recv(fd.as_fd(), &mut messages, &mut stray)) {
-                Ok(Ok(open)) => open,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => true,
-                Ok(Err(_)) => false,
-                Err(_would_block) => break,
-            };
-            // A worker never sends connections; close any it did.
-            stray.clear();
-            for message in messages.drain(..) {
-                let event = match message {
-                    Message::Hello => Event::Hello(id),
-                    Message::Ack(n) => Event::Ack(id, n),
-                    Message::Lost(n) => Event::Lost(id, n),
-                    Message::Connections(_) => continue,
-                };
-                let _ = events.send(event);
-            }
-            if !open {
-                break 'read;
-            }
-        }
-    }
-    let _ = events.send(Event::Closed(id));
-}
-
-async fn await_writable(id: ChannelId, fd: Arc<AsyncFd<OwnedFd>>, events: UnboundedSender<Event>) {
-    // Readiness is consumed by the next send attempt (try_io clears it on WouldBlock).
-    let _ = fd.writable().await.map(|mut g| g.retain_ready());
-    let _ = events.send(Event::Writable(id));
 }

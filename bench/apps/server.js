@@ -1,26 +1,108 @@
 'use strict';
-// One tiny HTTP app behind the router named by SETUP: sticky-rs, sticky-cluster, sticky-session.
-// WORKERS and PORT from env. Prints one JSON line {"event":"listening","pid":<primary pid>}.
+// One tiny HTTP app behind the setup named by SETUP:
+//   single          one Node process, no cluster
+//   cluster-rr      node:cluster, SCHED_RR (the primary accepts and hands out round-robin)
+//   cluster-none    node:cluster, SCHED_NONE (workers share the listen socket, the OS distributes)
+//   sticky-session  sticky-session 1.1.2
+//   sticky-cluster  sticky-cluster 0.3.5
+//   socketio-sticky @socket.io/sticky 2.0.1 (least-connection; Socket.IO is always attached, it
+//                   needs it; cluster IPC uses serialization: 'advanced')
+//   sticky-rs       this package
+// WORKERS and PORT from env. SOCKETIO=1 attaches a Socket.IO server (polling only matters here)
+// to each worker's HTTP server: every 'msg' event is answered with an 'echo' event.
+// Prints one JSON line {"event":"listening","pid":<primary pid>} once the setup can serve.
 const cluster = require('node:cluster');
 const http = require('node:http');
 
 const port = Number(process.env.PORT);
 const workers = Number(process.env.WORKERS || 2);
+const socketio = process.env.SOCKETIO === '1';
 const handler = (req, res) => res.end(String(process.pid));
 const announce = () => console.log(JSON.stringify({ event: 'listening', pid: process.pid }));
 
+function attachIo(server) {
+  const { Server } = require('socket.io');
+  const io = new Server(server, { serveClient: false });
+  io.on('connection', (socket) => socket.on('msg', (data) => socket.emit('echo', data)));
+  return io;
+}
+const maybeIo = (server) => (socketio ? attachIo(server) : undefined);
+
+// Workers of the plain-cluster setups say when they can serve; the primary announces after all.
+function announceWhenWorkersReady() {
+  let ready = 0;
+  cluster.on('message', (worker, msg) => {
+    if (msg && msg.bench === 'ready' && ++ready === workers) announce();
+  });
+}
+const workerReady = () => process.send({ bench: 'ready' });
+
 switch (process.env.SETUP) {
+  case 'single': {
+    const server = http.createServer(handler);
+    maybeIo(server);
+    server.listen(port, announce);
+    break;
+  }
+  case 'cluster-rr':
+  case 'cluster-none':
+    if (cluster.isPrimary) {
+      cluster.schedulingPolicy = process.env.SETUP === 'cluster-rr' ? cluster.SCHED_RR : cluster.SCHED_NONE;
+      announceWhenWorkersReady();
+      for (let i = 0; i < workers; i++) cluster.fork();
+    } else {
+      const server = http.createServer(handler);
+      maybeIo(server);
+      server.listen(port, workerReady);
+    }
+    break;
   case 'sticky-rs':
-    require('../..')((cb) => cb(http.createServer(handler)), { concurrency: workers, port });
+    require('../..')((cb) => {
+      const server = http.createServer(handler);
+      maybeIo(server);
+      cb(server);
+    }, { concurrency: workers, port });
     if (cluster.isPrimary) announce();
     break;
   case 'sticky-cluster':
-    require('sticky-cluster')((cb) => cb(http.createServer(handler)), { concurrency: workers, port });
+    require('sticky-cluster')((cb) => {
+      const server = http.createServer(handler);
+      maybeIo(server);
+      cb(server);
+    }, { concurrency: workers, port });
     if (cluster.isPrimary) setTimeout(announce, 200);
     break;
   case 'sticky-session': {
     const server = http.createServer(handler);
     if (!require('sticky-session').listen(server, port, { workers })) server.once('listening', announce);
+    else maybeIo(server);
+    break;
+  }
+  case 'socketio-sticky': {
+    const { setupMaster, setupWorker } = require('@socket.io/sticky');
+    if (cluster.isPrimary) {
+      cluster.setupPrimary({ serialization: 'advanced' });
+      const httpServer = http.createServer();
+      setupMaster(httpServer, { loadBalancingMethod: 'least-connection' });
+      let ready = 0;
+      let listening = false;
+      const check = () => ready === workers && listening && announce();
+      cluster.on('message', (worker, msg) => {
+        if (msg && msg.bench === 'ready') {
+          ready++;
+          check();
+        }
+      });
+      httpServer.listen(port, () => {
+        listening = true;
+        check();
+      });
+      for (let i = 0; i < workers; i++) cluster.fork();
+    } else {
+      const server = http.createServer(handler);
+      setupWorker(attachIo(server));
+      workerReady();
+    }
     break;
   }
   default:

@@ -54,9 +54,10 @@
       me = { name: res.name, room: res.room };
       localStorage.setItem('chat-name', res.name);
       $('join-status').textContent = '';
+      $('member').textContent = `${res.name} in #${res.room}`;
       $('room').value = res.room;
       $('text').disabled = false;
-      $('chat-form').querySelector('button').disabled = false;
+      $('send-button').disabled = false;
       $('text').placeholder = `Message #${res.room} as ${res.name}`;
       $('text').focus();
     });
