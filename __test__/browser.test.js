@@ -16,20 +16,34 @@ const ROOM = 'browsers';
 const STEP = 15000; // per UI step; the machine is shared and Chromium starts slowly
 
 let browser = null;
+let browserPids = []; // Chromium's main process (a process group leader), found right after launch
+
+/** Pids of this process's children named chromium/chrome (playwright starts it detached). */
+function chromiumChildren() {
+  const pids = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const m = /^\d+ \((.*)\) \S+ (\d+)/.exec(fs.readFileSync(`/proc/${entry}/stat`, 'utf8'));
+      if (m && Number(m[2]) === process.pid && /chrom/i.test(m[1])) pids.push(Number(entry));
+    } catch {}
+  }
+  return pids;
+}
 
 afterAll(async () => {
-  if (browser) {
-    const child = browser.process();
-    await within(browser.close(), 10000, 'browser.close()').catch(() => {});
-    // If Chromium did not exit, kill its process group (playwright starts it detached).
-    if (child && child.exitCode === null && child.signalCode === null) {
+  try {
+    if (browser) await within(browser.close(), 10000, 'browser.close()').catch((err) => console.warn(err.message));
+  } finally {
+    // Whatever close() left behind: kill Chromium's process group.
+    for (const pid of browserPids) {
       try {
-        process.kill(-child.pid, 'SIGKILL');
+        process.kill(-pid, 'SIGKILL');
       } catch {}
     }
+    await stopAllExamples();
   }
-  await stopAllExamples();
-}, 20000);
+}, 30000);
 
 /** Opens the chat in a new context; page errors are collected, never ignored. */
 async function openChat(url, label) {
@@ -96,6 +110,7 @@ if (!fs.existsSync(CHROMIUM) && IN_CI) {
       const { chromium } = require('playwright-core');
       const port = await freePort();
       const { url } = await startReadyExample({ PORT: String(port), WORKERS: String(WORKERS) });
+      const before = new Set(chromiumChildren());
       browser = await chromium.launch({
         executablePath: CHROMIUM,
         timeout: 30000,
@@ -110,6 +125,7 @@ if (!fs.existsSync(CHROMIUM) && IN_CI) {
           '--disable-quic',
         ],
       });
+      browserPids = chromiumChildren().filter((pid) => !before.has(pid));
 
       const ws = await openChat(`${url}/`, 'websocket');
       const polling = await openChat(`${url}/?transport=polling`, 'polling');

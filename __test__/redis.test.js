@@ -25,6 +25,8 @@ const redisPath = (() => {
 
 /** A redis-server on 127.0.0.1:`port`, no persistence, `dir` as its working directory. */
 function startRedis(port, dir) {
+  // A test that timed out keeps running: it must not start a server after the clean-up ran.
+  if (cleanedUp) throw new Error('not starting redis-server: the suite already cleaned up');
   const child = spawn(redisPath, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
@@ -57,11 +59,15 @@ function startRedis(port, dir) {
   return redis;
 }
 const redises = new Set();
+const tempDirs = [];
+let cleanedUp = false;
 
 afterAll(async () => {
+  cleanedUp = true;
   await stopAllExamples();
   await Promise.all([...redises].map((r) => r.stop()));
-});
+  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
+}, 20000);
 
 /** The worker slot sticky-rs gives `ip` on the example's default dual-stack listener. */
 const slotOf = (ip) => stringHash(`::ffff:${ip}`) % WORKERS;
@@ -85,6 +91,7 @@ if (!redisPath && IN_CI) {
     'two primaries share a room through Redis, and recover by themselves when Redis restarts empty',
     async () => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sticky-rs-redis-'));
+      tempDirs.push(dir);
       const redisPort = await freePort();
       const REDIS_URL = `redis://127.0.0.1:${redisPort}`;
       let redis = startRedis(redisPort, dir);
@@ -200,7 +207,6 @@ if (!redisPath && IN_CI) {
           `Adapters worked again ${recoveredMs} ms after the restart (${probesSent} probes, all delivered once). ` +
           `After: ${clients.length * (AFTER_MESSAGES + 1)} messages, all delivered exactly once to all ${clients.length} members, in order.`,
       );
-      fs.rmSync(dir, { recursive: true, force: true });
     },
     120000,
   );

@@ -35,11 +35,15 @@ const native = load();
  * Turns an addon error (`EADDRINUSE: Address already in use`) into an error of this realm shaped
  * like Node's own: `listen EADDRINUSE: address already in use :::8080`, with code/errno/syscall.
  */
-function nodeError(err, syscall, { address, port }) {
-  const match = /^(E[A-Z0-9]+): (.*)$/s.exec(err.message);
+function nodeError(err, syscall, listeners) {
+  const which = /^(.*) \[listener (\d+)\]$/s.exec(err.message);
+  const message = which ? which[1] : err.message;
+  const { host, port } = listeners[which ? Number(which[2]) : 0];
+  const address = host || '::';
+  const match = /^(E[A-Z0-9]+): (.*)$/s.exec(message);
   const code = match ? match[1] : 'ERR_STICKY_RS';
   const text = match ? match[2].charAt(0).toLowerCase() + match[2].slice(1) : err.message;
-  const out = new Error(match ? `${syscall} ${code}: ${text} ${address}:${port}` : err.message);
+  const out = new Error(match ? `${syscall} ${code}: ${text} ${address}:${port}` : message);
   out.code = code;
   if (match && os.constants.errno[code] !== undefined) out.errno = -os.constants.errno[code];
   out.syscall = syscall;

@@ -3,6 +3,7 @@
 // Like the originals, a falsy value means "use the default" (`||`), except where 0 is a real
 // value (`queueLimit`, and `port` in `listen`, where 0 picks a free port as net.Server does).
 const os = require('node:os');
+const { native } = require('./binding');
 
 const DEFAULT_PREFIX = 'sticky-cluster:';
 const HASHES = ['djb2'];
@@ -10,8 +11,11 @@ const HASHES = ['djb2'];
 const SHARED_KEYS = [
   'host', 'backlog', 'debug', 'prefix', 'queueLimit', 'queueTimeout', 'hash',
   'readyTimeout', 'respawnDelay', 'maxRespawnDelay', 'respawnResetAfter', 'hardShutdownDelay',
+  'routeBy', 'trustedProxies', 'peekLimit', 'peekTimeout',
 ];
-const CLUSTER_KEYS = ['concurrency', 'port', 'env', 'errorHandler', ...SHARED_KEYS];
+const CLUSTER_KEYS = ['concurrency', 'port', 'listeners', 'env', 'errorHandler', ...SHARED_KEYS];
+// An HTTP header name (RFC 9110 token).
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const SESSION_KEYS = ['workers', 'env', ...SHARED_KEYS];
 const MAX_MS = 2 ** 31 - 1;
 
@@ -61,6 +65,60 @@ function checkKeys(options, known) {
   return options;
 }
 
+function host(name, value) {
+  return value === undefined || value === '::' ? '' : ofType(name, value, 'string');
+}
+
+function backlog(name, value) {
+  return value === undefined ? 511 : integer(name, value, 1, 2 ** 31 - 1);
+}
+
+/** `routeBy` and what goes with it. */
+function routing(o) {
+  const routeBy = o.routeBy === undefined ? 'address' : ofType('routeBy', o.routeBy, 'string').toLowerCase();
+  if (!HEADER_NAME.test(routeBy)) {
+    throw new TypeError(`sticky-rs: option "routeBy" must be 'address', 'x-forwarded-for', 'proxy-protocol' or a header name, got ${describe(o.routeBy)}`);
+  }
+  let trustedProxies = [];
+  if (o.trustedProxies !== undefined) {
+    if (!Array.isArray(o.trustedProxies) || !o.trustedProxies.every((e) => typeof e === 'string')) {
+      throw new TypeError(`sticky-rs: option "trustedProxies" must be an array of addresses and CIDR ranges, got ${describe(o.trustedProxies)}`);
+    }
+    const bad = native.invalidTrustedProxy(o.trustedProxies);
+    if (bad !== null && bad !== undefined) {
+      throw new TypeError(`sticky-rs: option "trustedProxies" has an entry that is neither an address nor a CIDR range: ${JSON.stringify(bad)}`);
+    }
+    trustedProxies = o.trustedProxies;
+  }
+  if (routeBy !== 'address' && trustedProxies.length === 0) {
+    throw new TypeError(`sticky-rs: option "routeBy": ${JSON.stringify(routeBy)} needs "trustedProxies" (the proxies whose ${routeBy} data is believed)`);
+  }
+  return {
+    routeBy,
+    trustedProxies,
+    peekLimit: o.peekLimit === undefined ? 8192 : integer('peekLimit', o.peekLimit, 64, 1 << 20),
+    peekTimeout: ms(o, 'peekTimeout', 3000),
+  };
+}
+
+/** The addresses to listen on: `listeners: [{ port, host, backlog }]`, or one from port/host. */
+function listenersOf(o, single) {
+  if (o.listeners === undefined) return [single];
+  if (o.port !== undefined || o.host !== undefined) {
+    throw new TypeError('sticky-rs: give either "listeners" or "port"/"host", not both');
+  }
+  if (!Array.isArray(o.listeners) || o.listeners.length === 0 || o.listeners.length > 255) {
+    throw new TypeError(`sticky-rs: option "listeners" must be an array of 1 to 255 { port, host, backlog } objects, got ${describe(o.listeners)}`);
+  }
+  return o.listeners.map((l, i) => {
+    if (!l || typeof l !== 'object') throw new TypeError(`sticky-rs: option "listeners[${i}]" must be an object, got ${describe(l)}`);
+    for (const key of Object.keys(l)) {
+      if (!['port', 'host', 'backlog'].includes(key)) throw new TypeError(`sticky-rs: unknown option "listeners[${i}].${key}"`);
+    }
+    return { port: port(`listeners[${i}].port`, l.port, 0), host: host(`listeners[${i}].host`, l.host), backlog: backlog(`listeners[${i}].backlog`, l.backlog) };
+  });
+}
+
 /** A duration in ms; falsy means the default, as `hardShutdownDelay` in sticky-cluster. */
 function ms(o, name, fallback) {
   return o[name] ? integer(name, o[name], 1, MAX_MS) : fallback;
@@ -73,8 +131,9 @@ function common(o) {
     throw new TypeError(`sticky-rs: option "hash" must be one of ${HASHES.join(', ')}, got ${describe(hash)}`);
   }
   return {
-    host: o.host === undefined || o.host === '::' ? '' : ofType('host', o.host, 'string'),
-    backlog: o.backlog === undefined ? 511 : integer('backlog', o.backlog, 1, 2 ** 31 - 1),
+    host: host('host', o.host),
+    backlog: backlog('backlog', o.backlog),
+    ...routing(o),
     debug: Boolean(o.debug),
     prefix: o.prefix ? ofType('prefix', o.prefix, 'string') : DEFAULT_PREFIX,
     queueLimit: o.queueLimit === undefined ? 1024 : integer('queueLimit', o.queueLimit, 0, 1 << 20),
@@ -100,10 +159,11 @@ function clusterOptions(startFn, options) {
   }
   const o = checkKeys(options, CLUSTER_KEYS);
   const userEnv = o.env ? ofType('env', o.env, 'function') : null;
+  const shared = common(o);
   return {
-    ...common(o),
+    ...shared,
     slots: o.concurrency ? integer('concurrency', o.concurrency, 1, 1024) : os.availableParallelism(),
-    port: o.port ? port('port', o.port, 1) : 8080,
+    listeners: listenersOf(o, { port: o.port ? port('port', o.port, 1) : 8080, host: shared.host, backlog: shared.backlog }),
     env: userEnv || ((index) => ({ stickycluster_worker_index: index })),
     errorHandler: o.errorHandler ? ofType('errorHandler', o.errorHandler, 'function') : defaultErrorHandler,
   };
@@ -119,10 +179,11 @@ function sessionOptions(server, portValue, options) {
     throw new TypeError(`sticky-rs: option "env" must be an object, got ${describe(o.env)}`);
   }
   const env = o.env || {};
+  const shared = common(o);
   return {
-    ...common(o),
+    ...shared,
     slots: o.workers ? integer('workers', o.workers, 1, 1024) : os.availableParallelism(),
-    port: port('port', portValue, 0),
+    listeners: [{ port: port('port', portValue, 0), host: shared.host, backlog: shared.backlog }],
     env: () => env,
     errorHandler: null,
   };

@@ -41,19 +41,21 @@ class Primary extends EventEmitter {
     const o = this.options;
     try {
       this.router = new native.Router({
-        host: o.host,
-        port: o.port,
-        backlog: o.backlog,
+        listeners: o.listeners,
+        routeBy: o.routeBy,
+        trustedProxies: o.trustedProxies,
+        peekLimit: o.peekLimit,
+        peekTimeout: o.peekTimeout,
         slots: o.slots,
         queueLimit: o.queueLimit,
         queueTimeout: o.queueTimeout,
         debug: o.debug,
       });
     } catch (err) {
-      onError(nodeError(err, 'listen', { address: o.host || '::', port: o.port }));
+      onError(nodeError(err, 'listen', o.listeners));
       return this;
     }
-    if (o.debug) log('primary', `listening on ${JSON.stringify(this.address())}, ${o.slots} slot(s)`);
+    if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s)`);
     for (let index = 0; index < o.slots; index++) {
       this.slots.push({ current: null, delay: o.respawnDelay, timer: null });
     }
@@ -70,9 +72,14 @@ class Primary extends EventEmitter {
     return this;
   }
 
-  /** The address the router listens on, like `server.address()`. */
+  /** The (first) address the router listens on, like `server.address()`. */
   address() {
-    return this.router ? this.router.address() : null;
+    return this.router ? this.router.addresses()[0] : null;
+  }
+
+  /** Every address the router listens on, in the order of `listeners`. */
+  addresses() {
+    return this.router ? this.router.addresses() : null;
   }
 
   /** Per-slot pids and counters. */
@@ -81,6 +88,8 @@ class Primary extends EventEmitter {
     const counters = this.router.stats();
     return {
       acceptErrors: counters.acceptErrors,
+      rejected: counters.rejected,
+      fallbacks: counters.fallbacks,
       slots: counters.slots.map(({ channel, ...c }, i) => {
         const current = this.slots[i].current;
         return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c };

@@ -23,7 +23,7 @@ function prepare(options) {
   state = {
     options,
     role: `worker #${cluster.worker.id} (pid ${process.pid})`,
-    server: null,
+    servers: null,
     receiver: null,
     sockets: new Set(),
     shuttingDown: false,
@@ -36,19 +36,25 @@ function prepare(options) {
   process.on('SIGHUP', () => {});
 }
 
-/** Hands `server` over: from now on it gets this worker's connections. Once per worker. */
-function serve(server) {
-  if (!(server instanceof net.Server)) {
-    throw new TypeError(`sticky-rs: the worker must hand over a net.Server (http, https, ...), got ${describe(server)}`);
+/**
+ * Hands the servers over, one per listener of the primary, in the same order: from now on they
+ * get this worker's connections. Once per worker.
+ */
+function serve(...servers) {
+  if (servers.length === 0) throw new TypeError('sticky-rs: the worker must hand over a server');
+  for (const server of servers) {
+    if (!(server instanceof net.Server)) {
+      throw new TypeError(`sticky-rs: the worker must hand over a net.Server (http, https, ...), got ${describe(server)}`);
+    }
+    if (server.listening) {
+      throw new Error('sticky-rs: the server handed over must not listen; the primary listens for it');
+    }
   }
-  if (state.server) throw new Error('sticky-rs: a server was already handed over in this worker');
-  if (server.listening) {
-    throw new Error('sticky-rs: the server handed over must not listen; the primary listens for it');
-  }
+  if (state.servers) throw new Error('sticky-rs: servers were already handed over in this worker');
   if (state.shuttingDown) return;
-  state.server = server;
+  state.servers = servers;
   // http.Server sets up its request timeouts and idle-connection tracking on 'listening'.
-  server.emit('listening');
+  for (const server of servers) server.emit('listening');
   // Ctrl-C reaches every process of the group: finish what is open rather than die mid-request.
   process.once('SIGINT', shutdown);
   process.once('SIGTERM', shutdown);
@@ -59,7 +65,7 @@ function serve(server) {
 
 function onMessage(message, handle) {
   const { prefix, debug } = state.options;
-  if (message === prefix + CHANNEL && handle && state.server && !state.receiver) {
+  if (message === prefix + CHANNEL && handle && state.servers && !state.receiver) {
     const fd = handle._handle && handle._handle.fd;
     try {
       state.receiver = new native.Receiver(fd, adopt);
@@ -74,23 +80,34 @@ function onMessage(message, handle) {
   }
 }
 
-function adopt(fds, lost) {
-  const { server, options } = state;
-  const sockets = [];
-  for (const fd of fds) {
+function adopt(incoming, lost) {
+  const { servers, options } = state;
+  const adopted = [];
+  for (const { fd, listener, address, family, port } of incoming) {
+    let socket;
     try {
-      sockets.push(new net.Socket({ fd, readable: true, writable: true }));
+      socket = new net.Socket({ fd, readable: true, writable: true });
     } catch (err) {
       fs.closeSync(fd);
       if (options.debug) log(state.role, `cannot adopt fd ${fd}: ${err.message}`);
+      continue;
     }
+    // The client a PROXY protocol header named: what remoteAddress/remotePort report.
+    if (address !== undefined) socket._peername = { address, family, port };
+    adopted.push([socket, listener]);
   }
   // Confirmed before any byte is read: until now the primary could still give them to a
   // replacement if this worker died. `lost` ones never arrived: the primary sends them again.
-  if (state.receiver) state.receiver.ack(fds.length, lost);
+  if (state.receiver) state.receiver.ack(incoming.length, lost);
   if (lost && options.debug) log(state.role, `out of descriptors: ${lost} connection(s) will be sent again`);
-  for (const socket of sockets) {
-    if (options.debug) log(state.role, `connection from ${socket.remoteAddress}`);
+  for (const [socket, listener] of adopted) {
+    const server = servers[listener];
+    if (!server) {
+      log(state.role, `a connection for listener ${listener} arrived, but only ${servers.length} server(s) were handed over; closing it`);
+      socket.destroy();
+      continue;
+    }
+    if (options.debug) log(state.role, `connection from ${socket.remoteAddress} on listener ${listener}`);
     socket.server = server;
     state.sockets.add(socket);
     socket.once('close', () => {
@@ -115,14 +132,19 @@ function close() {
 function shutdown() {
   if (state.shuttingDown) return;
   state.shuttingDown = true;
-  const { server, options } = state;
+  const { servers, options } = state;
   if (options.debug) log(state.role, 'shutting down');
-  if (!server) process.exit(0);
+  if (!servers) process.exit(0);
   const hooks = [];
-  server.emit('sticky:shutdown', { waitUntil: (promise) => hooks.push(Promise.resolve(promise).catch(() => {})) });
-  server.close();
+  const waitUntil = (promise) => hooks.push(Promise.resolve(promise).catch(() => {}));
+  for (const server of servers) {
+    server.emit('sticky:shutdown', { waitUntil });
+    server.close();
+  }
   // Engine.io answers pending long-polls on 'close', after closeIdleConnections() ran once.
-  const idleSweep = setInterval(() => server.closeIdleConnections(), 100);
+  const idleSweep = setInterval(() => {
+    for (const server of servers) if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
+  }, 100);
   const drained = new Promise((resolve) => {
     const check = () => state.sockets.size === 0 && resolve();
     state.onSocketClosed = () => setImmediate(check);

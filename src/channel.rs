@@ -10,6 +10,7 @@
 
 use std::io;
 use std::io::IoSlice;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{self, ControlMessage, MsgFlags, SockFlag, SockType};
@@ -17,7 +18,8 @@ use nix::sys::socket::{self, ControlMessage, MsgFlags, SockFlag, SockType};
 /// Most descriptors sent in one message (the kernel allows 253).
 pub const MAX_BATCH: usize = 64;
 
-/// One record on a channel: a tag byte and four bytes of argument (a little-endian count).
+/// One record on a channel: a tag byte and four bytes of argument (a little-endian count). A
+/// `Connections(n)` record is followed by `n` [`Meta`] entries of [`META`] bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message {
     /// Primary to worker: `n` connections, carried as the message's descriptors.
@@ -33,6 +35,57 @@ pub enum Message {
 
 /// The size of every record.
 pub const RECORD: usize = 5;
+/// The size of one connection's [`Meta`].
+pub const META: usize = 20;
+
+/// What a worker needs to know about a connection besides its descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// Which of the primary's listeners accepted it (the worker's server of the same index).
+    pub listener: u8,
+    /// The client a PROXY protocol header spoke for; `None`: the socket's own peer.
+    pub client: Option<SocketAddr>,
+}
+
+impl Meta {
+    /// `[listener, family (0, 4, 6), port (big-endian), address (16 bytes)]`.
+    pub fn encode(&self) -> [u8; META] {
+        let mut out = [0u8; META];
+        out[0] = self.listener;
+        if let Some(client) = self.client {
+            out[2..4].copy_from_slice(&client.port().to_be_bytes());
+            match client.ip() {
+                IpAddr::V4(ip) => {
+                    out[1] = 4;
+                    out[4..8].copy_from_slice(&ip.octets());
+                }
+                IpAddr::V6(ip) => {
+                    out[1] = 6;
+                    out[4..20].copy_from_slice(&ip.octets());
+                }
+            }
+        }
+        out
+    }
+
+    /// Reads one entry; an unknown family means no client.
+    pub fn decode(bytes: &[u8; META]) -> Meta {
+        let port = u16::from_be_bytes([bytes[2], bytes[3]]);
+        let ip: Option<IpAddr> = match bytes[1] {
+            4 => Some(Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7]).into()),
+            6 => {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&bytes[4..20]);
+                Some(Ipv6Addr::from(octets).into())
+            }
+            _ => None,
+        };
+        Meta {
+            listener: bytes[0],
+            client: ip.map(|ip| SocketAddr::new(ip, port)),
+        }
+    }
+}
 
 impl Message {
     /// The record of this message.
@@ -111,12 +164,17 @@ fn send_flags() -> MsgFlags {
     return MsgFlags::MSG_DONTWAIT;
 }
 
-/// Sends up to [`MAX_BATCH`] connections in one message without blocking. The caller keeps
-/// its copies: the kernel holds its own reference while the message is in flight.
-pub fn send_connections(channel: BorrowedFd, fds: &[RawFd]) -> io::Result<()> {
-    let n = fds.len().min(MAX_BATCH);
-    let record = Message::Connections(n as u8).encode();
-    let iov = [IoSlice::new(&record)];
+/// Sends up to [`MAX_BATCH`] connections and their [`Meta`] in one message without blocking. The
+/// caller keeps its copies: the kernel holds its own reference while the message is in flight.
+/// The message is small enough (at most 1,285 bytes) to be sent whole or not at all.
+pub fn send_connections(channel: BorrowedFd, fds: &[RawFd], metas: &[Meta]) -> io::Result<()> {
+    let n = fds.len().min(metas.len()).min(MAX_BATCH);
+    let mut data = [0u8; RECORD + MAX_BATCH * META];
+    data[..RECORD].copy_from_slice(&Message::Connections(n as u8).encode());
+    for (i, meta) in metas[..n].iter().enumerate() {
+        data[RECORD + i * META..RECORD + (i + 1) * META].copy_from_slice(&meta.encode());
+    }
+    let iov = [IoSlice::new(&data[..RECORD + n * META])];
     let cmsg = [ControlMessage::ScmRights(&fds[..n])];
     socket::sendmsg::<()>(channel.as_raw_fd(), &iov, &cmsg, send_flags(), None)?;
     Ok(())
@@ -180,36 +238,48 @@ fn recv_with_fds(channel: BorrowedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) ->
 /// Reads records off a channel, keeping a partial record between reads.
 #[derive(Default)]
 pub struct Reader {
-    carry: [u8; RECORD],
-    carried: usize,
+    pending: Vec<u8>,
 }
 
 impl Reader {
-    /// Receives what is there without blocking: appends records to `messages` and descriptors
-    /// (close-on-exec) to `fds`. `Ok(false)` means the peer closed the channel; `WouldBlock`
-    /// means nothing is there yet. Unknown records are skipped.
+    /// Receives what is there without blocking: appends records to `messages`, descriptors
+    /// (close-on-exec) to `fds` and the [`Meta`] of connections to `metas`. `Ok(false)` means the
+    /// peer closed the channel; `WouldBlock` means nothing is there yet. Unknown records are
+    /// skipped.
     pub fn recv(
         &mut self,
         channel: BorrowedFd,
         messages: &mut Vec<Message>,
         fds: &mut Vec<OwnedFd>,
+        metas: &mut Vec<Meta>,
     ) -> io::Result<bool> {
-        let mut buf = [0u8; RECORD * 32];
-        buf[..self.carried].copy_from_slice(&self.carry[..self.carried]);
-        let received = recv_with_fds(channel, &mut buf[self.carried..], fds)?;
+        let mut buf = [0u8; 4096];
+        let received = recv_with_fds(channel, &mut buf, fds)?;
         if received == 0 {
             return Ok(false);
         }
-        let total = self.carried + received;
-        let mut records = buf[..total].chunks_exact(RECORD);
-        for record in &mut records {
-            let mut r = [0u8; RECORD];
-            r.copy_from_slice(record);
-            messages.extend(Message::decode(&r));
+        self.pending.extend_from_slice(&buf[..received]);
+        let mut at = 0;
+        while self.pending.len() - at >= RECORD {
+            let mut record = [0u8; RECORD];
+            record.copy_from_slice(&self.pending[at..at + RECORD]);
+            let message = Message::decode(&record);
+            let extra = match message {
+                Some(Message::Connections(n)) => usize::from(n) * META,
+                _ => 0,
+            };
+            if self.pending.len() - at < RECORD + extra {
+                break;
+            }
+            for entry in self.pending[at + RECORD..at + RECORD + extra].chunks_exact(META) {
+                let mut bytes = [0u8; META];
+                bytes.copy_from_slice(entry);
+                metas.push(Meta::decode(&bytes));
+            }
+            messages.extend(message);
+            at += RECORD + extra;
         }
-        let rest = records.remainder();
-        self.carry[..rest.len()].copy_from_slice(rest);
-        self.carried = rest.len();
+        self.pending.drain(..at);
         Ok(true)
     }
 }
@@ -236,6 +306,23 @@ mod tests {
     }
 
     #[test]
+    fn meta_round_trips() {
+        for meta in [
+            Meta::default(),
+            Meta {
+                listener: 7,
+                client: "1.2.3.4:5".parse().ok(),
+            },
+            Meta {
+                listener: 0,
+                client: "[2001:db8::1]:65535".parse().ok(),
+            },
+        ] {
+            assert_eq!(Meta::decode(&meta.encode()), meta);
+        }
+    }
+
+    #[test]
     fn descriptors_cross_in_batches() -> io::Result<()> {
         let (primary, worker) = pair()?;
         set_nonblocking(worker.as_raw_fd())?;
@@ -243,18 +330,27 @@ mod tests {
             .map(|_| nix::unistd::pipe().map_err(io::Error::from))
             .collect::<io::Result<_>>()?;
         let raw: Vec<RawFd> = pipes.iter().map(|(r, _)| r.as_raw_fd()).collect();
-        send_connections(primary.as_fd(), &raw[..MAX_BATCH])?;
-        send_connections(primary.as_fd(), &raw[MAX_BATCH..])?;
-        let (mut reader, mut got, mut msgs) = (Reader::default(), Vec::new(), Vec::new());
-        assert!(reader.recv(worker.as_fd(), &mut msgs, &mut got)?);
+        let metas: Vec<Meta> = (0..raw.len())
+            .map(|i| Meta {
+                listener: (i % 3) as u8,
+                client: (i % 2 == 0)
+                    .then(|| SocketAddr::from(([10, 0, 0, i as u8], 1000 + i as u16))),
+            })
+            .collect();
+        send_connections(primary.as_fd(), &raw[..MAX_BATCH], &metas[..MAX_BATCH])?;
+        send_connections(primary.as_fd(), &raw[MAX_BATCH..], &metas[MAX_BATCH..])?;
+        let (mut reader, mut got, mut msgs, mut got_metas) =
+            (Reader::default(), Vec::new(), Vec::new(), Vec::new());
+        assert!(reader.recv(worker.as_fd(), &mut msgs, &mut got, &mut got_metas)?);
         assert_eq!(msgs, [Message::Connections(64)]);
         assert_eq!(got.len(), MAX_BATCH);
-        assert!(reader.recv(worker.as_fd(), &mut msgs, &mut got)?);
+        assert!(reader.recv(worker.as_fd(), &mut msgs, &mut got, &mut got_metas)?);
         assert_eq!(msgs, [Message::Connections(64), Message::Connections(3)]);
         assert_eq!(got.len(), MAX_BATCH + 3);
+        assert_eq!(got_metas, metas);
         // Nothing more: no descriptor was lost or duplicated.
         let err = reader
-            .recv(worker.as_fd(), &mut msgs, &mut got)
+            .recv(worker.as_fd(), &mut msgs, &mut got, &mut got_metas)
             .err()
             .map(|e| e.kind());
         assert_eq!(err, Some(io::ErrorKind::WouldBlock));
@@ -270,7 +366,7 @@ mod tests {
         }
         drop(worker);
         let mut reader = Reader::default();
-        while reader.recv(primary.as_fd(), &mut msgs, &mut got)? {}
+        while reader.recv(primary.as_fd(), &mut msgs, &mut got, &mut got_metas)? {}
         assert_eq!(msgs.len(), 41);
         assert_eq!(msgs[0], Message::Hello);
         assert_eq!(msgs[40], Message::Ack(39));

@@ -3,16 +3,21 @@
 //! The pure core (no napi types) is split by concept: [`address`] formats peers as Node shows
 //! them, [`hash`] is djb2, [`table`] holds the slots, [`channel`] carries descriptors to a
 //! worker, [`listener`] binds, [`router`] is the accept loop in the primary, [`receiver`] is
-//! the worker's end. The `napi` module is the binding and only the binding.
+//! the worker's end; [`trust`], [`forwarded`] and [`proxy`] read route keys that trusted proxies
+//! forward. The `napi` module is the binding and only the binding.
 
 pub mod address;
 pub mod channel;
+pub mod forwarded;
 pub mod hash;
 pub mod listener;
+pub mod proxy;
 pub mod receiver;
+pub mod resolve;
 pub mod router;
 pub mod stats;
 pub mod table;
+pub mod trust;
 
 // The binding is exercised by the jest suites; `cargo test` covers the core.
 #[cfg(not(test))]

@@ -1,6 +1,7 @@
 //! The binding: JavaScript classes over the core, nothing more.
 //!
-//! OS errors are thrown as `Error`s whose message starts with the errno name (`EADDRINUSE: ...`);
+//! OS errors are thrown as `Error`s whose message starts with the errno name (`EADDRINUSE: ...`),
+//! ending with `[listener N]` when binding listener N failed;
 //! `lib/binding.js` turns them into Node-style errors with `code`, `errno` and `syscall`.
 
 use std::io;
@@ -11,28 +12,53 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
 use crate::address::AddressText;
+use crate::channel::Meta;
 use crate::hash::djb2_str;
+use crate::resolve::{RouteBy, Rules};
 use crate::table::slot_for;
+use crate::trust::Trusted;
 use crate::{listener, receiver, router};
 
 fn os_error(e: io::Error) -> Error {
-    let reason = match e.raw_os_error() {
+    let bind = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<router::BindError>());
+    let (code, listener) = match bind {
+        Some(b) => (Some(b.code), Some(b.listener)),
+        None => (e.raw_os_error(), None),
+    };
+    let mut reason = match code {
         Some(code) => {
             let errno = nix::errno::Errno::from_raw(code);
             format!("{errno:?}: {}", errno.desc())
         }
         None => e.to_string(),
     };
+    if let Some(listener) = listener {
+        reason.push_str(&format!(" [listener {listener}]"));
+    }
     Error::new(Status::GenericFailure, reason)
+}
+
+/// One address to listen on.
+#[napi(object)]
+pub struct ListenerOptions {
+    /// Host to listen on; empty for dual-stack `::`.
+    pub host: String,
+    pub port: u32,
+    pub backlog: u32,
 }
 
 /// Options of a [`Router`]; `lib/options.js` has validated them.
 #[napi(object)]
 pub struct RouterOptions {
-    /// Host to listen on; empty for dual-stack `::`.
-    pub host: String,
-    pub port: u32,
-    pub backlog: u32,
+    pub listeners: Vec<ListenerOptions>,
+    /// `address`, `proxy-protocol`, or a header name in lower case.
+    pub route_by: String,
+    pub trusted_proxies: Vec<String>,
+    /// Bytes and milliseconds allowed to find a forwarded key.
+    pub peek_limit: u32,
+    pub peek_timeout: u32,
     /// Number of slots (workers).
     pub slots: u32,
     /// Connections a slot holds while it has no ready worker, at most.
@@ -66,6 +92,8 @@ pub struct SlotStats {
     pub in_flight: f64,
     pub redelivered: f64,
     pub dropped: f64,
+    /// The channel the slot delivers to now (0: none).
+    pub channel: f64,
 }
 
 /// Counters of a router.
@@ -73,6 +101,10 @@ pub struct SlotStats {
 pub struct RouterStats {
     pub slots: Vec<SlotStats>,
     pub accept_errors: f64,
+    /// Closed for a missing or malformed PROXY header from a trusted proxy.
+    pub rejected: f64,
+    /// From trusted proxies without a usable header: routed by their address.
+    pub fallbacks: f64,
 }
 
 /// The primary's native router.
@@ -86,12 +118,37 @@ impl Router {
     /// Binds and starts accepting; throws `EADDRINUSE: ...` and the like.
     #[napi(constructor)]
     pub fn new(options: RouterOptions) -> Result<Self> {
-        let port = u16::try_from(options.port)
-            .map_err(|_| Error::new(Status::InvalidArg, "port out of range"))?;
-        let addr = listener::resolve(&options.host, port).map_err(os_error)?;
+        let listeners = options
+            .listeners
+            .iter()
+            .map(|l| {
+                let port = u16::try_from(l.port)
+                    .map_err(|_| Error::new(Status::InvalidArg, "port out of range"))?;
+                Ok(router::Listen {
+                    addr: listener::resolve(&l.host, port).map_err(os_error)?,
+                    backlog: i32::try_from(l.backlog).unwrap_or(i32::MAX),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let trusted = Trusted::parse(&options.trusted_proxies).map_err(|entry| {
+            Error::new(
+                Status::InvalidArg,
+                format!("not an address or range: {entry}"),
+            )
+        })?;
+        let route_by = match options.route_by.as_str() {
+            "address" => RouteBy::Address,
+            "proxy-protocol" => RouteBy::ProxyProtocol,
+            header => RouteBy::Header(header.to_ascii_lowercase()),
+        };
         let config = router::Config {
-            addr,
-            backlog: i32::try_from(options.backlog).unwrap_or(i32::MAX),
+            listeners,
+            rules: Rules {
+                route_by,
+                trusted,
+                limit: options.peek_limit.max(16) as usize,
+                timeout: std::time::Duration::from_millis(u64::from(options.peek_timeout)),
+            },
             slots: options.slots as usize,
             queue_limit: options.queue_limit as usize,
             queue_timeout: (options.queue_timeout > 0)
@@ -108,15 +165,19 @@ impl Router {
             .ok_or_else(|| Error::new(Status::GenericFailure, "router is closed"))
     }
 
-    /// The bound address.
+    /// The bound addresses, one per listener.
     #[napi]
-    pub fn address(&self) -> Result<AddressInfo> {
-        let addr = self.inner()?.local_addr();
-        Ok(AddressInfo {
-            address: addr.ip().to_string(),
-            family: if addr.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
-            port: u32::from(addr.port()),
-        })
+    pub fn addresses(&self) -> Result<Vec<AddressInfo>> {
+        Ok(self
+            .inner()?
+            .local_addrs()
+            .iter()
+            .map(|addr| AddressInfo {
+                address: addr.ip().to_string(),
+                family: if addr.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
+                port: u32::from(addr.port()),
+            })
+            .collect())
     }
 
     /// Opens a channel for a new worker of `slot`.
@@ -176,10 +237,13 @@ impl Router {
                         in_flight: s.in_flight as f64,
                         redelivered: s.redelivered as f64,
                         dropped: s.dropped as f64,
+                        channel: s.channel as f64,
                     }
                 })
                 .collect(),
             accept_errors: stats.accept_errors() as f64,
+            rejected: stats.rejected() as f64,
+            fallbacks: stats.fallbacks() as f64,
         })
     }
 
@@ -192,9 +256,26 @@ impl Router {
     }
 }
 
-/// Called as `(fds, lost)` with each batch of descriptors, see `receiver.rs`.
-type OnConnections =
-    ThreadsafeFunction<FnArgs<(Vec<i32>, u32)>, (), FnArgs<(Vec<i32>, u32)>, Status, false>;
+/// A connection as the worker receives it.
+#[napi(object)]
+pub struct Incoming {
+    pub fd: i32,
+    /// The index of the listener (and of the worker's server) it belongs to.
+    pub listener: u32,
+    /// The client a PROXY protocol header named, as Node would show it; absent otherwise.
+    pub address: Option<String>,
+    pub family: Option<String>,
+    pub port: Option<u32>,
+}
+
+/// Called as `(connections, lost)` with each batch, see `receiver.rs`.
+type OnConnections = ThreadsafeFunction<
+    FnArgs<(Vec<Incoming>, u32)>,
+    (),
+    FnArgs<(Vec<Incoming>, u32)>,
+    Status,
+    false,
+>;
 
 /// A worker's native receiver.
 #[napi]
@@ -208,9 +289,24 @@ impl Receiver {
     /// The callback owns the descriptors it gets and answers with `ack(fds.length, lost)`.
     #[napi(constructor)]
     pub fn new(fd: i32, on_connections: OnConnections) -> Result<Self> {
-        let inner = receiver::Receiver::start(fd, move |batch, lost| {
+        let inner = receiver::Receiver::start(fd, move |batch, metas, lost| {
             let fds: Vec<i32> = batch.into_iter().map(IntoRawFd::into_raw_fd).collect();
-            let args = FnArgs::from((fds.clone(), lost));
+            let incoming = fds
+                .iter()
+                .zip(metas.iter().chain(std::iter::repeat(&Meta::default())))
+                .map(|(&fd, meta)| Incoming {
+                    fd,
+                    listener: u32::from(meta.listener),
+                    address: meta
+                        .client
+                        .map(|c| AddressText::new(&c).as_str().to_owned()),
+                    family: meta
+                        .client
+                        .map(|c| if c.is_ipv4() { "IPv4" } else { "IPv6" }.to_owned()),
+                    port: meta.client.map(|c| u32::from(c.port())),
+                })
+                .collect();
+            let args = FnArgs::from((incoming, lost));
             let status = on_connections.call(args, ThreadsafeFunctionCallMode::NonBlocking);
             if status != Status::Ok {
                 for fd in fds {
@@ -274,4 +370,10 @@ pub fn slots_of(ips: Vec<String>, slots: u32) -> Result<Vec<u32>> {
     ips.iter()
         .map(|ip| Ok(slot_for(parse_ip(ip)?.as_bytes(), slots as usize) as u32))
         .collect()
+}
+
+/// The first entry of `entries` that is neither an IP address nor a CIDR range, if any.
+#[napi]
+pub fn invalid_trusted_proxy(entries: Vec<String>) -> Option<String> {
+    Trusted::parse(&entries).err()
 }

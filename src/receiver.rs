@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{shutdown, Shutdown};
 
-use crate::channel::{self, Message, Reader};
+use crate::channel::{self, Message, Meta, Reader};
 
 /// A worker's channel end and the thread reading it.
 pub struct Receiver {
@@ -18,14 +18,15 @@ pub struct Receiver {
 
 impl Receiver {
     /// Takes its own copy of `fd` (the caller may close the original at once) and starts a thread
-    /// that calls `deliver(connections, lost)` with every batch that arrives, until the channel
+    /// that calls `deliver(connections, metas, lost)` with every batch that arrives (one [`Meta`]
+    /// per connection), until the channel
     /// closes. `lost` counts connections that should have followed this batch but that the kernel
     /// dropped (this process was out of descriptors): the owner acknowledges the batch, then
     /// reports the loss with [`Receiver::ack`], so the primary sends them again.
     /// Nothing arrives before [`Receiver::hello`].
     pub fn start<F>(fd: RawFd, deliver: F) -> io::Result<Receiver>
     where
-        F: FnMut(Vec<OwnedFd>, u32) + Send + 'static,
+        F: FnMut(Vec<OwnedFd>, Vec<Meta>, u32) + Send + 'static,
     {
         let fd = Arc::new(channel::duplicate(fd)?);
         // Non-blocking on our own terms; whoever had the original may have set it either way.
@@ -74,8 +75,9 @@ impl Drop for Receiver {
     }
 }
 
-fn read_loop<F: FnMut(Vec<OwnedFd>, u32)>(fd: &OwnedFd, mut deliver: F) {
-    let (mut reader, mut messages, mut batch) = (Reader::default(), Vec::new(), Vec::new());
+fn read_loop<F: FnMut(Vec<OwnedFd>, Vec<Meta>, u32)>(fd: &OwnedFd, mut deliver: F) {
+    let (mut reader, mut messages, mut batch, mut metas) =
+        (Reader::default(), Vec::new(), Vec::new(), Vec::new());
     loop {
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::NONE) {
@@ -86,7 +88,7 @@ fn read_loop<F: FnMut(Vec<OwnedFd>, u32)>(fd: &OwnedFd, mut deliver: F) {
         let mut lost = 0;
         let open = loop {
             let before = batch.len();
-            match reader.recv(fd.as_fd(), &mut messages, &mut batch) {
+            match reader.recv(fd.as_fd(), &mut messages, &mut batch, &mut metas) {
                 Ok(true) => {}
                 Ok(false) => break false,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
@@ -109,7 +111,10 @@ fn read_loop<F: FnMut(Vec<OwnedFd>, u32)>(fd: &OwnedFd, mut deliver: F) {
             }
         };
         if !batch.is_empty() || lost > 0 {
-            deliver(std::mem::take(&mut batch), lost);
+            // Metas describe what was sent, descriptors what arrived: the lost ones are the tail.
+            let mut sent = std::mem::take(&mut metas);
+            sent.truncate(batch.len());
+            deliver(std::mem::take(&mut batch), sent, lost);
         }
         if !open {
             return;

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,8 +27,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 
 use crate::address::AddressText;
-use crate::channel::{self, Message, Reader, MAX_BATCH};
+use crate::channel::{self, Message, Meta, Reader, MAX_BATCH};
 use crate::listener;
+use crate::resolve::{self, Outcome, Rules};
 use crate::stats::Stats;
 use crate::table::{ChannelId, Table};
 
@@ -43,13 +45,22 @@ const LOST_BACKOFF: Duration = Duration::from_millis(50);
 /// acknowledgement, a hello or a full channel can wait for attention.
 const TICK: Duration = Duration::from_millis(5);
 
-/// What a router listens on and how it routes.
+/// One address to listen on.
 #[derive(Debug, Clone)]
-pub struct Config {
-    /// The address to listen on.
+pub struct Listen {
+    /// The address.
     pub addr: SocketAddr,
     /// The `listen` backlog.
     pub backlog: i32,
+}
+
+/// What a router listens on and how it routes.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The addresses to listen on; a client lands on the same slot on each of them.
+    pub listeners: Vec<Listen>,
+    /// How connections from trusted proxies are routed.
+    pub rules: Rules,
     /// The number of slots (workers).
     pub slots: usize,
     /// Connections a slot may hold while its worker is not ready, at most; beyond, they are closed.
@@ -95,7 +106,7 @@ pub struct Router {
     commands: UnboundedSender<Command>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
-    local_addr: SocketAddr,
+    local_addrs: Vec<SocketAddr>,
     slots: usize,
     next_id: AtomicU64,
 }
@@ -104,11 +115,20 @@ impl Router {
     /// Binds, listens, and starts accepting on a new thread. Bind errors (EADDRINUSE, EACCES...)
     /// are returned here, before anything runs.
     pub fn start(config: Config) -> io::Result<Router> {
-        let socket = listener::bind(config.addr, config.backlog)?;
-        let local_addr = socket
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("listener has no IP address"))?;
+        let sockets = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| listener::bind(l.addr, l.backlog).map_err(|e| bind_error(i, e)))
+            .collect::<io::Result<Vec<Socket>>>()?;
+        let local_addrs = sockets
+            .iter()
+            .map(|s| {
+                s.local_addr()?
+                    .as_socket()
+                    .ok_or_else(|| io::Error::other("listener has no IP address"))
+            })
+            .collect::<io::Result<Vec<SocketAddr>>>()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -121,29 +141,35 @@ impl Router {
             .name("sticky-rs-router".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    // SAFETY: the socket is owned and moved in; it stays open as long as the AsyncFd.
-                    match unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) } {
-                        Ok(listener) => run(listener, command_rx, state).await,
-                        Err(e) => eprintln!(
-                            "sticky-rs: cannot watch the listener: {}",
-                            io::Error::from(e)
-                        ),
+                    let mut listeners = Vec::new();
+                    for socket in sockets {
+                        // SAFETY: the socket is owned and moved in; it stays open as long as the AsyncFd.
+                        match unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+                        {
+                            Ok(listener) => listeners.push(listener),
+                            Err(e) => {
+                                let e = io::Error::from(e);
+                                eprintln!("sticky-rs: cannot watch a listener: {e}");
+                                return;
+                            }
+                        }
                     }
+                    run(listeners, command_rx, state).await;
                 });
             })?;
         Ok(Router {
             commands,
             thread: Some(thread),
             stats,
-            local_addr,
+            local_addrs,
             slots,
             next_id: AtomicU64::new(1),
         })
     }
 
-    /// The bound address (the real port when 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// The bound addresses, in the order of the configuration (the real port when 0 was asked for).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     /// The number of slots.
@@ -208,10 +234,21 @@ impl Drop for Router {
     }
 }
 
-/// A connection the router holds, with the time it was accepted (for `queue_timeout`).
+/// A connection the router holds, with the time it was accepted (for `queue_timeout`) and what
+/// its worker needs to know.
 struct Held {
     conn: OwnedFd,
     since: Instant,
+    meta: Meta,
+}
+
+/// A connection from a trusted proxy, back from resolution.
+struct Resolved {
+    conn: OwnedFd,
+    peer: SocketAddr,
+    listener: u8,
+    since: Instant,
+    outcome: Outcome,
 }
 
 struct Channel {
@@ -229,6 +266,10 @@ struct Channel {
 struct State {
     table: Table<Held>,
     channels: HashMap<ChannelId, Channel>,
+    rules: Arc<Rules>,
+    /// Connections being resolved now, and where their results come back.
+    resolving: usize,
+    resolved: UnboundedSender<Resolved>,
     stats: Arc<Stats>,
     touched: Vec<bool>,
     held_limit: usize,
@@ -237,36 +278,42 @@ struct State {
 }
 
 async fn run(
-    listener: AsyncFd<Socket>,
+    mut listeners: Vec<AsyncFd<Socket>>,
     mut commands: UnboundedReceiver<Command>,
     mut state: State,
 ) {
-    let mut listener = Some(listener);
+    let (resolved_tx, mut resolved) = unbounded_channel();
+    state.resolved = resolved_tx;
     let mut paused_until: Option<Instant> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let resume_at = paused_until.unwrap_or_else(Instant::now);
-        let accepting = listener.is_some() && paused_until.is_none() && !state.full();
+        let accepting = !listeners.is_empty() && paused_until.is_none() && !state.full();
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Open { id, slot, fd }) => state.open(id, slot, fd),
                 Some(Command::Release { id }) => state.close_channel(id),
-                Some(Command::StopAccepting) => listener = None,
+                Some(Command::StopAccepting) => listeners.clear(),
                 Some(Command::Close) | None => break,
             },
+            Some(done) = resolved.recv() => {
+                state.resolved(done);
+                state.service();
+            }
             _ = tick.tick(), if state.pending() => {
                 state.service();
                 state.expire();
             }
-            ready = async { listener.as_ref()?.readable().await.ok() }, if accepting => match ready {
-                Some(mut guard) => {
+            (index, ready) = first_ready(&listeners), if accepting => match ready {
+                Ok(mut guard) => {
+                    let listener = u8::try_from(index).unwrap_or(u8::MAX);
                     for _ in 0..ACCEPT_BURST {
                         if state.full() {
                             break;
                         }
                         match guard.try_io(|l| l.get_ref().accept()) {
-                            Ok(Ok((conn, peer))) => state.route(conn.into(), peer.as_socket()),
+                            Ok(Ok((conn, peer))) => state.route(conn.into(), peer.as_socket(), listener),
                             Ok(Err(e)) => {
                                 if let Some(pause) = state.accept_failed(&e) {
                                     paused_until = Some(Instant::now() + pause);
@@ -281,9 +328,9 @@ async fn run(
                     state.service();
                     tick.reset();
                 }
-                None => {
-                    eprintln!("sticky-rs: the listener failed; no longer accepting");
-                    listener = None;
+                Err(e) => {
+                    eprintln!("sticky-rs: listener {index} failed, no longer accepting on it: {e}");
+                    listeners.remove(index);
                 }
             },
             _ = tokio::time::sleep_until(resume_at), if paused_until.is_some() => paused_until = None,
@@ -292,12 +339,59 @@ async fn run(
     state.shutdown();
 }
 
+/// Says which listener failed, keeping the OS error code.
+fn bind_error(listener: usize, e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::other(BindError { listener, code }),
+        None => e,
+    }
+}
+
+/// A listener that could not be bound.
+#[derive(Debug)]
+pub struct BindError {
+    /// Its index in [`Config::listeners`].
+    pub listener: usize,
+    /// The OS error code (errno).
+    pub code: i32,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = io::Error::from_raw_os_error(self.code);
+        write!(f, "listener {}: {e}", self.listener)
+    }
+}
+
+impl std::error::Error for BindError {}
+
+/// The first listener ready to accept, with its index.
+async fn first_ready(
+    listeners: &[AsyncFd<Socket>],
+) -> (
+    usize,
+    io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, Socket>>,
+) {
+    std::future::poll_fn(|cx| {
+        for (index, listener) in listeners.iter().enumerate() {
+            if let Poll::Ready(ready) = listener.poll_read_ready(cx) {
+                return Poll::Ready((index, ready));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 impl State {
     fn new(config: &Config, stats: Arc<Stats>) -> State {
         let slots = config.slots.max(1);
         State {
             table: Table::new(slots, config.queue_limit),
             channels: HashMap::new(),
+            rules: Arc::new(config.rules.clone()),
+            resolving: 0,
+            resolved: unbounded_channel().0,
             stats,
             touched: vec![false; slots],
             held_limit: held_limit(),
@@ -369,24 +463,77 @@ impl State {
             .map(|i| self.table.slot(i).waiting.len())
             .sum();
         let in_flight: usize = self.channels.values().map(|c| c.in_flight.len()).sum();
-        waiting + in_flight >= self.held_limit
+        waiting + in_flight + self.resolving >= self.held_limit
     }
 
-    fn route(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) {
+    /// Routes a new connection by its peer address, or hands it to resolution if it comes from
+    /// a trusted proxy whose header or PROXY data decides.
+    fn route(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, listener: u8) {
+        let since = Instant::now();
+        if let Some(peer) = peer.filter(|p| self.rules.applies_to(p)) {
+            self.resolving += 1;
+            let (rules, done) = (self.rules.clone(), self.resolved.clone());
+            tokio::spawn(async move {
+                let (conn, outcome) = resolve::resolve(conn, rules).await;
+                let _ = done.send(Resolved {
+                    conn,
+                    peer,
+                    listener,
+                    since,
+                    outcome,
+                });
+            });
+            return;
+        }
         let text = peer.map(|p| AddressText::new(&p));
         let key = text.as_ref().map_or(&b""[..], |t| t.as_bytes());
-        let slot = self.table.push(
-            key,
+        let meta = Meta {
+            listener,
+            client: None,
+        };
+        self.enqueue(key, Held { conn, since, meta });
+    }
+
+    /// Routes a connection whose resolution ended.
+    fn resolved(&mut self, done: Resolved) {
+        self.resolving = self.resolving.saturating_sub(1);
+        match done.outcome {
+            Outcome::Reject => {
+                Stats::add(&self.stats.rejected, 1);
+                if self.debug {
+                    eprintln!("[sticky-rs] primary: closed a connection from {} without a valid PROXY header", done.peer);
+                }
+                return;
+            }
+            Outcome::Fallback => Stats::add(&self.stats.fallbacks, 1),
+            _ => {}
+        }
+        let key = resolve::key_of(&done.outcome, Some(&done.peer));
+        let client = match done.outcome {
+            Outcome::Client(client) => Some(client),
+            _ => None,
+        };
+        let meta = Meta {
+            listener: done.listener,
+            client,
+        };
+        self.enqueue(
+            key.as_bytes(),
             Held {
-                conn,
-                since: Instant::now(),
+                conn: done.conn,
+                since: done.since,
+                meta,
             },
         );
+    }
+
+    fn enqueue(&mut self, key: &[u8], held: Held) {
+        let slot = self.table.push(key, held);
         Stats::add(&self.stats.slots[slot].accepted, 1);
         self.touched[slot] = true;
         if self.debug {
-            let addr = text.as_ref().map_or("", |t| t.as_str());
-            eprintln!("[sticky-rs] primary: connection from {addr} -> slot {slot}");
+            let key = String::from_utf8_lossy(key);
+            eprintln!("[sticky-rs] primary: connection keyed {key:?} -> slot {slot}");
         }
     }
 
@@ -427,10 +574,14 @@ impl State {
                         .min(MAX_BATCH)
                         .min(WINDOW - ch.in_flight.len());
                     let mut batch = [0 as RawFd; MAX_BATCH];
-                    for (dst, held) in batch.iter_mut().zip(waiting.iter()) {
-                        *dst = held.conn.as_raw_fd();
+                    let mut metas = [Meta::default(); MAX_BATCH];
+                    for ((fd, meta), held) in
+                        batch.iter_mut().zip(metas.iter_mut()).zip(waiting.iter())
+                    {
+                        *fd = held.conn.as_raw_fd();
+                        *meta = held.meta;
                     }
-                    match channel::send_connections(ch.fd.as_fd(), &batch[..n]) {
+                    match channel::send_connections(ch.fd.as_fd(), &batch[..n], &metas[..n]) {
                         Ok(()) => ch.in_flight.extend(waiting.drain(..n)),
                         // The worker has not read what it was sent: try again on a later tick.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -497,13 +648,15 @@ impl State {
 
     /// Reads what a worker sent back, without blocking, and acts on it.
     fn read_channel(&mut self, id: ChannelId) {
-        let mut messages = Vec::new();
-        let mut stray = Vec::new();
+        let (mut messages, mut stray, mut stray_metas) = (Vec::new(), Vec::new(), Vec::new());
         let open = loop {
             let Some(ch) = self.channels.get_mut(&id) else {
                 return;
             };
-            match ch.reader.recv(ch.fd.as_fd(), &mut messages, &mut stray) {
+            match ch
+                .reader
+                .recv(ch.fd.as_fd(), &mut messages, &mut stray, &mut stray_metas)
+            {
                 Ok(true) => {}
                 Ok(false) => break false,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,

@@ -47,6 +47,10 @@ pub struct Stats {
     pub slots: Vec<SlotCounters>,
     /// Failed `accept` calls (EMFILE, ENFILE, ...).
     pub accept_errors: AtomicU64,
+    /// Connections from trusted proxies closed for a missing or malformed PROXY header.
+    pub rejected: AtomicU64,
+    /// Connections from trusted proxies routed by their address for lack of a usable header.
+    pub fallbacks: AtomicU64,
 }
 
 impl Stats {
@@ -55,6 +59,8 @@ impl Stats {
         Stats {
             slots: (0..slots).map(|_| SlotCounters::default()).collect(),
             accept_errors: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
         }
     }
 
@@ -87,5 +93,15 @@ impl Stats {
     /// The number of failed accepts so far.
     pub fn accept_errors(&self) -> u64 {
         self.accept_errors.load(Relaxed)
+    }
+
+    /// See [`Stats::rejected`].
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Relaxed)
+    }
+
+    /// See [`Stats::fallbacks`].
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Relaxed)
     }
 }
