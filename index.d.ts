@@ -29,6 +29,25 @@ declare namespace sticky {
     respawnResetAfter?: number;
     /** Grace period of a shutdown before remaining workers are killed, in ms. Default 60000. */
     hardShutdownDelay?: number;
+    /**
+     * Where the route key comes from, for connections from `trustedProxies`: the peer address
+     * (default), `'x-forwarded-for'` (the right-most untrusted entry), any other request header,
+     * or `'proxy-protocol'` (v1/v2; the worker's socket then reports the client as remoteAddress).
+     */
+    routeBy?: 'address' | 'x-forwarded-for' | 'proxy-protocol' | (string & {});
+    /** Addresses and CIDR ranges whose headers / PROXY data are believed. Required with routeBy. */
+    trustedProxies?: string[];
+    /** Bytes read at most to find a forwarded key. Default 8192. */
+    peekLimit?: number;
+    /** ms waited at most for them. Default 3000. */
+    peekTimeout?: number;
+  }
+
+  /** One address to listen on. */
+  interface Listener {
+    port: number | string;
+    host?: string;
+    backlog?: number;
   }
 
   /** sticky-cluster 0.3.5's options; a falsy value means the default, as there. */
@@ -37,6 +56,8 @@ declare namespace sticky {
     concurrency?: number;
     /** Port to listen on. Default 8080. */
     port?: number | string;
+    /** Several addresses instead of port/host; workers hand over one server per listener, in order. */
+    listeners?: Listener[];
     /** Environment of the worker of slot `index`. Default `{ stickycluster_worker_index: index }`. */
     env?: (index: number) => Record<string, string | number | boolean | undefined>;
     /** Receives listen errors such as EADDRINUSE. Default: log and `process.exit(1)`. */
@@ -72,6 +93,10 @@ declare namespace sticky {
 
   interface Stats {
     acceptErrors: number;
+    /** Connections from trusted proxies closed for a missing or malformed PROXY header. */
+    rejected: number;
+    /** Connections from trusted proxies routed by their own address for lack of a usable key. */
+    fallbacks: number;
     slots: SlotStats[];
   }
 
@@ -84,6 +109,8 @@ declare namespace sticky {
   interface Primary extends EventEmitter {
     /** The address the router listens on, or null if listening failed. */
     address(): { address: string; family: string; port: number } | null;
+    /** Every listener's address, in order. */
+    addresses(): Array<{ address: string; family: string; port: number }> | null;
     /** Per-slot pids and counters, or null if listening failed. */
     stats(): Stats | null;
     /** Stops accepting, delivers what was accepted, asks every worker to finish; resolves with 0, or 1 if hardShutdownDelay ran out. */
@@ -104,7 +131,7 @@ declare namespace sticky {
  * has not listened (possibly after async work). Returns the Primary in the primary, undefined in workers.
  */
 declare function sticky(
-  startFn: (callback: (server: Server) => void) => void,
+  startFn: (callback: (...servers: Server[]) => void) => void,
   options?: sticky.ClusterOptions,
 ): sticky.Primary | undefined;
 

@@ -41,6 +41,15 @@ tls.on('sticky:shutdown', ({ waitUntil }: { waitUntil(p: Promise<unknown>): void
 const isWorker: boolean = sticky.listen(tls, 8443, { workers: 2, env: { NAME: 'x' } });
 console.log(isWorker);
 
+sticky((cb) => cb(http.createServer(), https.createServer({})), {
+  listeners: [{ port: 8080 }, { port: 8443, host: '::' }],
+  routeBy: 'proxy-protocol',
+  trustedProxies: ['10.0.0.0/8', '::1'],
+  peekLimit: 8192,
+  peekTimeout: 3000,
+});
+sticky((cb) => cb(http.createServer()), { routeBy: 'x-real-ip', trustedProxies: ['127.0.0.1'] });
+
 // @ts-expect-error: unknown hash
 sticky((cb) => cb(http.createServer()), { hash: 'md5' });
 // @ts-expect-error: env is a function in the sticky-cluster API
