@@ -28,6 +28,15 @@ describe('invalid options throw in the primary before anything is forked', () =>
     [{ queueLimit: -1 }, RangeError, /"queueLimit".*-1/],
     [{ hash: 'md5' }, TypeError, /"hash".*djb2.*"md5"/],
     [{ concurency: 2 }, TypeError, /unknown option "concurency"/],
+    [{ routeBy: 'x forwarded', trustedProxies: ['::1'] }, TypeError, /"routeBy".*"x forwarded"/],
+    [{ routeBy: 'x-forwarded-for' }, TypeError, /"routeBy".*needs "trustedProxies"/],
+    [{ routeBy: 'proxy-protocol', trustedProxies: ['10.0.0.0/33'] }, TypeError, /"trustedProxies".*"10\.0\.0\.0\/33"/],
+    [{ trustedProxies: '10.0.0.1' }, TypeError, /"trustedProxies" must be an array/],
+    [{ peekLimit: 10 }, RangeError, /"peekLimit".*10/],
+    [{ listeners: [{ port: 80 }], port: 81 }, TypeError, /either "listeners" or "port"/],
+    [{ listeners: [{ port: 80 }, { port: 'x' }] }, TypeError, /"listeners\[1\]\.port".*"x"/],
+    [{ listeners: [{ port: 80, tls: true }] }, TypeError, /unknown option "listeners\[0\]\.tls"/],
+    [{ listeners: [] }, TypeError, /"listeners" must be an array of 1 to 255/],
   ])('%p', (options, type, message) => {
     expect(() => sticky(start, options)).toThrow(type);
     expect(() => sticky(start, options)).toThrow(message);
