@@ -15,8 +15,8 @@ declare namespace sticky {
     prefix?: string;
     /** Connections a slot may hold in the primary while its worker is not ready; beyond, they are closed. Default 1024. */
     queueLimit?: number;
-    /** Route hash. Only `'djb2'` (sticky-cluster's, the default) for now. */
-    hash?: 'djb2';
+    /** Route hash: `'djb2'` (sticky-cluster's, the default) or `'djb2-mix'` (djb2 + murmur3's fmix32: even for 16 or 32 workers). */
+    hash?: 'djb2' | 'djb2-mix';
     /** ms a connection may wait in the primary for a ready worker. Default 30000. */
     queueTimeout?: number;
     /** ms a new worker may take to hand its server over before it is replaced. Default 30000. */

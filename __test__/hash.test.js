@@ -69,6 +69,37 @@ test('10,000 random IPv4 / IPv6 / mapped addresses: same text as Node, same slot
   for (const t of nodeTexts.slice(0, 2000)) expect(native.djb2(t)).toBe(stringHash(t));
 });
 
+// murmur3's fmix32, written independently of the Rust one.
+function fmix32(h) {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b) >>> 0;
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35) >>> 0;
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+test("hash 'djb2-mix' is fmix32(string-hash) and spreads a sequential /16 evenly over 16 and 32 workers", () => {
+  const addresses = randomAddresses(5000, 7);
+  const texts = addresses.map((a) => native.addressText(a));
+  for (const slots of [2, 16, 32]) {
+    expect(native.slotsOf(addresses, slots, 'djb2-mix')).toEqual(texts.map((t) => fmix32(stringHash(t)) % slots));
+  }
+  const block = [];
+  for (let x = 0; x < 256; x++) for (let y = 0; y < 256; y++) block.push(`::ffff:10.0.${x}.${y}`);
+  for (const k of [16, 32]) {
+    const spread = (hash) => {
+      const counts = new Array(k).fill(0);
+      for (const s of native.slotsOf(block, k, hash)) counts[s]++;
+      const expected = block.length / k;
+      return counts.reduce((sum, c) => sum + (c - expected) ** 2 / expected, 0);
+    };
+    // 99.9% critical values of chi-square: 37.7 (15 d.f.), 61.1 (31 d.f.).
+    expect(spread('djb2-mix')).toBeLessThan(k === 16 ? 37.7 : 61.1);
+    expect(spread('djb2')).toBeGreaterThan(1000); // the weakness the option exists for
+  }
+  expect(() => native.slotsOf(['::1'], 2, 'md5')).toThrow(/unknown hash "md5"/);
+});
+
 test('bad addresses are refused with a clear error', () => {
   expect(() => native.addressText('1.2.3')).toThrow(/not an IP address: 1\.2\.3/);
   expect(() => native.slotsOf(['::1', 'nope'], 2)).toThrow(/not an IP address: nope/);
@@ -76,6 +107,17 @@ test('bad addresses are refused with a clear error', () => {
 
 // Real connections: the worker reports Node's own remoteAddress; the slot that served it must
 // be djb2(remoteAddress) % workers, on a dual-stack listener and on an IPv4-only one.
+test("hash 'djb2-mix' routes real connections by fmix32(djb2(remoteAddress)) % workers", async () => {
+  const port = await freePort();
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 4, HASH: 'djb2-mix' });
+  await app.count('ready', 4);
+  const answers = await pool(Array.from({ length: 60 }, (_, i) => i), 10, (i) => get(port, clientIp(i)));
+  for (const { status, body } of answers) {
+    expect(status).toBe(200);
+    expect(body.slot).toBe(fmix32(stringHash(body.remoteAddress)) % 4);
+  }
+});
+
 describe.each([
   ['::', (i) => clientIp(i), '127.0.0.1', /^::ffff:127\.0\./],
   ['0.0.0.0', (i) => clientIp(i), '127.0.0.1', /^127\.0\./],

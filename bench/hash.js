@@ -4,7 +4,7 @@
 // sticky-session 1.1.2's real hash, sticky-rs's native djb2 and an evenness table.
 // usage: node bench/hash.js [workers=10] [addresses=100000] [--seed N]
 const path = require('node:path');
-const { execFileSync } = require('node:child_process');
+const { execFileSync, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 
 const args = process.argv.slice(2).filter((a) => !a.startsWith('--'));
@@ -137,6 +137,7 @@ const block = [];
 for (let x = 0; x < 256; x++) for (let y = 0; y < 256; y++) block.push(`10.0.${x}.${y}`);
 const DATASETS = [
   [`random (${ADDRESSES}, Node text)`, nodeTexts],
+  [`random IPv4 only (${ips.filter((a) => !a.includes(':')).length}, as ::ffff:a.b.c.d)`, ips.filter((a) => !a.includes(':')).map((a) => `::ffff:${a}`)],
   ['10.0.0.0/16 as ::ffff:10.0.x.y (dual-stack listener)', block.map((a) => `::ffff:${a}`)],
   ['10.0.0.0/16 as 10.0.x.y (IPv4 listener)', block],
 ];
@@ -196,11 +197,17 @@ row('sticky-session 1.1.2 in JS', bestOf(5, () => { let s = 0; for (let i = 0; i
 
 // Pure Rust: bench/route-cost runs the router's own src/address.rs + djb2 (no napi, no parsing).
 const routeCost = path.join(__dirname, 'route-cost', 'target', 'release', 'route-cost');
+if (!fs.existsSync(routeCost)) {
+  // small standalone crate (libc only); build it once, quietly, if cargo is there
+  spawnSync('cargo', ['build', '--release', '--quiet', '--manifest-path', path.join(__dirname, 'route-cost', 'Cargo.toml')], { stdio: 'inherit' });
+}
 if (fs.existsSync(routeCost)) {
   try {
     const out = JSON.parse(execFileSync(routeCost, [String(N), String(WORKERS)], { encoding: 'utf8' }));
     console.log(`| Rust: router format + djb2 + % K, IPv4 | ${out.v4_ns.toFixed(1)} | src/address.rs AddressText::new(&SocketAddr) + djb2_ascii + %, as on accept |`);
     console.log(`| Rust: router format + djb2 + % K, ::ffff: | ${out.mapped_ns.toFixed(1)} | same, peer on a dual-stack listener |`);
+    console.log(`| Rust: format only, IPv4 | ${out.v4_format_ns.toFixed(1)} | AddressText::new |`);
+    console.log(`| Rust: djb2 % K only, IPv4 text | ${out.v4_hash_ns.toFixed(1)} | djb2_ascii of pre-formatted text + % |`);
   } catch (err) {
     console.log(`| Rust route-cost | failed: ${err.message.split('\n')[0]} | |`);
   }

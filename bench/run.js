@@ -5,6 +5,7 @@
 // again) and every figure is the median over the repetitions.
 //
 // usage: node bench/run.js [--reps 3] [--duration 3000] [--smoke] [--only a,b] [--out DIR]
+//                          [--figures close,rate,keepalive,socketio]
 //   --smoke  300 ms runs, 1 repetition, few addresses; checks every setup produced numbers (or a
 //            recorded failure) and exits 1 if sticky-rs or a Node baseline produced nothing.
 //            Writes its report to the OS temp dir unless --out is given.
@@ -55,6 +56,10 @@ const CLOSE_IPS = SMOKE ? 16 : 200;
 const SIO_IPS = SMOKE ? 16 : 200;
 const WORKERS = 2;
 const setups = ONLY ? SETUPS.filter((s) => ONLY.split(',').includes(s.id)) : SETUPS;
+const FIGURE_SET = new Set(value('--figures', 'close,rate,keepalive,socketio').split(','));
+const want = (name) => FIGURE_SET.has(name);
+// --only / --figures runs do not replace the full report: they write partial.md / partial.svg.
+const PARTIAL = !SMOKE && (ONLY !== '' || FIGURE_SET.size < 4);
 
 // ---- process bookkeeping: every child is tracked and killed, always
 const live = new Set(); // { child, group }
@@ -214,44 +219,50 @@ async function measureHttp(setup) {
     await waitServing(srv.port);
     await loadgen(srv.port, ['--mode', 'close', '--connections', '32', '--ips', String(CLOSE_IPS)], SMOKE ? 200 : 1000); // warm up
     // close mode, with CPU
-    const before = cpuSnapshot(srv.pgid);
-    const close = await loadgen(srv.port, ['--mode', 'close', '--connections', '32', '--ips', String(CLOSE_IPS)], DURATION);
-    const after = cpuSnapshot(srv.pgid);
-    out.closeRps = close.rps;
-    out.closeErrors = errorCount(close);
-    if (out.closeErrors) out.errors.push(`close: ${errorSummary(close)}`);
-    if (close.requests > 0) {
-      let primary = 0;
-      let workers = 0;
-      for (const [pid, ns] of after) {
-        const delta = ns - (before.get(pid) || 0);
-        if (pid === srv.pid) primary += delta;
-        else workers += delta;
+    if (want('close')) {
+      const before = cpuSnapshot(srv.pgid);
+      const close = await loadgen(srv.port, ['--mode', 'close', '--connections', '32', '--ips', String(CLOSE_IPS)], DURATION);
+      const after = cpuSnapshot(srv.pgid);
+      out.closeRps = close.rps;
+      out.closeErrors = errorCount(close);
+      if (out.closeErrors) out.errors.push(`close: ${errorSummary(close)}`);
+      if (close.requests > 0) {
+        let primary = 0;
+        let workers = 0;
+        for (const [pid, ns] of after) {
+          const delta = ns - (before.get(pid) || 0);
+          if (pid === srv.pid) primary += delta;
+          else workers += delta;
+        }
+        if (setup.id === 'single') {
+          out.primaryUs = null; // no primary: the one process is the worker
+          out.workersUs = primary / 1000 / close.requests;
+        } else {
+          out.primaryUs = primary / 1000 / close.requests;
+          out.workersUs = workers / 1000 / close.requests;
+        }
+        out.totalUs = (primary + workers) / 1000 / close.requests;
       }
-      if (setup.id === 'single') {
-        out.primaryUs = null; // no primary: the one process is the worker
-        out.workersUs = primary / 1000 / close.requests;
-      } else {
-        out.primaryUs = primary / 1000 / close.requests;
-        out.workersUs = workers / 1000 / close.requests;
-      }
-      out.totalUs = (primary + workers) / 1000 / close.requests;
+      out.rssMb = rssMb(srv.pid);
     }
-    out.rssMb = rssMb(srv.pid);
     // fixed rate
-    const rate = await loadgen(srv.port, ['--mode', 'rate', '--rate', '1000', '--ips', String(CLOSE_IPS), '--timeout', '5s'], DURATION);
-    if (rate.requests > 0) {
-      out.p50 = rate.ttfb_ms.p50;
-      out.p99 = rate.ttfb_ms.p99;
-      out.mean = rate.ttfb_ms.mean;
+    if (want('rate')) {
+      const rate = await loadgen(srv.port, ['--mode', 'rate', '--rate', '1000', '--ips', String(CLOSE_IPS), '--timeout', '5s'], DURATION);
+      if (rate.requests > 0) {
+        out.p50 = rate.ttfb_ms.p50;
+        out.p99 = rate.ttfb_ms.p99;
+        out.mean = rate.ttfb_ms.mean;
+      }
+      out.rateDone = (100 * rate.requests) / (1000 * (DURATION / 1000));
+      if (errorCount(rate) || rate.skipped) out.errors.push(`rate: ${[errorSummary(rate), rate.skipped ? `${rate.skipped} skipped` : ''].filter(Boolean).join(', ')}`);
+      out.schedLag = rate.sched_lag_max_ms;
     }
-    out.rateDone = (100 * rate.requests) / (1000 * (DURATION / 1000));
-    if (errorCount(rate) || rate.skipped) out.errors.push(`rate: ${[errorSummary(rate), rate.skipped ? `${rate.skipped} skipped` : ''].filter(Boolean).join(', ')}`);
-    out.schedLag = rate.sched_lag_max_ms;
     // keep-alive
-    const ka = await loadgen(srv.port, ['--mode', 'keepalive', '--connections', '32', '--ips', '32'], DURATION);
-    out.kaRps = ka.rps;
-    if (errorCount(ka)) out.errors.push(`keepalive: ${errorSummary(ka)}`);
+    if (want('keepalive')) {
+      const ka = await loadgen(srv.port, ['--mode', 'keepalive', '--connections', '32', '--ips', '32'], DURATION);
+      out.kaRps = ka.rps;
+      if (errorCount(ka)) out.errors.push(`keepalive: ${errorSummary(ka)}`);
+    }
   } finally {
     await srv.stop();
   }
@@ -278,15 +289,19 @@ async function measureSocketIo(setup) {
 async function measure(setup, rep) {
   const result = { rep };
   const t0 = Date.now();
-  try {
-    Object.assign(result, await measureHttp(setup));
-  } catch (err) {
-    result.httpFailure = failureText(err);
+  if (want('close') || want('rate') || want('keepalive')) {
+    try {
+      Object.assign(result, await measureHttp(setup));
+    } catch (err) {
+      result.httpFailure = failureText(err);
+    }
   }
-  try {
-    Object.assign(result, await measureSocketIo(setup));
-  } catch (err) {
-    result.sioFailure = failureText(err);
+  if (want('socketio')) {
+    try {
+      Object.assign(result, await measureSocketIo(setup));
+    } catch (err) {
+      result.sioFailure = failureText(err);
+    }
   }
   const show = (x, d = 0) => (x == null ? '-' : x.toFixed(d));
   console.log(`  ${setup.id.padEnd(16)} rep ${rep + 1}: ${show(result.closeRps)} conn/s, TTFB mean ${show(result.mean, 2)} ms, ` +
@@ -349,7 +364,7 @@ function targets(med) {
     check('keep-alive req/s within 5% of cluster round-robin (>= 0.95x)', x == null ? null : x >= 0.95, x == null ? 'no data' : `${fmt(rs.kaRps, 0)} vs ${fmt(med['cluster-rr'].kaRps, 0)} req/s = ${x.toFixed(3)}x`);
   }
   {
-    const runs = lastRuns['sticky-rs'] || [];
+    const runs = (lastRuns['sticky-rs'] || []).filter((x) => x.sioSessions > 0);
     const addresses = Math.min(...runs.map((x) => x.sioAddresses || 0));
     const allOk = runs.length > 0 && runs.every((x) => x.sioSuccess === 100);
     check(`Socket.IO polling sessions 100% success from >= 200 addresses`, runs.length ? allOk && addresses >= 200 : null,
@@ -365,12 +380,14 @@ function targets(med) {
 
 function markdown(runs, med, meta) {
   const L = [];
-  L.push(`# sticky-rs connection benchmark${SMOKE ? ' (smoke)' : ''}`, '');
+  L.push(`# sticky-rs connection benchmark${SMOKE ? ' (smoke)' : PARTIAL ? ` (partial: ${setups.map((s) => s.id).join(', ')}; ${[...FIGURE_SET].join(', ')})` : ''}`, '');
   L.push(`- date: ${meta.date}`);
   L.push(`- machine: ${meta.cpu}, ${meta.cores} cores, ${meta.os}`);
   L.push(`- Node ${process.version}; ${WORKERS} workers; ${REPS} repetitions, setups interleaved; medians`);
   L.push(`- ${DURATION} ms per figure; loadgen (bench/loadgen) and the Socket.IO client run on the same machine`);
-  L.push(`- load average at start / end: ${meta.loadStart} / ${meta.loadEnd}`, '');
+  L.push(`- load average at start / end: ${meta.loadStart} / ${meta.loadEnd}`);
+  L.push(`- sticky-rs: git ${meta.git}; addon ${meta.addonStart}` +
+    (meta.addonEnd !== meta.addonStart ? ` — **WARNING: the addon was rebuilt during the run (now ${meta.addonEnd}); the repetitions mix builds**` : ''), '');
   L.push('Figures: **new conn/s**: `loadgen --mode close --connections 32 --ips ' + CLOSE_IPS + '` (one request per connection); ' +
     '**TTFB @1k/s**: `loadgen --mode rate --rate 1000 --ips ' + CLOSE_IPS + '` (from connect start; only completed requests have a TTFB, **completed** is the share of the scheduled connections answered within the run, a setup that cannot keep up has TTFBs that grow with the run); ' +
     '**keep-alive**: `loadgen --mode keepalive --connections 32 --ips 32`; ' +
@@ -463,6 +480,24 @@ function svg(med, meta) {
   return o.join('\n') + '\n';
 }
 
+// The addon under test: the working tree is shared, so record which build ran (and if it changed).
+function addonId() {
+  try {
+    const file = path.join(ROOT, 'sticky_rs.node');
+    const hash = require('node:crypto').createHash('sha256').update(fs.readFileSync(file)).digest('hex').slice(0, 12);
+    return `sha256 ${hash}, built ${fs.statSync(file).mtime.toISOString().slice(0, 19)}Z`;
+  } catch (err) {
+    return `unreadable (${err.code || err.message})`;
+  }
+}
+function gitId() {
+  const git = (args) => spawnSync('git', args, { cwd: ROOT, encoding: 'utf8' });
+  const head = git(['rev-parse', '--short', 'HEAD']);
+  if (head.status !== 0) return 'not a git checkout';
+  const dirty = git(['status', '--porcelain', '--', 'src', 'lib', 'index.js', 'Cargo.toml', 'Cargo.lock']).stdout.trim();
+  return `${head.stdout.trim()}${dirty ? ' + uncommitted changes in src/lib' : ''}`;
+}
+
 // ---- main
 let lastRuns = {};
 async function main() {
@@ -478,6 +513,8 @@ async function main() {
     cores: os.cpus().length,
     os: `${os.type()} ${os.release()} ${os.arch()}`,
     loadStart: os.loadavg().map((x) => x.toFixed(2)).join(' '),
+    git: gitId(),
+    addonStart: addonId(),
   };
   console.log(`${SMOKE ? 'smoke: ' : ''}${setups.length} setups x ${REPS} repetitions, ${DURATION} ms per figure, ${WORKERS} workers`);
   const runs = Object.fromEntries(setups.map((s) => [s.id, []]));
@@ -485,6 +522,7 @@ async function main() {
   const started = Date.now();
   for (let rep = 0; rep < REPS; rep++) for (const s of setups) runs[s.id].push(await measure(s, rep));
   meta.loadEnd = os.loadavg().map((x) => x.toFixed(2)).join(' ');
+  meta.addonEnd = addonId();
   const med = summarize(runs);
   const md = markdown(runs, med, meta);
   fs.mkdirSync(OUT, { recursive: true });
@@ -495,9 +533,14 @@ async function main() {
     fs.renameSync(`${file}.tmp`, file);
     written.push(path.relative(process.cwd(), file) || file);
   };
-  if (!SMOKE) write(`${meta.date}.md`, md);
-  write('latest.md', md);
-  write('latest.svg', svg(med, meta));
+  if (PARTIAL) {
+    write('partial.md', md);
+    write('partial.svg', svg(med, meta));
+  } else {
+    if (!SMOKE) write(`${meta.date}.md`, md);
+    write('latest.md', md);
+    write('latest.svg', svg(med, meta));
+  }
   console.log(`\n${md}`);
   console.log(`written: ${written.join(', ')} (${((Date.now() - started) / 1000).toFixed(0)} s)`);
 

@@ -6,7 +6,7 @@ const os = require('node:os');
 const { native } = require('./binding');
 
 const DEFAULT_PREFIX = 'sticky-cluster:';
-const HASHES = ['djb2'];
+const HASHES = ['djb2', 'djb2-mix'];
 
 const SHARED_KEYS = [
   'host', 'backlog', 'debug', 'prefix', 'queueLimit', 'queueTimeout', 'hash',

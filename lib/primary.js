@@ -49,6 +49,7 @@ class Primary extends EventEmitter {
         slots: o.slots,
         queueLimit: o.queueLimit,
         queueTimeout: o.queueTimeout,
+        hash: o.hash,
         debug: o.debug,
       });
     } catch (err) {

@@ -6,8 +6,27 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// Longest text: 45 characters of IPv6 + '%' + an interface name (at most 15 bytes) or a u32.
+/// Longest text: 45 characters of IPv6 + '%' + an interface name (at most 15 bytes) or a u32;
+/// plus slack so that an octet's three table bytes can always be copied at once.
 const CAPACITY: usize = 64;
+
+/// The decimal text of every octet, padded to 3 bytes, and its length.
+const DECIMAL: [([u8; 3], u8); 256] = {
+    let mut table = [([0u8; 3], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        let (h, t, o) = ((i / 100) as u8, ((i / 10) % 10) as u8, (i % 10) as u8);
+        table[i] = if i >= 100 {
+            ([b'0' + h, b'0' + t, b'0' + o], 3)
+        } else if i >= 10 {
+            ([b'0' + t, b'0' + o, 0], 2)
+        } else {
+            ([b'0' + o, 0, 0], 1)
+        };
+        i += 1;
+    }
+    table
+};
 
 /// An address formatted as Node formats it, held inline.
 #[derive(Clone, Copy)]
@@ -100,14 +119,19 @@ impl AddressText {
 
     #[inline]
     fn push_v4(&mut self, ip: &Ipv4Addr) {
+        // At most 15 bytes; the buffer always has room (IPv6 text is at most 45 before it).
         let [a, b, c, d] = ip.octets();
-        self.push_decimal(u32::from(a));
-        self.push(b'.');
-        self.push_decimal(u32::from(b));
-        self.push(b'.');
-        self.push_decimal(u32::from(c));
-        self.push(b'.');
-        self.push_decimal(u32::from(d));
+        let mut at = self.len;
+        for (i, octet) in [a, b, c, d].into_iter().enumerate() {
+            if i > 0 {
+                self.buf[at] = b'.';
+                at += 1;
+            }
+            let (digits, n) = DECIMAL[usize::from(octet)];
+            self.buf[at..at + 3].copy_from_slice(&digits);
+            at += usize::from(n);
+        }
+        self.len = at;
     }
 
     fn push_hex(&mut self, word: u16) {
@@ -125,6 +149,14 @@ impl AddressText {
     /// libuv's `inet_ntop6`: compress the first longest run (>= 2) of zero words; print an
     /// embedded IPv4 address for `::a.b.c.d` (run of exactly 6) and `::ffff:a.b.c.d`.
     fn push_v6(&mut self, ip: &Ipv6Addr) {
+        // What a dual-stack listener sees for every IPv4 client; libuv prints it this way for
+        // every mapped address, so the general algorithm below would give the same text.
+        if let Some(v4) = ip.to_ipv4_mapped() {
+            self.buf[self.len..self.len + 7].copy_from_slice(b"::ffff:");
+            self.len += 7;
+            self.push_v4(&v4);
+            return;
+        }
         let words = ip.segments();
         let (mut best_base, mut best_len) = (usize::MAX, 0usize);
         let (mut cur_base, mut cur_len) = (usize::MAX, 0usize);

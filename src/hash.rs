@@ -21,6 +21,39 @@ pub fn djb2_ascii(text: &[u8]) -> u32 {
     djb2(text.iter().map(|&b| u16::from(b)))
 }
 
+/// murmur3's 32-bit finalizer. djb2 multiplies by 33, and 33 ≡ 1 (mod 32): modulo a power of two up
+/// to 32 it only XORs the characters, ignoring their order, which leaves sequential address
+/// blocks unevenly spread over 16 or 32 workers. Mixing djb2's output fixes that.
+#[inline]
+pub fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// A route hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hash {
+    /// djb2 exactly as sticky-cluster (the default: clients keep their worker when migrating).
+    #[default]
+    Djb2,
+    /// djb2 followed by [`fmix32`]: even spread for any number of workers.
+    Djb2Mix,
+}
+
+impl Hash {
+    /// The hash of an ASCII route key.
+    #[inline]
+    pub fn of(self, key: &[u8]) -> u32 {
+        match self {
+            Hash::Djb2 => djb2_ascii(key),
+            Hash::Djb2Mix => fmix32(djb2_ascii(key)),
+        }
+    }
+}
+
 /// djb2 of any Rust string, over its UTF-16 units as JavaScript sees them.
 pub fn djb2_str(text: &str) -> u32 {
     let units: Vec<u16> = text.encode_utf16().collect();
@@ -50,6 +83,15 @@ mod tests {
             assert_eq!(djb2_ascii(text.as_bytes()), want, "{text:?}");
             assert_eq!(djb2_str(text), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn fmix32_matches_murmur3() {
+        // Reference values of MurmurHash3's fmix32.
+        assert_eq!(fmix32(0), 0);
+        assert_eq!(fmix32(1), 0x514e_28b7);
+        assert_eq!(Hash::Djb2Mix.of(b"127.0.0.1"), fmix32(340519950));
+        assert_eq!(Hash::Djb2.of(b"127.0.0.1"), 340519950);
     }
 
     #[test]

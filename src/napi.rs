@@ -13,7 +13,7 @@ use napi_derive::napi;
 
 use crate::address::AddressText;
 use crate::channel::Meta;
-use crate::hash::djb2_str;
+use crate::hash::{djb2_str, Hash};
 use crate::resolve::{RouteBy, Rules};
 use crate::table::slot_for;
 use crate::trust::Trusted;
@@ -63,6 +63,8 @@ pub struct RouterOptions {
     pub slots: u32,
     /// Connections a slot holds while it has no ready worker, at most.
     pub queue_limit: u32,
+    /// `djb2` or `djb2-mix`.
+    pub hash: String,
     /// Milliseconds a connection may wait for a ready worker; 0: no limit.
     pub queue_timeout: u32,
     pub debug: bool,
@@ -150,6 +152,7 @@ impl Router {
                 timeout: std::time::Duration::from_millis(u64::from(options.peek_timeout)),
             },
             slots: options.slots as usize,
+            hash: hash_named(&options.hash)?,
             queue_limit: options.queue_limit as usize,
             queue_timeout: (options.queue_timeout > 0)
                 .then(|| std::time::Duration::from_millis(u64::from(options.queue_timeout))),
@@ -364,11 +367,24 @@ pub fn address_text(ip: String) -> Result<String> {
     Ok(parse_ip(&ip)?.as_str().to_owned())
 }
 
-/// The slot of each address (formatted by the router's rules, then djb2 % slots), in one call.
+fn hash_named(name: &str) -> Result<Hash> {
+    match name {
+        "djb2" => Ok(Hash::Djb2),
+        "djb2-mix" => Ok(Hash::Djb2Mix),
+        other => Err(Error::new(
+            Status::InvalidArg,
+            format!("unknown hash {other:?}"),
+        )),
+    }
+}
+
+/// The slot of each address (formatted by the router's rules, then `hash % slots`; `hash` is
+/// `djb2` unless given), in one call.
 #[napi]
-pub fn slots_of(ips: Vec<String>, slots: u32) -> Result<Vec<u32>> {
+pub fn slots_of(ips: Vec<String>, slots: u32, hash: Option<String>) -> Result<Vec<u32>> {
+    let hash = hash_named(hash.as_deref().unwrap_or("djb2"))?;
     ips.iter()
-        .map(|ip| Ok(slot_for(parse_ip(ip)?.as_bytes(), slots as usize) as u32))
+        .map(|ip| Ok(slot_for(parse_ip(ip)?.as_bytes(), slots as usize, hash) as u32))
         .collect()
 }
 

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::address::AddressText;
 use crate::channel::{self, Message, Meta, Reader, MAX_BATCH};
+use crate::hash::Hash;
 use crate::listener;
 use crate::resolve::{self, Outcome, Rules};
 use crate::stats::Stats;
@@ -67,6 +68,8 @@ pub struct Config {
     pub queue_limit: usize,
     /// How long a connection may wait for a ready worker; older ones are closed. None: no limit.
     pub queue_timeout: Option<Duration>,
+    /// The route hash.
+    pub hash: Hash,
     /// Log each routing decision and channel change to stderr.
     pub debug: bool,
 }
@@ -387,7 +390,7 @@ impl State {
     fn new(config: &Config, stats: Arc<Stats>) -> State {
         let slots = config.slots.max(1);
         State {
-            table: Table::new(slots, config.queue_limit),
+            table: Table::new(slots, config.queue_limit, config.hash),
             channels: HashMap::new(),
             rules: Arc::new(config.rules.clone()),
             resolving: 0,

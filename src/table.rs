@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use crate::hash::djb2_ascii;
+use crate::hash::Hash;
 
 /// Identifies one worker's channel for its whole life; never reused.
 pub type ChannelId = u64;
@@ -26,17 +26,19 @@ pub struct Slot<C> {
 pub struct Table<C> {
     slots: Vec<Slot<C>>,
     limit: usize,
+    hash: Hash,
 }
 
-/// The slot a route key belongs to: `djb2(key) % slots`, as sticky-cluster computes it.
+/// The slot a route key belongs to: `hash(key) % slots` (djb2: as sticky-cluster computes it).
 #[inline]
-pub fn slot_for(key: &[u8], slots: usize) -> usize {
-    djb2_ascii(key) as usize % slots.max(1)
+pub fn slot_for(key: &[u8], slots: usize, hash: Hash) -> usize {
+    hash.of(key) as usize % slots.max(1)
 }
 
 impl<C> Table<C> {
-    /// A table of `slots` slots (at least one), each holding at most `limit` waiting connections.
-    pub fn new(slots: usize, limit: usize) -> Self {
+    /// A table of `slots` slots (at least one), each holding at most `limit` waiting connections,
+    /// routing with `hash`.
+    pub fn new(slots: usize, limit: usize, hash: Hash) -> Self {
         Table {
             slots: (0..slots.max(1))
                 .map(|_| Slot {
@@ -45,6 +47,7 @@ impl<C> Table<C> {
                 })
                 .collect(),
             limit,
+            hash,
         }
     }
 
@@ -70,7 +73,7 @@ impl<C> Table<C> {
 
     /// Routes `conn` by `key` to the back of its slot's queue; returns the slot.
     pub fn push(&mut self, key: &[u8], conn: C) -> usize {
-        let index = slot_for(key, self.slots.len());
+        let index = slot_for(key, self.slots.len(), self.hash);
         self.slots[index].waiting.push_back(conn);
         index
     }
@@ -133,18 +136,20 @@ mod tests {
     #[test]
     fn routes_by_djb2_modulo() {
         // djb2("::ffff:127.0.0.1") = 339916724; 339916724 % 4 = 0, % 3 = 2.
-        assert_eq!(slot_for(b"::ffff:127.0.0.1", 4), 0);
-        assert_eq!(slot_for(b"::ffff:127.0.0.1", 3), 2);
+        assert_eq!(slot_for(b"::ffff:127.0.0.1", 4, Hash::Djb2), 0);
+        assert_eq!(slot_for(b"::ffff:127.0.0.1", 3, Hash::Djb2), 2);
         // An empty key (unknown peer) hashes like sticky-cluster's `remoteAddress || ''`.
-        assert_eq!(slot_for(b"", 7), 5381 % 7);
-        let mut t: Table<u32> = Table::new(3, 10);
+        assert_eq!(slot_for(b"", 7, Hash::Djb2), 5381 % 7);
+        let mixed = crate::hash::fmix32(339916724) as usize % 4;
+        assert_eq!(slot_for(b"::ffff:127.0.0.1", 4, Hash::Djb2Mix), mixed);
+        let mut t: Table<u32> = Table::new(3, 10, Hash::Djb2);
         assert_eq!(t.push(b"::ffff:127.0.0.1", 1), 2);
         assert_eq!(t.slot(2).waiting.len(), 1);
     }
 
     #[test]
     fn waits_until_activated_and_bounds_the_wait() {
-        let mut t: Table<u32> = Table::new(1, 3);
+        let mut t: Table<u32> = Table::new(1, 3, Hash::Djb2);
         for c in 0..5 {
             t.push(b"k", c);
         }
@@ -157,7 +162,7 @@ mod tests {
 
     #[test]
     fn expiry_takes_the_oldest_first() {
-        let mut t: Table<u32> = Table::new(1, 100);
+        let mut t: Table<u32> = Table::new(1, 100, Hash::Djb2);
         for c in [1, 2, 3, 10, 4] {
             t.push(b"k", c);
         }
@@ -167,7 +172,7 @@ mod tests {
 
     #[test]
     fn requeued_connections_keep_their_order_in_front() {
-        let mut t: Table<u32> = Table::new(1, 100);
+        let mut t: Table<u32> = Table::new(1, 100, Hash::Djb2);
         t.push(b"k", 10);
         t.requeue_front(0, vec![1, 2, 3]);
         assert_eq!(t.slot(0).waiting, [1, 2, 3, 10]);
@@ -175,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_newer_channel_survives_the_old_ones_release() {
-        let mut t: Table<u32> = Table::new(2, 1);
+        let mut t: Table<u32> = Table::new(2, 1, Hash::Djb2);
         t.activate(1, 1);
         t.activate(1, 2);
         t.deactivate(1, 1);

@@ -28,6 +28,16 @@ fn best_ns_per(peers: &[SocketAddr], slots: usize) -> f64 {
     best
 }
 
+fn best_of<F: FnMut() -> usize>(n: usize, mut f: F) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        black_box(f());
+        best = best.min(start.elapsed().as_nanos() as f64 / n as f64);
+    }
+    best
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
@@ -45,11 +55,27 @@ fn main() {
         .iter()
         .map(|ip| SocketAddr::V6(SocketAddrV6::new(ip.to_ipv6_mapped(), 4000, 0, 0)))
         .collect();
+    // the two halves separately: formatting only, and djb2 % slots of pre-formatted text
+    let format_ns = best_of(n, || {
+        plain
+            .iter()
+            .map(|p| address::AddressText::new(black_box(p)).as_bytes().len())
+            .sum()
+    });
+    let texts: Vec<address::AddressText> = plain.iter().map(address::AddressText::new).collect();
+    let hash_ns = best_of(n, || {
+        texts
+            .iter()
+            .map(|t| hash::djb2_ascii(black_box(t).as_bytes()) as usize % slots)
+            .sum()
+    });
     println!(
-        "{{\"addresses\":{},\"slots\":{},\"v4_ns\":{:.2},\"mapped_ns\":{:.2}}}",
+        "{{\"addresses\":{},\"slots\":{},\"v4_ns\":{:.2},\"mapped_ns\":{:.2},\"v4_format_ns\":{:.2},\"v4_hash_ns\":{:.2}}}",
         n,
         slots,
         best_ns_per(&plain, slots),
-        best_ns_per(&mapped, slots)
+        best_ns_per(&mapped, slots),
+        format_ns,
+        hash_ns
     );
 }
