@@ -154,6 +154,7 @@ test('1,000 connect-then-reset connections: the primary stays up and its fds ret
   expect(app.fdCount()).toBe(baseline);
   const answers = await pool(range(20), 10, (i) => get(port, clientIp(i)));
   expect(answers.every((a) => a.status === 200)).toBe(true);
+  await app.atRest(); // acknowledgements are read within a tick
   const stats = await app.stats();
   const total = (k) => stats.slots.reduce((n, s) => n + s[k], 0);
   expect(total('accepted')).toBe(1030);
@@ -168,6 +169,7 @@ test('the wait for a worker that is not ready is bounded: past queueLimit connec
   const outcomes = await pool(range(20), 20, (i) => get(port, clientIp(i)).then((a) => a.status, (e) => e.code));
   expect(outcomes.filter((o) => o === 200)).toHaveLength(5);
   expect(outcomes.filter((o) => o !== 200)).toHaveLength(15);
+  await app.atRest();
   const stats = await app.stats();
   expect(stats.slots[0]).toMatchObject({ accepted: 20, delivered: 5, dropped: 15, queued: 0 });
 });
@@ -190,6 +192,7 @@ test('few descriptors: the primary stops accepting instead of failing, and serve
   expect(app.events.filter((e) => e.event === 'ready')).toHaveLength(0);
   const results = await answers;
   expect(results.filter((a) => a.status === 200)).toHaveLength(150);
+  await app.atRest();
   const stats = await app.stats();
   expect(stats.slots[0]).toMatchObject({ accepted: 150, delivered: 150, dropped: 0 });
 });
@@ -212,6 +215,7 @@ test('EMFILE on accept: the primary backs off instead of spinning, then serves e
   app.command('release');
   const results = await answers;
   expect(results.filter((a) => a.status === 200)).toHaveLength(100);
+  await app.atRest();
   const after = await app.stats();
   expect(after.slots[0]).toMatchObject({ accepted: 100, delivered: 100, dropped: 0 });
 });

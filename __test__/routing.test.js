@@ -28,6 +28,7 @@ test('200 client IPs x 3 requests over 4 workers: one pid per IP, slot = djb2(ad
   }
   expect([...pidsBySlot.keys()].sort()).toEqual([0, 1, 2, 3]);
   for (const pids of pidsBySlot.values()) expect(pids.size).toBe(1);
+  await app.atRest(); // acknowledgements are read within a tick
   const stats = await app.stats();
   const total = (k) => stats.slots.reduce((n, s) => n + s[k], 0);
   expect(total('accepted')).toBe(600);

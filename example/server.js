@@ -7,6 +7,10 @@
 //   WORKERS  number of workers (default: one per CPU)
 //   REDIS_URL Redis to share rooms and broadcasts with other machines (e.g. redis://127.0.0.1:6379).
 //            Without it, the workers of this machine share them through the primary.
+//   ROUTE_BY  behind a proxy: 'x-forwarded-for', 'proxy-protocol' or a header name to pick the
+//            worker by (sticky-rs `routeBy`; default: the TCP peer's address)
+//   TRUSTED_PROXIES comma-separated addresses/CIDR ranges of those proxies (sticky-rs
+//            `trustedProxies`; required with ROUTE_BY). See docs/LOAD-BALANCER.md.
 //
 // Every connection from one client IP reaches the same worker, so Socket.IO's long-polling
 // (several HTTP requests per session) works without any shared session store. Open
@@ -41,6 +45,12 @@ const PORT = positiveInt('PORT', 8080);
 const HOST = process.env.HOST || undefined;
 const WORKERS = positiveInt('WORKERS', os.availableParallelism());
 const REDIS_URL = process.env.REDIS_URL || '';
+const ROUTE_BY = process.env.ROUTE_BY || undefined;
+const TRUSTED_PROXIES = (process.env.TRUSTED_PROXIES || '').split(',').map((s) => s.trim()).filter(Boolean);
+if (ROUTE_BY && ROUTE_BY.toLowerCase() !== 'address' && TRUSTED_PROXIES.length === 0) {
+  console.error(`ROUTE_BY=${JSON.stringify(ROUTE_BY)} needs TRUSTED_PROXIES (comma-separated addresses or CIDR ranges of the proxies)`);
+  process.exit(1);
+}
 
 /** The URL without its password, for logs. */
 function redactUrl(url) {
@@ -125,7 +135,8 @@ function chat(io, socket, self) {
   const roomKey = (room) => `room:${room}`;
   const notice = (room, text) => io.to(roomKey(room)).emit('system', { room, text, worker: self, at: Date.now() });
 
-  socket.on('whoami', (ack) => reply(ack, { ...self, transport: socket.conn.transport.name }));
+  // `address`: the client as this worker sees it (with PROXY protocol, the client the proxy named).
+  socket.on('whoami', (ack) => reply(ack, { ...self, transport: socket.conn.transport.name, address: socket.handshake.address }));
 
   socket.on('join', (payload, ack) => {
     const name = cleanString(payload?.name, MAX_NAME);
@@ -159,17 +170,26 @@ function chat(io, socket, self) {
 // ---------------------------------------------------------------------------------------------
 // Primary (sticky() returns undefined in workers, where startWorker runs instead).
 
-const primary = sticky(startWorker, {
-  concurrency: WORKERS,
-  port: PORT,
-  host: HOST,
-  // Bounds how long Ctrl-C can wait for connections that do not close.
-  hardShutdownDelay: 10_000,
-  errorHandler(err) {
-    console.error(`Cannot listen on ${HOST || '*'}:${PORT}: ${err.message}`);
-    process.exit(1);
-  },
-});
+let primary;
+try {
+  primary = sticky(startWorker, {
+    concurrency: WORKERS,
+    port: PORT,
+    host: HOST,
+    routeBy: ROUTE_BY,
+    trustedProxies: TRUSTED_PROXIES.length > 0 ? TRUSTED_PROXIES : undefined,
+    // Bounds how long Ctrl-C can wait for connections that do not close.
+    hardShutdownDelay: 10_000,
+    errorHandler(err) {
+      console.error(`Cannot listen on ${HOST || '*'}:${PORT}: ${err.message}`);
+      process.exit(1);
+    },
+  });
+} catch (err) {
+  // An invalid ROUTE_BY or TRUSTED_PROXIES entry: sticky-rs names it.
+  console.error(err.message);
+  process.exit(1);
+}
 
 if (cluster.isPrimary) {
   // The cluster adapter's relay in the primary; with Redis, the workers talk to Redis instead.
@@ -184,6 +204,7 @@ if (cluster.isPrimary) {
       ? `${WORKERS} worker(s), Socket.IO adapter: @socket.io/redis-streams-adapter (Redis ${redactUrl(REDIS_URL)}, shared by every machine using it)`
       : `${WORKERS} worker(s), Socket.IO adapter: @socket.io/cluster-adapter (through this primary, one machine)`,
   );
+  if (ROUTE_BY) console.log(`Routing by ${ROUTE_BY} from trusted proxies ${TRUSTED_PROXIES.join(', ')}`);
 
   // Set on Ctrl-C: workers exiting after that are the shutdown working, not news.
   let stopping = false;
