@@ -1,8 +1,26 @@
 'use strict';
-// The IPC messages between the primary and a worker, all strings starting with the prefix.
+// The IPC messages between the primary and a worker. Their names start with the prefix.
+// Primary -> worker: plain string messages, as sticky-cluster's were.
+// Worker -> primary: Node-internal messages ({ cmd: 'NODE_STICKY_RS', type }), the way Node's own
+// cluster talks, so they never reach the user's worker.on('message') listeners (sticky-session's
+// tests check that a worker's first message is the application's).
 // Anything else on the channel (e.g. @socket.io/cluster-adapter's) is someone else's.
 const READY = 'ready'; // worker -> primary: its server is handed over; send the channel
 const CHANNEL = 'channel'; // primary -> worker, with the channel's worker end as the handle
 const SHUTDOWN = 'shutdown'; // primary -> worker: finish what is open and exit
+const CLOSING = 'closing'; // worker -> primary: the user closed the server (sticky-session): replace me
 
-module.exports = { READY, CHANNEL, SHUTDOWN };
+const INTERNAL = 'NODE_STICKY_RS';
+
+/** Sends a worker -> primary notice; a closed channel (primary gone) is not an error here. */
+function notifyPrimary(prefix, type) {
+  process.send({ cmd: INTERNAL, type: prefix + type }, () => {});
+}
+
+/** The type of a worker -> primary notice, or null for anything else. */
+function noticeType(prefix, message) {
+  if (!message || message.cmd !== INTERNAL || typeof message.type !== 'string') return null;
+  return message.type.startsWith(prefix) ? message.type.slice(prefix.length) : null;
+}
+
+module.exports = { READY, CHANNEL, SHUTDOWN, CLOSING, notifyPrimary, noticeType };

@@ -8,7 +8,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native, nodeError } = require('./binding');
 const { log } = require('./log');
-const { READY, CHANNEL, SHUTDOWN } = require('./messages');
+const { READY, CHANNEL, SHUTDOWN, CLOSING, noticeType } = require('./messages');
 
 const POLL = 10;
 
@@ -58,12 +58,9 @@ class Primary extends EventEmitter {
     }
     if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s)`);
     for (let index = 0; index < o.slots; index++) {
-      this.slots.push({ current: null, delay: o.respawnDelay, timer: null });
+      this.slots.push({ current: null, delay: o.respawnDelay, timer: null, replacing: null });
+      this.slots[index].current = this.fork(index);
     }
-    // Forked on the next tick, so listeners attached when sticky() returns see every 'fork'.
-    process.nextTick(() => {
-      for (const [index, slot] of this.slots.entries()) if (!this.closing) slot.current = this.fork(index);
-    });
     this.signals = {
       SIGINT: () => this.exitAfter(this.shutdown()),
       SIGTERM: () => this.exitAfter(this.shutdown()),
@@ -113,11 +110,14 @@ class Primary extends EventEmitter {
     worker.on('error', (err) => {
       if (o.debug) log('primary', `slot ${index}: worker #${worker.id}: ${err.message}`);
     });
-    worker.on('message', (message) => {
-      if (message === o.prefix + READY && !member.channel && !this.closing) this.sendChannel(member);
+    worker.process.on('internalMessage', (message) => {
+      const type = noticeType(o.prefix, message);
+      if (type === READY && !member.channel && !this.closing) this.sendChannel(member);
+      if (type === CLOSING) this.onClosing(member);
     });
     worker.on('exit', (code, signal) => this.onExit(member, code, signal));
-    this.emit('fork', { slot: index, worker });
+    // On the next tick: the first workers are forked inside sticky(), before its caller can listen.
+    process.nextTick(() => this.emit('fork', { slot: index, worker }));
     return member;
   }
 
@@ -181,7 +181,8 @@ class Primary extends EventEmitter {
 
   /**
    * Replaces every worker, one slot at a time: fork, wait until the new one is ready and the
-   * slot delivers to it, then let the old one finish its connections and exit.
+   * slot delivers to it, then let the old one finish its connections and exit. Resolves when
+   * every old worker is gone.
    */
   reload() {
     if (this.closing) return Promise.reject(new Error('sticky-rs: shutting down'));
@@ -191,21 +192,7 @@ class Primary extends EventEmitter {
       if (o.debug) log('primary', 'reloading');
       const retired = [];
       for (let index = 0; index < this.slots.length && !this.closing; index++) {
-        const slot = this.slots[index];
-        const old = slot.current;
-        const next = this.fork(index);
-        const ok = (await until(() => next.ready || !this.members.has(next.worker), o.readyTimeout)) &&
-          this.members.has(next.worker) && (await this.switched(next, o.readyTimeout));
-        if (!ok || this.closing) {
-          if (this.members.has(next.worker)) next.worker.process.kill('SIGKILL');
-          throw new Error(`sticky-rs: reload failed at slot ${index}: the new worker did not become ready`);
-        }
-        slot.current = next;
-        slot.delay = o.respawnDelay;
-        if (old && this.members.has(old.worker)) {
-          retired.push(new Promise((resolve) => old.worker.once('exit', resolve)));
-          this.retire(old);
-        }
+        retired.push(await this.replace(index));
       }
       await Promise.all(retired);
       if (o.debug) log('primary', 'reload done');
@@ -213,6 +200,48 @@ class Primary extends EventEmitter {
       this.reloading = null;
     });
     return this.reloading;
+  }
+
+  /**
+   * Replaces the worker of one slot without losing a connection: fork, wait until the new one
+   * is ready and the slot delivers to it, then retire the old one. Resolves, once switched, with
+   * a promise of the old worker's exit.
+   */
+  replace(index) {
+    const slot = this.slots[index];
+    if (slot.replacing) return slot.replacing;
+    const o = this.options;
+    slot.replacing = (async () => {
+      const old = slot.current;
+      const next = this.fork(index);
+      const ok = (await until(() => next.ready || !this.members.has(next.worker), o.readyTimeout)) &&
+        this.members.has(next.worker) && (await this.switched(next, o.readyTimeout));
+      if (!ok || this.closing) {
+        if (this.members.has(next.worker)) next.worker.process.kill('SIGKILL');
+        throw new Error(`sticky-rs: replacing slot ${index} failed: the new worker did not become ready`);
+      }
+      slot.current = next;
+      slot.delay = o.respawnDelay;
+      if (!old || !this.members.has(old.worker)) return Promise.resolve();
+      const exited = new Promise((resolve) => old.worker.once('exit', resolve));
+      this.retire(old);
+      return exited;
+    })().finally(() => {
+      slot.replacing = null;
+    });
+    return slot.replacing;
+  }
+
+  /**
+   * sticky-session semantics: a worker that closes its server gets no new connections (they
+   * wait for its replacement), finishes the ones it has and exits.
+   */
+  onClosing(member) {
+    const slot = this.slots[member.slot];
+    if (this.closing || slot.current !== member || !member.channel) return;
+    if (this.options.debug) log('primary', `slot ${member.slot}: worker #${member.worker.id} closed its server, replacing it`);
+    this.router.retire(member.channel.id);
+    this.replace(member.slot).catch((err) => this.options.debug && log('primary', err.message));
   }
 
   /**

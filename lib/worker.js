@@ -6,7 +6,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
 const { log } = require('./log');
-const { READY, CHANNEL, SHUTDOWN } = require('./messages');
+const { READY, CHANNEL, SHUTDOWN, CLOSING, notifyPrimary } = require('./messages');
 
 let state = null;
 
@@ -53,13 +53,24 @@ function serve(...servers) {
   if (state.servers) throw new Error('sticky-rs: servers were already handed over in this worker');
   if (state.shuttingDown) return;
   state.servers = servers;
-  // http.Server sets up its request timeouts and idle-connection tracking on 'listening'.
-  for (const server of servers) server.emit('listening');
+  for (const server of servers) {
+    // http.Server sets up its request timeouts and idle-connection tracking on 'listening'.
+    server.emit('listening');
+    // sticky-session semantics: closing the server retires this worker; the primary sends new
+    // connections to a replacement and lets this one finish.
+    const close = server.close;
+    server.close = function closeAndRetire(...args) {
+      if (!state.shuttingDown && !state.closing) {
+        state.closing = true;
+        notifyPrimary(state.options.prefix, CLOSING);
+      }
+      return close.apply(this, args);
+    };
+  }
   // Ctrl-C reaches every process of the group: finish what is open rather than die mid-request.
   process.once('SIGINT', shutdown);
   process.once('SIGTERM', shutdown);
-  // The callback keeps a closed channel (primary gone) from becoming an uncaught error.
-  process.send(state.options.prefix + READY, () => {});
+  notifyPrimary(state.options.prefix, READY);
   if (state.options.debug) log(state.role, 'server handed over, waiting for the channel');
 }
 

@@ -206,6 +206,15 @@ impl Router {
         Ok(inner.stats().snapshot(slot as usize).channel as i64)
     }
 
+    /// Sends nothing more to a channel whose worker is finishing; the slot waits for a new one.
+    #[napi]
+    pub fn retire(&self, id: i64) -> Result<()> {
+        match &self.inner {
+            Some(inner) => inner.retire(id as u64).map_err(os_error),
+            None => Ok(()),
+        }
+    }
+
     /// Closes the listener; accepted connections are still delivered.
     #[napi]
     pub fn stop_accepting(&self) -> Result<()> {

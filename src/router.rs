@@ -100,6 +100,9 @@ enum Command {
     Release {
         id: ChannelId,
     },
+    Retire {
+        id: ChannelId,
+    },
     StopAccepting,
     Close,
 }
@@ -215,6 +218,12 @@ impl Router {
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "router is closed"))
     }
 
+    /// Sends nothing more to a channel, keeping it open for the acknowledgements of what it was
+    /// already sent (its worker is finishing); the slot waits for a replacement's hello.
+    pub fn retire(&self, id: ChannelId) -> io::Result<()> {
+        self.send(Command::Retire { id })
+    }
+
     /// Closes the listener but keeps delivering what is already accepted (graceful shutdown:
     /// new clients are refused by the kernel, accepted ones still reach their workers).
     pub fn stop_accepting(&self) -> io::Result<()> {
@@ -297,6 +306,7 @@ async fn run(
             command = commands.recv() => match command {
                 Some(Command::Open { id, slot, fd }) => state.open(id, slot, fd),
                 Some(Command::Release { id }) => state.close_channel(id),
+                Some(Command::Retire { id }) => state.retire(id),
                 Some(Command::StopAccepting) => listeners.clear(),
                 Some(Command::Close) | None => break,
             },
@@ -714,6 +724,16 @@ impl State {
             self.table.requeue_front(slot, lost);
             if self.debug {
                 eprintln!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
+            }
+        }
+    }
+
+    fn retire(&mut self, id: ChannelId) {
+        if let Some(slot) = self.channels.get(&id).map(|c| c.slot) {
+            self.table.deactivate(slot, id);
+            self.update_gauges(slot);
+            if self.debug {
+                eprintln!("[sticky-rs] primary: slot {slot}: channel {id} retired");
             }
         }
     }
