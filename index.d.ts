@@ -111,7 +111,7 @@ declare namespace sticky {
     address(): { address: string; family: string; port: number } | null;
     /** Every listener's address, in order. */
     addresses(): Array<{ address: string; family: string; port: number }> | null;
-    /** Per-slot pids and counters, or null if listening failed. */
+    /** Per-slot pids and counters, or null if listening failed; throws after shutdown. */
     stats(): Stats | null;
     /** Stops accepting, delivers what was accepted, asks every worker to finish; resolves with 0, or 1 if hardShutdownDelay ran out. */
     shutdown(): Promise<number>;
@@ -120,6 +120,12 @@ declare namespace sticky {
     on(event: 'fork' | 'ready', listener: (e: WorkerEvent) => void): this;
     on(event: 'exit', listener: (e: WorkerEvent & { code: number | null; signal: string | null }) => void): this;
     on(event: 'respawn', listener: (e: { slot: number; delay: number }) => void): this;
+  }
+
+  /** The argument of the `'sticky:shutdown'` event a handed-over server emits when its worker is asked to stop. */
+  interface ShutdownEvent {
+    /** The worker exits only once `promise` settled (and its connections closed). */
+    waitUntil(promise: Promise<unknown>): void;
   }
 
   /** sticky-session: returns false in the primary and true in a worker, where `server` gets the connections. */

@@ -30,7 +30,7 @@ class Primary extends EventEmitter {
     this.options = options;
     this.router = null;
     this.slots = [];
-    // One record per live worker: { slot, worker, channel, ready, timer }.
+    // One record per live worker: { slot, worker, channel, handedOver, bornAt, timer }.
     this.members = new Map();
     this.closing = false;
     this.reloading = null;
@@ -98,7 +98,7 @@ class Primary extends EventEmitter {
   fork(index) {
     const o = this.options;
     const worker = cluster.fork(o.env(index));
-    const member = { slot: index, worker, channel: null, ready: false, bornAt: Date.now(), timer: null };
+    const member = { slot: index, worker, channel: null, handedOver: false, bornAt: Date.now(), timer: null };
     this.members.set(worker, member);
     if (o.debug) log('primary', `slot ${index}: forked worker #${worker.id} (pid ${worker.process.pid})`);
     // A worker that never hands its server over is replaced; its slot's clients wait meanwhile.
@@ -106,9 +106,11 @@ class Primary extends EventEmitter {
       if (o.debug) log('primary', `slot ${index}: worker #${worker.id} not ready after ${o.readyTimeout} ms, killing it`);
       worker.process.kill('SIGKILL');
     }, o.readyTimeout);
-    // An IPC failure (ERR_IPC_CHANNEL_CLOSED...) concerns this worker only; 'exit' follows.
+    // An IPC failure (ERR_IPC_CHANNEL_CLOSED...) concerns this worker only; 'exit' follows. A
+    // process that could not be spawned at all (EMFILE, EAGAIN) never exits: count it as exited.
     worker.on('error', (err) => {
       if (o.debug) log('primary', `slot ${index}: worker #${worker.id}: ${err.message}`);
+      if (worker.process.pid === undefined) this.onExit(member, null, null);
     });
     worker.process.on('internalMessage', (message) => {
       const type = noticeType(o.prefix, message);
@@ -139,14 +141,18 @@ class Primary extends EventEmitter {
     worker.send(o.prefix + CHANNEL, end, (err) => {
       if (err) end.destroy();
     });
-    member.ready = true;
-    if (o.debug) log('primary', `slot ${slot}: worker #${worker.id} is ready, channel ${member.channel.id} sent`);
-    this.emit('ready', { slot, worker });
+    member.handedOver = true;
+    if (o.debug) log('primary', `slot ${slot}: worker #${worker.id} handed its server over, channel ${member.channel.id} sent`);
+    // 'ready' once its slot really delivers to it (the worker said hello on the channel).
+    this.switched(member, o.readyTimeout).then((ok) => {
+      if (ok && this.members.has(worker) && !this.closing) this.emit('ready', { slot, worker });
+    });
   }
 
   onExit(member, code, signal) {
     const o = this.options;
     const { slot: index, worker } = member;
+    if (!this.members.has(worker)) return;
     clearTimeout(member.timer);
     this.members.delete(worker);
     // Connections it had not confirmed go back to the slot, for the next worker.
@@ -160,14 +166,28 @@ class Primary extends EventEmitter {
     }
     if (slot.current !== member) return; // a worker retired by reload, or a failed replacement
     slot.current = null;
-    // Crash loops back off; a worker that lived long enough resets the delay.
-    if (Date.now() - member.bornAt >= o.respawnResetAfter) slot.delay = o.respawnDelay;
+    // A replacement under way takes the slot; otherwise respawn.
+    if (!slot.replacing) this.respawn(index, member.bornAt);
+  }
+
+  /** Forks a new worker for an empty slot after a back-off that grows while workers crash. */
+  respawn(index, bornAt) {
+    const o = this.options;
+    const slot = this.slots[index];
+    if (Date.now() - bornAt >= o.respawnResetAfter) slot.delay = o.respawnDelay;
     const delay = slot.delay;
     slot.delay = Math.min(slot.delay * 2, o.maxRespawnDelay);
     this.emit('respawn', { slot: index, delay });
+    clearTimeout(slot.timer);
     slot.timer = setTimeout(() => {
       slot.timer = null;
-      if (!this.closing) slot.current = this.fork(index);
+      if (this.closing || slot.current || slot.replacing) return;
+      try {
+        slot.current = this.fork(index);
+      } catch (err) {
+        if (o.debug) log('primary', `slot ${index}: fork failed: ${err.message}`);
+        this.respawn(index, Date.now());
+      }
     }, delay);
   }
 
@@ -211,23 +231,28 @@ class Primary extends EventEmitter {
     const slot = this.slots[index];
     if (slot.replacing) return slot.replacing;
     const o = this.options;
+    // The replacement owns the slot now: no respawn of its own.
+    clearTimeout(slot.timer);
+    slot.timer = null;
     slot.replacing = (async () => {
-      const old = slot.current;
       const next = this.fork(index);
-      const ok = (await until(() => next.ready || !this.members.has(next.worker), o.readyTimeout)) &&
+      const ok = (await until(() => next.handedOver || !this.members.has(next.worker), o.readyTimeout)) &&
         this.members.has(next.worker) && (await this.switched(next, o.readyTimeout));
       if (!ok || this.closing) {
         if (this.members.has(next.worker)) next.worker.process.kill('SIGKILL');
         throw new Error(`sticky-rs: replacing slot ${index} failed: the new worker did not become ready`);
       }
+      const previous = slot.current;
       slot.current = next;
       slot.delay = o.respawnDelay;
-      if (!old || !this.members.has(old.worker)) return Promise.resolve();
-      const exited = new Promise((resolve) => old.worker.once('exit', resolve));
-      this.retire(old);
+      if (!previous || !this.members.has(previous.worker)) return Promise.resolve();
+      const exited = new Promise((resolve) => previous.worker.once('exit', resolve));
+      this.retire(previous);
       return exited;
     })().finally(() => {
       slot.replacing = null;
+      // Whatever happened, the slot must end up with a worker.
+      if (!slot.current && !this.closing) this.respawn(index, 0);
     });
     return slot.replacing;
   }
@@ -241,7 +266,11 @@ class Primary extends EventEmitter {
     if (this.closing || slot.current !== member || !member.channel) return;
     if (this.options.debug) log('primary', `slot ${member.slot}: worker #${member.worker.id} closed its server, replacing it`);
     this.router.retire(member.channel.id);
-    this.replace(member.slot).catch((err) => this.options.debug && log('primary', err.message));
+    this.replace(member.slot).catch((err) => {
+      log('primary', err.message);
+      // Its slot gets nothing now: let it finish, and the respawn after its exit takes over.
+      if (this.members.has(member.worker)) this.retire(member);
+    });
   }
 
   /**
@@ -252,7 +281,7 @@ class Primary extends EventEmitter {
   retire(member) {
     const { worker } = member;
     clearTimeout(member.timer);
-    if (member.ready && worker.isConnected()) worker.send(this.options.prefix + SHUTDOWN, () => {});
+    if (member.handedOver && worker.isConnected()) worker.send(this.options.prefix + SHUTDOWN, () => {});
     else worker.process.kill('SIGTERM');
     member.timer = setTimeout(() => worker.process.kill('SIGKILL'), this.options.hardShutdownDelay);
     member.timer.unref();
@@ -271,22 +300,26 @@ class Primary extends EventEmitter {
       this.resolveClosed = resolve;
     });
     if (o.debug) log('primary', 'shutting down');
-    // A second signal forces the exit.
+    // A second SIGINT/SIGTERM forces the exit; SIGHUP (a closed terminal) must not kill the drain.
     for (const [signal, handler] of Object.entries(this.signals || {})) {
       process.removeListener(signal, handler);
-      if (signal !== 'SIGHUP') process.once(signal, () => process.exit(1));
+      process.once(signal, signal === 'SIGHUP' ? () => {} : () => process.exit(1));
     }
     for (const slot of this.slots) clearTimeout(slot.timer);
     this.hardTimer = setTimeout(() => this.finish(1), o.hardShutdownDelay);
-    (async () => {
-      if (this.router) {
-        this.router.stopAccepting();
-        // Accepted connections of slots with a ready worker still go out first.
-        await until(() => this.router.stats().slots.every((s) => s.channel === 0 || s.queued + s.inFlight === 0), o.hardShutdownDelay);
-      }
-      for (const member of this.members.values()) this.retire(member);
-      if (this.members.size === 0) this.finish(0);
-    })();
+    if (this.router) this.router.stopAccepting();
+    if (this.members.size === 0) this.finish(0);
+    // Each worker is retired once its slot delivered what was accepted for it (or has no ready
+    // worker to deliver to): one stuck slot does not hold the others back.
+    const drained = (slot) => {
+      const s = this.router.stats().slots[slot];
+      return s.channel === 0 || s.queued + s.inFlight === 0;
+    };
+    for (const member of [...this.members.values()]) {
+      until(() => this.finished || !this.router || drained(member.slot), o.hardShutdownDelay / 2)
+        .then(() => this.finished || !this.members.has(member.worker) || this.retire(member))
+        .catch((err) => log('primary', `shutdown: ${err.message}`));
+    }
     return this.closed;
   }
 

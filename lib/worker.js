@@ -26,11 +26,12 @@ function prepare(options) {
     servers: null,
     receiver: null,
     sockets: new Set(),
+    closing: false, // the user closed a server (sticky-session): the primary replaces us
     shuttingDown: false,
     onSocketClosed: null,
   };
   process.on('message', onMessage);
-  process.on('disconnect', close);
+  process.on('disconnect', closeReceiver);
   // SIGHUP means "reload" to the primary, which replaces this worker gracefully; a terminal
   // sends it to the whole process group.
   process.on('SIGHUP', () => {});
@@ -59,11 +60,15 @@ function serve(...servers) {
     // sticky-session semantics: closing the server retires this worker; the primary sends new
     // connections to a replacement and lets this one finish.
     const close = server.close;
+    let closed = false;
     server.close = function closeAndRetire(...args) {
       if (!state.shuttingDown && !state.closing) {
         state.closing = true;
         notifyPrimary(state.options.prefix, CLOSING);
       }
+      // Once: a second close would emit 'close' (and engine.io's close) again.
+      if (closed) return this;
+      closed = true;
       return close.apply(this, args);
     };
   }
@@ -77,6 +82,11 @@ function serve(...servers) {
 function onMessage(message, handle) {
   const { prefix, debug } = state.options;
   if (message === prefix + CHANNEL && handle && state.servers && !state.receiver) {
+    // A worker on its way out says no hello: the slot must not switch to it.
+    if (state.shuttingDown) {
+      handle.destroy();
+      return;
+    }
     const fd = handle._handle && handle._handle.fd;
     try {
       state.receiver = new native.Receiver(fd, adopt);
@@ -93,6 +103,11 @@ function onMessage(message, handle) {
 
 function adopt(incoming, lost) {
   const { servers, options } = state;
+  if (!state.receiver) {
+    // The receiver is closed: the primary still has these and gives them to another worker.
+    for (const { fd } of incoming) fs.closeSync(fd);
+    return;
+  }
   const adopted = [];
   for (const { fd, listener, address, family, port } of incoming) {
     let socket;
@@ -109,7 +124,7 @@ function adopt(incoming, lost) {
   }
   // Confirmed before any byte is read: until now the primary could still give them to a
   // replacement if this worker died. `lost` ones never arrived: the primary sends them again.
-  if (state.receiver) state.receiver.ack(incoming.length, lost);
+  state.receiver.ack(incoming.length, lost);
   if (lost && options.debug) log(state.role, `out of descriptors: ${lost} connection(s) will be sent again`);
   for (const [socket, listener] of adopted) {
     const server = servers[listener];
@@ -125,12 +140,21 @@ function adopt(incoming, lost) {
       state.sockets.delete(socket);
       if (state.onSocketClosed) state.onSocketClosed();
     });
-    server.emit('connection', socket);
+    // A throwing 'connection' listener must not strand the rest of the batch: rethrown after.
+    try {
+      server.emit('connection', socket);
+    } catch (err) {
+      queueMicrotask(() => {
+        throw err;
+      });
+    }
   }
 }
 
-function close() {
-  if (state.receiver) state.receiver.close();
+function closeReceiver() {
+  const { receiver } = state;
+  state.receiver = null;
+  if (receiver) receiver.close();
 }
 
 /**
@@ -156,17 +180,21 @@ function shutdown() {
   const idleSweep = setInterval(() => {
     for (const server of servers) if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
   }, 100);
-  const drained = new Promise((resolve) => {
-    const check = () => state.sockets.size === 0 && resolve();
-    state.onSocketClosed = () => setImmediate(check);
-    check();
-  });
-  Promise.all([drained, ...hooks]).then(() => {
+  const drained = () =>
+    new Promise((resolve) => {
+      const check = () => state.sockets.size === 0 && resolve();
+      state.onSocketClosed = () => setImmediate(check);
+      check();
+    });
+  (async () => {
+    await Promise.all([drained(), ...hooks]);
+    // Connections already on their way may have been adopted while the hooks ran.
+    while (state.sockets.size > 0) await drained();
     clearInterval(idleSweep);
-    close();
+    closeReceiver();
     if (options.debug) log(state.role, 'done, exiting');
     process.exit(0);
-  });
+  })();
 }
 
 module.exports = { prepare, serve };

@@ -180,7 +180,7 @@ pub fn send_connections(channel: BorrowedFd, fds: &[RawFd], metas: &[Meta]) -> i
     Ok(())
 }
 
-/// Sends a descriptor-less message (`Hello` or `Ack`) without blocking.
+/// Sends a descriptor-less message (`Hello`, `Ack` or `Lost`) without blocking.
 pub fn send(channel: BorrowedFd, message: Message) -> io::Result<()> {
     // A record this small is sent whole or not at all (EAGAIN).
     socket::send(channel.as_raw_fd(), &message.encode(), send_flags())?;

@@ -15,7 +15,8 @@ where
         .fold(5381u32, |h, c| h.wrapping_mul(33) ^ u32::from(c))
 }
 
-/// djb2 of ASCII text (route keys are always ASCII: digits, hex, dots, colons, an interface name).
+/// djb2 of a route key, one unit per byte. Addresses are ASCII, where bytes and UTF-16 units are
+/// the same; a non-ASCII header value used as a key hashes by its UTF-8 bytes.
 #[inline]
 pub fn djb2_ascii(text: &[u8]) -> u32 {
     djb2(text.iter().map(|&b| u16::from(b)))

@@ -143,26 +143,24 @@ impl Router {
         let stats = Arc::new(Stats::new(slots));
         let (commands, command_rx) = unbounded_channel();
         let state = State::new(&config, stats.clone());
+        // Registered here, so that a failure is an error of start() rather than a silent thread.
+        let listeners = {
+            let _context = runtime.enter();
+            sockets
+                .into_iter()
+                .enumerate()
+                .map(|(index, socket)| {
+                    // SAFETY: the socket is owned and moved in; it stays open as long as the AsyncFd.
+                    let watched =
+                        unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+                            .map_err(io::Error::from)?;
+                    Ok((u8::try_from(index).unwrap_or(u8::MAX), watched))
+                })
+                .collect::<io::Result<Vec<_>>>()?
+        };
         let thread = std::thread::Builder::new()
             .name("sticky-rs-router".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let mut listeners = Vec::new();
-                    for socket in sockets {
-                        // SAFETY: the socket is owned and moved in; it stays open as long as the AsyncFd.
-                        match unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
-                        {
-                            Ok(listener) => listeners.push(listener),
-                            Err(e) => {
-                                let e = io::Error::from(e);
-                                eprintln!("sticky-rs: cannot watch a listener: {e}");
-                                return;
-                            }
-                        }
-                    }
-                    run(listeners, command_rx, state).await;
-                });
-            })?;
+            .spawn(move || runtime.block_on(run(listeners, command_rx, state)))?;
         Ok(Router {
             commands,
             thread: Some(thread),
@@ -273,6 +271,8 @@ struct Channel {
     paused_until: Option<Instant>,
     /// The worker said hello.
     ready: bool,
+    /// Its worker is finishing: a hello must not make it the slot's target again.
+    retired: bool,
 }
 
 struct State {
@@ -282,6 +282,7 @@ struct State {
     /// Connections being resolved now, and where their results come back.
     resolving: usize,
     resolved: UnboundedSender<Resolved>,
+    resolved_rx: Option<UnboundedReceiver<Resolved>>,
     stats: Arc<Stats>,
     touched: Vec<bool>,
     held_limit: usize,
@@ -290,22 +291,28 @@ struct State {
 }
 
 async fn run(
-    mut listeners: Vec<AsyncFd<Socket>>,
+    mut listeners: Vec<(u8, AsyncFd<Socket>)>,
     mut commands: UnboundedReceiver<Command>,
     mut state: State,
 ) {
-    let (resolved_tx, mut resolved) = unbounded_channel();
-    state.resolved = resolved_tx;
+    let Some(mut resolved) = state.resolved_rx.take() else {
+        return;
+    };
     let mut paused_until: Option<Instant> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = 0;
     loop {
         let resume_at = paused_until.unwrap_or_else(Instant::now);
         let accepting = !listeners.is_empty() && paused_until.is_none() && !state.full();
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Open { id, slot, fd }) => state.open(id, slot, fd),
-                Some(Command::Release { id }) => state.close_channel(id),
+                Some(Command::Release { id }) => {
+                    // Acknowledgements still in the channel say what the worker had adopted.
+                    state.read_channel(id);
+                    state.close_channel(id);
+                }
                 Some(Command::Retire { id }) => state.retire(id),
                 Some(Command::StopAccepting) => listeners.clear(),
                 Some(Command::Close) | None => break,
@@ -318,9 +325,11 @@ async fn run(
                 state.service();
                 state.expire();
             }
-            (index, ready) = first_ready(&listeners), if accepting => match ready {
+            (position, ready) = first_ready(&listeners, first), if accepting => match ready {
                 Ok(mut guard) => {
-                    let listener = u8::try_from(index).unwrap_or(u8::MAX);
+                    let listener = listeners[position].0;
+                    // The next wake-up looks at the following listener first: none starves.
+                    first = position + 1;
                     for _ in 0..ACCEPT_BURST {
                         if state.full() {
                             break;
@@ -342,8 +351,8 @@ async fn run(
                     tick.reset();
                 }
                 Err(e) => {
-                    eprintln!("sticky-rs: listener {index} failed, no longer accepting on it: {e}");
-                    listeners.remove(index);
+                    let (listener, _) = listeners.remove(position);
+                    eprintln!("sticky-rs: listener {listener} failed, no longer accepting on it: {e}");
                 }
             },
             _ = tokio::time::sleep_until(resume_at), if paused_until.is_some() => paused_until = None,
@@ -378,17 +387,20 @@ impl std::fmt::Display for BindError {
 
 impl std::error::Error for BindError {}
 
-/// The first listener ready to accept, with its index.
+/// The first listener ready to accept, looking from position `first` on; with its position.
 async fn first_ready(
-    listeners: &[AsyncFd<Socket>],
+    listeners: &[(u8, AsyncFd<Socket>)],
+    first: usize,
 ) -> (
     usize,
     io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, Socket>>,
 ) {
     std::future::poll_fn(|cx| {
-        for (index, listener) in listeners.iter().enumerate() {
-            if let Poll::Ready(ready) = listener.poll_read_ready(cx) {
-                return Poll::Ready((index, ready));
+        let n = listeners.len();
+        for k in 0..n {
+            let position = (first + k) % n;
+            if let Poll::Ready(ready) = listeners[position].1.poll_read_ready(cx) {
+                return Poll::Ready((position, ready));
             }
         }
         Poll::Pending
@@ -399,12 +411,14 @@ async fn first_ready(
 impl State {
     fn new(config: &Config, stats: Arc<Stats>) -> State {
         let slots = config.slots.max(1);
+        let (resolved, resolved_rx) = unbounded_channel();
         State {
             table: Table::new(slots, config.queue_limit, config.hash),
             channels: HashMap::new(),
             rules: Arc::new(config.rules.clone()),
             resolving: 0,
-            resolved: unbounded_channel().0,
+            resolved,
+            resolved_rx: Some(resolved_rx),
             stats,
             touched: vec![false; slots],
             held_limit: held_limit(),
@@ -655,6 +669,7 @@ impl State {
                 in_flight: VecDeque::new(),
                 paused_until: None,
                 ready: false,
+                retired: false,
             },
         );
     }
@@ -672,9 +687,10 @@ impl State {
             {
                 Ok(true) => {}
                 Ok(false) => break false,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break false,
+                Err(e) if is_peer_gone(&e) => break false,
+                // WouldBlock, or a transient failure (ENOMEM, ENOBUFS): read again on the next tick.
+                Err(_) => break true,
             }
         };
         // A worker never sends connections; close any it did.
@@ -695,6 +711,9 @@ impl State {
     fn hello(&mut self, id: ChannelId) {
         if let Some(ch) = self.channels.get_mut(&id) {
             ch.ready = true;
+            if ch.retired {
+                return;
+            }
             let slot = ch.slot;
             self.table.activate(slot, id);
             self.touched[slot] = true;
@@ -729,7 +748,9 @@ impl State {
     }
 
     fn retire(&mut self, id: ChannelId) {
-        if let Some(slot) = self.channels.get(&id).map(|c| c.slot) {
+        if let Some(ch) = self.channels.get_mut(&id) {
+            ch.retired = true;
+            let slot = ch.slot;
             self.table.deactivate(slot, id);
             self.update_gauges(slot);
             if self.debug {

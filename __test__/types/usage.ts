@@ -37,7 +37,7 @@ if (primary) {
 }
 
 const tls = https.createServer({});
-tls.on('sticky:shutdown', ({ waitUntil }: { waitUntil(p: Promise<unknown>): void }) => waitUntil(Promise.resolve()));
+tls.on('sticky:shutdown', ({ waitUntil }: sticky.ShutdownEvent) => waitUntil(Promise.resolve()));
 const isWorker: boolean = sticky.listen(tls, 8443, { workers: 2, env: { NAME: 'x' } });
 console.log(isWorker);
 
