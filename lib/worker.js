@@ -87,7 +87,13 @@ function onMessage(message, handle) {
       handle.destroy();
       return;
     }
+    // Node keeps the descriptor of a received handle on its internal `_handle`.
     const fd = handle._handle && handle._handle.fd;
+    if (typeof fd !== 'number' || fd < 0) {
+      handle.destroy();
+      log(state.role, 'this Node.js version does not expose the descriptor of a received handle; cannot receive connections');
+      process.exit(1);
+    }
     try {
       state.receiver = new native.Receiver(fd, adopt);
     } finally {

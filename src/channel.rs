@@ -11,7 +11,7 @@
 use std::io;
 use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{self, ControlMessage, MsgFlags, SockFlag, SockType};
 
@@ -123,36 +123,30 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (primary, worker) =
         socket::socketpair(socket::AddressFamily::Unix, SockType::Stream, None, flags)?;
     for fd in [&primary, &worker] {
-        set_cloexec(fd.as_raw_fd())?;
+        set_cloexec(fd.as_fd())?;
     }
-    set_nonblocking(primary.as_raw_fd())?;
+    set_nonblocking(primary.as_fd())?;
     Ok((primary, worker))
 }
 
-fn set_cloexec(fd: RawFd) -> io::Result<()> {
+fn set_cloexec(fd: BorrowedFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    // SAFETY: the caller owns `fd` for the duration of the call.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     Ok(())
 }
 
 /// Puts a descriptor in non-blocking mode.
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: BorrowedFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    // SAFETY: the caller owns `fd` for the duration of the call.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
 /// Duplicates a descriptor owned by someone else (close-on-exec), so it can outlive the original.
-pub fn duplicate(fd: RawFd) -> io::Result<OwnedFd> {
+pub fn duplicate(fd: BorrowedFd) -> io::Result<OwnedFd> {
     use nix::fcntl::{fcntl, FcntlArg};
-    // SAFETY: the caller guarantees `fd` is open for the duration of the call.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let dup = fcntl(borrowed, FcntlArg::F_DUPFD_CLOEXEC(0))?;
+    let dup = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(0))?;
     // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor that nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
@@ -287,7 +281,6 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
 
     #[test]
     fn messages_round_trip() {
@@ -325,7 +318,7 @@ mod tests {
     #[test]
     fn descriptors_cross_in_batches() -> io::Result<()> {
         let (primary, worker) = pair()?;
-        set_nonblocking(worker.as_raw_fd())?;
+        set_nonblocking(worker.as_fd())?;
         let pipes: Vec<(OwnedFd, OwnedFd)> = (0..MAX_BATCH + 3)
             .map(|_| nix::unistd::pipe().map_err(io::Error::from))
             .collect::<io::Result<_>>()?;

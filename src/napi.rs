@@ -5,7 +5,7 @@
 //! `lib/binding.js` turns them into Node-style errors with `code`, `errno` and `syscall`.
 
 use std::io;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{BorrowedFd, IntoRawFd};
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -45,19 +45,24 @@ fn os_error(e: io::Error) -> Error {
 pub struct ListenerOptions {
     /// Host to listen on; empty for dual-stack `::`.
     pub host: String,
+    /// Port (0: any free port).
     pub port: u32,
+    /// `listen()` backlog.
     pub backlog: u32,
 }
 
 /// Options of a [`Router`]; `lib/options.js` has validated them.
 #[napi(object)]
 pub struct RouterOptions {
+    /// Where to listen, in order.
     pub listeners: Vec<ListenerOptions>,
     /// `address`, `proxy-protocol`, or a header name in lower case.
     pub route_by: String,
+    /// Addresses and CIDR ranges whose forwarded data is believed.
     pub trusted_proxies: Vec<String>,
-    /// Bytes and milliseconds allowed to find a forwarded key.
+    /// Bytes allowed to find a forwarded key.
     pub peek_limit: u32,
+    /// Milliseconds allowed to find a forwarded key.
     pub peek_timeout: u32,
     /// Number of slots (workers).
     pub slots: u32,
@@ -67,32 +72,44 @@ pub struct RouterOptions {
     pub hash: String,
     /// Milliseconds a connection may wait for a ready worker; 0: no limit.
     pub queue_timeout: u32,
+    /// Log routing decisions and channel changes to stderr.
     pub debug: bool,
 }
 
 /// The address a router listens on, shaped like `server.address()`.
 #[napi(object)]
 pub struct AddressInfo {
+    /// The IP address, as text.
     pub address: String,
+    /// `IPv4` or `IPv6`.
     pub family: String,
+    /// The bound port.
     pub port: u32,
 }
 
 /// A new worker channel: its id and the worker's end, to send to that worker alone.
 #[napi(object)]
 pub struct ChannelEnd {
+    /// Names the channel in `release`, `retire` and `activeChannel`.
     pub id: i64,
+    /// The worker's end; the caller owns it.
     pub fd: i32,
 }
 
 /// Counters of one slot, see `stats.rs`.
 #[napi(object)]
 pub struct SlotStats {
+    /// Connections accepted for the slot.
     pub accepted: f64,
+    /// Connections its workers confirmed.
     pub delivered: f64,
+    /// Waiting in the primary now.
     pub queued: f64,
+    /// Sent, not yet confirmed, now.
     pub in_flight: f64,
+    /// Put back in the queue after their worker died or missed them.
     pub redelivered: f64,
+    /// Closed unserved (queue full, or waited too long).
     pub dropped: f64,
     /// The channel the slot delivers to now (0: none).
     pub channel: f64,
@@ -101,7 +118,9 @@ pub struct SlotStats {
 /// Counters of a router.
 #[napi(object)]
 pub struct RouterStats {
+    /// One entry per slot.
     pub slots: Vec<SlotStats>,
+    /// Failed `accept` calls.
     pub accept_errors: f64,
     /// Closed for a missing or malformed PROXY header from a trusted proxy.
     pub rejected: f64,
@@ -271,12 +290,15 @@ impl Router {
 /// A connection as the worker receives it.
 #[napi(object)]
 pub struct Incoming {
+    /// The connection's descriptor; the callback owns it.
     pub fd: i32,
     /// The index of the listener (and of the worker's server) it belongs to.
     pub listener: u32,
     /// The client a PROXY protocol header named, as Node would show it; absent otherwise.
     pub address: Option<String>,
+    /// `IPv4` or `IPv6`, with `address`.
     pub family: Option<String>,
+    /// The client's port, with `address`.
     pub port: Option<u32>,
 }
 
@@ -301,7 +323,16 @@ impl Receiver {
     /// The callback owns the descriptors it gets and answers with `ack(fds.length, lost)`.
     #[napi(constructor)]
     pub fn new(fd: i32, on_connections: OnConnections) -> Result<Self> {
-        let inner = receiver::Receiver::start(fd, move |batch, metas, lost| {
+        if fd < 0 {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("not a descriptor: {fd}"),
+            ));
+        }
+        // SAFETY: the caller (lib/worker.js) passes the fd of a handle it keeps open during this
+        // call; the receiver only duplicates it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let inner = receiver::Receiver::start(borrowed, move |batch, metas, lost| {
             let fds: Vec<i32> = batch.into_iter().map(IntoRawFd::into_raw_fd).collect();
             let incoming = fds
                 .iter()

@@ -1,7 +1,7 @@
 //! The worker's end of a channel: a thread that takes connections off it in batches.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -24,13 +24,13 @@ impl Receiver {
     /// dropped (this process was out of descriptors): the owner acknowledges the batch, then
     /// reports the loss with [`Receiver::ack`], so the primary sends them again.
     /// Nothing arrives before [`Receiver::hello`].
-    pub fn start<F>(fd: RawFd, deliver: F) -> io::Result<Receiver>
+    pub fn start<F>(fd: BorrowedFd, deliver: F) -> io::Result<Receiver>
     where
         F: FnMut(Vec<OwnedFd>, Vec<Meta>, u32) + Send + 'static,
     {
         let fd = Arc::new(channel::duplicate(fd)?);
         // Non-blocking on our own terms; whoever had the original may have set it either way.
-        channel::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&*fd))?;
+        channel::set_nonblocking(fd.as_fd())?;
         let reader = fd.clone();
         let thread = std::thread::Builder::new()
             .name("sticky-rs-receiver".into())
