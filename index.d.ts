@@ -97,6 +97,8 @@ declare namespace sticky {
     rejected: number;
     /** Connections from trusted proxies routed by their own address for lack of a usable key. */
     fallbacks: number;
+    /** Connections from trusted proxies whose route key is being read now. */
+    resolving: number;
     slots: SlotStats[];
   }
 

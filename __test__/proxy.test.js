@@ -276,3 +276,23 @@ test('several listeners: a client lands on the same worker on every one of them'
   }
   expect(slots.size).toBe(4);
 });
+
+test('shutdown waits for a connection whose PROXY header is still on its way', async () => {
+  const { app, port } = await start({ ROUTE_BY: 'proxy-protocol', TRUSTED: PROXY_IP, PEEK_TIMEOUT: 3000, WORKERS: 2 });
+  const socket = net.connect({ port, host: '127.0.0.1', localAddress: PROXY_IP });
+  await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+  const answer = new Promise((resolve) => {
+    let text = '';
+    socket.on('data', (d) => (text += d));
+    socket.on('close', () => resolve(text));
+  });
+  // Accepted and being resolved when the shutdown starts.
+  for (let i = 0; i < 100 && (await app.stats()).resolving === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  app.child.kill('SIGTERM');
+  await new Promise((r) => setTimeout(r, 300));
+  socket.write(proxyV1('203.0.113.77', 5555) + request());
+  const text = await answer;
+  expect(text).toMatch(/^HTTP\/1\.1 200 /);
+  expect(text).toContain('"remoteAddress":"203.0.113.77"');
+  expect((await app.exited).code).toBe(0);
+});

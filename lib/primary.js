@@ -88,6 +88,7 @@ class Primary extends EventEmitter {
       acceptErrors: counters.acceptErrors,
       rejected: counters.rejected,
       fallbacks: counters.fallbacks,
+      resolving: counters.resolving,
       slots: counters.slots.map(({ channel, ...c }, i) => {
         const current = this.slots[i].current;
         return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c };
@@ -310,10 +311,12 @@ class Primary extends EventEmitter {
     if (this.router) this.router.stopAccepting();
     if (this.members.size === 0) this.finish(0);
     // Each worker is retired once its slot delivered what was accepted for it (or has no ready
-    // worker to deliver to): one stuck slot does not hold the others back.
+    // worker to deliver to): one stuck slot does not hold the others back. Connections still
+    // being read from a trusted proxy (at most peekTimeout) may be for any slot: all wait.
     const drained = (slot) => {
-      const s = this.router.stats().slots[slot];
-      return s.channel === 0 || s.queued + s.inFlight === 0;
+      const stats = this.router.stats();
+      const s = stats.slots[slot];
+      return stats.resolving === 0 && (s.channel === 0 || s.queued + s.inFlight === 0);
     };
     for (const member of [...this.members.values()]) {
       until(() => this.finished || !this.router || drained(member.slot), o.hardShutdownDelay / 2)

@@ -126,6 +126,8 @@ pub struct RouterStats {
     pub rejected: f64,
     /// From trusted proxies without a usable header: routed by their address.
     pub fallbacks: f64,
+    /// From trusted proxies, route key being read now.
+    pub resolving: f64,
 }
 
 /// The primary's native router.
@@ -275,6 +277,7 @@ impl Router {
             accept_errors: stats.accept_errors() as f64,
             rejected: stats.rejected() as f64,
             fallbacks: stats.fallbacks() as f64,
+            resolving: stats.resolving() as f64,
         })
     }
 

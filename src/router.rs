@@ -499,6 +499,7 @@ impl State {
         let since = Instant::now();
         if let Some(peer) = peer.filter(|p| self.rules.applies_to(p)) {
             self.resolving += 1;
+            Stats::set(&self.stats.resolving, self.resolving as u64);
             let (rules, done) = (self.rules.clone(), self.resolved.clone());
             tokio::spawn(async move {
                 let (conn, outcome) = resolve::resolve(conn, rules).await;
@@ -524,6 +525,7 @@ impl State {
     /// Routes a connection whose resolution ended.
     fn resolved(&mut self, done: Resolved) {
         self.resolving = self.resolving.saturating_sub(1);
+        Stats::set(&self.stats.resolving, self.resolving as u64);
         match done.outcome {
             Outcome::Reject => {
                 Stats::add(&self.stats.rejected, 1);

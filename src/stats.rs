@@ -51,6 +51,8 @@ pub struct Stats {
     pub rejected: AtomicU64,
     /// Connections from trusted proxies routed by their address for lack of a usable header.
     pub fallbacks: AtomicU64,
+    /// Connections from trusted proxies whose route key is being read now.
+    pub resolving: AtomicU64,
 }
 
 impl Stats {
@@ -61,6 +63,7 @@ impl Stats {
             accept_errors: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            resolving: AtomicU64::new(0),
         }
     }
 
@@ -103,5 +106,10 @@ impl Stats {
     /// See [`Stats::fallbacks`].
     pub fn fallbacks(&self) -> u64 {
         self.fallbacks.load(Relaxed)
+    }
+
+    /// See [`Stats::resolving`].
+    pub fn resolving(&self) -> u64 {
+        self.resolving.load(Relaxed)
     }
 }
