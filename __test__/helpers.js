@@ -169,6 +169,30 @@ function get(port, ip, urlPath = '/', { agent = false, host = '127.0.0.1', timeo
   });
 }
 
+/**
+ * A set of client sockets and agents: `track(x)` adds one and returns it, `closeAll()` closes
+ * them all (socket.io sockets are disconnected, the rest destroyed). For afterEach, so clients
+ * close even when a test failed.
+ */
+function clientSet() {
+  const open = new Set();
+  return {
+    track(x) {
+      open.add(x);
+      return x;
+    },
+    closeAll() {
+      for (const x of open) {
+        try {
+          if (typeof x.disconnect === 'function') x.disconnect();
+          else x.destroy();
+        } catch {}
+      }
+      open.clear();
+    },
+  };
+}
+
 /** Runs `fn` over `items` with at most `limit` in flight. */
 async function pool(items, limit, fn) {
   const results = new Array(items.length);
@@ -183,4 +207,4 @@ async function pool(items, limit, fn) {
   return results;
 }
 
-module.exports = { freePort, clientIp, startFixture, stopAll, get, pool };
+module.exports = { freePort, clientIp, startFixture, stopAll, get, pool, clientSet };

@@ -6,27 +6,14 @@
 const http = require('node:http');
 const stringHash = require('string-hash');
 const { io } = require('socket.io-client');
-const { freePort, clientIp, startFixture, stopAll, pool } = require('./helpers');
+const { freePort, clientIp, startFixture, stopAll, pool, clientSet } = require('./helpers');
 
 const WORKERS = 4;
 const TEST_TIMEOUT = 60000;
 const STEP_TIMEOUT = 10000;
 
 // Every client socket and agent a test opens; closed after each test, even a failed one.
-const open = new Set();
-function track(x) {
-  open.add(x);
-  return x;
-}
-function closeAll() {
-  for (const x of open) {
-    try {
-      if (typeof x.disconnect === 'function') x.disconnect();
-      else x.destroy();
-    } catch {}
-  }
-  open.clear();
-}
+const { track, closeAll } = clientSet();
 
 // Set at a client's first failure: the clients not started yet are skipped and running ones
 // stop at their next step, so a broken router fails the test in seconds, not by the timeout.

@@ -10,7 +10,7 @@ const os = require('node:os');
 const path = require('node:path');
 const stringHash = require('string-hash');
 const { io } = require('socket.io-client');
-const { freePort, clientIp, startFixture, stopAll, pool } = require('./helpers');
+const { freePort, clientIp, startFixture, stopAll, pool, clientSet } = require('./helpers');
 
 const WORKERS = 2;
 const TEST_TIMEOUT = 60000;
@@ -40,20 +40,10 @@ afterAll(() => {
 });
 
 // Client sockets and agents; closed after each test, even a failed one.
-const open = new Set();
-function track(x) {
-  open.add(x);
-  return x;
-}
+const { track, closeAll } = clientSet();
 
 afterEach(async () => {
-  for (const x of open) {
-    try {
-      if (typeof x.disconnect === 'function') x.disconnect();
-      else x.destroy();
-    } catch {}
-  }
-  open.clear();
+  closeAll();
   await stopAll();
 });
 

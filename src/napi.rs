@@ -189,6 +189,14 @@ impl Router {
             .ok_or_else(|| Error::new(Status::GenericFailure, "router is closed"))
     }
 
+    /// Runs a command that has nothing left to do once the router is closed (workers exiting,
+    /// retiring or a second shutdown after close).
+    fn unless_closed(&self, command: impl FnOnce(&router::Router) -> io::Result<()>) -> Result<()> {
+        self.inner
+            .as_ref()
+            .map_or(Ok(()), |inner| command(inner).map_err(os_error))
+    }
+
     /// The bound addresses, one per listener.
     #[napi]
     pub fn addresses(&self) -> Result<Vec<AddressInfo>> {
@@ -230,28 +238,19 @@ impl Router {
     /// Sends nothing more to a channel whose worker is finishing; the slot waits for a new one.
     #[napi]
     pub fn retire(&self, id: i64) -> Result<()> {
-        match &self.inner {
-            Some(inner) => inner.retire(id as u64).map_err(os_error),
-            None => Ok(()),
-        }
+        self.unless_closed(|inner| inner.retire(id as u64))
     }
 
     /// Closes the listener; accepted connections are still delivered.
     #[napi]
     pub fn stop_accepting(&self) -> Result<()> {
-        match &self.inner {
-            Some(inner) => inner.stop_accepting().map_err(os_error),
-            None => Ok(()),
-        }
+        self.unless_closed(|inner| inner.stop_accepting())
     }
 
     /// Releases a channel whose worker is gone; nothing to do once the router is closed.
     #[napi]
     pub fn release(&self, id: i64) -> Result<()> {
-        match &self.inner {
-            Some(inner) => inner.release(id as u64).map_err(os_error),
-            None => Ok(()),
-        }
+        self.unless_closed(|inner| inner.release(id as u64))
     }
 
     /// A snapshot of the counters.
