@@ -330,10 +330,9 @@ async fn run(
                     let listener = listeners[position].0;
                     // The next wake-up looks at the following listener first: none starves.
                     first = position + 1;
-                    for _ in 0..ACCEPT_BURST {
-                        if state.full() {
-                            break;
-                        }
+                    // Each accept holds at most one more connection: the room, counted once,
+                    // bounds the whole burst.
+                    for _ in 0..ACCEPT_BURST.min(state.room()) {
                         match guard.try_io(|l| l.get_ref().accept()) {
                             Ok(Ok((conn, peer))) => state.route(conn.into(), peer.as_socket(), listener),
                             Ok(Err(e)) => {
@@ -486,11 +485,17 @@ impl State {
 
     /// Whether the router holds as many connections as it may; accepting resumes below.
     fn full(&self) -> bool {
+        self.room() == 0
+    }
+
+    /// How many more connections the router may hold.
+    fn room(&self) -> usize {
         let waiting: usize = (0..self.table.len())
             .map(|i| self.table.slot(i).waiting.len())
             .sum();
         let in_flight: usize = self.channels.values().map(|c| c.in_flight.len()).sum();
-        waiting + in_flight + self.resolving >= self.held_limit
+        self.held_limit
+            .saturating_sub(waiting + in_flight + self.resolving)
     }
 
     /// Routes a new connection by its peer address, or hands it to resolution if it comes from
