@@ -2,9 +2,9 @@
 // Installs the tarballs of `npm run pack:dist` the way a user would, in fresh projects, and checks
 // what the user gets (run by .ci/run; `--skip-source-build` leaves out the slow cargo build):
 // 1. with the platform package, from a PATH without cargo, rustc or a C compiler: installs in at
-//    most 15 s (warm npm cache), at most 5 MB, loads the platform package, a two-worker Express
-//    app keeps 20 client addresses on their djb2 slots; the addon needs at most GLIBC_2.17;
-//    the links of the shipped README and docs point at shipped files;
+//    most 15 s (warm npm cache), at most 5 MB, require and import load the platform package, a
+//    two-worker Express app keeps 20 client addresses on their djb2 slots; the addon needs at
+//    most GLIBC_2.17; the links of the shipped README and docs point at shipped files;
 // 2. without it and without cargo: `npm install` fails with the documented message;
 //    with --ignore-scripts, `require('sticky-rs')` throws the same advice;
 // 3. without it but with cargo: builds from source, leaves no target/ in node_modules or the temp dir.
@@ -177,6 +177,8 @@ async function main() {
   assert.equal(loaded, path.join(fs.realpathSync(modules), packageName(KEY), addonFile(KEY)));
   measured.glibc = maxGlibc(loaded);
   assert.ok(compareVersions(measured.glibc, LIMITS.glibc) <= 0, `the addon needs GLIBC_${measured.glibc}`);
+  const esm = nodeEval(app, `import('${PACKAGE}').then((m) => console.log(typeof m.default, m.listen === m.default.listen))`, bare);
+  assert.equal(esm, 'function true', 'the ESM entry');
   checkLinks(path.join(modules, PACKAGE));
   await checkStickyApp(app, bare);
   console.log(`ok: prebuilt install, ${LIMITS.clients} clients sticky on ${LIMITS.workers} workers`);
