@@ -76,3 +76,42 @@ describe('an incomplete head followed by a half-close (FIN) from a trusted proxy
     expect(exit).toEqual({ code: 0, signal: null });
   });
 });
+
+describe('slow heads from a trusted proxy at a low fd limit (ulimit -n 1024)', () => {
+  test.each([
+    ['proxy-protocol', 'PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n'],
+    ['x-forwarded-for', 'GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n'],
+  ])('%s: 1,000 connections dripping a byte every 400 ms do not stop others being served', async (routeBy, head) => {
+    const { app, port } = await start({ ROUTE_BY: routeBy, TRUSTED: PROXY_IP, PEEK_TIMEOUT: 30000 }, { fdLimit: 1024 });
+    const served = async (n, offset) => {
+      const answers = await pool(range(n), 10, (i) => get(port, clientIp(offset + i), '/', { timeout: 3000 }).catch((e) => ({ error: e.message })));
+      return answers.filter((a) => a.status === 200).length;
+    };
+    expect(await served(20, 0)).toBe(20);
+    const drips = new Set();
+    let sent = 0;
+    const timer = setInterval(() => {
+      sent++;
+      for (const s of drips) if (sent < head.length) s.write(head[sent]);
+    }, 400);
+    try {
+      await pool(range(1000), 50, () => new Promise((resolve) => {
+        const s = net.connect({ port, host: '127.0.0.1', localAddress: PROXY_IP }, () => {
+          s.write(head[0]);
+          resolve();
+        });
+        drips.add(s);
+        s.on('error', () => resolve());
+        s.on('close', () => drips.delete(s));
+      }));
+      expect(await served(50, 100)).toBe(50);
+      // At most half the held connections are heads being read; the oldest were given up.
+      const stats = await app.stats();
+      expect(stats.givenUp).toBeGreaterThan(0);
+      expect(stats.resolving).toBeLessThan(1000);
+    } finally {
+      clearInterval(timer);
+      for (const s of drips) s.destroy();
+    }
+  });
+});
