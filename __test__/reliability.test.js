@@ -115,3 +115,75 @@ describe('slow heads from a trusted proxy at a low fd limit (ulimit -n 1024)', (
     }
   });
 });
+
+describe('signals and hello races', () => {
+  const startApp = async (env) => {
+    const port = await freePort();
+    const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, ...env });
+    return { app, port };
+  };
+  const everySlotServes = async (port, n = 40) => {
+    const answers = await pool(range(n), 10, (i) => get(port, clientIp(i), '/', { timeout: 5000 }).catch((e) => ({ error: e.message })));
+    return answers.filter((a) => a.status === 200).length;
+  };
+
+  test('SIGHUP any number of times during a graceful shutdown changes nothing', async () => {
+    const { app, port } = await startApp({ SLOW_MS: 1500 });
+    await app.count('ready', 2);
+    const inFlight = range(8).map((i) => get(port, clientIp(i), '/', { timeout: 10000 }).catch((e) => ({ error: e.message })));
+    await sleep(300);
+    app.child.kill('SIGTERM');
+    for (let i = 0; i < 3; i++) {
+      await sleep(100);
+      app.child.kill('SIGHUP');
+    }
+    const answers = await Promise.all(inFlight);
+    expect(answers.map((a) => a.status)).toEqual(range(8).map(() => 200));
+    expect(await within(app.exited, 10000)).toEqual({ code: 0, signal: null });
+  });
+
+  test('a reload asked for at start-up, before the first workers are ready, finishes (5 rounds)', async () => {
+    for (let round = 0; round < 5; round++) {
+      const { app, port } = await startApp({ INIT_DELAY: 50 * round });
+      await app.next((e) => e.event === 'listening');
+      app.command('reload');
+      const outcome = await app.next((e) => e.event === 'reloaded' || e.event === 'reload-failed', 30000);
+      expect(outcome.event).toBe('reloaded');
+      expect(await everySlotServes(port)).toBe(40);
+      const { slots } = await app.stats();
+      expect(slots.every((s) => s.ready)).toBe(true);
+      await app.stop();
+    }
+  });
+
+  test('a retiring worker that writes extra hello records cannot take its slot back', async () => {
+    const { app, port } = await startApp({ HOSTILE_HELLO: 1 });
+    await app.count('ready', 2);
+    app.command('reload');
+    expect((await app.next((e) => e.event === 'reloaded' || e.event === 'reload-failed', 30000)).event).toBe('reloaded');
+    expect(await everySlotServes(port)).toBe(40);
+    const { slots } = await app.stats();
+    expect(slots.map((s) => s.ready)).toEqual([true, true]);
+  });
+
+  test('a worker that says "ready" before handing its server over still gets its channel', async () => {
+    const { app, port } = await startApp({ FORGE_READY: 1, INIT_DELAY: 500, READY_TIMEOUT: 5000 });
+    await app.count('ready', 2);
+    expect(await everySlotServes(port)).toBe(40);
+    // Nobody was killed for not being ready.
+    expect(app.events.filter((e) => e.event === 'exit')).toHaveLength(0);
+  });
+
+  test('a shutdown the moment a reload replacement is ready retires it gracefully, never SIGKILL', async () => {
+    for (let round = 0; round < 3; round++) {
+      const { app } = await startApp({});
+      await app.count('ready', 2);
+      app.command('reload-then-shutdown');
+      expect(await app.next((e) => e.event === 'closed', 20000)).toMatchObject({ code: 0 });
+      await app.exited;
+      const exits = app.events.filter((e) => e.event === 'exit');
+      expect(exits.length).toBeGreaterThanOrEqual(3);
+      for (const e of exits) expect(e).toMatchObject({ code: 0, signal: null });
+    }
+  });
+});

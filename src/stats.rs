@@ -56,6 +56,8 @@ pub struct Stats {
     /// Connections from trusted proxies whose head was given up unread for a newer one (the
     /// share of slow heads was full); also counted in `rejected` or `fallbacks`.
     pub given_up: AtomicU64,
+    /// Listeners that failed and accept no more.
+    pub listener_failures: AtomicU64,
 }
 
 impl Stats {
@@ -68,6 +70,7 @@ impl Stats {
             fallbacks: AtomicU64::new(0),
             resolving: AtomicU64::new(0),
             given_up: AtomicU64::new(0),
+            listener_failures: AtomicU64::new(0),
         }
     }
 
@@ -115,6 +118,11 @@ impl Stats {
     /// See [`Stats::given_up`].
     pub fn given_up(&self) -> u64 {
         self.given_up.load(Relaxed)
+    }
+
+    /// See [`Stats::listener_failures`].
+    pub fn listener_failures(&self) -> u64 {
+        self.listener_failures.load(Relaxed)
     }
 
     /// See [`Stats::resolving`].
