@@ -30,7 +30,8 @@ class Primary extends EventEmitter {
     this.options = options;
     this.router = null;
     this.slots = [];
-    // One record per live worker: { slot, worker, channel, handedOver, bornAt, timer }.
+    // One record per live worker: { slot, worker, channel, handedOver, ready, bornAt, timer,
+    // whenReady }.
     this.members = new Map();
     this.closing = false;
     this.reloading = null;
@@ -51,7 +52,7 @@ class Primary extends EventEmitter {
         queueTimeout: o.queueTimeout,
         hash: o.hash,
         debug: o.debug,
-      });
+      }, (event) => this.onRouterEvent(event));
     } catch (err) {
       onError(nodeError(err, 'listen', o.listeners));
       return this;
@@ -64,7 +65,8 @@ class Primary extends EventEmitter {
     this.signals = {
       SIGINT: () => this.exitAfter(this.shutdown()),
       SIGTERM: () => this.exitAfter(this.shutdown()),
-      SIGHUP: () => this.reload().catch((err) => o.debug && log('primary', `reload failed: ${err.message}`)),
+      // reload() logs each slot it could not replace.
+      SIGHUP: () => this.reload().catch(() => {}),
     };
     for (const [signal, handler] of Object.entries(this.signals)) process.on(signal, handler);
     return this;
@@ -89,6 +91,8 @@ class Primary extends EventEmitter {
       rejected: counters.rejected,
       fallbacks: counters.fallbacks,
       resolving: counters.resolving,
+      givenUp: counters.givenUp,
+      listenerFailures: counters.listenerFailures,
       slots: counters.slots.map(({ channel, ...c }, i) => {
         const current = this.slots[i].current;
         return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c };
@@ -99,10 +103,15 @@ class Primary extends EventEmitter {
   fork(index) {
     const o = this.options;
     const worker = cluster.fork(o.env(index));
-    const member = { slot: index, worker, channel: null, handedOver: false, bornAt: Date.now(), timer: null };
+    const member = { slot: index, worker, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null };
+    // Settles true once the router delivers to this worker, false if it exits first.
+    member.whenReady = new Promise((resolve) => {
+      member.settleReady = resolve;
+    });
     this.members.set(worker, member);
     if (o.debug) log('primary', `slot ${index}: forked worker #${worker.id} (pid ${worker.process.pid})`);
-    // A worker that never hands its server over is replaced; its slot's clients wait meanwhile.
+    // A worker that does not become ready (hand its server over, then say hello on its channel)
+    // is replaced; its slot's clients wait meanwhile.
     member.timer = setTimeout(() => {
       if (o.debug) log('primary', `slot ${index}: worker #${worker.id} not ready after ${o.readyTimeout} ms, killing it`);
       worker.process.kill('SIGKILL');
@@ -137,17 +146,39 @@ class Primary extends EventEmitter {
       worker.process.kill('SIGKILL');
       return;
     }
-    clearTimeout(member.timer);
     // Node closes our copy of the worker's end once the worker has it.
     worker.send(o.prefix + CHANNEL, end, (err) => {
       if (err) end.destroy();
     });
     member.handedOver = true;
     if (o.debug) log('primary', `slot ${slot}: worker #${worker.id} handed its server over, channel ${member.channel.id} sent`);
-    // 'ready' once its slot really delivers to it (the worker said hello on the channel).
-    this.switched(member, o.readyTimeout).then((ok) => {
-      if (ok && this.members.has(worker) && !this.closing) this.emit('ready', { slot, worker });
-    });
+  }
+
+  /** What the router thread reports. */
+  onRouterEvent(event) {
+    if (event.kind === 'switched') {
+      const member = [...this.members.values()].find((m) => m.channel && m.channel.id === event.channel);
+      if (member) this.onReady(member);
+    } else if (event.kind === 'listenerFailed') {
+      const address = (this.router && this.router.addresses()[event.listener]) || {};
+      const err = new Error(`sticky-rs: listener ${event.listener} (${address.address}:${address.port}) failed and accepts no more: ${event.message}`);
+      log('primary', err.message);
+      if (this.listenerCount('error') > 0) this.emit('error', err);
+    } else if (event.kind === 'stopped') {
+      // Never keep running without accepting: a supervisor restarts a process that exits.
+      log('primary', `the router stopped (${event.message}); nothing is accepted any more, exiting with code 1`);
+      this.finish(1);
+      process.exit(1);
+    }
+  }
+
+  /** The router delivers to `member` now: it said hello on its channel. */
+  onReady(member) {
+    if (member.ready) return;
+    member.ready = true;
+    clearTimeout(member.timer);
+    member.settleReady(true);
+    if (!this.closing) this.emit('ready', { slot: member.slot, worker: member.worker });
   }
 
   onExit(member, code, signal) {
@@ -156,6 +187,7 @@ class Primary extends EventEmitter {
     if (!this.members.has(worker)) return;
     clearTimeout(member.timer);
     this.members.delete(worker);
+    member.settleReady(false);
     // Connections it had not confirmed go back to the slot, for the next worker.
     if (member.channel) this.router.release(member.channel.id);
     if (o.debug) log('primary', `slot ${index}: worker #${worker.id} exited (${signal || code})`);
@@ -192,14 +224,6 @@ class Primary extends EventEmitter {
     }, delay);
   }
 
-  /** Waits until the router delivers `member`'s slot through its channel. */
-  switched(member, timeout) {
-    return until(
-      () => !this.members.has(member.worker) || (member.channel && this.router.activeChannel(member.slot) === member.channel.id),
-      timeout,
-    );
-  }
-
   /**
    * Replaces every worker, one slot at a time: fork, wait until the new one is ready and the
    * slot delivers to it, then let the old one finish its connections and exit. Resolves when
@@ -212,11 +236,19 @@ class Primary extends EventEmitter {
     this.reloading = (async () => {
       if (o.debug) log('primary', 'reloading');
       const retired = [];
+      const failed = [];
       for (let index = 0; index < this.slots.length && !this.closing; index++) {
-        retired.push(await this.replace(index));
+        try {
+          retired.push(await this.replace(index));
+        } catch (err) {
+          // Said always: an operator who sent SIGHUP must learn which slots still run old code.
+          log('primary', err.message);
+          failed.push(index);
+        }
       }
       await Promise.all(retired);
-      if (o.debug) log('primary', 'reload done');
+      if (failed.length > 0) throw new Error(`sticky-rs: reload incomplete: slot(s) ${failed.join(', ')} still run their previous worker`);
+      if (o.debug) log('primary', this.closing ? 'reload cut short by shutdown' : 'reload done');
     })().finally(() => {
       this.reloading = null;
     });
@@ -237,11 +269,14 @@ class Primary extends EventEmitter {
     slot.timer = null;
     slot.replacing = (async () => {
       const next = this.fork(index);
-      const ok = (await until(() => next.handedOver || !this.members.has(next.worker), o.readyTimeout)) &&
-        this.members.has(next.worker) && (await this.switched(next, o.readyTimeout));
-      if (!ok || this.closing) {
+      // Settles once the router delivers to it, or it exits (its ready timer kills it after
+      // readyTimeout).
+      const ok = await next.whenReady;
+      // A shutdown meanwhile retires every worker gracefully, this one included.
+      if (this.closing) return Promise.resolve();
+      if (!ok) {
         if (this.members.has(next.worker)) next.worker.process.kill('SIGKILL');
-        throw new Error(`sticky-rs: replacing slot ${index} failed: the new worker did not become ready`);
+        throw new Error(`sticky-rs: replacing slot ${index} failed: the new worker did not become ready within readyTimeout (${o.readyTimeout} ms)`);
       }
       const previous = slot.current;
       slot.current = next;
@@ -301,10 +336,12 @@ class Primary extends EventEmitter {
       this.resolveClosed = resolve;
     });
     if (o.debug) log('primary', 'shutting down');
-    // A second SIGINT/SIGTERM forces the exit; SIGHUP (a closed terminal) must not kill the drain.
+    // A second SIGINT/SIGTERM forces the exit; SIGHUP (a closed terminal, a reload asked again)
+    // must never kill the drain, however often it comes.
     for (const [signal, handler] of Object.entries(this.signals || {})) {
       process.removeListener(signal, handler);
-      process.once(signal, signal === 'SIGHUP' ? () => {} : () => process.exit(1));
+      if (signal === 'SIGHUP') process.on(signal, () => {});
+      else process.once(signal, () => process.exit(1));
     }
     for (const slot of this.slots) clearTimeout(slot.timer);
     this.hardTimer = setTimeout(() => this.finish(1), o.hardShutdownDelay);
@@ -334,9 +371,15 @@ class Primary extends EventEmitter {
       clearTimeout(timer);
       worker.process.kill('SIGKILL');
     }
-    if (this.router) this.router.close();
+    if (this.router) {
+      try {
+        this.router.close();
+      } catch (err) {
+        log('primary', `closing the router: ${err.message}`);
+      }
+    }
     if (this.options.debug) log('primary', `shut down (${code})`);
-    this.resolveClosed(code);
+    if (this.resolveClosed) this.resolveClosed(code);
   }
 
   exitAfter(closed) {
