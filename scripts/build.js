@@ -31,7 +31,8 @@ for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exi
 process.on('exit', removeTarget);
 
 try {
-  console.error(`${PACKAGE}: building the native addon from source (${checkout ? './target' : targetDir})`);
+  const why = checkout ? 'a git checkout' : forced ? 'STICKY_RS_BUILD_FROM_SOURCE=1' : tried[0];
+  console.error(`${PACKAGE}: building the native addon from source (${why}) in ${checkout ? './target' : targetDir}`);
   const artifact = buildAddon({ targetDir });
   // Copy then rename: overwriting the file in place could crash processes that have it loaded.
   const staged = `${LOCAL_ADDON}.${process.pid}.tmp`;

@@ -35,7 +35,12 @@ function build(platform) {
   if (platform.os === 'darwin') return buildAddon({ targetDir, target: platform.rustTarget });
   const glibc = platform.libc === 'glibc' ? `.${GLIBC}` : '';
   const env = platform.libc === 'musl' ? { RUSTFLAGS: `${process.env.RUSTFLAGS ?? ''} -C target-feature=-crt-static`.trim() } : {};
-  return buildAddon({ targetDir, command: ['zigbuild'], target: platform.rustTarget + glibc, env });
+  try {
+    return buildAddon({ targetDir, command: ['zigbuild'], target: platform.rustTarget + glibc, env });
+  } catch (err) {
+    err.message += ' (needs zig, `pip install ziglang`, and `cargo install --locked cargo-zigbuild`)';
+    throw err;
+  }
 }
 
 function packPlatform(key, work) {
