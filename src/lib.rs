@@ -10,6 +10,7 @@ pub mod address;
 pub mod channel;
 pub mod forwarded;
 pub mod hash;
+pub mod kernel;
 pub mod listener;
 pub mod proxy;
 pub mod receiver;
