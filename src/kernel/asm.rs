@@ -432,9 +432,9 @@ fn net(offset: u32) -> u32 {
     (NET_OFF as u32).wrapping_add(offset)
 }
 
-/// The checks of the kernel's `bpf_check_classic` for the instructions a program may use: known
-/// opcodes, jumps inside the program, memory cells in range and written before they are read on
-/// every path, no division by a constant zero, a `ret` at the end.
+/// The checks of the kernel's `bpf_check_classic`: only the opcodes it accepts, jumps inside the
+/// program, memory cells in range and written before they are read on every path, no division
+/// by a constant zero or shift by 32 or more, a `ret` at the end.
 pub fn verify(prog: &[Insn]) -> Result<(), AsmError> {
     use op::*;
     if prog.is_empty() || prog.len() > MAX_INSNS {
@@ -446,80 +446,72 @@ pub fn verify(prog: &[Insn]) -> Result<(), AsmError> {
     let mut written: u16 = 0;
     for (pc, insn) in prog.iter().enumerate() {
         written &= written_at[pc];
-        let class = insn.code & 0x07;
         let remaining = prog.len() - pc - 1;
-        match class {
-            LD | LDX => {
-                let mode = insn.code & 0xe0;
-                let size = insn.code & 0x18;
-                let known = match (class, mode) {
-                    (LD, IMM | ABS | IND | MEM | LEN) => mode != MEM || size == W,
-                    (LDX, IMM | MEM | LEN) => size == W,
-                    (LDX, MSH) => size == B,
-                    _ => false,
-                };
-                if !known || size == 0x18 {
-                    return invalid(pc, "unknown load");
+        let Insn { code, jt, jf, k } = *insn;
+        let alu_op = code & 0xf0;
+        match code {
+            c if c == LD | W | MEM || c == LDX | W | MEM => {
+                if k >= MEM_WORDS {
+                    return invalid(pc, "memory cell out of range");
                 }
-                if mode == MEM {
-                    if insn.k >= MEM_WORDS {
-                        return invalid(pc, "memory cell out of range");
-                    }
-                    if written & (1 << insn.k) == 0 {
-                        return invalid(pc, "memory cell read before it is written");
-                    }
+                if written & (1 << k) == 0 {
+                    return invalid(pc, "memory cell read before it is written");
                 }
             }
             ST | STX => {
-                if insn.code != class || insn.k >= MEM_WORDS {
-                    return invalid(pc, "bad store");
+                if k >= MEM_WORDS {
+                    return invalid(pc, "memory cell out of range");
                 }
-                written |= 1 << insn.k;
+                written |= 1 << k;
             }
-            ALU => {
-                let alu_op = insn.code & 0xf0;
-                if !matches!(
+            c if [
+                LD | W | ABS,
+                LD | H | ABS,
+                LD | B | ABS,
+                LD | W | IND,
+                LD | H | IND,
+                LD | B | IND,
+                LD | W | LEN,
+                LD | W | IMM,
+                LDX | W | IMM,
+                LDX | W | LEN,
+                LDX | B | MSH,
+                MISC | TAX,
+                MISC | TXA,
+                RET | K,
+                RET | RET_A,
+                ALU | NEG,
+            ]
+            .contains(&c) => {}
+            c if c & !0xf8 == ALU
+                && matches!(
                     alu_op,
-                    ADD | SUB | MUL | DIV | OR | AND | LSH | RSH | NEG | MOD | XOR
-                ) || insn.code & !0xf8 != ALU
-                {
-                    return invalid(pc, "unknown arithmetic");
-                }
-                if insn.code & X == 0 && matches!(alu_op, DIV | MOD) && insn.k == 0 {
+                    ADD | SUB | MUL | DIV | MOD | AND | OR | XOR | LSH | RSH
+                ) =>
+            {
+                if c & X == 0 && matches!(alu_op, DIV | MOD) && k == 0 {
                     return invalid(pc, "division by zero");
                 }
-                if insn.code & X == 0 && matches!(alu_op, LSH | RSH) && insn.k >= 32 {
-                    return invalid(pc, "shift too far");
+                if c & X == 0 && matches!(alu_op, LSH | RSH) && k >= 32 {
+                    return invalid(pc, "shift by 32 or more");
                 }
             }
-            JMP => {
-                let jmp_op = insn.code & 0xf0;
-                if jmp_op == JA && insn.code == JMP | JA {
-                    if insn.k as usize >= remaining {
-                        return invalid(pc, "jump past the end");
-                    }
-                    written_at[pc + 1 + insn.k as usize] &= written;
-                } else if matches!(jmp_op, JEQ | JGT | JGE | JSET) && insn.code & !0xf8 == JMP {
-                    if usize::from(insn.jt) >= remaining || usize::from(insn.jf) >= remaining {
-                        return invalid(pc, "jump past the end");
-                    }
-                    written_at[pc + 1 + usize::from(insn.jt)] &= written;
-                    written_at[pc + 1 + usize::from(insn.jf)] &= written;
-                } else {
-                    return invalid(pc, "unknown jump");
+            c if c == JMP | JA => {
+                if k as usize >= remaining {
+                    return invalid(pc, "jump past the end");
                 }
+                written_at[pc + 1 + k as usize] &= written;
                 written = u16::MAX;
             }
-            RET => {
-                if insn.code != RET | K && insn.code != RET | RET_A {
-                    return invalid(pc, "unknown return");
+            c if c & !0xf8 == JMP && matches!(alu_op, JEQ | JGT | JGE | JSET) => {
+                if usize::from(jt) >= remaining || usize::from(jf) >= remaining {
+                    return invalid(pc, "jump past the end");
                 }
+                written_at[pc + 1 + usize::from(jt)] &= written;
+                written_at[pc + 1 + usize::from(jf)] &= written;
+                written = u16::MAX;
             }
-            _ => {
-                if insn.code != MISC | TAX && insn.code != MISC | TXA {
-                    return invalid(pc, "unknown instruction");
-                }
-            }
+            _ => return invalid(pc, "unknown instruction"),
         }
     }
     match prog.last() {
@@ -649,6 +641,18 @@ mod tests {
 
         let mut a = Asm::new();
         a.ld_imm(1);
+        assert!(matches!(a.assemble(), Err(AsmError::Invalid { pc: 0, .. })));
+
+        let mut a = Asm::new();
+        a.ld_imm(1);
+        a.alu(op::RSH, 32);
+        a.ret_a();
+        assert!(matches!(a.assemble(), Err(AsmError::Invalid { pc: 1, .. })));
+
+        // A half-word immediate is not an instruction the kernel knows.
+        let mut a = Asm::new();
+        a.insn(op::LD | op::H | op::IMM, 1);
+        a.ret_a();
         assert!(matches!(a.assemble(), Err(AsmError::Invalid { pc: 0, .. })));
 
         let mut a = Asm::new();

@@ -7,7 +7,9 @@
 //!
 //! Trust boundary: a process of the same user can bind the port with `SO_REUSEPORT` too, join the
 //! group and attach its own program; another user gets `EADDRINUSE`. [`Group::bind`] refuses a
-//! port that already has a listener, so that a second instance fails instead of merging.
+//! port that already has a listener, so that a second instance fails instead of merging. (The
+//! check is a bind that is closed before the members bind: a process that takes the port in
+//! between makes the members' binds fail, or joins if it set `SO_REUSEPORT` itself.)
 
 use std::io;
 use std::mem::{align_of, size_of};
@@ -118,6 +120,12 @@ impl Group {
     /// Every member, in `listen()` order (the fallback, then slot `s` at index `s + 1`).
     pub fn members(&self) -> &[OwnedFd] {
         &self.members
+    }
+
+    /// Every member, in `listen()` order, to own elsewhere (e.g. one per worker). The group's
+    /// numbering only holds while every one of them stays open.
+    pub fn into_members(self) -> Vec<OwnedFd> {
+        self.members
     }
 
     /// How many connections wait in a member's accept queue (`tcpi_unacked` of `TCP_INFO` on a

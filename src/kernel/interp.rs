@@ -8,6 +8,17 @@ use super::asm::{op, Insn, MEM_WORDS, NET_OFF};
 /// A load outside the packet ends the program with 0, as in the kernel. Panics on instructions
 /// the kernel would refuse: the programs under test must be valid.
 pub fn run(prog: &[Insn], net: &[u8]) -> u32 {
+    run_counted(prog, net).0
+}
+
+/// [`run`], also returning how many instructions ran.
+pub fn run_counted(prog: &[Insn], net: &[u8]) -> (u32, usize) {
+    let mut steps = 0;
+    let result = run_steps(prog, net, &mut steps);
+    (result, steps)
+}
+
+fn run_steps(prog: &[Insn], net: &[u8], steps: &mut usize) -> u32 {
     let (mut a, mut x) = (0u32, 0u32);
     let mut mem = [0u32; MEM_WORDS as usize];
     let mut pc = 0usize;
@@ -23,6 +34,7 @@ pub fn run(prog: &[Insn], net: &[u8]) -> u32 {
     loop {
         let insn = prog[pc];
         pc += 1;
+        *steps += 1;
         let src = if insn.code & op::X != 0 { x } else { insn.k };
         match insn.code & 0x07 {
             op::LD | op::LDX => {

@@ -103,7 +103,7 @@ const COMPAT: u32 = 1;
 /// BASE and END when no run of at least two zero groups exists: past every group.
 const NO_RUN: u32 = 9;
 
-/// Offsets in the network headers.
+// Where the source address starts in each network header.
 const IPV4_SOURCE: u32 = 12;
 const IPV6_SOURCE: u32 = 8;
 
@@ -265,7 +265,6 @@ fn ipv6_group(i: u32) -> u32 {
 /// Hashes the source of an IPv6 header that is neither link-local nor an embedded IPv4 form, as
 /// libuv's `inet_ntop6` prints it, from the last character to the first.
 fn ipv6_reversed(a: &mut Asm) {
-    let group = ipv6_group;
     // The longest run of zero groups, the leftmost on ties (a later run must be longer).
     a.ld_imm(0);
     a.st(RUN);
@@ -273,7 +272,7 @@ fn ipv6_reversed(a: &mut Asm) {
     a.st(END);
     for i in 0..8 {
         let (non_zero, next) = (a.label(), a.label());
-        a.ldh_net(group(i));
+        a.ldh_net(ipv6_group(i));
         a.jeq(0, Next, To(if i < 7 { non_zero } else { next }));
         a.ld_mem(RUN);
         a.alu(op::ADD, 1);
@@ -324,7 +323,7 @@ fn ipv6_reversed(a: &mut Asm) {
         hash_chars(a, b":");
         a.ja(next);
         a.bind(outside);
-        a.ldh_net(group(i));
+        a.ldh_net(ipv6_group(i));
         a.st(WORD);
         hex_reversed(a);
         if i > 0 {
@@ -381,7 +380,7 @@ mod tests {
     use super::*;
     use crate::address::AddressText;
     use crate::kernel::asm::MAX_INSNS;
-    use crate::kernel::interp::run;
+    use crate::kernel::interp::{run, run_counted};
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -470,6 +469,44 @@ mod tests {
     }
 
     #[test]
+    fn instructions_run_per_syn() {
+        let widest_v4 = Ipv4Addr::new(255, 255, 255, 255);
+        let widest_v6: Ipv6Addr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"
+            .parse()
+            .expect("ip");
+        for hash in HASHES {
+            let v4 = build(Family::V4, hash, 16);
+            let v6 = build(Family::V6, hash, 16);
+            let runs = [
+                (
+                    "IPv4 listener, 255.255.255.255",
+                    run_counted(&v4, &ipv4_syn(widest_v4)).1,
+                ),
+                (
+                    "IPv4 listener, 1.1.1.1",
+                    run_counted(&v4, &ipv4_syn(Ipv4Addr::new(1, 1, 1, 1))).1,
+                ),
+                (
+                    "dual-stack, IPv4 255.255.255.255",
+                    run_counted(&v6, &ipv4_syn(widest_v4)).1,
+                ),
+                (
+                    "dual-stack, ::1",
+                    run_counted(&v6, &ipv6_syn(Ipv6Addr::LOCALHOST)).1,
+                ),
+                (
+                    "dual-stack, 8 groups of 4 digits",
+                    run_counted(&v6, &ipv6_syn(widest_v6)).1,
+                ),
+            ];
+            for (what, steps) in runs {
+                println!("{hash:?} {what}: {steps} instructions run");
+                assert!(steps < 700, "{what}");
+            }
+        }
+    }
+
+    #[test]
     fn refuses_slot_counts_out_of_range() {
         assert_eq!(
             program(Family::V4, Hash::Djb2, 0),
@@ -523,18 +560,15 @@ mod tests {
         }
     }
 
-    /// A non-zero group with 1 to 4 hex digits (mixing letters and digits), or ffff.
+    /// A non-zero group with 1 to 4 hex digits (any digits, the first non-zero), or ffff.
     fn non_zero_group(seed: u64) -> u16 {
         let digits = (seed % 5) as u32;
-        let value = ((seed >> 8) as u16) | 1;
-        match digits {
-            0 => 0xffff,
-            n => {
-                let width = 4 * n;
-                let v = value & ((1u32 << width) - 1) as u16;
-                v | (1 << (width - 1)).max(1) // the top digit is non-zero
-            }
+        if digits == 0 {
+            return 0xffff;
         }
+        let lower = (seed >> 8) as u16 & ((1u32 << (4 * (digits - 1))) - 1) as u16;
+        let first = ((seed >> 32) % 15 + 1) as u16;
+        (first << (4 * (digits - 1))) | lower
     }
 
     #[test]
