@@ -96,7 +96,7 @@ function routing(o) {
   return {
     routeBy,
     trustedProxies,
-    peekLimit: o.peekLimit === undefined ? 8192 : integer('peekLimit', o.peekLimit, 64, 1 << 20),
+    peekLimit: o.peekLimit === undefined ? 8192 : integer('peekLimit', o.peekLimit, 64, 64 * 1024),
     peekTimeout: ms(o, 'peekTimeout', 3000),
   };
 }

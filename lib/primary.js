@@ -89,6 +89,7 @@ class Primary extends EventEmitter {
       rejected: counters.rejected,
       fallbacks: counters.fallbacks,
       resolving: counters.resolving,
+      givenUp: counters.givenUp,
       slots: counters.slots.map(({ channel, ...c }, i) => {
         const current = this.slots[i].current;
         return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c };

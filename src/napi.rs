@@ -14,7 +14,7 @@ use napi_derive::napi;
 use crate::address::AddressText;
 use crate::channel::Meta;
 use crate::hash::{djb2_str, Hash};
-use crate::resolve::{RouteBy, Rules};
+use crate::resolve::{RouteBy, Rules, MAX_PEEK_LIMIT};
 use crate::table::slot_for;
 use crate::trust::Trusted;
 use crate::{listener, receiver, router};
@@ -128,6 +128,8 @@ pub struct RouterStats {
     pub fallbacks: f64,
     /// From trusted proxies, route key being read now.
     pub resolving: f64,
+    /// From trusted proxies, given up unread for newer ones (the share of slow heads was full).
+    pub given_up: f64,
 }
 
 /// The primary's native router.
@@ -169,7 +171,7 @@ impl Router {
             rules: Rules {
                 route_by,
                 trusted,
-                limit: options.peek_limit.max(16) as usize,
+                limit: (options.peek_limit as usize).clamp(16, MAX_PEEK_LIMIT),
                 timeout: std::time::Duration::from_millis(u64::from(options.peek_timeout)),
             },
             slots: options.slots as usize,
@@ -277,6 +279,7 @@ impl Router {
             rejected: stats.rejected() as f64,
             fallbacks: stats.fallbacks() as f64,
             resolving: stats.resolving() as f64,
+            given_up: stats.given_up() as f64,
         })
     }
 

@@ -10,7 +10,7 @@
 //! file) is read without blocking after each burst of accepts, while the thread is awake anyway,
 //! and on a short tick that runs only while something is pending.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -24,6 +24,7 @@ use socket2::Socket;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::address::AddressText;
@@ -254,6 +255,8 @@ struct Held {
 
 /// A connection from a trusted proxy, back from resolution.
 struct Resolved {
+    /// Its place in [`State::reading`].
+    id: u64,
     conn: OwnedFd,
     peer: SocketAddr,
     listener: u8,
@@ -279,8 +282,15 @@ struct State {
     table: Table<Held>,
     channels: HashMap<ChannelId, Channel>,
     rules: Arc<Rules>,
-    /// Connections being resolved now, and where their results come back.
+    /// Connections being resolved now (their descriptors are held until the result is back).
     resolving: usize,
+    /// How to make each resolution still reading give up, oldest (smallest id) first.
+    reading: BTreeMap<u64, oneshot::Sender<()>>,
+    next_reading: u64,
+    /// At most this many connections are resolved at once: slow heads get a bounded share of
+    /// the held connections, and the oldest is given up for a new one, so others are always
+    /// accepted.
+    resolve_limit: usize,
     resolved: UnboundedSender<Resolved>,
     resolved_rx: Option<UnboundedReceiver<Resolved>>,
     stats: Arc<Stats>,
@@ -411,16 +421,20 @@ impl State {
     fn new(config: &Config, stats: Arc<Stats>) -> State {
         let slots = config.slots.max(1);
         let (resolved, resolved_rx) = unbounded_channel();
+        let held_limit = held_limit();
         State {
             table: Table::new(slots, config.queue_limit, config.hash),
             channels: HashMap::new(),
             rules: Arc::new(config.rules.clone()),
             resolving: 0,
+            reading: BTreeMap::new(),
+            next_reading: 0,
+            resolve_limit: (held_limit / 2).max(1),
             resolved,
             resolved_rx: Some(resolved_rx),
             stats,
             touched: vec![false; slots],
-            held_limit: held_limit(),
+            held_limit,
             queue_timeout: config.queue_timeout,
             debug: config.debug,
         }
@@ -503,12 +517,25 @@ impl State {
     fn route(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, listener: u8) {
         let since = Instant::now();
         if let Some(peer) = peer.filter(|p| self.rules.applies_to(p)) {
+            // The share is full: the oldest head still being read is given up (its outcome
+            // comes back at once: closed for PROXY, routed by its peer for headers).
+            if self.reading.len() >= self.resolve_limit {
+                if let Some((_, oldest)) = self.reading.pop_first() {
+                    let _ = oldest.send(());
+                    Stats::add(&self.stats.given_up, 1);
+                }
+            }
             self.resolving += 1;
             Stats::set(&self.stats.resolving, self.resolving as u64);
+            let id = self.next_reading;
+            self.next_reading += 1;
+            let (give_up, give_up_now) = oneshot::channel();
+            self.reading.insert(id, give_up);
             let (rules, done) = (self.rules.clone(), self.resolved.clone());
             tokio::spawn(async move {
-                let (conn, outcome) = resolve::resolve(conn, rules).await;
+                let (conn, outcome) = resolve::resolve(conn, rules, give_up_now).await;
                 let _ = done.send(Resolved {
+                    id,
                     conn,
                     peer,
                     listener,
@@ -529,6 +556,7 @@ impl State {
 
     /// Routes a connection whose resolution ended.
     fn resolved(&mut self, done: Resolved) {
+        self.reading.remove(&done.id);
         self.resolving = self.resolving.saturating_sub(1);
         Stats::set(&self.stats.resolving, self.resolving as u64);
         match done.outcome {

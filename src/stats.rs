@@ -53,6 +53,9 @@ pub struct Stats {
     pub fallbacks: AtomicU64,
     /// Connections from trusted proxies whose route key is being read now.
     pub resolving: AtomicU64,
+    /// Connections from trusted proxies whose head was given up unread for a newer one (the
+    /// share of slow heads was full); also counted in `rejected` or `fallbacks`.
+    pub given_up: AtomicU64,
 }
 
 impl Stats {
@@ -64,6 +67,7 @@ impl Stats {
             rejected: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             resolving: AtomicU64::new(0),
+            given_up: AtomicU64::new(0),
         }
     }
 
@@ -106,6 +110,11 @@ impl Stats {
     /// See [`Stats::fallbacks`].
     pub fn fallbacks(&self) -> u64 {
         self.fallbacks.load(Relaxed)
+    }
+
+    /// See [`Stats::given_up`].
+    pub fn given_up(&self) -> u64 {
+        self.given_up.load(Relaxed)
     }
 
     /// See [`Stats::resolving`].
