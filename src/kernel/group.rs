@@ -3,7 +3,7 @@
 //!
 //! The kernel numbers a group's members in `listen()` order and, when a member closes, moves the
 //! last one into its index: every member stays open here for the life of the group, so the
-//! numbering the program relies on never changes. Workers listen on duplicates of their member.
+//! numbering the program relies on never changes, whatever workers do with their copies.
 //!
 //! Trust boundary: a process of the same user can bind the port with `SO_REUSEPORT` too, join the
 //! group and attach its own program; another user gets `EADDRINUSE`. [`Group::bind`] refuses a
