@@ -5,12 +5,15 @@
 //! worker, [`link`] is one channel's flow control (window, acknowledgements, losses,
 //! redelivery), [`listener`] binds, [`router`] is the accept loop in the primary, [`receiver`] is
 //! the worker's end; [`trust`], [`forwarded`] and [`proxy`] read route keys that trusted proxies
-//! forward. The `napi` module is the binding and only the binding.
+//! forward; [`kernel`] builds the classic BPF program and the `SO_REUSEPORT` group of kernel
+//! dispatch (not wired into the router yet). The `napi` module is the binding and only the
+//! binding.
 
 pub mod address;
 pub mod channel;
 pub mod forwarded;
 pub mod hash;
+pub mod kernel;
 pub mod link;
 pub mod listener;
 pub mod proxy;
