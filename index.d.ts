@@ -99,6 +99,10 @@ declare namespace sticky {
     fallbacks: number;
     /** Connections from trusted proxies whose route key is being read now. */
     resolving: number;
+    /** Slow heads from trusted proxies given up for newer connections (their share was full). */
+    givenUp: number;
+    /** Listeners that failed and accept no more. */
+    listenerFailures: number;
     slots: SlotStats[];
   }
 
@@ -122,6 +126,8 @@ declare namespace sticky {
     on(event: 'fork' | 'ready', listener: (e: WorkerEvent) => void): this;
     on(event: 'exit', listener: (e: WorkerEvent & { code: number | null; signal: string | null }) => void): this;
     on(event: 'respawn', listener: (e: { slot: number; delay: number }) => void): this;
+    /** A listener failed and accepts no more (the others go on). */
+    on(event: 'error', listener: (err: Error) => void): this;
   }
 
   /** The argument of the `'sticky:shutdown'` event a handed-over server emits when its worker is asked to stop. */

@@ -2,6 +2,7 @@
 // What a hostile or broken peer must never do to the router: stop it accepting others, spin it,
 // or keep the primary from shutting down. Real processes, real sockets, distinct client IPs.
 const net = require('node:net');
+const stringHash = require('string-hash');
 const { clientIp, freePort, startFixture, stopAll, get, pool } = require('./helpers');
 
 afterEach(stopAll);
@@ -186,4 +187,91 @@ describe('signals and hello races', () => {
       for (const e of exits) expect(e).toMatchObject({ code: 0, signal: null });
     }
   });
+});
+
+/** A small seeded PRNG (mulberry32): the fuzz is the same on every run. */
+function prng(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A valid head for `routeBy`, then damaged at random: cut, bytes replaced, bytes inserted. */
+function fuzzedHead(routeBy, random) {
+  const int = (n) => Math.floor(random() * n);
+  const client = `${1 + int(223)}.${int(256)}.${int(256)}.${int(256)}`;
+  let head = Buffer.from(routeBy === 'proxy-protocol'
+    ? `PROXY TCP4 ${client} 127.0.0.1 ${1 + int(65535)} 80\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`
+    : `GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: ${client}\r\nConnection: close\r\n\r\n`);
+  const damage = int(4);
+  if (damage === 1) head = head.subarray(0, int(head.length));
+  if (damage === 2) for (let k = 0; k < 1 + int(4); k++) head[int(head.length)] = int(256);
+  if (damage === 3) {
+    const at = int(head.length);
+    head = Buffer.concat([head.subarray(0, at), Buffer.from(Array.from({ length: 1 + int(8) }, () => int(256))), head.subarray(at)]);
+  }
+  return head;
+}
+
+describe('fuzz: 600 damaged heads per mode with random half-closes and resets', () => {
+  test.each(['proxy-protocol', 'x-forwarded-for'])('%s: resolving drains to 0, fds back at baseline, others served', async (routeBy) => {
+    const { app, port } = await start({ ROUTE_BY: routeBy, TRUSTED: PROXY_IP, PEEK_TIMEOUT: 500 });
+    await pool(range(10), 5, (i) => get(port, clientIp(i)));
+    await app.atRest();
+    const baseline = app.fdCount();
+    const random = prng(routeBy.length);
+    const ends = { fin: 0, reset: 0, open: 0 };
+    await pool(range(600), 50, (i) => new Promise((resolve) => {
+      const head = fuzzedHead(routeBy, random);
+      const end = ['fin', 'reset', 'open'][Math.floor(random() * 3)];
+      ends[end]++;
+      const split = Math.floor(random() * head.length);
+      const s = net.connect({ port, host: '127.0.0.1', localAddress: PROXY_IP }, async () => {
+        // In two pieces, so the router often sees a part first.
+        s.write(head.subarray(0, split));
+        await sleep(Math.floor(random() * 20));
+        if (end === 'fin') s.end(head.subarray(split));
+        else if (end === 'reset') s.resetAndDestroy();
+        else s.write(head.subarray(split));
+      });
+      s.on('error', () => {});
+      s.on('close', resolve);
+      s.resume();
+      // 'open' ones wait for the server's answer or its close; bounded either way.
+      s.setTimeout(3000, () => s.destroy());
+      if (i % 97 === 0) get(port, clientIp(100 + i)).catch(() => {});
+    }));
+    expect(ends.fin).toBeGreaterThan(100);
+    expect(await resolvingDrains(app, 3000)).toBeLessThan(3000);
+    await app.atRest();
+    for (let i = 0; i < 100 && app.fdCount() !== baseline; i++) await sleep(50);
+    expect(app.fdCount()).toBe(baseline);
+    const answers = await pool(range(20), 10, (i) => get(port, clientIp(200 + i), '/', { timeout: 3000 }));
+    expect(answers.every((a) => a.status === 200)).toBe(true);
+  }, 120000);
+});
+
+test('trustedProxies written as IPv4-mapped addresses and ranges trust the IPv4 peer', async () => {
+  for (const trusted of ['::ffff:127.0.0.9', '::ffff:127.0.0.0/104']) {
+    const { app, port } = await start({ ROUTE_BY: 'x-forwarded-for', TRUSTED: trusted });
+    const socket = net.connect({ port, host: '127.0.0.1', localAddress: PROXY_IP });
+    const text = await new Promise((resolve, reject) => {
+      let data = '';
+      socket.on('connect', () => socket.write('GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.6\r\nConnection: close\r\n\r\n'));
+      socket.on('data', (d) => (data += d));
+      socket.on('close', () => resolve(data));
+      socket.on('error', reject);
+    });
+    const body = JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4));
+    // The proxy's own address is slot 0: only a believed header leads to slot 1.
+    expect(stringHash(`::ffff:${PROXY_IP}`) % 2).toBe(0);
+    expect(body.slot).toBe(stringHash('203.0.113.6') % 2);
+    expect((await app.stats()).fallbacks).toBe(0);
+    await app.stop();
+  }
 });

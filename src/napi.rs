@@ -220,18 +220,20 @@ impl Router {
         };
         let config = router::Config {
             listeners,
-            rules: Rules {
-                route_by,
-                trusted,
-                limit: (options.peek_limit as usize).clamp(16, MAX_PEEK_LIMIT),
-                timeout: std::time::Duration::from_millis(u64::from(options.peek_timeout)),
+            policy: router::Policy {
+                rules: Rules {
+                    route_by,
+                    trusted,
+                    limit: (options.peek_limit as usize).clamp(16, MAX_PEEK_LIMIT),
+                    timeout: std::time::Duration::from_millis(u64::from(options.peek_timeout)),
+                },
+                slots: options.slots as usize,
+                hash: hash_named(&options.hash)?,
+                queue_limit: options.queue_limit as usize,
+                queue_timeout: (options.queue_timeout > 0)
+                    .then(|| std::time::Duration::from_millis(u64::from(options.queue_timeout))),
+                debug: options.debug,
             },
-            slots: options.slots as usize,
-            hash: hash_named(&options.hash)?,
-            queue_limit: options.queue_limit as usize,
-            queue_timeout: (options.queue_timeout > 0)
-                .then(|| std::time::Duration::from_millis(u64::from(options.queue_timeout))),
-            debug: options.debug,
         };
         let on_event: router::OnEvent = std::sync::Arc::new(move |event| {
             on_event.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
