@@ -79,6 +79,7 @@ function packMain(work) {
   const file = path.join(dir, 'package.json');
   const manifest = JSON.parse(fs.readFileSync(file, 'utf8'));
   manifest.optionalDependencies = Object.fromEntries(PLATFORMS.map((p) => [packageName(p.key), VERSION]));
+  delete manifest.scripts.prepublishOnly; // it refuses to publish the repository directory itself
   fs.writeFileSync(file, JSON.stringify(manifest, null, 2) + '\n');
   return npmPack(dir, dist);
 }
