@@ -25,10 +25,9 @@ if (!checkout && !forced) {
 }
 
 const targetDir = checkout ? path.join(root, 'target') : fs.mkdtempSync(path.join(os.tmpdir(), `${PACKAGE}-build-`));
-const removeTarget = () => checkout || fs.rmSync(targetDir, { recursive: true, force: true });
+if (!checkout) process.on('exit', () => fs.rmSync(targetDir, { recursive: true, force: true }));
 // Ctrl-C reaches cargo too; exit through the cleanup instead of dying with the directory left behind.
 for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(1));
-process.on('exit', removeTarget);
 
 try {
   const why = checkout ? 'a git checkout' : forced ? 'STICKY_RS_BUILD_FROM_SOURCE=1' : tried[0];
