@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::address::AddressText;
 use crate::channel::Meta;
 use crate::hash::Hash;
-use crate::link::{Held, Link};
+use crate::link::{Gone, Held, Link};
 use crate::resolve::{self, Outcome, Rules};
 use crate::stats::Stats;
 use crate::table::{ChannelId, Table};
@@ -336,9 +336,18 @@ impl Dispatcher {
         if let Some(id) = self.table.slot(slot).channel {
             if let Some(link) = self.channels.get_mut(&id) {
                 let waiting = &mut self.table.slot_mut(slot).waiting;
-                if link.send_from(waiting, Instant::now(), TICK).is_err() {
-                    self.close_channel(id);
-                    return;
+                match link.send_from(waiting, Instant::now(), TICK) {
+                    Ok(None) => {}
+                    Ok(Some(e)) => {
+                        Stats::add(&self.stats.send_errors, 1);
+                        if self.debug {
+                            eprintln!("[sticky-rs] primary: slot {slot}: sending to channel {id} failed ({e}), retrying");
+                        }
+                    }
+                    Err(Gone) => {
+                        self.close_channel(id);
+                        return;
+                    }
                 }
             }
         }
@@ -509,7 +518,7 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
-    use crate::channel::{self, Message, Reader};
+    use crate::channel::{self, ToPrimary, WorkerReader};
     use crate::resolve::RouteBy;
     use crate::trust::Trusted;
 
@@ -548,7 +557,7 @@ mod tests {
         channel::set_nonblocking(worker.as_fd())?;
         d.open(id, 0, primary);
         if !silent {
-            channel::send(worker.as_fd(), Message::Hello)?;
+            channel::send(worker.as_fd(), ToPrimary::Hello)?;
         }
         d.service();
         Ok(worker)
@@ -556,17 +565,17 @@ mod tests {
 
     /// The number of connections waiting on a worker's end.
     fn received(worker: &OwnedFd) -> io::Result<usize> {
-        let mut reader = Reader::default();
-        let (mut messages, mut fds, mut metas) = (Vec::new(), Vec::new(), Vec::new());
+        let mut reader = WorkerReader::default();
+        let mut n = 0;
         loop {
-            match reader.recv(worker.as_fd(), &mut messages, &mut fds, &mut metas) {
-                Ok(true) => {}
-                Ok(false) => break,
+            match reader.recv(worker.as_fd()) {
+                Ok(Some(batch)) => n += batch.conns.len(),
+                Ok(None) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
-        Ok(fds.len())
+        Ok(n)
     }
 
     #[test]
@@ -600,14 +609,14 @@ mod tests {
         let first = worker(&mut d, 1, false)?;
         accept(&mut d, 10)?;
         assert_eq!(received(&first)?, 10);
-        channel::send(first.as_fd(), Message::Ack(4))?;
+        channel::send(first.as_fd(), ToPrimary::Ack(4))?;
         drop(first);
         d.service();
         let s = stats.snapshot(0);
         assert_eq!((s.delivered, s.redelivered, s.queued), (4, 6, 6));
         let next = worker(&mut d, 2, false)?;
         assert_eq!(received(&next)?, 6);
-        channel::send(next.as_fd(), Message::Ack(6))?;
+        channel::send(next.as_fd(), ToPrimary::Ack(6))?;
         d.service();
         assert_eq!(received(&next)?, 0);
         let s = stats.snapshot(0);
@@ -624,7 +633,7 @@ mod tests {
         d.retire(1);
         accept(&mut d, 3)?;
         assert_eq!(received(&old)?, 0);
-        channel::send(old.as_fd(), Message::Ack(2))?;
+        channel::send(old.as_fd(), ToPrimary::Ack(2))?;
         d.service();
         let s = stats.snapshot(0);
         assert_eq!((s.delivered, s.queued, s.channel), (2, 3, 0));

@@ -376,7 +376,7 @@ mod tests {
     use std::sync::mpsc;
     use std::sync::Mutex;
 
-    use crate::channel::Message;
+    use crate::channel::ToPrimary;
     use crate::hash::Hash;
     use crate::resolve::{RouteBy, Rules};
 
@@ -415,7 +415,7 @@ mod tests {
     }
 
     fn hello(worker: &OwnedFd) -> io::Result<()> {
-        channel::send(worker.as_fd(), Message::Hello)
+        channel::send(worker.as_fd(), ToPrimary::Hello)
     }
 
     fn next(events: &mpsc::Receiver<Event>) -> io::Result<Event> {
