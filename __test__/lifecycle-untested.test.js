@@ -207,7 +207,11 @@ test('hardShutdownDelay runs out: the primary exits 1 after about that long, the
   await waitFor('every worker gone', () => pids.every((pid) => !alive(pid)), 3000);
 });
 
-test('SIGHUP from outside reloads every slot: requests before, during and after all answered, old workers exit 0', async () => {
+test.each([
+  ['the primary', (pid) => pid],
+  // What a closed terminal does: workers ignore it, only the primary reloads.
+  ['the whole process group', (pid) => -pid],
+])('SIGHUP to %s reloads every slot: requests before, during and after all answered, old workers exit 0', async (_, target) => {
   const port = await freePort();
   const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 3 });
   await app.count('ready', 3);
@@ -232,7 +236,7 @@ test('SIGHUP from outside reloads every slot: requests before, during and after 
     await waitFor('load before the reload', () => served.before >= 50);
     phase = 'during';
     const started = Date.now();
-    app.child.kill('SIGHUP');
+    process.kill(target(app.child.pid), 'SIGHUP');
     const exits = await Promise.all(old.map((pid) => app.next((e) => e.event === 'exit' && e.pid === pid, 20000)));
     const reloadMs = Date.now() - started;
     phase = 'after';
