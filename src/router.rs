@@ -10,10 +10,10 @@
 //! file) is read without blocking after each burst of accepts, while the thread is awake anyway,
 //! and on a short tick that runs only while something is pending.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -28,21 +28,18 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::address::AddressText;
-use crate::channel::{self, Message, Meta, Reader, MAX_BATCH};
+use crate::channel::{self, Meta};
 use crate::hash::Hash;
+use crate::link::{Held, Link};
 use crate::listener;
 use crate::resolve::{self, Outcome, Rules};
 use crate::stats::Stats;
 use crate::table::{ChannelId, Table};
 
-/// Connections sent to one worker and not yet acknowledged, at most.
-const WINDOW: usize = 1024;
 /// Connections accepted per wake-up before delivering, so batches form under load.
 const ACCEPT_BURST: usize = 256;
 /// Pause after the process ran out of descriptors, leaving clients in the kernel's backlog.
 const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
-/// Pause before sending again to a worker that was out of descriptors.
-const LOST_BACKOFF: Duration = Duration::from_millis(50);
 /// How often channels are read and queues checked while something is pending: the most an
 /// acknowledgement, a hello or a full channel can wait for attention.
 const TICK: Duration = Duration::from_millis(5);
@@ -316,14 +313,6 @@ impl Drop for Router {
     }
 }
 
-/// A connection the router holds, with the time it was accepted (for `queue_timeout`) and what
-/// its worker needs to know.
-struct Held {
-    conn: OwnedFd,
-    since: Instant,
-    meta: Meta,
-}
-
 /// A connection from a trusted proxy, back from resolution.
 struct Resolved {
     /// Its place in [`State::reading`].
@@ -335,23 +324,9 @@ struct Resolved {
     outcome: Outcome,
 }
 
-struct Channel {
-    fd: OwnedFd,
-    slot: usize,
-    reader: Reader,
-    /// Sent, not yet acknowledged, oldest first.
-    in_flight: VecDeque<Held>,
-    /// Not before this instant may more be sent (the socket was full, or the worker lost some).
-    paused_until: Option<Instant>,
-    /// The worker said hello.
-    ready: bool,
-    /// Its worker is finishing: a hello must not make it the slot's target again.
-    retired: bool,
-}
-
 struct State {
     table: Table<Held>,
-    channels: HashMap<ChannelId, Channel>,
+    channels: HashMap<ChannelId, Link>,
     rules: Arc<Rules>,
     /// Connections being resolved now (their descriptors are held until the result is back).
     resolving: usize,
@@ -519,7 +494,7 @@ impl State {
     fn pending(&self) -> bool {
         self.channels
             .values()
-            .any(|c| !c.ready || !c.in_flight.is_empty() || c.paused_until.is_some())
+            .any(|c| c.owes_answer() || c.paused())
             || (0..self.table.len()).any(|i| !self.table.slot(i).waiting.is_empty())
     }
 
@@ -528,7 +503,7 @@ impl State {
         let owing: Vec<ChannelId> = self
             .channels
             .iter()
-            .filter(|(_, c)| !c.ready || !c.in_flight.is_empty())
+            .filter(|(_, c)| c.owes_answer())
             .map(|(&id, _)| id)
             .collect();
         for id in owing {
@@ -536,9 +511,8 @@ impl State {
         }
         let now = Instant::now();
         for ch in self.channels.values_mut() {
-            if ch.paused_until.is_some_and(|t| t <= now) {
-                ch.paused_until = None;
-                self.touched[ch.slot] = true;
+            if ch.resume_if_due(now) {
+                self.touched[ch.slot()] = true;
             }
         }
         for slot in 0..self.touched.len() {
@@ -582,7 +556,7 @@ impl State {
         let waiting: usize = (0..self.table.len())
             .map(|i| self.table.slot(i).waiting.len())
             .sum();
-        let in_flight: usize = self.channels.values().map(|c| c.in_flight.len()).sum();
+        let in_flight: usize = self.channels.values().map(Link::in_flight).sum();
         self.held_limit
             .saturating_sub(waiting + in_flight + self.resolving)
     }
@@ -695,50 +669,17 @@ impl State {
         }
     }
 
-    /// Sends what the slot has waiting to its channel, in batches, while the window allows;
-    /// then closes whatever still waits beyond the slot's limit.
+    /// Sends what the slot has waiting to its channel while the window allows; then closes
+    /// whatever still waits beyond the slot's limit.
     fn deliver(&mut self, slot: usize) {
-        let mut broken = None;
         if let Some(id) = self.table.slot(slot).channel {
-            if let Some(ch) = self.channels.get_mut(&id) {
+            if let Some(link) = self.channels.get_mut(&id) {
                 let waiting = &mut self.table.slot_mut(slot).waiting;
-                while ch.paused_until.is_none()
-                    && !waiting.is_empty()
-                    && ch.in_flight.len() < WINDOW
-                {
-                    let n = waiting
-                        .len()
-                        .min(MAX_BATCH)
-                        .min(WINDOW - ch.in_flight.len());
-                    let mut batch = [0 as RawFd; MAX_BATCH];
-                    let mut metas = [Meta::default(); MAX_BATCH];
-                    for ((fd, meta), held) in
-                        batch.iter_mut().zip(metas.iter_mut()).zip(waiting.iter())
-                    {
-                        *fd = held.conn.as_raw_fd();
-                        *meta = held.meta;
-                    }
-                    match channel::send_connections(ch.fd.as_fd(), &batch[..n], &metas[..n]) {
-                        Ok(()) => ch.in_flight.extend(waiting.drain(..n)),
-                        // The worker has not read what it was sent: try again on a later tick.
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            ch.paused_until = Some(Instant::now() + TICK);
-                        }
-                        Err(e) if is_peer_gone(&e) => {
-                            broken = Some(id);
-                            break;
-                        }
-                        // ETOOMANYREFS and the like: wait for acknowledgements.
-                        Err(_) => {
-                            ch.paused_until = Some(Instant::now() + TICK);
-                        }
-                    }
+                if link.send_from(waiting, Instant::now(), TICK).is_err() {
+                    self.close_channel(id);
+                    return;
                 }
             }
-        }
-        if let Some(id) = broken {
-            self.close_channel(id);
-            return;
         }
         let dropped = self.table.trim(slot);
         if !dropped.is_empty() {
@@ -758,8 +699,8 @@ impl State {
         let in_flight: usize = self
             .channels
             .values()
-            .filter(|c| c.slot == slot)
-            .map(|c| c.in_flight.len())
+            .filter(|c| c.slot() == slot)
+            .map(Link::in_flight)
             .sum();
         Stats::set(&counters.in_flight, in_flight as u64);
         Stats::set(&counters.queued, self.table.slot(slot).waiting.len() as u64);
@@ -770,50 +711,36 @@ impl State {
     }
 
     fn open(&mut self, id: ChannelId, slot: usize, fd: OwnedFd) {
-        self.channels.insert(
-            id,
-            Channel {
-                fd,
-                slot,
-                reader: Reader::default(),
-                in_flight: VecDeque::new(),
-                paused_until: None,
-                ready: false,
-                retired: false,
-            },
-        );
+        self.channels.insert(id, Link::new(fd, slot));
     }
 
     /// Reads what a worker sent back, without blocking, and acts on it.
     fn read_channel(&mut self, id: ChannelId) {
-        let (mut messages, mut stray, mut stray_metas) = (Vec::new(), Vec::new(), Vec::new());
-        let open = loop {
-            let Some(ch) = self.channels.get_mut(&id) else {
-                return;
-            };
-            match ch
-                .reader
-                .recv(ch.fd.as_fd(), &mut messages, &mut stray, &mut stray_metas)
-            {
-                Ok(true) => {}
-                Ok(false) => break false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_peer_gone(&e) => break false,
-                // WouldBlock, or a transient failure (ENOMEM, ENOBUFS): read again on the next tick.
-                Err(_) => break true,
-            }
+        let Some(link) = self.channels.get_mut(&id) else {
+            return;
         };
-        // A worker never sends connections; close any it did.
-        drop(stray);
-        for message in messages {
-            match message {
-                Message::Hello => self.hello(id),
-                Message::Ack(n) => self.acknowledged(id, n),
-                Message::Lost(n) => self.lost(id, n),
-                Message::Connections(_) => {}
+        let mut lost = Vec::new();
+        let answers = link.read(Instant::now(), &mut lost);
+        let slot = link.slot();
+        if answers.acknowledged > 0 {
+            Stats::add(
+                &self.stats.slots[slot].delivered,
+                answers.acknowledged as u64,
+            );
+            self.touched[slot] = true;
+        }
+        if !lost.is_empty() {
+            let n = lost.len();
+            Stats::add(&self.stats.slots[slot].redelivered, n as u64);
+            self.table.requeue_front(slot, lost);
+            if self.debug {
+                eprintln!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
             }
         }
-        if !open {
+        if answers.hello {
+            self.hello(id);
+        }
+        if !answers.open {
             self.close_channel(id);
         }
     }
@@ -829,7 +756,7 @@ impl State {
             return;
         }
         ch.ready = true;
-        let (slot, retired) = (ch.slot, ch.retired);
+        let (slot, retired) = (ch.slot(), ch.retired);
         if !retired {
             self.activate(slot, id);
         }
@@ -866,33 +793,10 @@ impl State {
         });
     }
 
-    fn acknowledged(&mut self, id: ChannelId, n: u32) {
-        if let Some(ch) = self.channels.get_mut(&id) {
-            let n = (n as usize).min(ch.in_flight.len());
-            ch.in_flight.drain(..n);
-            Stats::add(&self.stats.slots[ch.slot].delivered, n as u64);
-            self.touched[ch.slot] = true;
-        }
-    }
-
-    fn lost(&mut self, id: ChannelId, n: u32) {
-        if let Some(ch) = self.channels.get_mut(&id) {
-            let n = (n as usize).min(ch.in_flight.len());
-            let slot = ch.slot;
-            let lost: Vec<Held> = ch.in_flight.drain(..n).collect();
-            ch.paused_until = Some(Instant::now() + LOST_BACKOFF);
-            Stats::add(&self.stats.slots[slot].redelivered, n as u64);
-            self.table.requeue_front(slot, lost);
-            if self.debug {
-                eprintln!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
-            }
-        }
-    }
-
     fn retire(&mut self, id: ChannelId) {
         if let Some(ch) = self.channels.get_mut(&id) {
             ch.retired = true;
-            let slot = ch.slot;
+            let slot = ch.slot();
             self.table.deactivate(slot, id);
             self.update_gauges(slot);
             if self.debug {
@@ -903,33 +807,34 @@ impl State {
 
     /// Drops a channel; what it had not acknowledged goes back to its slot for the next worker.
     fn close_channel(&mut self, id: ChannelId) {
-        let Some(ch) = self.channels.remove(&id) else {
+        let Some(link) = self.channels.remove(&id) else {
             return;
         };
-        self.table.deactivate(ch.slot, id);
+        let slot = link.slot();
+        self.table.deactivate(slot, id);
         // The slot goes on with its newest other ready worker, if one is there (a replacement
         // whose hello came first, then this one's).
-        if self.table.slot(ch.slot).channel.is_none() {
+        if self.table.slot(slot).channel.is_none() {
             let fallback = self
                 .channels
                 .iter()
-                .filter(|(_, c)| c.slot == ch.slot && c.ready && !c.retired)
+                .filter(|(_, c)| c.slot() == slot && c.ready && !c.retired)
                 .map(|(&id, _)| id)
                 .max();
             if let Some(fallback) = fallback {
-                self.activate(ch.slot, fallback);
+                self.activate(slot, fallback);
             }
         }
-        let returned = ch.in_flight.len() as u64;
-        Stats::add(&self.stats.slots[ch.slot].redelivered, returned);
-        self.table.requeue_front(ch.slot, ch.in_flight);
+        let unacknowledged = link.into_unacknowledged();
+        let returned = unacknowledged.len() as u64;
+        Stats::add(&self.stats.slots[slot].redelivered, returned);
+        self.table.requeue_front(slot, unacknowledged);
         if self.debug {
             eprintln!(
-                "[sticky-rs] primary: slot {} channel {id} closed, {returned} connection(s) re-queued",
-                ch.slot
+                "[sticky-rs] primary: slot {slot} channel {id} closed, {returned} connection(s) re-queued"
             );
         }
-        self.deliver(ch.slot);
+        self.deliver(slot);
     }
 
     fn shutdown(&mut self) {
@@ -938,21 +843,14 @@ impl State {
     }
 }
 
-fn is_peer_gone(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EPIPE)
-            | Some(libc::ECONNRESET)
-            | Some(libc::ECONNREFUSED)
-            | Some(libc::ENOTCONN)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
     use std::sync::mpsc;
     use std::sync::Mutex;
+
+    use crate::channel::Message;
 
     use crate::trust::Trusted;
 
