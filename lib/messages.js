@@ -7,6 +7,9 @@
 // Anything else on the channel (e.g. @socket.io/cluster-adapter's) is someone else's.
 const READY = 'ready'; // worker -> primary: its server is handed over; send the channel
 const CHANNEL = 'channel'; // primary -> worker, with the channel's worker end as the handle
+// primary -> worker (kernel dispatch): `listen:<i>`, with the slot's member of listener i's
+// SO_REUSEPORT group as the handle; the worker's server i listens on it.
+const LISTEN = 'listen:';
 const SHUTDOWN = 'shutdown'; // primary -> worker: finish what is open and exit
 const CLOSING = 'closing'; // worker -> primary: the user closed the server (sticky-session): replace me
 
@@ -23,4 +26,4 @@ function noticeType(prefix, message) {
   return message.type.startsWith(prefix) ? message.type.slice(prefix.length) : null;
 }
 
-module.exports = { READY, CHANNEL, SHUTDOWN, CLOSING, notifyPrimary, noticeType };
+module.exports = { READY, CHANNEL, LISTEN, SHUTDOWN, CLOSING, notifyPrimary, noticeType };

@@ -7,11 +7,12 @@ const { native } = require('./binding');
 
 const DEFAULT_PREFIX = 'sticky-cluster:';
 const HASHES = ['djb2', 'djb2-mix'];
+const DISPATCHES = ['auto', 'kernel', 'primary'];
 
 const SHARED_KEYS = [
   'host', 'backlog', 'debug', 'prefix', 'queueLimit', 'queueTimeout', 'hash',
   'readyTimeout', 'respawnDelay', 'maxRespawnDelay', 'respawnResetAfter', 'hardShutdownDelay',
-  'routeBy', 'trustedProxies', 'peekLimit', 'peekTimeout',
+  'routeBy', 'trustedProxies', 'peekLimit', 'peekTimeout', 'dispatch',
 ];
 const CLUSTER_KEYS = ['concurrency', 'port', 'listeners', 'env', 'errorHandler', ...SHARED_KEYS];
 // An HTTP header name (RFC 9110 token).
@@ -124,16 +125,41 @@ function ms(o, name, fallback) {
   return o[name] ? integer(name, o[name], 1, MAX_MS) : fallback;
 }
 
+/**
+ * Who picks each connection's worker: the kernel (a SO_REUSEPORT group whose program computes
+ * the same slot; workers accept themselves) or the primary's router. `kernel` is opt-in for
+ * now: `auto` is the primary's router until kernel dispatch matches it at shutdown and reload
+ * (connections the kernel queued but no worker accepted yet are reset there, as with Node's own
+ * cluster) and in `stats()`.
+ */
+function dispatchOf(o, routeBy) {
+  const asked = o.dispatch === undefined ? 'auto' : ofType('dispatch', o.dispatch, 'string');
+  if (!DISPATCHES.includes(asked)) {
+    throw new TypeError(`sticky-rs: option "dispatch" must be one of ${DISPATCHES.join(', ')}, got ${describe(asked)}`);
+  }
+  let whyNot = null;
+  if (process.platform !== 'linux') whyNot = `it needs Linux (SO_ATTACH_REUSEPORT_CBPF), this is ${process.platform}`;
+  else if (routeBy !== 'address') whyNot = `routeBy ${JSON.stringify(routeBy)} needs the router to read each connection`;
+  if (asked === 'kernel' && whyNot) {
+    throw new RangeError(`sticky-rs: option "dispatch": "kernel" cannot work here: ${whyNot}; use "auto" or "primary"`);
+  }
+  if (asked === 'kernel') return { dispatch: 'kernel', dispatchWhy: 'asked for' };
+  if (asked === 'primary') return { dispatch: 'primary', dispatchWhy: 'asked for' };
+  return { dispatch: 'primary', dispatchWhy: whyNot ? `kernel dispatch cannot work here: ${whyNot}` : 'the default; dispatch: "kernel" is opt-in' };
+}
+
 /** The options both APIs share. */
 function common(o) {
   const hash = o.hash === undefined ? 'djb2' : ofType('hash', o.hash, 'string');
   if (!HASHES.includes(hash)) {
     throw new TypeError(`sticky-rs: option "hash" must be one of ${HASHES.join(', ')}, got ${describe(hash)}`);
   }
+  const routes = routing(o);
   return {
     host: host('host', o.host),
     backlog: backlog('backlog', o.backlog),
-    ...routing(o),
+    ...routes,
+    ...dispatchOf(o, routes.routeBy),
     debug: Boolean(o.debug),
     prefix: o.prefix ? ofType('prefix', o.prefix, 'string') : DEFAULT_PREFIX,
     queueLimit: o.queueLimit === undefined ? 1024 : integer('queueLimit', o.queueLimit, 0, 1 << 20),

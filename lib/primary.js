@@ -8,7 +8,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native, nodeError } = require('./binding');
 const { log } = require('./log');
-const { READY, CHANNEL, SHUTDOWN, CLOSING, noticeType } = require('./messages');
+const { READY, CHANNEL, LISTEN, SHUTDOWN, CLOSING, noticeType } = require('./messages');
 
 class Primary extends EventEmitter {
   constructor(options) {
@@ -38,12 +38,13 @@ class Primary extends EventEmitter {
         queueTimeout: o.queueTimeout,
         hash: o.hash,
         debug: o.debug,
+        dispatch: o.dispatch,
       }, (event) => this.onRouterEvent(event));
     } catch (err) {
       onError(nodeError(err, 'listen', o.listeners));
       return this;
     }
-    if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s)`);
+    if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s), ${o.dispatch} dispatch (${o.dispatchWhy})`);
     for (let index = 0; index < o.slots; index++) {
       this.slots.push({ current: null, delay: o.respawnDelay, timer: null, replacing: null });
       this.slots[index].current = this.fork(index);
@@ -73,6 +74,7 @@ class Primary extends EventEmitter {
     if (!this.router) return null;
     const counters = this.router.stats();
     return {
+      dispatch: counters.dispatch,
       acceptErrors: counters.acceptErrors,
       rejected: counters.rejected,
       fallbacks: counters.fallbacks,
@@ -89,7 +91,8 @@ class Primary extends EventEmitter {
 
   fork(index) {
     const o = this.options;
-    const worker = cluster.fork(o.env(index));
+    // The worker learns how connections reach it from its environment, before any message.
+    const worker = cluster.fork({ ...o.env(index), STICKY_RS_DISPATCH: o.dispatch });
     const member = { slot: index, worker, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null };
     // Settles true once the router delivers to this worker, false if it exits first.
     member.whenReady = new Promise((resolve) => {
@@ -120,9 +123,21 @@ class Primary extends EventEmitter {
     return member;
   }
 
+  /**
+   * The worker handed its server over: with kernel dispatch, send it its slot's member of each
+   * listener's group to listen on; then its channel (connections the router passes: all of them,
+   * or with kernel dispatch those the kernel cannot hash). Ready once it says hello on it.
+   */
   sendChannel(member) {
     const o = this.options;
     const { slot, worker } = member;
+    try {
+      if (o.dispatch === 'kernel') this.sendMembers(member);
+    } catch (err) {
+      log('primary', `slot ${slot}: cannot pass its listeners to worker #${worker.id}: ${err.message}`);
+      worker.process.kill('SIGKILL');
+      return;
+    }
     let end;
     try {
       member.channel = this.router.openChannel(slot);
@@ -139,6 +154,16 @@ class Primary extends EventEmitter {
     });
     member.handedOver = true;
     if (o.debug) log('primary', `slot ${slot}: worker #${worker.id} handed its server over, channel ${member.channel.id} sent`);
+  }
+
+  /** Kernel dispatch: a copy of the slot's member of each listener, closed here once sent. */
+  sendMembers(member) {
+    const o = this.options;
+    for (let listener = 0; listener < o.listeners.length; listener++) {
+      // Never read here (readable: false): the primary must not accept on it.
+      const wrap = new net.Socket({ fd: this.router.member(listener, member.slot), readable: false, writable: false });
+      member.worker.send(o.prefix + LISTEN + listener, wrap._handle, () => wrap.destroy());
+    }
   }
 
   /** What the router thread reports. */

@@ -6,7 +6,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
 const { log } = require('./log');
-const { READY, CHANNEL, SHUTDOWN, CLOSING, notifyPrimary } = require('./messages');
+const { READY, CHANNEL, LISTEN, SHUTDOWN, CLOSING, notifyPrimary } = require('./messages');
 
 let state = null;
 
@@ -28,6 +28,10 @@ function prepare(options) {
     // The channel, if it came before the servers were handed over (a worker may tell the
     // primary it is ready early; the channel then waits here for serve()).
     early: null,
+    // Kernel dispatch: this worker listens on its slot's member of each listener's group (the
+    // kernel picks the slot); members that came before the hand-over wait here.
+    kernel: process.env.STICKY_RS_DISPATCH === 'kernel',
+    earlyMembers: [],
     sockets: new Set(),
     closing: false, // the user closed a server (sticky-session): the primary replaces us
     shuttingDown: false,
@@ -59,8 +63,9 @@ function serve(...servers) {
   if (state.shuttingDown) return;
   state.servers = servers;
   for (const server of servers) {
-    // http.Server sets up its request timeouts and idle-connection tracking on 'listening'.
-    server.emit('listening');
+    // http.Server sets up its request timeouts and idle-connection tracking on 'listening';
+    // with kernel dispatch the server really listens (on its member) and emits it itself.
+    if (!state.kernel) server.emit('listening');
     // sticky-session semantics: closing the server retires this worker; the primary sends new
     // connections to a replacement and lets this one finish.
     const close = server.close;
@@ -79,6 +84,7 @@ function serve(...servers) {
   // Ctrl-C reaches every process of the group: finish what is open rather than die mid-request.
   process.once('SIGINT', shutdown);
   process.once('SIGTERM', shutdown);
+  for (const [listener, handle] of state.earlyMembers.splice(0)) listenOn(listener, handle);
   if (state.early) {
     const early = state.early;
     state.early = null;
@@ -95,9 +101,29 @@ function onMessage(message, handle) {
     if (state.servers) openChannel(handle);
     else if (!state.early && !state.shuttingDown) state.early = handle;
     else handle.destroy();
+  } else if (typeof message === 'string' && message.startsWith(prefix + LISTEN) && handle) {
+    const listener = Number(message.slice(prefix.length + LISTEN.length));
+    if (state.servers) listenOn(listener, handle);
+    else if (!state.shuttingDown) state.earlyMembers.push([listener, handle]);
+    else handle.close();
   } else if (message === prefix + SHUTDOWN) {
     shutdown();
   }
+}
+
+/**
+ * Kernel dispatch: server `listener` listens on `handle`, its slot's member of that listener's
+ * group, and accepts what the kernel steers there (Node's exclusive path for a TCP handle, so
+ * the cluster primary never sees these connections).
+ */
+function listenOn(listener, handle) {
+  const server = state.servers[listener];
+  if (!server || state.shuttingDown || server.listening) {
+    handle.close();
+    if (!server) log(state.role, `the primary passed listener ${listener}, but only ${state.servers.length} server(s) were handed over`);
+    return;
+  }
+  net.Server.prototype.listen.call(server, handle, state.options.listeners[listener].backlog);
 }
 
 /** Starts receiving connections on the channel `handle` and says hello: the slot switches here. */
@@ -223,6 +249,7 @@ function shutdown() {
     state.early.destroy();
     state.early = null;
   }
+  for (const [, handle] of state.earlyMembers.splice(0)) handle.close();
   const { servers, options } = state;
   if (options.debug) log(state.role, 'shutting down');
   if (!servers) process.exit(0);

@@ -13,7 +13,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -29,6 +29,8 @@ use tokio::time::Instant;
 use crate::channel;
 use crate::dispatcher::{Dispatcher, TICK};
 pub use crate::dispatcher::{Event, OnEvent, Policy};
+use crate::kernel::group::Group;
+use crate::kernel::program::slot_member;
 use crate::listener;
 use crate::stats::Stats;
 use crate::table::ChannelId;
@@ -44,6 +46,33 @@ pub struct Listen {
     pub backlog: i32,
 }
 
+/// Who picks each connection's worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dispatch {
+    /// The router accepts every connection, routes it and passes it to the worker (any
+    /// `routeBy`).
+    #[default]
+    Primary,
+    /// A `SO_REUSEPORT` group per listener whose program makes the kernel pick the slot's
+    /// member from the client address; the slot's worker listens on it and accepts itself. The
+    /// router accepts only on the fallback member: what the kernel cannot hash (link-local IPv6
+    /// peers, whose text carries `%ifname`). Linux only; routing by address only.
+    Kernel,
+}
+
+impl std::str::FromStr for Dispatch {
+    type Err = String;
+
+    /// `primary` or `kernel` (`lib/options.js` resolves `auto`).
+    fn from_str(text: &str) -> Result<Dispatch, String> {
+        match text {
+            "primary" => Ok(Dispatch::Primary),
+            "kernel" => Ok(Dispatch::Kernel),
+            other => Err(format!("unknown dispatch {other:?}")),
+        }
+    }
+}
+
 /// What a router listens on and how it routes.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -51,6 +80,8 @@ pub struct Config {
     pub listeners: Vec<Listen>,
     /// How connections are routed and bounded.
     pub policy: Policy,
+    /// Who picks each connection's worker.
+    pub dispatch: Dispatch,
 }
 
 /// How long `close` waits for the router thread before it gives up on it.
@@ -86,18 +117,41 @@ pub struct Router {
     local_addrs: Vec<SocketAddr>,
     slots: usize,
     next_id: AtomicU64,
+    /// With kernel dispatch, one group per listener: every member stays open here for the
+    /// router's life, so the kernel's numbering of the members never changes.
+    groups: Vec<Group>,
 }
 
 impl Router {
     /// Binds, listens, and starts accepting on a new thread. Bind errors (EADDRINUSE, EACCES...)
     /// are returned here, before anything runs.
     pub fn start(config: Config, on_event: OnEvent) -> io::Result<Router> {
-        let sockets = config
-            .listeners
-            .iter()
-            .enumerate()
-            .map(|(i, l)| listener::bind(l.addr, l.backlog).map_err(|e| bind_error(i, e)))
-            .collect::<io::Result<Vec<Socket>>>()?;
+        let slots = config.policy.slots.max(1);
+        let groups = match config.dispatch {
+            Dispatch::Primary => Vec::new(),
+            Dispatch::Kernel => config
+                .listeners
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    Group::bind(l.addr, slots, config.policy.hash, l.backlog)
+                        .map_err(|e| bind_error(i, e))
+                })
+                .collect::<io::Result<Vec<Group>>>()?,
+        };
+        // What the router itself accepts on: the listeners, or each group's fallback member.
+        let sockets = match config.dispatch {
+            Dispatch::Primary => config
+                .listeners
+                .iter()
+                .enumerate()
+                .map(|(i, l)| listener::bind(l.addr, l.backlog).map_err(|e| bind_error(i, e)))
+                .collect::<io::Result<Vec<Socket>>>()?,
+            Dispatch::Kernel => groups
+                .iter()
+                .map(|g| channel::duplicate(g.fallback()).map(Socket::from))
+                .collect::<io::Result<Vec<Socket>>>()?,
+        };
         let local_addrs = sockets
             .iter()
             .map(|s| {
@@ -110,7 +164,6 @@ impl Router {
             .enable_io()
             .enable_time()
             .build()?;
-        let slots = config.policy.slots.max(1);
         let stats = Arc::new(Stats::new(slots));
         let (commands, command_rx) = unbounded_channel();
         let stats_for_thread = stats.clone();
@@ -155,7 +208,43 @@ impl Router {
             local_addrs,
             slots,
             next_id: AtomicU64::new(1),
+            groups,
         })
+    }
+
+    /// Who picks each connection's worker.
+    pub fn dispatch(&self) -> Dispatch {
+        if self.groups.is_empty() {
+            Dispatch::Primary
+        } else {
+            Dispatch::Kernel
+        }
+    }
+
+    /// With kernel dispatch: a copy (close-on-exec) of the member of `listener`'s group that
+    /// serves `slot`, for that slot's worker to listen on. The router keeps its own.
+    pub fn member(&self, listener: usize, slot: usize) -> io::Result<OwnedFd> {
+        let member = self
+            .groups
+            .get(listener)
+            .and_then(|g| g.slot(slot))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("no kernel-dispatch member for listener {listener}, slot {slot}"),
+                )
+            })?;
+        channel::duplicate(member)
+    }
+
+    /// With kernel dispatch: connections waiting in the kernel's accept queues of `slot`'s
+    /// members (all listeners), e.g. while its worker is being replaced; 0 otherwise.
+    pub fn queued_in_kernel(&self, slot: usize) -> u64 {
+        self.groups
+            .iter()
+            .filter_map(|g| g.queued(slot_member(slot)).ok())
+            .map(u64::from)
+            .sum()
     }
 
     /// The bound addresses, in the order of the configuration (the real port when 0 was asked for).
@@ -212,6 +301,12 @@ impl Router {
     /// Closes the listener but keeps delivering what is already accepted (graceful shutdown:
     /// new clients are refused by the kernel, accepted ones still reach their workers).
     pub fn stop_accepting(&self) -> io::Result<()> {
+        // Kernel dispatch: the members stop listening for every process that holds them (the
+        // workers too), so new clients are refused. Connections already accepted go on.
+        for member in self.groups.iter().flat_map(Group::members) {
+            let _ =
+                nix::sys::socket::shutdown(member.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        }
         self.send(Command::StopAccepting)
     }
 
@@ -409,6 +504,7 @@ mod tests {
                 hash: Hash::Djb2,
                 debug: false,
             },
+            dispatch: Dispatch::Primary,
         };
         let on_event: OnEvent = Arc::new(move |event| {
             if let Ok(tx) = tx.lock() {

@@ -74,6 +74,8 @@ pub struct RouterOptions {
     pub queue_timeout: u32,
     /// Log routing decisions and channel changes to stderr.
     pub debug: bool,
+    /// `primary` or `kernel` (`lib/options.js` resolved `auto`).
+    pub dispatch: String,
 }
 
 /// The address a router listens on, shaped like `server.address()`.
@@ -103,7 +105,7 @@ pub struct SlotStats {
     pub accepted: f64,
     /// Connections its workers confirmed.
     pub delivered: f64,
-    /// Waiting in the primary now.
+    /// Waiting now: in the primary, and with kernel dispatch in the kernel's accept queues.
     pub queued: f64,
     /// Sent, not yet confirmed, now.
     pub in_flight: f64,
@@ -118,6 +120,8 @@ pub struct SlotStats {
 /// Counters of a router.
 #[napi(object)]
 pub struct RouterStats {
+    /// `primary` or `kernel`: who picks each connection's worker.
+    pub dispatch: String,
     /// One entry per slot.
     pub slots: Vec<SlotStats>,
     /// Failed `accept` calls.
@@ -240,6 +244,10 @@ impl Router {
                     .then(|| std::time::Duration::from_millis(u64::from(options.queue_timeout))),
                 debug: options.debug,
             },
+            dispatch: options
+                .dispatch
+                .parse()
+                .map_err(|reason: String| Error::new(Status::InvalidArg, reason))?,
         };
         let on_event: router::OnEvent = std::sync::Arc::new(move |event| {
             on_event.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
@@ -290,6 +298,17 @@ impl Router {
         })
     }
 
+    /// With kernel dispatch: a descriptor (the caller owns it) of the member of `listener` that
+    /// serves `slot`, for that slot's worker to listen on.
+    #[napi]
+    pub fn member(&self, listener: u32, slot: u32) -> Result<i32> {
+        let fd = self
+            .inner()?
+            .member(listener as usize, slot as usize)
+            .map_err(os_error)?;
+        Ok(fd.into_raw_fd())
+    }
+
     /// Sends nothing more to a channel whose worker is finishing; the slot waits for a new one.
     #[napi]
     pub fn retire(&self, id: i64) -> Result<()> {
@@ -314,13 +333,18 @@ impl Router {
         let inner = self.inner()?;
         let stats = inner.stats();
         Ok(RouterStats {
+            dispatch: match inner.dispatch() {
+                router::Dispatch::Primary => "primary",
+                router::Dispatch::Kernel => "kernel",
+            }
+            .into(),
             slots: (0..inner.slots())
                 .map(|i| {
                     let s = stats.snapshot(i);
                     SlotStats {
                         accepted: s.accepted as f64,
                         delivered: s.delivered as f64,
-                        queued: s.queued as f64,
+                        queued: (s.queued + inner.queued_in_kernel(i)) as f64,
                         in_flight: s.in_flight as f64,
                         redelivered: s.redelivered as f64,
                         dropped: s.dropped as f64,

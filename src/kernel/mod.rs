@@ -8,6 +8,10 @@
 pub mod asm;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub mod group;
+/// Elsewhere kernel dispatch does not exist: binding a group fails with `Unsupported`.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[path = "unsupported.rs"]
+pub mod group;
 #[cfg(test)]
 mod interp;
 pub mod program;

@@ -1,0 +1,44 @@
+//! The `SO_REUSEPORT` group where the kernel cannot steer connections with a program (not
+//! Linux): [`Group::bind`] fails, so the router falls back to nothing and says why.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use crate::hash::Hash;
+
+/// Never built (it holds an uninhabited value): see the module docs.
+#[derive(Debug)]
+pub struct Group {
+    never: std::convert::Infallible,
+}
+
+impl Group {
+    /// Fails: kernel dispatch needs Linux (`SO_ATTACH_REUSEPORT_CBPF`).
+    pub fn bind(_addr: SocketAddr, _slots: usize, _hash: Hash, _backlog: i32) -> io::Result<Group> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "kernel dispatch needs Linux (SO_ATTACH_REUSEPORT_CBPF)",
+        ))
+    }
+
+    /// See the Linux group.
+    pub fn fallback(&self) -> BorrowedFd<'_> {
+        match self.never {}
+    }
+
+    /// See the Linux group.
+    pub fn slot(&self, _slot: usize) -> Option<BorrowedFd<'_>> {
+        match self.never {}
+    }
+
+    /// See the Linux group.
+    pub fn members(&self) -> &[OwnedFd] {
+        match self.never {}
+    }
+
+    /// See the Linux group.
+    pub fn queued(&self, _member: usize) -> io::Result<u32> {
+        match self.never {}
+    }
+}
