@@ -12,6 +12,9 @@ const CLOSING = 'closing'; // worker -> primary: the user closed the server (sti
 
 const INTERNAL = 'NODE_STICKY_RS';
 
+/** The environment variable that tells each of our workers its slot (both APIs). */
+const WORKER_INDEX = 'STICKY_RS_WORKER_INDEX';
+
 /** Sends a worker -> primary notice; a closed channel (primary gone) is not an error here. */
 function notifyPrimary(prefix, type) {
   process.send({ cmd: INTERNAL, type: prefix + type }, () => {});
@@ -23,4 +26,4 @@ function noticeType(prefix, message) {
   return message.type.startsWith(prefix) ? message.type.slice(prefix.length) : null;
 }
 
-module.exports = { READY, CHANNEL, SHUTDOWN, CLOSING, notifyPrimary, noticeType };
+module.exports = { READY, CHANNEL, SHUTDOWN, CLOSING, WORKER_INDEX, notifyPrimary, noticeType };

@@ -6,11 +6,13 @@ const cluster = require('node:cluster');
 const { EventEmitter } = require('node:events');
 const fs = require('node:fs');
 const net = require('node:net');
-const { native, nodeError } = require('./binding');
-const { log } = require('./log');
-const { READY, CHANNEL, SHUTDOWN, CLOSING, noticeType } = require('./messages');
+const { native } = require('./binding');
+const { listenError } = require('./errors');
+const { log, warn, Warnings } = require('./log');
+const { READY, CHANNEL, SHUTDOWN, CLOSING, WORKER_INDEX, noticeType } = require('./messages');
 
 const POLL = 10;
+const WATCH_INTERVAL = 1000;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -34,6 +36,7 @@ class Primary extends EventEmitter {
     this.members = new Map();
     this.closing = false;
     this.reloading = null;
+    this.warnings = new Warnings();
   }
 
   /** Binds; on a bind error calls `onError` and forks nothing. */
@@ -51,11 +54,13 @@ class Primary extends EventEmitter {
         queueTimeout: o.queueTimeout,
         hash: o.hash,
         debug: o.debug,
+        debugConnections: o.debugConnections,
       });
     } catch (err) {
-      onError(nodeError(err, 'listen', o.listeners));
+      onError(listenError(err, o.listeners));
       return this;
     }
+    this.watch();
     if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s)`);
     for (let index = 0; index < o.slots; index++) {
       this.slots.push({ current: null, delay: o.respawnDelay, timer: null, replacing: null });
@@ -98,13 +103,16 @@ class Primary extends EventEmitter {
 
   fork(index) {
     const o = this.options;
-    const worker = cluster.fork(o.env(index));
+    // WORKER_INDEX marks our own workers (a worker without it was forked by someone else).
+    const worker = cluster.fork({ ...o.env(index), [WORKER_INDEX]: index });
     const member = { slot: index, worker, channel: null, handedOver: false, bornAt: Date.now(), timer: null };
     this.members.set(worker, member);
     if (o.debug) log('primary', `slot ${index}: forked worker #${worker.id} (pid ${worker.process.pid})`);
     // A worker that never hands its server over is replaced; its slot's clients wait meanwhile.
     member.timer = setTimeout(() => {
-      if (o.debug) log('primary', `slot ${index}: worker #${worker.id} not ready after ${o.readyTimeout} ms, killing it`);
+      this.warnings.note(`ready:${index}`, 1, (n) =>
+        `slot ${index}: worker pid ${worker.process.pid} did not hand its server over within readyTimeout (${o.readyTimeout} ms); killed it` +
+        (n > 1 ? ` (${n} workers of this slot killed so)` : '') + '. Is its start-up code stuck, or does it never call callback(server)?');
       worker.process.kill('SIGKILL');
     }, o.readyTimeout);
     // An IPC failure (ERR_IPC_CHANNEL_CLOSED...) concerns this worker only; 'exit' follows. A
@@ -158,7 +166,7 @@ class Primary extends EventEmitter {
     this.members.delete(worker);
     // Connections it had not confirmed go back to the slot, for the next worker.
     if (member.channel) this.router.release(member.channel.id);
-    if (o.debug) log('primary', `slot ${index}: worker #${worker.id} exited (${signal || code})`);
+    if (o.debug) log('primary', `slot ${index}: worker #${worker.id} (pid ${worker.process.pid}) exited (${signal || code})`);
     this.emit('exit', { slot: index, worker, code, signal });
     const slot = this.slots[index];
     if (this.closing) {
@@ -167,8 +175,79 @@ class Primary extends EventEmitter {
     }
     if (slot.current !== member) return; // a worker retired by reload, or a failed replacement
     slot.current = null;
+    if (this.crashed(member, code, signal)) return;
     // A replacement under way takes the slot; otherwise respawn.
     if (!slot.replacing) this.respawn(index, member.bornAt);
+  }
+
+  /**
+   * Counts an exit nobody asked for; warns while a slot crashes in a row, and past `maxRestarts`
+   * within `restartWindow` gives up: shuts down and exits with 1, so that a supervisor (systemd,
+   * Kubernetes, PM2) sees the failure. Returns true when it gave up.
+   */
+  crashed(member, code, signal) {
+    const o = this.options;
+    const { slot: index, worker } = member;
+    const slot = this.slots[index];
+    const now = Date.now();
+    slot.exits = (slot.exits || []).filter((at) => now - at < o.restartWindow);
+    slot.exits.push(now);
+    const lived = now - member.bornAt;
+    const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+    if (slot.exits.length > o.maxRestarts) {
+      warn(`slot ${index}: worker pid ${worker.process.pid} ${how} after ${lived} ms, ${slot.exits.length} exits within restartWindow (${o.restartWindow} ms), more than maxRestarts (${o.maxRestarts}): giving up, shutting down with exit code 1`);
+      this.exitAfter(this.shutdown().then(() => 1));
+      return true;
+    }
+    if (lived < o.respawnResetAfter) {
+      this.warnings.note(`crash:${index}`, 1, (n) =>
+        `slot ${index}: worker pid ${worker.process.pid} ${how} after ${lived} ms; ${slot.exits.length} exit(s) within ${o.restartWindow} ms` +
+        (n > 1 ? ` (${n} since the last warning)` : '') + `; respawning with back-off (gives up after ${o.maxRestarts})`);
+    }
+    return false;
+  }
+
+  /**
+   * Warnings no one has to ask for: every second, the counters that grew (connections dropped or
+   * refused, failed listeners) are said, rate-limited; workers forked behind our back are named.
+   */
+  watch() {
+    const o = this.options;
+    let last = this.router.stats();
+    this.watchTimer = setInterval(() => {
+      if (this.finished) return;
+      const now = this.router.stats();
+      for (const [index, s] of now.slots.entries()) {
+        const was = last.slots[index];
+        const expired = s.expired - was.expired;
+        const full = s.dropped - was.dropped - expired;
+        const pid = this.slots[index] && this.slots[index].current ? this.slots[index].current.worker.process.pid : 'none';
+        this.warnings.note(`full:${index}`, full, (n) =>
+          `slot ${index} (worker pid ${pid}): closed ${n} new connection(s) unserved: the slot's queue was full (queueLimit ${o.queueLimit}); its worker is not ready or cannot keep up`);
+        this.warnings.note(`expired:${index}`, expired, (n) =>
+          `slot ${index} (worker pid ${pid}): closed ${n} connection(s) that waited longer than queueTimeout (${o.queueTimeout} ms) for a ready worker`);
+      }
+      this.warnings.note('rejected', now.rejected - last.rejected, (n) =>
+        `closed ${n} connection(s) from trusted proxies without a valid PROXY header (routeBy 'proxy-protocol'): is the proxy configured to send it (HAProxy send-proxy, nginx proxy_protocol on)?`);
+      this.warnings.note('listener', now.failedListeners - last.failedListeners, (n) =>
+        `${n} listener(s) failed and no longer accept connections (the reason is on the line above)`);
+      last = now;
+      this.warnings.flush();
+    }, WATCH_INTERVAL);
+    this.watchTimer.unref();
+    // A leftover `cluster.on('exit', () => cluster.fork())` from a hand-written cluster: its
+    // workers never get a connection. Said once; they are ended at shutdown.
+    this.onForeignFork = (worker) => {
+      if (this.members.has(worker)) return;
+      if (this.closing) {
+        worker.process.kill('SIGTERM');
+        return;
+      }
+      if (this.warnedForeign) return;
+      this.warnedForeign = true;
+      warn(`a worker (pid ${worker.process.pid}) was forked outside sticky-rs, probably by a leftover cluster.fork() (e.g. in cluster.on('exit', ...)): sticky-rs forks and respawns its own workers, so it never routes a connection to such workers; remove that code`);
+    };
+    cluster.on('fork', this.onForeignFork);
   }
 
   /** Forks a new worker for an empty slot after a back-off that grows while workers crash. */
@@ -309,6 +388,10 @@ class Primary extends EventEmitter {
     for (const slot of this.slots) clearTimeout(slot.timer);
     this.hardTimer = setTimeout(() => this.finish(1), o.hardShutdownDelay);
     if (this.router) this.router.stopAccepting();
+    // Workers forked behind our back have nothing of ours to finish.
+    for (const worker of Object.values(cluster.workers)) {
+      if (!this.members.has(worker)) worker.process.kill('SIGTERM');
+    }
     if (this.members.size === 0) this.finish(0);
     // Each worker is retired once its slot delivered what was accepted for it (or has no ready
     // worker to deliver to): one stuck slot does not hold the others back. Connections still
@@ -330,6 +413,8 @@ class Primary extends EventEmitter {
     if (this.finished) return;
     this.finished = true;
     clearTimeout(this.hardTimer);
+    clearInterval(this.watchTimer);
+    if (this.onForeignFork) cluster.removeListener('fork', this.onForeignFork);
     for (const { worker, timer } of this.members.values()) {
       clearTimeout(timer);
       worker.process.kill('SIGKILL');

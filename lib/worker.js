@@ -6,7 +6,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
 const { log } = require('./log');
-const { READY, CHANNEL, SHUTDOWN, CLOSING, notifyPrimary } = require('./messages');
+const { READY, CHANNEL, SHUTDOWN, CLOSING, WORKER_INDEX, notifyPrimary } = require('./messages');
 
 let state = null;
 
@@ -16,13 +16,16 @@ function describe(value) {
 
 /**
  * Sets the worker up before the user's start-up code runs, so a shutdown that arrives during
- * async start-up is not missed.
+ * async start-up is not missed. Returns false in a worker sticky-rs did not fork (a leftover
+ * `cluster.fork()` in the user's primary): it gets no connections, so the app should not start
+ * there; the primary has said so, and ends it at shutdown.
  */
 function prepare(options) {
-  if (state) return;
+  if (process.env[WORKER_INDEX] === undefined) return false;
+  if (state) return true;
   state = {
     options,
-    role: `worker #${cluster.worker.id} (pid ${process.pid})`,
+    role: `worker #${cluster.worker.id} of slot ${process.env[WORKER_INDEX]} (pid ${process.pid})`,
     servers: null,
     receiver: null,
     sockets: new Set(),
@@ -35,6 +38,20 @@ function prepare(options) {
   // SIGHUP means "reload" to the primary, which replaces this worker gracefully; a terminal
   // sends it to the whole process group.
   process.on('SIGHUP', () => {});
+  return true;
+}
+
+// What a leftover listen() call does in a worker, and the fix.
+const LISTEN_TRAP =
+  'in a cluster worker, listen() opens an extra listener in the primary that round-robins connections, ' +
+  'which is not sticky. Delete the listen() call (an Express app: replace app.listen(...) with http.createServer(app)); ' +
+  'sticky-rs listens in the primary for you';
+
+/** Whether `server.listen()` was called, even while a worker's listen is still on its way. */
+function listenCalled(server) {
+  // Node counts listen() calls in _listeningId (1 before the first); a worker's listen is
+  // asynchronous (it asks the primary), so `listening` is still false right after it.
+  return server.listening || (typeof server._listeningId === 'number' && server._listeningId > 1);
 }
 
 /**
@@ -47,14 +64,17 @@ function serve(...servers) {
     if (!(server instanceof net.Server)) {
       throw new TypeError(`sticky-rs: the worker must hand over a net.Server (http, https, ...), got ${describe(server)}`);
     }
-    if (server.listening) {
-      throw new Error('sticky-rs: the server handed over must not listen; the primary listens for it');
+    if (listenCalled(server)) {
+      throw new Error(`sticky-rs: the server handed over must not listen, but listen() was called on it: ${LISTEN_TRAP}`);
     }
   }
   if (state.servers) throw new Error('sticky-rs: servers were already handed over in this worker');
   if (state.shuttingDown) return;
   state.servers = servers;
   for (const server of servers) {
+    server.listen = () => {
+      throw new Error(`sticky-rs: this server was handed over to sticky-rs and must not listen: ${LISTEN_TRAP}`);
+    };
     // http.Server sets up its request timeouts and idle-connection tracking on 'listening'.
     server.emit('listening');
     // sticky-session semantics: closing the server retires this worker; the primary sends new
@@ -139,7 +159,7 @@ function adopt(incoming, lost) {
       socket.destroy();
       continue;
     }
-    if (options.debug) log(state.role, `connection from ${socket.remoteAddress} on listener ${listener}`);
+    if (options.debugConnections) log(state.role, `connection from ${socket.remoteAddress} on listener ${listener}`);
     socket.server = server;
     state.sockets.add(socket);
     socket.once('close', () => {

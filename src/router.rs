@@ -70,8 +70,10 @@ pub struct Config {
     pub queue_timeout: Option<Duration>,
     /// The route hash.
     pub hash: Hash,
-    /// Log each routing decision and channel change to stderr.
+    /// Log channel changes and queue events to stderr.
     pub debug: bool,
+    /// Also log each routing decision and each refused PROXY header.
+    pub debug_connections: bool,
 }
 
 /// Connections the router may hold (waiting or unacknowledged) before it stops accepting and
@@ -288,6 +290,7 @@ struct State {
     held_limit: usize,
     queue_timeout: Option<Duration>,
     debug: bool,
+    debug_connections: bool,
 }
 
 async fn run(
@@ -351,7 +354,9 @@ async fn run(
                 }
                 Err(e) => {
                     let (listener, _) = listeners.remove(position);
-                    eprintln!("sticky-rs: listener {listener} failed, no longer accepting on it: {e}");
+                    // Always said (the JavaScript side warns from the counter, with a timestamp).
+                    Stats::add(&state.stats.failed_listeners, 1);
+                    eprintln!("[sticky-rs] warning: listener {listener} failed, no longer accepting on it: {e}");
                 }
             },
             _ = tokio::time::sleep_until(resume_at), if paused_until.is_some() => paused_until = None,
@@ -423,6 +428,7 @@ impl State {
             held_limit: held_limit(),
             queue_timeout: config.queue_timeout,
             debug: config.debug,
+            debug_connections: config.debug_connections,
         }
     }
 
@@ -472,6 +478,7 @@ impl State {
                 .expire_front(slot, |held| now.duration_since(held.since) >= timeout);
             if !expired.is_empty() {
                 Stats::add(&self.stats.slots[slot].dropped, expired.len() as u64);
+                Stats::add(&self.stats.slots[slot].expired, expired.len() as u64);
                 self.update_gauges(slot);
                 if self.debug {
                     eprintln!(
@@ -534,7 +541,7 @@ impl State {
         match done.outcome {
             Outcome::Reject => {
                 Stats::add(&self.stats.rejected, 1);
-                if self.debug {
+                if self.debug_connections {
                     eprintln!("[sticky-rs] primary: closed a connection from {} without a valid PROXY header", done.peer);
                 }
                 return;
@@ -565,7 +572,7 @@ impl State {
         let slot = self.table.push(key, held);
         Stats::add(&self.stats.slots[slot].accepted, 1);
         self.touched[slot] = true;
-        if self.debug {
+        if self.debug_connections {
             let key = String::from_utf8_lossy(key);
             eprintln!("[sticky-rs] primary: connection keyed {key:?} -> slot {slot}");
         }

@@ -17,6 +17,8 @@ pub struct SlotCounters {
     pub redelivered: AtomicU64,
     /// Connections closed unserved: the slot's queue was full, or they waited too long.
     pub dropped: AtomicU64,
+    /// The part of `dropped` that waited longer than `queue_timeout` (the rest found the queue full).
+    pub expired: AtomicU64,
     /// The channel the slot delivers to now (0: none, the slot has no ready worker).
     pub channel: AtomicU64,
 }
@@ -36,6 +38,8 @@ pub struct SlotSnapshot {
     pub redelivered: u64,
     /// See [`SlotCounters::dropped`].
     pub dropped: u64,
+    /// See [`SlotCounters::expired`].
+    pub expired: u64,
     /// See [`SlotCounters::channel`].
     pub channel: u64,
 }
@@ -53,6 +57,8 @@ pub struct Stats {
     pub fallbacks: AtomicU64,
     /// Connections from trusted proxies whose route key is being read now.
     pub resolving: AtomicU64,
+    /// Listeners that failed for good (the router no longer accepts on them).
+    pub failed_listeners: AtomicU64,
 }
 
 impl Stats {
@@ -64,6 +70,7 @@ impl Stats {
             rejected: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             resolving: AtomicU64::new(0),
+            failed_listeners: AtomicU64::new(0),
         }
     }
 
@@ -89,6 +96,7 @@ impl Stats {
             in_flight: c.in_flight.load(Relaxed),
             redelivered: c.redelivered.load(Relaxed),
             dropped: c.dropped.load(Relaxed),
+            expired: c.expired.load(Relaxed),
             channel: c.channel.load(Relaxed),
         }
     }
@@ -111,5 +119,10 @@ impl Stats {
     /// See [`Stats::resolving`].
     pub fn resolving(&self) -> u64 {
         self.resolving.load(Relaxed)
+    }
+
+    /// See [`Stats::failed_listeners`].
+    pub fn failed_listeners(&self) -> u64 {
+        self.failed_listeners.load(Relaxed)
     }
 }
