@@ -61,3 +61,64 @@ describe('drop-in gaps', () => {
     expect(await session.next((e) => e.event === 'error')).toMatchObject({ code: 'ENOTFOUND', message: 'getaddrinfo ENOTFOUND no-such-host.invalid' });
   });
 });
+
+describe('migration traps', () => {
+  test.each([
+    ['sticky', 'before'],
+    ['sticky', 'after'],
+    ['listen', 'before'],
+    ['listen', 'after'],
+  ])('%s(): a handed-over server that calls listen() %s the hand-over is refused, saying why and what to delete', async (api, when) => {
+    const port = await freePort();
+    const app = startFixture('ops-app.js', api === 'listen'
+      ? { API: api, PORT: String(port), LISTEN_TRAP: when, OPTIONS: JSON.stringify({ workers: 1, maxRestarts: 2 }) }
+      : { API: api, LISTEN_TRAP: when, OPTIONS: JSON.stringify({ concurrency: 1, port, maxRestarts: 2 }) });
+    if (when === 'after') {
+      // The worker caught the error; it serves, and no second listener exists.
+      await app.next((e) => e.event === 'ready');
+      const deadline = Date.now() + 5000;
+      while (!app.stderr.includes('LISTEN-TRAP') && Date.now() < deadline) await sleep(20);
+      expect((await get(port, clientIp(1))).status).toBe(200);
+    } else {
+      // The worker throws before the hand-over: it never becomes ready, and the crash loop ends.
+      expect((await app.exited).code).toBe(1);
+      expect(app.events.filter((e) => e.event === 'ready')).toHaveLength(0);
+    }
+    expect(app.stderr).toMatch(/sticky-rs: .*must not listen.*opens an extra listener in the primary.*not sticky.*Delete the listen\(\) call/);
+    expect(app.stderr).not.toMatch(/LISTEN-TRAP: no error/);
+  });
+
+  /** Resolves once no process of the fixture's group is left (false after `timeout`). */
+  async function groupGone(app, timeout = 5000) {
+    const deadline = Date.now() + timeout;
+    for (;;) {
+      try {
+        process.kill(-app.child.pid, 0);
+      } catch {
+        return true;
+      }
+      if (Date.now() > deadline) return false;
+      await sleep(20);
+    }
+  }
+
+  test.each(['sticky', 'listen'])('%s(): workers forked by a leftover cluster.fork() are named once, never routed to, and end quietly at shutdown', async (api) => {
+    const port = await freePort();
+    const app = startFixture('ops-app.js', api === 'listen'
+      ? { API: api, PORT: String(port), LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ workers: 2 }) }
+      : { API: api, LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ concurrency: 2, port }) });
+    await app.count('ready', 2);
+    const answers = await Promise.all(Array.from({ length: 40 }, (_, i) => get(port, clientIp(i))));
+    const slotPids = (await app.stats()).slots.map((s) => s.pid);
+    expect(new Set(answers.map((a) => a.body.pid))).toEqual(new Set(slotPids));
+    // Our worker dies: the leftover 'exit' handler forks another stray; still one warning.
+    process.kill(slotPids[0], 'SIGKILL');
+    await app.next((e) => e.event === 'ready' && e.slot === 0 && e.pid !== slotPids[0]);
+    app.child.kill('SIGTERM');
+    expect(await app.exited).toEqual({ code: 0, signal: null });
+    expect(await groupGone(app)).toBe(true);
+    expect(app.stderr.match(/forked outside sticky-rs/g)).toHaveLength(1);
+    expect(app.stderr).toMatch(/warning: a worker \(pid \d+\) was forked outside sticky-rs, probably by a leftover cluster\.fork\(\) \(e\.g\. in cluster\.on\('exit'/);
+    expect(app.stderr).not.toMatch(/EPIPE|Error:|    at /);
+  });
+});

@@ -239,6 +239,8 @@ class Primary extends EventEmitter {
     // workers never get a connection. Said once; they are ended at shutdown.
     this.onForeignFork = (worker) => {
       if (this.members.has(worker)) return;
+      // Ended by us at shutdown, maybe while Node still talks to it: its EPIPE is no one's error.
+      worker.on('error', () => {});
       if (this.closing) {
         worker.process.kill('SIGTERM');
         return;
@@ -414,7 +416,9 @@ class Primary extends EventEmitter {
     this.finished = true;
     clearTimeout(this.hardTimer);
     clearInterval(this.watchTimer);
-    if (this.onForeignFork) cluster.removeListener('fork', this.onForeignFork);
+    // Not at once: the leftover exit handler forks right after our last worker's exit, and a
+    // process that starts after the primary exited dies of EPIPE with a stack trace.
+    if (this.onForeignFork) setImmediate(() => cluster.removeListener('fork', this.onForeignFork));
     for (const { worker, timer } of this.members.values()) {
       clearTimeout(timer);
       worker.process.kill('SIGKILL');
