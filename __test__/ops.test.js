@@ -122,3 +122,101 @@ describe('migration traps', () => {
     expect(app.stderr).not.toMatch(/EPIPE|Error:|    at /);
   });
 });
+
+describe('logs', () => {
+  const net = require('node:net');
+  const STAMP = '\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z \\[sticky-rs\\] warning: ';
+  const lines = (text, pattern) => text.split('\n').filter((l) => pattern.test(l));
+
+  /** Opens a connection from `ip` and resolves once the primary closed it. */
+  function closedByPrimary(port, ip) {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: '127.0.0.1', port, localAddress: ip }, () => socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+      socket.on('error', () => {});
+      socket.on('close', resolve);
+      socket.setTimeout(10000, () => reject(new Error(`${ip}: not closed in 10 s`)));
+    });
+  }
+
+  test('without debug: dropped connections (queueLimit, queueTimeout) and readyTimeout kills are warned, one line each, rate-limited', async () => {
+    const port = await freePort();
+    const app = startFixture('ops-app.js', {
+      STALL: '1',
+      OPTIONS: JSON.stringify({ concurrency: 1, port, queueLimit: 2, queueTimeout: 400, readyTimeout: 600, respawnDelay: 10, maxRestarts: Infinity }),
+    });
+    await app.next((e) => e.event === 'fork');
+    // 2 wait (then expire after queueTimeout), the other 3 find the queue full.
+    const first = [1, 2].map((i) => closedByPrimary(port, clientIp(i)));
+    await sleep(100);
+    await Promise.all([...[3, 4, 5].map((i) => closedByPrimary(port, clientIp(i))), ...first]);
+    // Several readyTimeout kills happen in 2.5 s; the warning says the first, holds the rest back.
+    await app.count('exit', 3, 10000);
+    await sleep(1200); // the counters are read every second
+    const stderr = app.stderr;
+    const pid = app.events.find((e) => e.event === 'fork').pid;
+    // The slot's worker when the counters were read.
+    expect(lines(stderr, new RegExp(`^${STAMP}slot 0 \\(worker pid \\d+\\): closed 3 new connection\\(s\\) unserved: the slot's queue was full \\(queueLimit 2\\)`))).toHaveLength(1);
+    expect(lines(stderr, new RegExp(`^${STAMP}slot 0 \\(worker pid \\d+\\): closed 2 connection\\(s\\) that waited longer than queueTimeout \\(400 ms\\)`))).toHaveLength(1);
+    expect(lines(stderr, new RegExp(`^${STAMP}slot 0: worker pid ${pid} did not hand its server over within readyTimeout \\(600 ms\\); killed it\\. Is its start-up code stuck`))).toHaveLength(1);
+    expect(lines(stderr, /readyTimeout/)).toHaveLength(1);
+    // Nothing but warnings without debug.
+    expect(stderr.split('\n').filter(Boolean).every((l) => new RegExp(`^${STAMP}`).test(l))).toBe(true);
+  });
+
+  test('without debug: a connection from a trusted proxy without a PROXY header is warned', async () => {
+    const port = await freePort();
+    const app = startFixture('ops-app.js', {
+      OPTIONS: JSON.stringify({ concurrency: 1, port, routeBy: 'proxy-protocol', trustedProxies: ['127.0.0.0/8'] }),
+    });
+    await app.count('ready', 1);
+    await Promise.all([1, 2, 3].map((i) => closedByPrimary(port, clientIp(i))));
+    const deadline = Date.now() + 3000;
+    while (!/PROXY header/.test(app.stderr) && Date.now() < deadline) await sleep(50);
+    expect(lines(app.stderr, new RegExp(`^${STAMP}closed [1-3] connection\\(s\\) from trusted proxies without a valid PROXY header`))).toHaveLength(1);
+    expect((await app.stats()).rejected).toBe(3);
+  });
+
+  test('a crash loop ends: past maxRestarts within restartWindow the primary shuts down with exit code 1 and says why', async () => {
+    const port = await freePort();
+    const started = Date.now();
+    const app = startFixture('ops-app.js', {
+      CRASH: '1',
+      OPTIONS: JSON.stringify({ concurrency: 2, port, maxRestarts: 3, restartWindow: 30000, respawnDelay: 10, maxRespawnDelay: 40 }),
+    });
+    expect(await app.exited).toEqual({ code: 1, signal: null });
+    const elapsed = Date.now() - started;
+    console.log(`crash loop with maxRestarts 3: gave up after ${elapsed} ms, ${app.events.filter((e) => e.event === 'fork').length} forks`);
+    expect(lines(app.stderr, new RegExp(`^${STAMP}slot \\d: worker pid \\d+ exited with code 1 after \\d+ ms, 4 exits within restartWindow \\(30000 ms\\), more than maxRestarts \\(3\\): giving up, shutting down with exit code 1$`))).toHaveLength(1);
+    expect(lines(app.stderr, new RegExp(`^${STAMP}slot \\d: worker pid \\d+ exited with code 1 after \\d+ ms; 1 exit\\(s\\) within 30000 ms; respawning`)).length).toBeGreaterThanOrEqual(1);
+    expect(elapsed).toBeLessThan(15000);
+  });
+
+  test('debug levels: true = lifecycle lines naming slot and pid; \'connections\' and DEBUG=sticky-rs* add a line per connection', async () => {
+    const port = await freePort();
+    const run = async (env) => {
+      const app = startFixture('ops-app.js', { ...env, OPTIONS: JSON.stringify({ concurrency: 2, port, ...JSON.parse(env.OPTIONS || '{}') }) });
+      await app.count('ready', 2);
+      await Promise.all(Array.from({ length: 10 }, (_, i) => get(port, clientIp(i))));
+      await app.atRest();
+      app.child.kill('SIGTERM');
+      await app.exited;
+      const all = app.stderr.split('\n').filter(Boolean);
+      return {
+        lifecycle: all.filter((l) => /forked worker #\d+ \(pid \d+\)|worker #\d+ of slot \d \(pid \d+\): channel open/.test(l)).length,
+        connections: all.filter((l) => /connection keyed|: connection from/.test(l)).length,
+        all: all.length,
+      };
+    };
+    const off = await run({ DEBUG: '' });
+    const lifecycle = await run({ OPTIONS: JSON.stringify({ debug: true }), DEBUG: '' });
+    const connections = await run({ OPTIONS: JSON.stringify({ debug: 'connections' }), DEBUG: '' });
+    const env = await run({ DEBUG: 'express:*,sticky-rs*' });
+    const envLifecycle = await run({ DEBUG: 'sticky-rs:*,-sticky-rs:connection' });
+    console.log(`debug lines for 10 requests: off ${off.all}, true ${lifecycle.all}, 'connections' ${connections.all}, DEBUG=sticky-rs* ${env.all}`);
+    expect(off).toEqual({ lifecycle: 0, connections: 0, all: 0 });
+    expect(lifecycle).toMatchObject({ lifecycle: 4, connections: 0 });
+    expect(connections).toMatchObject({ lifecycle: 4, connections: 20 }); // keyed in the primary, adopted in the worker
+    expect(env).toMatchObject({ lifecycle: 4, connections: 20 });
+    expect(envLifecycle).toMatchObject({ lifecycle: 4, connections: 0 });
+  });
+});

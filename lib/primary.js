@@ -113,6 +113,7 @@ class Primary extends EventEmitter {
       this.warnings.note(`ready:${index}`, 1, (n) =>
         `slot ${index}: worker pid ${worker.process.pid} did not hand its server over within readyTimeout (${o.readyTimeout} ms); killed it` +
         (n > 1 ? ` (${n} workers of this slot killed so)` : '') + '. Is its start-up code stuck, or does it never call callback(server)?');
+      member.killedNotReady = true; // warned: its exit needs no line of its own
       worker.process.kill('SIGKILL');
     }, o.readyTimeout);
     // An IPC failure (ERR_IPC_CHANNEL_CLOSED...) concerns this worker only; 'exit' follows. A
@@ -199,7 +200,7 @@ class Primary extends EventEmitter {
       this.exitAfter(this.shutdown().then(() => 1));
       return true;
     }
-    if (lived < o.respawnResetAfter) {
+    if (lived < o.respawnResetAfter && !member.killedNotReady) {
       this.warnings.note(`crash:${index}`, 1, (n) =>
         `slot ${index}: worker pid ${worker.process.pid} ${how} after ${lived} ms; ${slot.exits.length} exit(s) within ${o.restartWindow} ms` +
         (n > 1 ? ` (${n} since the last warning)` : '') + `; respawning with back-off (gives up after ${o.maxRestarts})`);
@@ -221,11 +222,12 @@ class Primary extends EventEmitter {
         const was = last.slots[index];
         const expired = s.expired - was.expired;
         const full = s.dropped - was.dropped - expired;
-        const pid = this.slots[index] && this.slots[index].current ? this.slots[index].current.worker.process.pid : 'none';
+        const current = this.slots[index] && this.slots[index].current;
+        const which = `slot ${index} (${current ? `worker pid ${current.worker.process.pid}` : 'no worker'})`;
         this.warnings.note(`full:${index}`, full, (n) =>
-          `slot ${index} (worker pid ${pid}): closed ${n} new connection(s) unserved: the slot's queue was full (queueLimit ${o.queueLimit}); its worker is not ready or cannot keep up`);
+          `${which}: closed ${n} new connection(s) unserved: the slot's queue was full (queueLimit ${o.queueLimit}); its worker is not ready or cannot keep up`);
         this.warnings.note(`expired:${index}`, expired, (n) =>
-          `slot ${index} (worker pid ${pid}): closed ${n} connection(s) that waited longer than queueTimeout (${o.queueTimeout} ms) for a ready worker`);
+          `${which}: closed ${n} connection(s) that waited longer than queueTimeout (${o.queueTimeout} ms) for a ready worker`);
       }
       this.warnings.note('rejected', now.rejected - last.rejected, (n) =>
         `closed ${n} connection(s) from trusted proxies without a valid PROXY header (routeBy 'proxy-protocol'): is the proxy configured to send it (HAProxy send-proxy, nginx proxy_protocol on)?`);
