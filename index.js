@@ -4,6 +4,7 @@ const cluster = require('node:cluster');
 const { clusterOptions, sessionOptions } = require('./lib/options');
 const { startPrimary } = require('./lib/primary');
 const { prepare, serve } = require('./lib/worker');
+const { prometheus } = require('./lib/metrics');
 
 // The Primary this process started (either API), for primary().
 let started = null;
@@ -40,3 +41,4 @@ function primary() {
 module.exports = sticky;
 module.exports.listen = listen;
 module.exports.primary = primary;
+module.exports.prometheus = prometheus;

@@ -94,9 +94,10 @@ class Primary extends EventEmitter {
       rejected: counters.rejected,
       fallbacks: counters.fallbacks,
       resolving: counters.resolving,
+      failedListeners: counters.failedListeners,
       slots: counters.slots.map(({ channel, ...c }, i) => {
         const current = this.slots[i].current;
-        return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c };
+        return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c, restarts: this.slots[i].restarts || 0 };
       }),
     };
   }
@@ -193,6 +194,7 @@ class Primary extends EventEmitter {
     const now = Date.now();
     slot.exits = (slot.exits || []).filter((at) => now - at < o.restartWindow);
     slot.exits.push(now);
+    slot.restarts = (slot.restarts || 0) + 1;
     const lived = now - member.bornAt;
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
     if (slot.exits.length > o.maxRestarts) {
