@@ -37,7 +37,8 @@ function integer(name, value, min, max) {
   // '4' counts as 4; '4.5', '-1', ' 4' and 'four' do not.
   if (typeof value === 'string' && /^\d+$/.test(value)) value = Number(value);
   if (typeof value !== 'number') {
-    throw new TypeError(`sticky-rs: option "${name}" must be a number (or a string of digits), got ${describe(value)}`);
+    const hint = typeof value === 'string' ? ' (a string must be a whole number in digits, like "4")' : '';
+    throw new TypeError(`sticky-rs: option "${name}" must be a number, got ${describe(value)}${hint}`);
   }
   if (!Number.isInteger(value) || value < min || value > max) {
     throw new RangeError(
@@ -104,6 +105,7 @@ function routing(o) {
   if (routeBy !== 'address' && trustedProxies.length === 0) {
     throw new TypeError(`sticky-rs: option "routeBy": ${JSON.stringify(routeBy)} needs "trustedProxies" (the proxies whose ${routeBy} data is believed)`);
   }
+  const peek = { peekLimit: count(o, 'peekLimit', 8192, 64, 1 << 20), peekTimeout: ms(o, 'peekTimeout', 3000) };
   // Options that only matter behind a proxy, given without routeBy, are a mistake (a routeBy
   // lost in a config merge would silently route every client of the proxy to one worker).
   if (routeBy === 'address') {
@@ -113,12 +115,7 @@ function routing(o) {
       }
     }
   }
-  return {
-    routeBy,
-    trustedProxies,
-    peekLimit: count(o, 'peekLimit', 8192, 64, 1 << 20),
-    peekTimeout: ms(o, 'peekTimeout', 3000),
-  };
+  return { routeBy, trustedProxies, ...peek };
 }
 
 /** The addresses to listen on: `listeners: [{ port, host, backlog }]`, or one from port/host. */
