@@ -5,6 +5,11 @@ const { clusterOptions, sessionOptions } = require('./lib/options');
 const { startPrimary } = require('./lib/primary');
 const { prepare, serve } = require('./lib/worker');
 const { prometheus } = require('./lib/metrics');
+const { PRIMARY_PID } = require('./lib/messages');
+
+// Every process this primary forks, by sticky-rs or by leftover code of the app (even before
+// sticky() runs), can tell that its primary runs sticky-rs.
+if (cluster.isPrimary) process.env[PRIMARY_PID] = String(process.pid);
 
 // The Primary this process started (either API), for primary().
 let started = null;

@@ -220,3 +220,14 @@ describe('logs', () => {
     expect(envLifecycle).toMatchObject({ lifecycle: 4, connections: 0 });
   });
 });
+
+describe('running under a cluster primary that is not sticky-rs', () => {
+  test.each([
+    ['an app\'s own cluster.fork()', {}, /this process is a cluster worker, but its primary does not run sticky-rs: sticky\(\) and listen\(\) must be called in the cluster primary too/],
+    ['PM2 cluster mode (its environment)', { exec_mode: 'cluster_mode', pm_id: '0' }, /started by PM2 in cluster mode \(pm2 start -i N.*Run one instance in fork mode \(pm2 start app\.js/],
+  ])('%s: the worker fails, saying why and what to do', async (_, workerEnv, message) => {
+    const app = startFixture('foreign-primary.js', { WORKER_ENV: JSON.stringify(workerEnv) });
+    expect(await app.next((e) => e.event === 'worker-exit')).toEqual({ event: 'worker-exit', code: 1 });
+    expect(app.stderr).toMatch(message);
+  });
+});

@@ -6,7 +6,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
 const { log } = require('./log');
-const { READY, CHANNEL, SHUTDOWN, CLOSING, WORKER_INDEX, notifyPrimary } = require('./messages');
+const { READY, CHANNEL, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_PID, notifyPrimary } = require('./messages');
 
 let state = null;
 
@@ -21,7 +21,10 @@ function describe(value) {
  * there; the primary has said so, and ends it at shutdown.
  */
 function prepare(options) {
-  if (process.env[WORKER_INDEX] === undefined) return false;
+  if (process.env[WORKER_INDEX] === undefined) {
+    if (process.env[PRIMARY_PID] !== undefined) return false;
+    throw new Error(notOurCluster());
+  }
   if (state) return true;
   state = {
     options,
@@ -39,6 +42,18 @@ function prepare(options) {
   // sends it to the whole process group.
   process.on('SIGHUP', () => {});
   return true;
+}
+
+/** Why a cluster worker whose primary does not run sticky-rs cannot work, and what to do. */
+function notOurCluster() {
+  if (process.env.exec_mode === 'cluster_mode' && process.env.pm_id !== undefined) {
+    return 'sticky-rs: started by PM2 in cluster mode (pm2 start -i N, or exec_mode: "cluster"): PM2 is then the ' +
+      'cluster primary and balances connections itself, so they cannot be sticky. Run one instance in fork mode ' +
+      '(pm2 start app.js, or exec_mode: "fork", instances: 1): sticky-rs then forks the workers ' +
+      '(the concurrency/workers option) and routes every client to its own.';
+  }
+  return 'sticky-rs: this process is a cluster worker, but its primary does not run sticky-rs: sticky() and ' +
+    'listen() must be called in the cluster primary too (they fork the workers themselves); remove your own cluster.fork() code.';
 }
 
 // What a leftover listen() call does in a worker, and the fix.
