@@ -22,8 +22,8 @@ function describe(value) {
  */
 function prepare(options) {
   if (process.env[WORKER_INDEX] === undefined) {
-    if (process.env[PRIMARY_PID] !== undefined) return false;
-    throw new Error(notOurCluster());
+    if (process.env[PRIMARY_PID] === undefined) refuse(notOurCluster());
+    return false;
   }
   if (state) return true;
   state = {
@@ -42,6 +42,15 @@ function prepare(options) {
   // sends it to the whole process group.
   process.on('SIGHUP', () => {});
   return true;
+}
+
+/**
+ * Ends a worker that cannot work: says why, starts nothing, exits with 1. Not a throw: PM2 loses
+ * what a process writes just before it dies of an exception at start-up; its log gets this line.
+ */
+function refuse(message) {
+  console.error(message);
+  setTimeout(() => process.exit(1), 500);
 }
 
 /** Why a cluster worker whose primary does not run sticky-rs cannot work, and what to do. */
