@@ -121,8 +121,10 @@ declare namespace sticky {
     fallbacks: number;
     /** Connections from trusted proxies whose route key is being read now. */
     resolving: number;
-    /** Listeners that failed for good (the router no longer accepts on them). */
-    failedListeners: number;
+    /** Slow heads from trusted proxies given up for newer connections (their share was full). */
+    givenUp: number;
+    /** Listeners that failed and accept no more. */
+    listenerFailures: number;
     slots: SlotStats[];
   }
 
@@ -151,6 +153,8 @@ declare namespace sticky {
     exit: ExitEvent;
     /** A dead worker's slot gets a new worker after `delay` ms. */
     respawn: RespawnEvent;
+    /** A listener failed and accepts no more (the others go on). */
+    error: Error;
   }
 
   type PrimaryListener<E extends keyof PrimaryEvents> = (event: PrimaryEvents[E]) => void;

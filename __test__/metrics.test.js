@@ -100,15 +100,17 @@ test('a scrape shows stats(): per slot (slot label) and process-wide counters, d
   }
   expect({
     acceptErrors: values.sticky_rs_accept_errors_total,
-    failedListeners: values.sticky_rs_listeners_failed_total,
+    listenerFailures: values.sticky_rs_listeners_failed_total,
     rejected: values.sticky_rs_proxy_rejected_total,
     fallbacks: values.sticky_rs_proxy_fallbacks_total,
+    givenUp: values.sticky_rs_proxy_given_up_total,
     resolving: values.sticky_rs_proxy_resolving,
   }).toEqual({
     acceptErrors: stats.acceptErrors,
-    failedListeners: stats.failedListeners,
+    listenerFailures: stats.listenerFailures,
     rejected: stats.rejected,
     fallbacks: stats.fallbacks,
+    givenUp: stats.givenUp,
     resolving: stats.resolving,
   });
   expect(types).toMatchObject({ sticky_rs_connections_accepted_total: 'counter', sticky_rs_connections_queued: 'gauge', sticky_rs_slot_ready: 'gauge' });

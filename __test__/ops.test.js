@@ -157,7 +157,7 @@ describe('logs', () => {
     // The slot's worker when the counters were read.
     expect(lines(stderr, new RegExp(`^${STAMP}slot 0 \\(worker pid \\d+\\): closed 3 new connection\\(s\\) unserved: the slot's queue was full \\(queueLimit 2\\)`))).toHaveLength(1);
     expect(lines(stderr, new RegExp(`^${STAMP}slot 0 \\(worker pid \\d+\\): closed 2 connection\\(s\\) that waited longer than queueTimeout \\(400 ms\\)`))).toHaveLength(1);
-    expect(lines(stderr, new RegExp(`^${STAMP}slot 0: worker pid ${pid} did not hand its server over within readyTimeout \\(600 ms\\); killed it\\. Is its start-up code stuck`))).toHaveLength(1);
+    expect(lines(stderr, new RegExp(`^${STAMP}slot 0: worker pid ${pid} did not become ready within readyTimeout \\(600 ms\\); killed it\\. Is its start-up code stuck`))).toHaveLength(1);
     expect(lines(stderr, /readyTimeout/)).toHaveLength(1);
     // Nothing but warnings without debug.
     expect(stderr.split('\n').filter(Boolean).every((l) => new RegExp(`^${STAMP}`).test(l))).toBe(true);

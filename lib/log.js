@@ -30,8 +30,9 @@ function log(role, message) {
   process.stderr.write(`[sticky-rs] ${role}: ${message}\n`);
 }
 
+/** A warning line, always written. `message` may start with "sticky-rs: " (an Error's text). */
 function warn(message) {
-  process.stderr.write(`${new Date().toISOString()} [sticky-rs] warning: ${message}\n`);
+  process.stderr.write(`${new Date().toISOString()} [sticky-rs] warning: ${message.replace(/^sticky-rs: /, '')}\n`);
 }
 
 /**

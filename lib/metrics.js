@@ -26,9 +26,10 @@ const METRICS = [
   ['worker_restarts_total', SLOT, "Times the slot's worker exited unasked and was replaced.", 'counter', perSlot((s) => s.restarts)],
   ['slot_ready', SLOT, 'Whether the slot delivers to a ready worker now (1) or holds its connections (0).', 'gauge', perSlot((s) => s.ready)],
   ['accept_errors_total', NONE, 'Failed accept() calls (EMFILE, ENFILE, ...).', 'counter', (stats) => [[{}, stats.acceptErrors]]],
-  ['listeners_failed_total', NONE, 'Listeners that failed for good.', 'counter', (stats) => [[{}, stats.failedListeners]]],
+  ['listeners_failed_total', NONE, 'Listeners that failed for good.', 'counter', (stats) => [[{}, stats.listenerFailures]]],
   ['proxy_rejected_total', NONE, 'Connections from trusted proxies closed for a missing or malformed PROXY header.', 'counter', (stats) => [[{}, stats.rejected]]],
   ['proxy_fallbacks_total', NONE, 'Connections from trusted proxies routed by their own address for lack of a usable header.', 'counter', (stats) => [[{}, stats.fallbacks]]],
+  ['proxy_given_up_total', NONE, 'Slow heads from trusted proxies given up for newer connections (their share was full).', 'counter', (stats) => [[{}, stats.givenUp]]],
   ['proxy_resolving', NONE, 'Connections from trusted proxies whose route key is being read now.', 'gauge', (stats) => [[{}, stats.resolving]]],
 ];
 

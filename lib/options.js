@@ -105,7 +105,7 @@ function routing(o) {
   if (routeBy !== 'address' && trustedProxies.length === 0) {
     throw new TypeError(`sticky-rs: option "routeBy": ${JSON.stringify(routeBy)} needs "trustedProxies" (the proxies whose ${routeBy} data is believed)`);
   }
-  const peek = { peekLimit: count(o, 'peekLimit', 8192, 64, 1 << 20), peekTimeout: ms(o, 'peekTimeout', 3000) };
+  const peek = { peekLimit: count(o, 'peekLimit', 8192, 64, 64 * 1024), peekTimeout: ms(o, 'peekTimeout', 3000) };
   // Options that only matter behind a proxy, given without routeBy, are a mistake (a routeBy
   // lost in a config merge would silently route every client of the proxy to one worker).
   if (routeBy === 'address') {

@@ -32,7 +32,8 @@ class Primary extends EventEmitter {
     this.options = options;
     this.router = null;
     this.slots = [];
-    // One record per live worker: { slot, worker, channel, handedOver, bornAt, timer }.
+    // One record per live worker: { slot, worker, channel, handedOver, ready, bornAt, timer,
+    // whenReady }.
     this.members = new Map();
     this.closing = false;
     this.reloading = null;
@@ -55,7 +56,7 @@ class Primary extends EventEmitter {
         hash: o.hash,
         debug: o.debug,
         debugConnections: o.debugConnections,
-      });
+      }, (event) => this.onRouterEvent(event));
     } catch (err) {
       onError(listenError(err, o.listeners));
       return this;
@@ -69,7 +70,8 @@ class Primary extends EventEmitter {
     this.signals = {
       SIGINT: () => this.exitAfter(this.shutdown()),
       SIGTERM: () => this.exitAfter(this.shutdown()),
-      SIGHUP: () => this.reload().catch((err) => o.debug && log('primary', `reload failed: ${err.message}`)),
+      // reload() logs each slot it could not replace.
+      SIGHUP: () => this.reload().catch(() => {}),
     };
     for (const [signal, handler] of Object.entries(this.signals)) process.on(signal, handler);
     return this;
@@ -94,7 +96,8 @@ class Primary extends EventEmitter {
       rejected: counters.rejected,
       fallbacks: counters.fallbacks,
       resolving: counters.resolving,
-      failedListeners: counters.failedListeners,
+      givenUp: counters.givenUp,
+      listenerFailures: counters.listenerFailures,
       slots: counters.slots.map(({ channel, ...c }, i) => {
         const current = this.slots[i].current;
         return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c, restarts: this.slots[i].restarts || 0 };
@@ -106,14 +109,19 @@ class Primary extends EventEmitter {
     const o = this.options;
     // WORKER_INDEX marks our own workers (a worker without it was forked by someone else).
     const worker = cluster.fork({ ...o.env(index), [WORKER_INDEX]: index });
-    const member = { slot: index, worker, channel: null, handedOver: false, bornAt: Date.now(), timer: null };
+    const member = { slot: index, worker, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null };
+    // Settles true once the router delivers to this worker, false if it exits first.
+    member.whenReady = new Promise((resolve) => {
+      member.settleReady = resolve;
+    });
     this.members.set(worker, member);
     if (o.debug) log('primary', `slot ${index}: forked worker #${worker.id} (pid ${worker.process.pid})`);
-    // A worker that never hands its server over is replaced; its slot's clients wait meanwhile.
+    // A worker that does not become ready (hand its server over, then say hello on its channel)
+    // is replaced; its slot's clients wait meanwhile.
     member.timer = setTimeout(() => {
       this.warnings.note(`ready:${index}`, 1, (n) =>
-        `slot ${index}: worker pid ${worker.process.pid} did not hand its server over within readyTimeout (${o.readyTimeout} ms); killed it` +
-        (n > 1 ? ` (${n} workers of this slot killed so)` : '') + '. Is its start-up code stuck, or does it never call callback(server)?');
+        `slot ${index}: worker pid ${worker.process.pid} did not become ready within readyTimeout (${o.readyTimeout} ms); killed it` +
+        (n > 1 ? ` (${n} workers of this slot killed so)` : '') + '. Is its start-up code stuck, or does it never hand its server over (callback(server))?');
       member.killedNotReady = true; // warned: its exit needs no line of its own
       worker.process.kill('SIGKILL');
     }, o.readyTimeout);
@@ -147,17 +155,39 @@ class Primary extends EventEmitter {
       worker.process.kill('SIGKILL');
       return;
     }
-    clearTimeout(member.timer);
     // Node closes our copy of the worker's end once the worker has it.
     worker.send(o.prefix + CHANNEL, end, (err) => {
       if (err) end.destroy();
     });
     member.handedOver = true;
     if (o.debug) log('primary', `slot ${slot}: worker #${worker.id} handed its server over, channel ${member.channel.id} sent`);
-    // 'ready' once its slot really delivers to it (the worker said hello on the channel).
-    this.switched(member, o.readyTimeout).then((ok) => {
-      if (ok && this.members.has(worker) && !this.closing) this.emit('ready', { slot, worker });
-    });
+  }
+
+  /** What the router thread reports. */
+  onRouterEvent(event) {
+    if (event.kind === 'switched') {
+      const member = [...this.members.values()].find((m) => m.channel && m.channel.id === event.channel);
+      if (member) this.onReady(member);
+    } else if (event.kind === 'listenerFailed') {
+      const address = (this.router && this.router.addresses()[event.listener]) || {};
+      const err = new Error(`sticky-rs: listener ${event.listener} (${address.address}:${address.port}) failed and accepts no more: ${event.message}`);
+      warn(err.message);
+      if (this.listenerCount('error') > 0) this.emit('error', err);
+    } else if (event.kind === 'stopped') {
+      // Never keep running without accepting: a supervisor restarts a process that exits.
+      warn(`the router stopped (${event.message}); nothing is accepted any more, exiting with code 1`);
+      this.finish(1);
+      process.exit(1);
+    }
+  }
+
+  /** The router delivers to `member` now: it said hello on its channel. */
+  onReady(member) {
+    if (member.ready) return;
+    member.ready = true;
+    clearTimeout(member.timer);
+    member.settleReady(true);
+    if (!this.closing) this.emit('ready', { slot: member.slot, worker: member.worker });
   }
 
   onExit(member, code, signal) {
@@ -166,6 +196,7 @@ class Primary extends EventEmitter {
     if (!this.members.has(worker)) return;
     clearTimeout(member.timer);
     this.members.delete(worker);
+    member.settleReady(false);
     // Connections it had not confirmed go back to the slot, for the next worker.
     if (member.channel) this.router.release(member.channel.id);
     if (o.debug) log('primary', `slot ${index}: worker #${worker.id} (pid ${worker.process.pid}) exited (${signal || code})`);
@@ -212,7 +243,8 @@ class Primary extends EventEmitter {
 
   /**
    * Warnings no one has to ask for: every second, the counters that grew (connections dropped or
-   * refused, failed listeners) are said, rate-limited; workers forked behind our back are named.
+   * refused) are said, rate-limited; workers forked behind our back are named. (A failed
+   * listener is said when the router reports it, see onRouterEvent.)
    */
   watch() {
     const o = this.options;
@@ -233,8 +265,6 @@ class Primary extends EventEmitter {
       }
       this.warnings.note('rejected', now.rejected - last.rejected, (n) =>
         `closed ${n} connection(s) from trusted proxies without a valid PROXY header (routeBy 'proxy-protocol'): is the proxy configured to send it (HAProxy send-proxy, nginx proxy_protocol on)?`);
-      this.warnings.note('listener', now.failedListeners - last.failedListeners, (n) =>
-        `${n} listener(s) failed and no longer accept connections (the reason is on the line above)`);
       last = now;
       this.warnings.flush();
     }, WATCH_INTERVAL);
@@ -277,14 +307,6 @@ class Primary extends EventEmitter {
     }, delay);
   }
 
-  /** Waits until the router delivers `member`'s slot through its channel. */
-  switched(member, timeout) {
-    return until(
-      () => !this.members.has(member.worker) || (member.channel && this.router.activeChannel(member.slot) === member.channel.id),
-      timeout,
-    );
-  }
-
   /**
    * Replaces every worker, one slot at a time: fork, wait until the new one is ready and the
    * slot delivers to it, then let the old one finish its connections and exit. Resolves when
@@ -297,11 +319,19 @@ class Primary extends EventEmitter {
     this.reloading = (async () => {
       if (o.debug) log('primary', 'reloading');
       const retired = [];
+      const failed = [];
       for (let index = 0; index < this.slots.length && !this.closing; index++) {
-        retired.push(await this.replace(index));
+        try {
+          retired.push(await this.replace(index));
+        } catch (err) {
+          // Said always: an operator who sent SIGHUP must learn which slots still run old code.
+          warn(err.message);
+          failed.push(index);
+        }
       }
       await Promise.all(retired);
-      if (o.debug) log('primary', 'reload done');
+      if (failed.length > 0) throw new Error(`sticky-rs: reload incomplete: slot(s) ${failed.join(', ')} still run their previous worker`);
+      if (o.debug) log('primary', this.closing ? 'reload cut short by shutdown' : 'reload done');
     })().finally(() => {
       this.reloading = null;
     });
@@ -322,11 +352,14 @@ class Primary extends EventEmitter {
     slot.timer = null;
     slot.replacing = (async () => {
       const next = this.fork(index);
-      const ok = (await until(() => next.handedOver || !this.members.has(next.worker), o.readyTimeout)) &&
-        this.members.has(next.worker) && (await this.switched(next, o.readyTimeout));
-      if (!ok || this.closing) {
+      // Settles once the router delivers to it, or it exits (its ready timer kills it after
+      // readyTimeout).
+      const ok = await next.whenReady;
+      // A shutdown meanwhile retires every worker gracefully, this one included.
+      if (this.closing) return Promise.resolve();
+      if (!ok) {
         if (this.members.has(next.worker)) next.worker.process.kill('SIGKILL');
-        throw new Error(`sticky-rs: replacing slot ${index} failed: the new worker did not become ready`);
+        throw new Error(`sticky-rs: replacing slot ${index} failed: the new worker did not become ready within readyTimeout (${o.readyTimeout} ms)`);
       }
       const previous = slot.current;
       slot.current = next;
@@ -353,7 +386,7 @@ class Primary extends EventEmitter {
     if (this.options.debug) log('primary', `slot ${member.slot}: worker #${member.worker.id} closed its server, replacing it`);
     this.router.retire(member.channel.id);
     this.replace(member.slot).catch((err) => {
-      log('primary', err.message);
+      warn(err.message);
       // Its slot gets nothing now: let it finish, and the respawn after its exit takes over.
       if (this.members.has(member.worker)) this.retire(member);
     });
@@ -386,10 +419,12 @@ class Primary extends EventEmitter {
       this.resolveClosed = resolve;
     });
     if (o.debug) log('primary', 'shutting down');
-    // A second SIGINT/SIGTERM forces the exit; SIGHUP (a closed terminal) must not kill the drain.
+    // A second SIGINT/SIGTERM forces the exit; SIGHUP (a closed terminal, a reload asked again)
+    // must never kill the drain, however often it comes.
     for (const [signal, handler] of Object.entries(this.signals || {})) {
       process.removeListener(signal, handler);
-      process.once(signal, signal === 'SIGHUP' ? () => {} : () => process.exit(1));
+      if (signal === 'SIGHUP') process.on(signal, () => {});
+      else process.once(signal, () => process.exit(1));
     }
     for (const slot of this.slots) clearTimeout(slot.timer);
     this.hardTimer = setTimeout(() => this.finish(1), o.hardShutdownDelay);
@@ -410,7 +445,7 @@ class Primary extends EventEmitter {
     for (const member of [...this.members.values()]) {
       until(() => this.finished || !this.router || drained(member.slot), o.hardShutdownDelay / 2)
         .then(() => this.finished || !this.members.has(member.worker) || this.retire(member))
-        .catch((err) => log('primary', `shutdown: ${err.message}`));
+        .catch((err) => warn(`shutdown: ${err.message}`));
     }
     return this.closed;
   }
@@ -427,9 +462,15 @@ class Primary extends EventEmitter {
       clearTimeout(timer);
       worker.process.kill('SIGKILL');
     }
-    if (this.router) this.router.close();
+    if (this.router) {
+      try {
+        this.router.close();
+      } catch (err) {
+        warn(`closing the router: ${err.message}`);
+      }
+    }
     if (this.options.debug) log('primary', `shut down (${code})`);
-    this.resolveClosed(code);
+    if (this.resolveClosed) this.resolveClosed(code);
   }
 
   exitAfter(closed) {

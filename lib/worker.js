@@ -31,6 +31,9 @@ function prepare(options) {
     role: `worker #${cluster.worker.id} of slot ${process.env[WORKER_INDEX]} (pid ${process.pid})`,
     servers: null,
     receiver: null,
+    // The channel, if it came before the servers were handed over (a worker may tell the
+    // primary it is ready early; the channel then waits here for serve()).
+    early: null,
     sockets: new Set(),
     closing: false, // the user closed a server (sticky-session): the primary replaces us
     shuttingDown: false,
@@ -119,36 +122,49 @@ function serve(...servers) {
   // Ctrl-C reaches every process of the group: finish what is open rather than die mid-request.
   process.once('SIGINT', shutdown);
   process.once('SIGTERM', shutdown);
+  if (state.early) {
+    const early = state.early;
+    state.early = null;
+    openChannel(early);
+    return;
+  }
   notifyPrimary(state.options.prefix, READY);
   if (state.options.debug) log(state.role, 'server handed over, waiting for the channel');
 }
 
 function onMessage(message, handle) {
-  const { prefix, debug } = state.options;
-  if (message === prefix + CHANNEL && handle && state.servers && !state.receiver) {
-    // A worker on its way out says no hello: the slot must not switch to it.
-    if (state.shuttingDown) {
-      handle.destroy();
-      return;
-    }
-    // Node keeps the descriptor of a received handle on its internal `_handle`.
-    const fd = handle._handle && handle._handle.fd;
-    if (typeof fd !== 'number' || fd < 0) {
-      handle.destroy();
-      log(state.role, 'this Node.js version does not expose the descriptor of a received handle; cannot receive connections');
-      process.exit(1);
-    }
-    try {
-      state.receiver = new native.Receiver(fd, adopt);
-    } finally {
-      // The receiver holds its own copy; Node's must go before anything is sent on it.
-      handle.destroy();
-    }
-    state.receiver.hello();
-    if (debug) log(state.role, 'channel open, ready for connections');
+  const { prefix } = state.options;
+  if (message === prefix + CHANNEL && handle && !state.receiver) {
+    if (state.servers) openChannel(handle);
+    else if (!state.early && !state.shuttingDown) state.early = handle;
+    else handle.destroy();
   } else if (message === prefix + SHUTDOWN) {
     shutdown();
   }
+}
+
+/** Starts receiving connections on the channel `handle` and says hello: the slot switches here. */
+function openChannel(handle) {
+  // A worker on its way out says no hello: the slot must not switch to it.
+  if (state.shuttingDown) {
+    handle.destroy();
+    return;
+  }
+  // Node keeps the descriptor of a received handle on its internal `_handle`.
+  const fd = handle._handle && handle._handle.fd;
+  if (typeof fd !== 'number' || fd < 0) {
+    handle.destroy();
+    log(state.role, 'this Node.js version does not expose the descriptor of a received handle; cannot receive connections');
+    process.exit(1);
+  }
+  try {
+    state.receiver = new native.Receiver(fd, adopt);
+  } finally {
+    // The receiver holds its own copy; Node's must go before anything is sent on it.
+    handle.destroy();
+  }
+  state.receiver.hello();
+  if (state.options.debug) log(state.role, 'channel open, ready for connections');
 }
 
 function adopt(incoming, lost) {
@@ -217,6 +233,10 @@ function closeReceiver() {
 function shutdown() {
   if (state.shuttingDown) return;
   state.shuttingDown = true;
+  if (state.early) {
+    state.early.destroy();
+    state.early = null;
+  }
   const { servers, options } = state;
   if (options.debug) log(state.role, 'shutting down');
   if (!servers) process.exit(0);

@@ -230,7 +230,7 @@ fn recv_with_fds(channel: BorrowedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) ->
 }
 
 /// Reads records off a channel, keeping a partial record between reads.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Reader {
     pending: Vec<u8>,
 }

@@ -2,14 +2,19 @@
 //!
 //! The pure core (no napi types) is split by concept: [`address`] formats peers as Node shows
 //! them, [`hash`] is djb2, [`table`] holds the slots, [`channel`] carries descriptors to a
-//! worker, [`listener`] binds, [`router`] is the accept loop in the primary, [`receiver`] is
+//! worker, [`link`] is one channel's flow control (window, acknowledgements, losses,
+//! redelivery), [`listener`] binds, [`router`] is the accept loop in the primary, [`receiver`] is
 //! the worker's end; [`trust`], [`forwarded`] and [`proxy`] read route keys that trusted proxies
-//! forward. The `napi` module is the binding and only the binding.
+//! forward; [`kernel`] builds the classic BPF program and the `SO_REUSEPORT` group of kernel
+//! dispatch (not wired into the router yet). The `napi` module is the binding and only the
+//! binding.
 
 pub mod address;
 pub mod channel;
 pub mod forwarded;
 pub mod hash;
+pub mod kernel;
+pub mod link;
 pub mod listener;
 pub mod proxy;
 pub mod receiver;

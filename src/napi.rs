@@ -14,7 +14,7 @@ use napi_derive::napi;
 use crate::address::AddressText;
 use crate::channel::Meta;
 use crate::hash::{djb2_str, Hash};
-use crate::resolve::{RouteBy, Rules};
+use crate::resolve::{RouteBy, Rules, MAX_PEEK_LIMIT};
 use crate::table::slot_for;
 use crate::trust::Trusted;
 use crate::{listener, receiver, router};
@@ -92,7 +92,7 @@ pub struct AddressInfo {
 /// A new worker channel: its id and the worker's end, to send to that worker alone.
 #[napi(object)]
 pub struct ChannelEnd {
-    /// Names the channel in `release`, `retire` and `activeChannel`.
+    /// Names the channel in `release`, `retire` and the router's `switched` events.
     pub id: i64,
     /// The worker's end; the caller owns it.
     pub fd: i32,
@@ -132,9 +132,60 @@ pub struct RouterStats {
     pub fallbacks: f64,
     /// From trusted proxies, route key being read now.
     pub resolving: f64,
-    /// Listeners that failed for good.
-    pub failed_listeners: f64,
+    /// From trusted proxies, given up unread for newer ones (the share of slow heads was full).
+    pub given_up: f64,
+    /// Listeners that failed and accept no more.
+    pub listener_failures: f64,
 }
+
+/// What the router reports, from its own thread (see `router::Event`).
+#[napi(object)]
+pub struct RouterEvent {
+    /// `switched`, `listenerFailed` or `stopped`.
+    pub kind: String,
+    /// With `switched`: the slot.
+    pub slot: Option<u32>,
+    /// With `switched`: the channel the slot delivers to now.
+    pub channel: Option<i64>,
+    /// With `listenerFailed`: the listener's index.
+    pub listener: Option<u32>,
+    /// With `listenerFailed` and `stopped`: why.
+    pub message: Option<String>,
+}
+
+impl From<router::Event> for RouterEvent {
+    fn from(event: router::Event) -> Self {
+        let empty = RouterEvent {
+            kind: String::new(),
+            slot: None,
+            channel: None,
+            listener: None,
+            message: None,
+        };
+        match event {
+            router::Event::Switched { slot, channel } => RouterEvent {
+                kind: "switched".into(),
+                slot: Some(slot as u32),
+                channel: Some(channel as i64),
+                ..empty
+            },
+            router::Event::ListenerFailed { listener, error } => RouterEvent {
+                kind: "listenerFailed".into(),
+                listener: Some(u32::from(listener)),
+                message: Some(error),
+                ..empty
+            },
+            router::Event::Stopped { reason } => RouterEvent {
+                kind: "stopped".into(),
+                message: Some(reason),
+                ..empty
+            },
+        }
+    }
+}
+
+/// Called with each [`RouterEvent`]; weak: it does not keep the event loop alive.
+type OnRouterEvent = ThreadsafeFunction<RouterEvent, (), RouterEvent, Status, false, true>;
 
 /// The primary's native router.
 #[napi]
@@ -144,9 +195,10 @@ pub struct Router {
 
 #[napi]
 impl Router {
-    /// Binds and starts accepting; throws `EADDRINUSE: ...` and the like.
+    /// Binds and starts accepting; throws `EADDRINUSE: ...` and the like. `onEvent` gets the
+    /// router's events.
     #[napi(constructor)]
-    pub fn new(options: RouterOptions) -> Result<Self> {
+    pub fn new(options: RouterOptions, on_event: OnRouterEvent) -> Result<Self> {
         let listeners = options
             .listeners
             .iter()
@@ -175,7 +227,7 @@ impl Router {
             rules: Rules {
                 route_by,
                 trusted,
-                limit: options.peek_limit.max(16) as usize,
+                limit: (options.peek_limit as usize).clamp(16, MAX_PEEK_LIMIT),
                 timeout: std::time::Duration::from_millis(u64::from(options.peek_timeout)),
             },
             slots: options.slots as usize,
@@ -186,7 +238,10 @@ impl Router {
             debug: options.debug,
             debug_connections: options.debug_connections,
         };
-        let inner = router::Router::start(config).map_err(os_error)?;
+        let on_event: router::OnEvent = std::sync::Arc::new(move |event| {
+            on_event.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
+        });
+        let inner = router::Router::start(config, on_event).map_err(os_error)?;
         Ok(Router { inner: Some(inner) })
     }
 
@@ -235,16 +290,6 @@ impl Router {
         })
     }
 
-    /// The channel `slot` delivers to now (0: none).
-    #[napi]
-    pub fn active_channel(&self, slot: u32) -> Result<i64> {
-        let inner = self.inner()?;
-        if slot as usize >= inner.slots() {
-            return Err(Error::new(Status::InvalidArg, "slot out of range"));
-        }
-        Ok(inner.stats().snapshot(slot as usize).channel as i64)
-    }
-
     /// Sends nothing more to a channel whose worker is finishing; the slot waits for a new one.
     #[napi]
     pub fn retire(&self, id: i64) -> Result<()> {
@@ -288,15 +333,20 @@ impl Router {
             rejected: stats.rejected() as f64,
             fallbacks: stats.fallbacks() as f64,
             resolving: stats.resolving() as f64,
-            failed_listeners: stats.failed_listeners() as f64,
+            given_up: stats.given_up() as f64,
+            listener_failures: stats.listener_failures() as f64,
         })
     }
 
-    /// Closes the listener, every channel and every waiting connection. Idempotent.
+    /// Closes the listener, every channel and every waiting connection. Idempotent. Throws if
+    /// the router thread did not stop in time (it is then left behind).
     #[napi]
-    pub fn close(&mut self) {
-        if let Some(mut inner) = self.inner.take() {
-            inner.close();
+    pub fn close(&mut self) -> Result<()> {
+        match self.inner.take() {
+            Some(mut inner) => inner
+                .close()
+                .map_err(|e| Error::new(Status::GenericFailure, e.to_string())),
+            None => Ok(()),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+use tokio::sync::oneshot;
 
 use crate::address::AddressText;
 use crate::forwarded::{self, Key};
@@ -64,16 +65,37 @@ pub enum Outcome {
     Reject,
 }
 
+/// The most bytes a route key may be looked for in: a head must fit in the socket's receive
+/// buffer to be peeked whole (the kernel's default leaves room for 64 KiB), and Node's own
+/// limit on a request head is 16 KiB.
+pub const MAX_PEEK_LIMIT: usize = 64 * 1024;
+
+/// The pause after a look at a head that was not complete yet. Segments that arrive meanwhile
+/// are seen in one look (a head sent a byte at a time costs a few looks, not one per byte), and
+/// the loop cannot spin whatever the socket reports.
+const FIRST_PAUSE: Duration = Duration::from_millis(1);
+/// The longest such pause: the most a head's last segment waits to be seen.
+const MAX_PAUSE: Duration = Duration::from_millis(32);
+
 /// Reads the route key of `conn` under `rules`; gives the connection back with the outcome.
-pub async fn resolve(conn: OwnedFd, rules: Arc<Rules>) -> (OwnedFd, Outcome) {
+/// `give_up` ends the reading early (the router needs the room) with the same outcome as a
+/// timeout.
+pub async fn resolve(
+    conn: OwnedFd,
+    rules: Arc<Rules>,
+    give_up_now: oneshot::Receiver<()>,
+) -> (OwnedFd, Outcome) {
     // SAFETY: `conn` is owned and moved in; it stays open until into_inner gives it back.
     let watched = match unsafe { AsyncFd::register_with_interest(conn, Interest::READABLE) } {
         Ok(watched) => watched,
         Err(e) => return (e.into_parts().0, give_up(&rules)),
     };
-    let outcome = tokio::time::timeout(rules.timeout, read(&watched, &rules))
-        .await
-        .unwrap_or_else(|_elapsed| give_up(&rules));
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(rules.timeout, read(&watched, &rules)) => {
+            outcome.unwrap_or_else(|_elapsed| give_up(&rules))
+        }
+        _ = give_up_now => give_up(&rules),
+    };
     (watched.into_inner(), outcome)
 }
 
@@ -88,44 +110,80 @@ fn give_up(rules: &Rules) -> Outcome {
 
 async fn read(watched: &AsyncFd<OwnedFd>, rules: &Rules) -> Outcome {
     let mut buf = vec![0u8; rules.limit];
+    let mut pause = FIRST_PAUSE;
     loop {
         let Ok(mut guard) = watched.readable().await else {
             return give_up(rules);
         };
+        // Read-closed: the peer sent FIN (or the connection broke). Whatever is there now is
+        // all there will ever be.
+        let closed = guard.ready().is_read_closed();
+        #[cfg(test)]
+        tests::LOOKS.with(|looks| looks.set(looks.get() + 1));
         let seen = match guard.try_io(|fd| recv(fd.get_ref(), &mut buf, libc::MSG_PEEK)) {
             Ok(Ok(0)) | Ok(Err(_)) => return give_up(rules),
             Ok(Ok(n)) => n,
             Err(_would_block) => continue,
         };
-        let full = seen == buf.len();
-        let outcome = match &rules.route_by {
-            RouteBy::Address => return Outcome::Fallback,
-            RouteBy::Header(name) => match forwarded::route_key(&buf[..seen], name, &rules.trusted)
-            {
-                Key::Text(text) => Some(Outcome::Key(text)),
-                Key::Fallback => Some(Outcome::Fallback),
-                Key::Incomplete if full => Some(Outcome::Fallback),
-                Key::Incomplete => None,
-            },
-            RouteBy::ProxyProtocol => match proxy::parse(&buf[..seen], rules.limit) {
-                Header::Complete { len, source } => {
-                    // Exactly the header: the application's bytes stay for the worker.
-                    match recv(watched.get_ref(), &mut buf[..len], 0) {
-                        Ok(n) if n == len => Some(source.map_or(Outcome::Local, Outcome::Client)),
-                        _ => Some(Outcome::Reject),
-                    }
-                }
-                Header::Invalid => Some(Outcome::Reject),
-                Header::Incomplete if full => Some(Outcome::Reject),
-                Header::Incomplete => None,
-            },
-        };
-        match outcome {
+        match decide(watched.get_ref(), rules, &mut buf, seen) {
             Some(outcome) => return outcome,
-            // Wait for more bytes: what is there now was seen.
-            None => guard.clear_ready(),
+            // Incomplete, and no byte will come: final, as a malformed head.
+            None if closed || peer_closed(watched.get_ref()) => return give_up(rules),
+            None => {
+                // Wait for more bytes: what is there now was seen.
+                guard.clear_ready();
+                drop(guard);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
         }
     }
+}
+
+/// What the first `seen` bytes of the stream decide, or None while the head is incomplete.
+fn decide(conn: &OwnedFd, rules: &Rules, buf: &mut [u8], seen: usize) -> Option<Outcome> {
+    let full = seen == buf.len();
+    match &rules.route_by {
+        RouteBy::Address => Some(Outcome::Fallback),
+        RouteBy::Header(name) => match forwarded::route_key(&buf[..seen], name, &rules.trusted) {
+            Key::Text(text) => Some(Outcome::Key(text)),
+            Key::Fallback => Some(Outcome::Fallback),
+            Key::Incomplete if full => Some(Outcome::Fallback),
+            Key::Incomplete => None,
+        },
+        RouteBy::ProxyProtocol => match proxy::parse(&buf[..seen], rules.limit) {
+            Header::Complete { len, source } => {
+                // Exactly the header: the application's bytes stay for the worker.
+                match recv(conn, &mut buf[..len], 0) {
+                    Ok(n) if n == len => Some(source.map_or(Outcome::Local, Outcome::Client)),
+                    _ => Some(Outcome::Reject),
+                }
+            }
+            Header::Invalid => Some(Outcome::Reject),
+            Header::Incomplete if full => Some(Outcome::Reject),
+            Header::Incomplete => None,
+        },
+    }
+}
+
+/// Whether the peer has shut down its sending side, asked of the kernel directly: on a stream
+/// whose unread bytes stay (we only peek), readiness alone may not say it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn peer_closed(fd: &OwnedFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut poll, 1, 0) };
+    n > 0 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Elsewhere (kqueue) the end of the stream reaches the readiness itself (`is_read_closed`).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn peer_closed(_fd: &OwnedFd) -> bool {
+    false
 }
 
 fn recv(fd: &OwnedFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
@@ -158,8 +216,14 @@ pub fn key_of(outcome: &Outcome, peer: Option<&SocketAddr>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
+
+    thread_local! {
+        /// Peeks made by `read` on this thread (each test runs its runtime on its own thread).
+        pub(super) static LOOKS: Cell<u32> = const { Cell::new(0) };
+    }
 
     fn rules(route_by: RouteBy, timeout_ms: u64) -> Arc<Rules> {
         Arc::new(Rules {
@@ -182,7 +246,8 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        Ok(rt.block_on(resolve(conn, rules)))
+        let (_keep, give_up_now) = oneshot::channel();
+        Ok(rt.block_on(resolve(conn, rules, give_up_now)))
     }
 
     #[test]
@@ -241,6 +306,101 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\n\r\n")?;
         let (_, outcome) = run(server, rules(RouteBy::ProxyProtocol, 2000))?;
         assert_eq!(outcome, Outcome::Reject);
+        Ok(())
+    }
+
+    /// A trusted peer that sends part of a head and then FIN: final at once, not at the
+    /// timeout, and the loop does not spin meanwhile (it once did, forever).
+    #[test]
+    fn incomplete_head_then_fin_is_final() -> io::Result<()> {
+        for (route_by, head) in [
+            (RouteBy::ProxyProtocol, &b"PROXY TCP4 1.2.3.4"[..]),
+            (
+                RouteBy::Header("x-forwarded-for".into()),
+                &b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4\r\n"[..],
+            ),
+        ] {
+            let (mut client, server) = pair()?;
+            client.write_all(head)?;
+            client.shutdown(std::net::Shutdown::Write)?;
+            let expected = give_up(&rules(route_by.clone(), 0));
+            let started = std::time::Instant::now();
+            let (_, outcome) = run(server, rules(route_by, 10_000))?;
+            assert_eq!(outcome, expected);
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        Ok(())
+    }
+
+    /// A head sent a byte at a time: a few looks, not one per byte.
+    #[test]
+    fn a_head_in_single_bytes_costs_few_looks() -> io::Result<()> {
+        let (mut client, server) = pair()?;
+        client.set_nodelay(true)?;
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 9.9.9.9\r\n\r\n".to_vec();
+        let writer = std::thread::spawn(move || -> io::Result<TcpStream> {
+            for byte in head {
+                client.write_all(&[byte])?;
+            }
+            Ok(client)
+        });
+        LOOKS.with(|looks| looks.set(0));
+        let (_, outcome) = run(
+            server,
+            rules(RouteBy::Header("x-forwarded-for".into()), 5000),
+        )?;
+        let _client = writer
+            .join()
+            .map_err(|_| io::Error::other("writer panicked"))??;
+        assert_eq!(outcome, Outcome::Key("9.9.9.9".into()));
+        // 54 segments; the growing pause coalesces them (at most log2(32) + a few looks while
+        // the writer thread is scheduled).
+        let looks = LOOKS.with(Cell::get);
+        assert!(looks <= 16, "{looks} looks for 54 one-byte segments");
+        Ok(())
+    }
+
+    /// The largest head allowed is peeked whole, not left to time out.
+    #[test]
+    fn the_largest_head_is_seen_whole() -> io::Result<()> {
+        let (mut client, server) = pair()?;
+        let mut head = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+        let tail = b"\r\nX-Forwarded-For: 9.9.9.9\r\n\r\n";
+        head.resize(MAX_PEEK_LIMIT - tail.len(), b'a');
+        head.extend_from_slice(tail);
+        let writer = std::thread::spawn(move || client.write_all(&head).map(|_| client));
+        let mut r = (*rules(RouteBy::Header("x-forwarded-for".into()), 5000)).clone();
+        r.limit = MAX_PEEK_LIMIT;
+        let started = std::time::Instant::now();
+        let (_, outcome) = run(server, Arc::new(r))?;
+        let _client = writer
+            .join()
+            .map_err(|_| io::Error::other("writer panicked"))??;
+        assert_eq!(outcome, Outcome::Key("9.9.9.9".into()));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        Ok(())
+    }
+
+    #[test]
+    fn giving_up_ends_the_reading_at_once() -> io::Result<()> {
+        let (_client, server) = pair()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (now, give_up_now) = oneshot::channel();
+        let _ = now.send(());
+        let started = std::time::Instant::now();
+        let (_, outcome) = rt.block_on(resolve(
+            server,
+            rules(RouteBy::ProxyProtocol, 10_000),
+            give_up_now,
+        ));
+        assert_eq!(outcome, Outcome::Reject);
+        assert!(started.elapsed() < Duration::from_secs(1));
         Ok(())
     }
 }

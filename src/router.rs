@@ -10,10 +10,10 @@
 //! file) is read without blocking after each burst of accepts, while the thread is awake anyway,
 //! and on a short tick that runs only while something is pending.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -24,24 +24,22 @@ use socket2::Socket;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::address::AddressText;
-use crate::channel::{self, Message, Meta, Reader, MAX_BATCH};
+use crate::channel::{self, Meta};
 use crate::hash::Hash;
+use crate::link::{Held, Link};
 use crate::listener;
 use crate::resolve::{self, Outcome, Rules};
 use crate::stats::Stats;
 use crate::table::{ChannelId, Table};
 
-/// Connections sent to one worker and not yet acknowledged, at most.
-const WINDOW: usize = 1024;
 /// Connections accepted per wake-up before delivering, so batches form under load.
 const ACCEPT_BURST: usize = 256;
 /// Pause after the process ran out of descriptors, leaving clients in the kernel's backlog.
 const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
-/// Pause before sending again to a worker that was out of descriptors.
-const LOST_BACKOFF: Duration = Duration::from_millis(50);
 /// How often channels are read and queues checked while something is pending: the most an
 /// acknowledgement, a hello or a full channel can wait for attention.
 const TICK: Duration = Duration::from_millis(5);
@@ -93,6 +91,36 @@ fn held_limit() -> usize {
     }
 }
 
+/// What the router tells its owner, from its own thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A channel's worker said hello and its slot delivers to it now.
+    Switched {
+        /// The slot.
+        slot: usize,
+        /// The channel it delivers to.
+        channel: ChannelId,
+    },
+    /// A listener failed and accepts no more; the others go on.
+    ListenerFailed {
+        /// Its index in [`Config::listeners`].
+        listener: u8,
+        /// The OS error.
+        error: String,
+    },
+    /// The router thread ended on its own (a bug): nothing is accepted or delivered any more.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Receives the router's events on the router thread; must not block.
+pub type OnEvent = Arc<dyn Fn(Event) + Send + Sync + 'static>;
+
+/// How long `close` waits for the router thread before it gives up on it.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 enum Command {
     Open {
         id: ChannelId,
@@ -107,12 +135,17 @@ enum Command {
     },
     StopAccepting,
     Close,
+    /// Makes the thread panic (tests of what a dead router does).
+    #[cfg(any(test, feature = "test-hooks"))]
+    Panic,
 }
 
 /// A listening router and its accept thread.
 pub struct Router {
     commands: UnboundedSender<Command>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected when the thread ends, however it ends.
+    ended: std::sync::mpsc::Receiver<()>,
     stats: Arc<Stats>,
     local_addrs: Vec<SocketAddr>,
     slots: usize,
@@ -122,7 +155,7 @@ pub struct Router {
 impl Router {
     /// Binds, listens, and starts accepting on a new thread. Bind errors (EADDRINUSE, EACCES...)
     /// are returned here, before anything runs.
-    pub fn start(config: Config) -> io::Result<Router> {
+    pub fn start(config: Config, on_event: OnEvent) -> io::Result<Router> {
         let sockets = config
             .listeners
             .iter()
@@ -144,7 +177,7 @@ impl Router {
         let slots = config.slots.max(1);
         let stats = Arc::new(Stats::new(slots));
         let (commands, command_rx) = unbounded_channel();
-        let state = State::new(&config, stats.clone());
+        let stats_for_thread = stats.clone();
         // Registered here, so that a failure is an error of start() rather than a silent thread.
         let listeners = {
             let _context = runtime.enter();
@@ -160,12 +193,28 @@ impl Router {
                 })
                 .collect::<io::Result<Vec<_>>>()?
         };
+        let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("sticky-rs-router".into())
-            .spawn(move || runtime.block_on(run(listeners, command_rx, state)))?;
+            .spawn(move || {
+                let _ended = ended_tx;
+                let state = State::new(&config, stats_for_thread, on_event.clone());
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    runtime.block_on(run(listeners, command_rx, state))
+                }));
+                if let Err(panic) = result {
+                    let reason = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into());
+                    on_event(Event::Stopped { reason });
+                }
+            })?;
         Ok(Router {
             commands,
             thread: Some(thread),
+            ended,
             stats,
             local_addrs,
             slots,
@@ -231,31 +280,45 @@ impl Router {
     }
 
     /// Stops accepting, closes the listener, every channel and every queued connection, and
-    /// waits for the thread. Idempotent.
-    pub fn close(&mut self) {
+    /// waits for the thread, at most [`CLOSE_WAIT`]: a thread that does not end by then is left
+    /// behind (with everything it holds) and the error says so. Idempotent.
+    pub fn close(&mut self) -> io::Result<()> {
         let _ = self.commands.send(Command::Close);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        match self.ended.recv_timeout(CLOSE_WAIT) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the router thread did not stop within {CLOSE_WAIT:?}; left running"),
+            )),
+            // Ended: the join returns at once.
+            _ => {
+                let _ = thread.join();
+                Ok(())
+            }
         }
+    }
+
+    /// Makes the router thread panic, to test what its owner does then.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn panic_for_test(&self) -> io::Result<()> {
+        self.send(Command::Panic)
     }
 }
 
 impl Drop for Router {
     fn drop(&mut self) {
-        self.close();
+        if let Err(e) = self.close() {
+            eprintln!("sticky-rs: {e}");
+        }
     }
-}
-
-/// A connection the router holds, with the time it was accepted (for `queue_timeout`) and what
-/// its worker needs to know.
-struct Held {
-    conn: OwnedFd,
-    since: Instant,
-    meta: Meta,
 }
 
 /// A connection from a trusted proxy, back from resolution.
 struct Resolved {
+    /// Its place in [`State::reading`].
+    id: u64,
     conn: OwnedFd,
     peer: SocketAddr,
     listener: u8,
@@ -263,26 +326,19 @@ struct Resolved {
     outcome: Outcome,
 }
 
-struct Channel {
-    fd: OwnedFd,
-    slot: usize,
-    reader: Reader,
-    /// Sent, not yet acknowledged, oldest first.
-    in_flight: VecDeque<Held>,
-    /// Not before this instant may more be sent (the socket was full, or the worker lost some).
-    paused_until: Option<Instant>,
-    /// The worker said hello.
-    ready: bool,
-    /// Its worker is finishing: a hello must not make it the slot's target again.
-    retired: bool,
-}
-
 struct State {
     table: Table<Held>,
-    channels: HashMap<ChannelId, Channel>,
+    channels: HashMap<ChannelId, Link>,
     rules: Arc<Rules>,
-    /// Connections being resolved now, and where their results come back.
+    /// Connections being resolved now (their descriptors are held until the result is back).
     resolving: usize,
+    /// How to make each resolution still reading give up, oldest (smallest id) first.
+    reading: BTreeMap<u64, oneshot::Sender<()>>,
+    next_reading: u64,
+    /// At most this many connections are resolved at once: slow heads get a bounded share of
+    /// the held connections, and the oldest is given up for a new one, so others are always
+    /// accepted.
+    resolve_limit: usize,
     resolved: UnboundedSender<Resolved>,
     resolved_rx: Option<UnboundedReceiver<Resolved>>,
     stats: Arc<Stats>,
@@ -291,6 +347,7 @@ struct State {
     queue_timeout: Option<Duration>,
     debug: bool,
     debug_connections: bool,
+    on_event: OnEvent,
 }
 
 async fn run(
@@ -319,6 +376,8 @@ async fn run(
                 Some(Command::Retire { id }) => state.retire(id),
                 Some(Command::StopAccepting) => listeners.clear(),
                 Some(Command::Close) | None => break,
+                #[cfg(any(test, feature = "test-hooks"))]
+                Some(Command::Panic) => panic!("panic requested by a test"),
             },
             Some(done) = resolved.recv() => {
                 state.resolved(done);
@@ -354,9 +413,7 @@ async fn run(
                 }
                 Err(e) => {
                     let (listener, _) = listeners.remove(position);
-                    // Always said (the JavaScript side warns from the counter, with a timestamp).
-                    Stats::add(&state.stats.failed_listeners, 1);
-                    eprintln!("[sticky-rs] warning: listener {listener} failed, no longer accepting on it: {e}");
+                    state.listener_failed(listener, &e);
                 }
             },
             _ = tokio::time::sleep_until(resume_at), if paused_until.is_some() => paused_until = None,
@@ -413,22 +470,27 @@ async fn first_ready(
 }
 
 impl State {
-    fn new(config: &Config, stats: Arc<Stats>) -> State {
+    fn new(config: &Config, stats: Arc<Stats>, on_event: OnEvent) -> State {
         let slots = config.slots.max(1);
         let (resolved, resolved_rx) = unbounded_channel();
+        let held_limit = held_limit();
         State {
             table: Table::new(slots, config.queue_limit, config.hash),
             channels: HashMap::new(),
             rules: Arc::new(config.rules.clone()),
             resolving: 0,
+            reading: BTreeMap::new(),
+            next_reading: 0,
+            resolve_limit: (held_limit / 2).max(1),
             resolved,
             resolved_rx: Some(resolved_rx),
             stats,
             touched: vec![false; slots],
-            held_limit: held_limit(),
+            held_limit,
             queue_timeout: config.queue_timeout,
             debug: config.debug,
             debug_connections: config.debug_connections,
+            on_event,
         }
     }
 
@@ -436,7 +498,7 @@ impl State {
     fn pending(&self) -> bool {
         self.channels
             .values()
-            .any(|c| !c.ready || !c.in_flight.is_empty() || c.paused_until.is_some())
+            .any(|c| c.owes_answer() || c.paused())
             || (0..self.table.len()).any(|i| !self.table.slot(i).waiting.is_empty())
     }
 
@@ -445,7 +507,7 @@ impl State {
         let owing: Vec<ChannelId> = self
             .channels
             .iter()
-            .filter(|(_, c)| !c.ready || !c.in_flight.is_empty())
+            .filter(|(_, c)| c.owes_answer())
             .map(|(&id, _)| id)
             .collect();
         for id in owing {
@@ -453,9 +515,8 @@ impl State {
         }
         let now = Instant::now();
         for ch in self.channels.values_mut() {
-            if ch.paused_until.is_some_and(|t| t <= now) {
-                ch.paused_until = None;
-                self.touched[ch.slot] = true;
+            if ch.resume_if_due(now) {
+                self.touched[ch.slot()] = true;
             }
         }
         for slot in 0..self.touched.len() {
@@ -500,7 +561,7 @@ impl State {
         let waiting: usize = (0..self.table.len())
             .map(|i| self.table.slot(i).waiting.len())
             .sum();
-        let in_flight: usize = self.channels.values().map(|c| c.in_flight.len()).sum();
+        let in_flight: usize = self.channels.values().map(Link::in_flight).sum();
         self.held_limit
             .saturating_sub(waiting + in_flight + self.resolving)
     }
@@ -510,12 +571,25 @@ impl State {
     fn route(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, listener: u8) {
         let since = Instant::now();
         if let Some(peer) = peer.filter(|p| self.rules.applies_to(p)) {
+            // The share is full: the oldest head still being read is given up (its outcome
+            // comes back at once: closed for PROXY, routed by its peer for headers).
+            if self.reading.len() >= self.resolve_limit {
+                if let Some((_, oldest)) = self.reading.pop_first() {
+                    let _ = oldest.send(());
+                    Stats::add(&self.stats.given_up, 1);
+                }
+            }
             self.resolving += 1;
             Stats::set(&self.stats.resolving, self.resolving as u64);
+            let id = self.next_reading;
+            self.next_reading += 1;
+            let (give_up, give_up_now) = oneshot::channel();
+            self.reading.insert(id, give_up);
             let (rules, done) = (self.rules.clone(), self.resolved.clone());
             tokio::spawn(async move {
-                let (conn, outcome) = resolve::resolve(conn, rules).await;
+                let (conn, outcome) = resolve::resolve(conn, rules, give_up_now).await;
                 let _ = done.send(Resolved {
+                    id,
                     conn,
                     peer,
                     listener,
@@ -536,6 +610,7 @@ impl State {
 
     /// Routes a connection whose resolution ended.
     fn resolved(&mut self, done: Resolved) {
+        self.reading.remove(&done.id);
         self.resolving = self.resolving.saturating_sub(1);
         Stats::set(&self.stats.resolving, self.resolving as u64);
         match done.outcome {
@@ -599,50 +674,17 @@ impl State {
         }
     }
 
-    /// Sends what the slot has waiting to its channel, in batches, while the window allows;
-    /// then closes whatever still waits beyond the slot's limit.
+    /// Sends what the slot has waiting to its channel while the window allows; then closes
+    /// whatever still waits beyond the slot's limit.
     fn deliver(&mut self, slot: usize) {
-        let mut broken = None;
         if let Some(id) = self.table.slot(slot).channel {
-            if let Some(ch) = self.channels.get_mut(&id) {
+            if let Some(link) = self.channels.get_mut(&id) {
                 let waiting = &mut self.table.slot_mut(slot).waiting;
-                while ch.paused_until.is_none()
-                    && !waiting.is_empty()
-                    && ch.in_flight.len() < WINDOW
-                {
-                    let n = waiting
-                        .len()
-                        .min(MAX_BATCH)
-                        .min(WINDOW - ch.in_flight.len());
-                    let mut batch = [0 as RawFd; MAX_BATCH];
-                    let mut metas = [Meta::default(); MAX_BATCH];
-                    for ((fd, meta), held) in
-                        batch.iter_mut().zip(metas.iter_mut()).zip(waiting.iter())
-                    {
-                        *fd = held.conn.as_raw_fd();
-                        *meta = held.meta;
-                    }
-                    match channel::send_connections(ch.fd.as_fd(), &batch[..n], &metas[..n]) {
-                        Ok(()) => ch.in_flight.extend(waiting.drain(..n)),
-                        // The worker has not read what it was sent: try again on a later tick.
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            ch.paused_until = Some(Instant::now() + TICK);
-                        }
-                        Err(e) if is_peer_gone(&e) => {
-                            broken = Some(id);
-                            break;
-                        }
-                        // ETOOMANYREFS and the like: wait for acknowledgements.
-                        Err(_) => {
-                            ch.paused_until = Some(Instant::now() + TICK);
-                        }
-                    }
+                if link.send_from(waiting, Instant::now(), TICK).is_err() {
+                    self.close_channel(id);
+                    return;
                 }
             }
-        }
-        if let Some(id) = broken {
-            self.close_channel(id);
-            return;
         }
         let dropped = self.table.trim(slot);
         if !dropped.is_empty() {
@@ -662,8 +704,8 @@ impl State {
         let in_flight: usize = self
             .channels
             .values()
-            .filter(|c| c.slot == slot)
-            .map(|c| c.in_flight.len())
+            .filter(|c| c.slot() == slot)
+            .map(Link::in_flight)
             .sum();
         Stats::set(&counters.in_flight, in_flight as u64);
         Stats::set(&counters.queued, self.table.slot(slot).waiting.len() as u64);
@@ -674,97 +716,92 @@ impl State {
     }
 
     fn open(&mut self, id: ChannelId, slot: usize, fd: OwnedFd) {
-        self.channels.insert(
-            id,
-            Channel {
-                fd,
-                slot,
-                reader: Reader::default(),
-                in_flight: VecDeque::new(),
-                paused_until: None,
-                ready: false,
-                retired: false,
-            },
-        );
+        self.channels.insert(id, Link::new(fd, slot));
     }
 
     /// Reads what a worker sent back, without blocking, and acts on it.
     fn read_channel(&mut self, id: ChannelId) {
-        let (mut messages, mut stray, mut stray_metas) = (Vec::new(), Vec::new(), Vec::new());
-        let open = loop {
-            let Some(ch) = self.channels.get_mut(&id) else {
-                return;
-            };
-            match ch
-                .reader
-                .recv(ch.fd.as_fd(), &mut messages, &mut stray, &mut stray_metas)
-            {
-                Ok(true) => {}
-                Ok(false) => break false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_peer_gone(&e) => break false,
-                // WouldBlock, or a transient failure (ENOMEM, ENOBUFS): read again on the next tick.
-                Err(_) => break true,
-            }
+        let Some(link) = self.channels.get_mut(&id) else {
+            return;
         };
-        // A worker never sends connections; close any it did.
-        drop(stray);
-        for message in messages {
-            match message {
-                Message::Hello => self.hello(id),
-                Message::Ack(n) => self.acknowledged(id, n),
-                Message::Lost(n) => self.lost(id, n),
-                Message::Connections(_) => {}
-            }
-        }
-        if !open {
-            self.close_channel(id);
-        }
-    }
-
-    fn hello(&mut self, id: ChannelId) {
-        if let Some(ch) = self.channels.get_mut(&id) {
-            ch.ready = true;
-            if ch.retired {
-                return;
-            }
-            let slot = ch.slot;
-            self.table.activate(slot, id);
+        let mut lost = Vec::new();
+        let answers = link.read(Instant::now(), &mut lost);
+        let slot = link.slot();
+        if answers.acknowledged > 0 {
+            Stats::add(
+                &self.stats.slots[slot].delivered,
+                answers.acknowledged as u64,
+            );
             self.touched[slot] = true;
-            self.update_gauges(slot);
-            if self.debug {
-                eprintln!("[sticky-rs] primary: slot {slot} ready (channel {id})");
-            }
         }
-    }
-
-    fn acknowledged(&mut self, id: ChannelId, n: u32) {
-        if let Some(ch) = self.channels.get_mut(&id) {
-            let n = (n as usize).min(ch.in_flight.len());
-            ch.in_flight.drain(..n);
-            Stats::add(&self.stats.slots[ch.slot].delivered, n as u64);
-            self.touched[ch.slot] = true;
-        }
-    }
-
-    fn lost(&mut self, id: ChannelId, n: u32) {
-        if let Some(ch) = self.channels.get_mut(&id) {
-            let n = (n as usize).min(ch.in_flight.len());
-            let slot = ch.slot;
-            let lost: Vec<Held> = ch.in_flight.drain(..n).collect();
-            ch.paused_until = Some(Instant::now() + LOST_BACKOFF);
+        if !lost.is_empty() {
+            let n = lost.len();
             Stats::add(&self.stats.slots[slot].redelivered, n as u64);
             self.table.requeue_front(slot, lost);
             if self.debug {
                 eprintln!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
             }
         }
+        if answers.hello {
+            self.hello(id);
+        }
+        if !answers.open {
+            self.close_channel(id);
+        }
+    }
+
+    /// A worker is ready on channel `id`: its slot delivers to it unless a newer worker's
+    /// channel already serves the slot. The channel it replaces is retired (its worker is being
+    /// replaced and finishes what it was sent). A second hello on a channel changes nothing.
+    fn hello(&mut self, id: ChannelId) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if ch.ready {
+            return;
+        }
+        ch.ready = true;
+        let (slot, retired) = (ch.slot(), ch.retired);
+        if !retired {
+            self.activate(slot, id);
+        }
+    }
+
+    /// Makes a ready channel its slot's target (see [`Table::activate`]) and says so.
+    fn activate(&mut self, slot: usize, id: ChannelId) {
+        match self.table.activate(slot, id) {
+            Err(newer) => {
+                if self.debug {
+                    eprintln!("[sticky-rs] primary: slot {slot}: late hello on channel {id} ignored, channel {newer} is newer");
+                }
+            }
+            Ok(previous) => {
+                if let Some(previous) = previous {
+                    self.retire(previous);
+                }
+                self.touched[slot] = true;
+                self.update_gauges(slot);
+                if self.debug {
+                    eprintln!("[sticky-rs] primary: slot {slot} ready (channel {id})");
+                }
+                (self.on_event)(Event::Switched { slot, channel: id });
+            }
+        }
+    }
+
+    /// Records a failed listener and says so; the others go on accepting.
+    fn listener_failed(&mut self, listener: u8, e: &io::Error) {
+        Stats::add(&self.stats.listener_failures, 1);
+        (self.on_event)(Event::ListenerFailed {
+            listener,
+            error: e.to_string(),
+        });
     }
 
     fn retire(&mut self, id: ChannelId) {
         if let Some(ch) = self.channels.get_mut(&id) {
             ch.retired = true;
-            let slot = ch.slot;
+            let slot = ch.slot();
             self.table.deactivate(slot, id);
             self.update_gauges(slot);
             if self.debug {
@@ -775,20 +812,34 @@ impl State {
 
     /// Drops a channel; what it had not acknowledged goes back to its slot for the next worker.
     fn close_channel(&mut self, id: ChannelId) {
-        let Some(ch) = self.channels.remove(&id) else {
+        let Some(link) = self.channels.remove(&id) else {
             return;
         };
-        self.table.deactivate(ch.slot, id);
-        let returned = ch.in_flight.len() as u64;
-        Stats::add(&self.stats.slots[ch.slot].redelivered, returned);
-        self.table.requeue_front(ch.slot, ch.in_flight);
+        let slot = link.slot();
+        self.table.deactivate(slot, id);
+        // The slot goes on with its newest other ready worker, if one is there (a replacement
+        // whose hello came first, then this one's).
+        if self.table.slot(slot).channel.is_none() {
+            let fallback = self
+                .channels
+                .iter()
+                .filter(|(_, c)| c.slot() == slot && c.ready && !c.retired)
+                .map(|(&id, _)| id)
+                .max();
+            if let Some(fallback) = fallback {
+                self.activate(slot, fallback);
+            }
+        }
+        let unacknowledged = link.into_unacknowledged();
+        let returned = unacknowledged.len() as u64;
+        Stats::add(&self.stats.slots[slot].redelivered, returned);
+        self.table.requeue_front(slot, unacknowledged);
         if self.debug {
             eprintln!(
-                "[sticky-rs] primary: slot {} channel {id} closed, {returned} connection(s) re-queued",
-                ch.slot
+                "[sticky-rs] primary: slot {slot} channel {id} closed, {returned} connection(s) re-queued"
             );
         }
-        self.deliver(ch.slot);
+        self.deliver(slot);
     }
 
     fn shutdown(&mut self) {
@@ -797,12 +848,140 @@ impl State {
     }
 }
 
-fn is_peer_gone(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EPIPE)
-            | Some(libc::ECONNRESET)
-            | Some(libc::ECONNREFUSED)
-            | Some(libc::ENOTCONN)
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+
+    use crate::channel::Message;
+
+    use crate::trust::Trusted;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn start(slots: usize) -> io::Result<(Router, mpsc::Receiver<Event>)> {
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let config = Config {
+            listeners: vec![Listen {
+                addr: "127.0.0.1:0".parse().map_err(io::Error::other)?,
+                backlog: 16,
+            }],
+            rules: Rules {
+                route_by: resolve::RouteBy::Address,
+                trusted: Trusted::default(),
+                limit: 256,
+                timeout: Duration::from_secs(1),
+            },
+            slots,
+            queue_limit: 16,
+            queue_timeout: None,
+            hash: Hash::Djb2,
+            debug: false,
+            debug_connections: false,
+        };
+        let on_event: OnEvent = Arc::new(move |event| {
+            if let Ok(tx) = tx.lock() {
+                let _ = tx.send(event);
+            }
+        });
+        Ok((Router::start(config, on_event)?, rx))
+    }
+
+    fn hello(worker: &OwnedFd) -> io::Result<()> {
+        channel::send(worker.as_fd(), Message::Hello)
+    }
+
+    fn next(events: &mpsc::Receiver<Event>) -> io::Result<Event> {
+        events.recv_timeout(WAIT).map_err(io::Error::other)
+    }
+
+    /// Returns once the router has read everything written to any channel before this call:
+    /// a hello on a fresh channel of `slot` is answered in a later pass than anything before it.
+    fn settle(router: &Router, events: &mpsc::Receiver<Event>, slot: usize) -> io::Result<()> {
+        for _ in 0..2 {
+            let (id, worker) = router.open_channel(slot)?;
+            hello(&worker)?;
+            assert_eq!(next(events)?, Event::Switched { slot, channel: id });
+            router.release(id)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_late_hello_from_an_older_worker_does_not_take_the_slot_back() -> io::Result<()> {
+        let (router, events) = start(2)?;
+        let (old, old_end) = router.open_channel(0)?;
+        let (new, new_end) = router.open_channel(0)?;
+        hello(&new_end)?;
+        assert_eq!(
+            next(&events)?,
+            Event::Switched {
+                slot: 0,
+                channel: new
+            }
+        );
+        hello(&old_end)?;
+        settle(&router, &events, 1)?;
+        assert_eq!(router.stats().snapshot(0).channel, new);
+        // The newer worker goes: the older one, ready and not retired, serves the slot.
+        router.release(new)?;
+        assert_eq!(
+            next(&events)?,
+            Event::Switched {
+                slot: 0,
+                channel: old
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_replaced_worker_saying_hello_again_changes_nothing() -> io::Result<()> {
+        let (router, events) = start(2)?;
+        let (old, old_end) = router.open_channel(0)?;
+        hello(&old_end)?;
+        assert_eq!(
+            next(&events)?,
+            Event::Switched {
+                slot: 0,
+                channel: old
+            }
+        );
+        let (new, new_end) = router.open_channel(0)?;
+        hello(&new_end)?;
+        assert_eq!(
+            next(&events)?,
+            Event::Switched {
+                slot: 0,
+                channel: new
+            }
+        );
+        // Retired by the switch: hostile or buggy, its extra hellos change nothing.
+        hello(&old_end)?;
+        hello(&old_end)?;
+        settle(&router, &events, 1)?;
+        assert_eq!(router.stats().snapshot(0).channel, new);
+        // Not even once the new worker is gone: the retired one never serves the slot again.
+        router.release(new)?;
+        settle(&router, &events, 1)?;
+        assert_eq!(router.stats().snapshot(0).channel, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_router_thread_that_dies_says_so_and_closes_in_time() -> io::Result<()> {
+        let (mut router, events) = start(1)?;
+        router.panic_for_test()?;
+        match next(&events)? {
+            Event::Stopped { reason } => assert!(reason.contains("panic requested"), "{reason}"),
+            other => panic!("unexpected event {other:?}"),
+        }
+        let started = std::time::Instant::now();
+        router.close()?;
+        assert!(started.elapsed() < CLOSE_WAIT);
+        Ok(())
+    }
 }

@@ -57,8 +57,11 @@ pub struct Stats {
     pub fallbacks: AtomicU64,
     /// Connections from trusted proxies whose route key is being read now.
     pub resolving: AtomicU64,
-    /// Listeners that failed for good (the router no longer accepts on them).
-    pub failed_listeners: AtomicU64,
+    /// Connections from trusted proxies whose head was given up unread for a newer one (the
+    /// share of slow heads was full); also counted in `rejected` or `fallbacks`.
+    pub given_up: AtomicU64,
+    /// Listeners that failed and accept no more.
+    pub listener_failures: AtomicU64,
 }
 
 impl Stats {
@@ -70,7 +73,8 @@ impl Stats {
             rejected: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             resolving: AtomicU64::new(0),
-            failed_listeners: AtomicU64::new(0),
+            given_up: AtomicU64::new(0),
+            listener_failures: AtomicU64::new(0),
         }
     }
 
@@ -116,13 +120,18 @@ impl Stats {
         self.fallbacks.load(Relaxed)
     }
 
+    /// See [`Stats::given_up`].
+    pub fn given_up(&self) -> u64 {
+        self.given_up.load(Relaxed)
+    }
+
+    /// See [`Stats::listener_failures`].
+    pub fn listener_failures(&self) -> u64 {
+        self.listener_failures.load(Relaxed)
+    }
+
     /// See [`Stats::resolving`].
     pub fn resolving(&self) -> u64 {
         self.resolving.load(Relaxed)
-    }
-
-    /// See [`Stats::failed_listeners`].
-    pub fn failed_listeners(&self) -> u64 {
-        self.failed_listeners.load(Relaxed)
     }
 }

@@ -107,9 +107,22 @@ impl<C> Table<C> {
         waiting.drain(..n).collect()
     }
 
-    /// Makes `channel` the slot's delivery target.
-    pub fn activate(&mut self, index: usize, channel: ChannelId) {
-        self.slots[index].channel = Some(channel);
+    /// Makes `channel` the slot's delivery target unless a newer channel (a larger id: ids grow
+    /// with every worker) already is, so a late hello from an older worker never takes the slot
+    /// back. Returns the channel it replaced, or `Err` with the newer one that stays.
+    pub fn activate(
+        &mut self,
+        index: usize,
+        channel: ChannelId,
+    ) -> Result<Option<ChannelId>, ChannelId> {
+        let slot = &mut self.slots[index];
+        match slot.channel {
+            Some(active) if active > channel => Err(active),
+            previous => {
+                slot.channel = Some(channel);
+                Ok(previous.filter(|&p| p != channel))
+            }
+        }
     }
 
     /// Detaches `channel` if it is still the slot's target; a newer channel stays.
@@ -156,7 +169,7 @@ mod tests {
         assert_eq!(t.trim(0), vec![3, 4]);
         assert_eq!(t.slot(0).waiting, [0, 1, 2]);
         assert_eq!(t.slot(0).channel, None);
-        t.activate(0, 7);
+        assert_eq!(t.activate(0, 7), Ok(None));
         assert_eq!(t.slot(0).channel, Some(7));
     }
 
@@ -181,8 +194,10 @@ mod tests {
     #[test]
     fn a_newer_channel_survives_the_old_ones_release() {
         let mut t: Table<u32> = Table::new(2, 1, Hash::Djb2);
-        t.activate(1, 1);
-        t.activate(1, 2);
+        assert_eq!(t.activate(1, 1), Ok(None));
+        assert_eq!(t.activate(1, 2), Ok(Some(1)));
+        // A late hello of the older channel: the newer stays.
+        assert_eq!(t.activate(1, 1), Err(2));
         t.deactivate(1, 1);
         assert_eq!(t.slot(1).channel, Some(2));
         t.deactivate(1, 2);

@@ -31,14 +31,18 @@ impl Trusted {
         self.nets.is_empty()
     }
 
-    /// Whether `ip` is trusted. An IPv4 entry also matches its `::ffff:` form, which is how a
-    /// dual-stack listener sees IPv4 peers.
+    /// Whether `ip` is trusted. An IPv4 peer is the same peer in both its forms, `a.b.c.d` and
+    /// `::ffff:a.b.c.d` (how a dual-stack listener and Node's `remoteAddress` show it), and
+    /// matches an entry written either way: `127.0.0.1`, `::ffff:127.0.0.1`,
+    /// `::ffff:127.0.0.0/104`; `::/0` covers every peer, `0.0.0.0/0` every IPv4 peer.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
+        let (v4, v6) = match ip {
+            IpAddr::V4(v4) => (Some(v4), IpAddr::V6(v4.to_ipv6_mapped())),
+            IpAddr::V6(v6) => (v6.to_ipv4_mapped(), ip),
         };
-        self.nets.iter().any(|net| net.contains(&ip))
+        self.nets
+            .iter()
+            .any(|net| net.contains(&v6) || v4.is_some_and(|v4| net.contains(&IpAddr::V4(v4))))
     }
 }
 
@@ -61,6 +65,26 @@ mod tests {
         assert!(t.contains(ip("fd12::1")));
         assert!(!t.contains(ip("fe80::1")));
         assert!(!t.contains(ip("11.0.0.1")));
+        Ok(())
+    }
+
+    #[test]
+    fn mapped_entries_and_v6_ranges_cover_ipv4_peers_in_both_forms() -> Result<(), String> {
+        let t = Trusted::parse(&["::ffff:127.0.0.1"])?;
+        assert!(t.contains(ip("127.0.0.1")));
+        assert!(t.contains(ip("::ffff:127.0.0.1")));
+        assert!(!t.contains(ip("127.0.0.2")));
+        let t = Trusted::parse(&["::ffff:127.0.0.0/104"])?;
+        assert!(t.contains(ip("127.9.9.9")));
+        assert!(t.contains(ip("::ffff:127.9.9.9")));
+        assert!(!t.contains(ip("128.0.0.1")));
+        let t = Trusted::parse(&["::/0"])?;
+        assert!(t.contains(ip("10.1.2.3")));
+        assert!(t.contains(ip("::ffff:10.1.2.3")));
+        assert!(t.contains(ip("2001:db8::1")));
+        let t = Trusted::parse(&["0.0.0.0/0"])?;
+        assert!(t.contains(ip("::ffff:10.1.2.3")));
+        assert!(!t.contains(ip("2001:db8::1")));
         Ok(())
     }
 

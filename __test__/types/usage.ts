@@ -74,7 +74,7 @@ if (fromEnv) {
   fromEnv.prependListener('fork', ({ slot }) => slot);
   fromEnv.removeListener('respawn', ({ delay }) => delay);
   const s = fromEnv.stats();
-  if (s) console.log(s.failedListeners, s.slots[0].restarts, s.slots[0].expired);
+  if (s) console.log(s.listenerFailures, s.slots[0].restarts, s.slots[0].expired);
   const registry: promClient.Registry = sticky.prometheus(fromEnv, { register: new promClient.Registry(), prefix: 'app_' });
   void registry.metrics();
   // @ts-expect-error: respawn events have no worker

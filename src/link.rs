@@ -1,0 +1,364 @@
+//! One worker channel as the primary sees it: flow control and nothing else.
+//!
+//! A link sends connections in batches while its window allows, keeps the primary's copy of each
+//! until the worker acknowledges it, gives back the ones the worker reports lost, and, when the
+//! channel goes, gives back every unacknowledged one, oldest first, for the next worker.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::channel::{self, Message, Meta, Reader, MAX_BATCH};
+
+/// Connections sent to one worker and not yet acknowledged, at most.
+pub const WINDOW: usize = 1024;
+/// Pause before sending again to a worker that was out of descriptors.
+const LOST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A connection the primary holds, with the time it was accepted (for `queue_timeout`) and what
+/// its worker needs to know.
+#[derive(Debug)]
+pub struct Held {
+    /// The primary's copy.
+    pub conn: OwnedFd,
+    /// When it was accepted.
+    pub since: Instant,
+    /// The listener and, for PROXY protocol, the client.
+    pub meta: Meta,
+}
+
+/// The channel's worker is gone: its socket says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone;
+
+/// What a worker said, read off its channel.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Answers {
+    /// It said hello (at least once in this read).
+    pub hello: bool,
+    /// Connections it adopted, in total in this read.
+    pub acknowledged: usize,
+    /// Whether the channel is still open.
+    pub open: bool,
+}
+
+/// One worker channel, primary side.
+#[derive(Debug)]
+pub struct Link {
+    fd: OwnedFd,
+    slot: usize,
+    reader: Reader,
+    /// Sent, not yet acknowledged, oldest first.
+    in_flight: VecDeque<Held>,
+    /// Not before this instant may more be sent (the socket was full, or the worker lost some).
+    paused_until: Option<Instant>,
+    /// The worker said hello.
+    pub ready: bool,
+    /// Its worker is finishing: it must not become the slot's target again.
+    pub retired: bool,
+}
+
+impl Link {
+    /// A link over the primary's end of a channel to a worker of `slot`.
+    pub fn new(fd: OwnedFd, slot: usize) -> Link {
+        Link {
+            fd,
+            slot,
+            reader: Reader::default(),
+            in_flight: VecDeque::new(),
+            paused_until: None,
+            ready: false,
+            retired: false,
+        }
+    }
+
+    /// The slot its worker serves.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// Connections sent and not acknowledged yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether the worker owes an answer (a hello, or acknowledgements).
+    pub fn owes_answer(&self) -> bool {
+        !self.ready || !self.in_flight.is_empty()
+    }
+
+    /// Whether sending waits for a pause to end.
+    pub fn paused(&self) -> bool {
+        self.paused_until.is_some()
+    }
+
+    /// Ends a pause that is due; true if one ended (the slot has something to send again).
+    pub fn resume_if_due(&mut self, now: Instant) -> bool {
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+            return true;
+        }
+        false
+    }
+
+    /// Sends from the front of `waiting`, in batches, while the window and the socket allow;
+    /// what was sent moves into the window. A full socket or a transient error pauses sending
+    /// for `retry`.
+    pub fn send_from(
+        &mut self,
+        waiting: &mut VecDeque<Held>,
+        now: Instant,
+        retry: Duration,
+    ) -> Result<(), Gone> {
+        while self.paused_until.is_none() && !waiting.is_empty() && self.in_flight.len() < WINDOW {
+            let n = waiting
+                .len()
+                .min(MAX_BATCH)
+                .min(WINDOW - self.in_flight.len());
+            let mut batch = [0 as RawFd; MAX_BATCH];
+            let mut metas = [Meta::default(); MAX_BATCH];
+            for ((fd, meta), held) in batch.iter_mut().zip(metas.iter_mut()).zip(waiting.iter()) {
+                *fd = held.conn.as_raw_fd();
+                *meta = held.meta;
+            }
+            match channel::send_connections(self.fd.as_fd(), &batch[..n], &metas[..n]) {
+                Ok(()) => self.in_flight.extend(waiting.drain(..n)),
+                Err(e) if is_peer_gone(&e) => return Err(Gone),
+                // The worker has not read what it was sent (WouldBlock), or ETOOMANYREFS and
+                // the like: try again after the pause, once acknowledgements came.
+                Err(_) => self.paused_until = Some(now + retry),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what the worker sent, without blocking, and applies acknowledgements (the
+    /// primary's copies close). Lost connections come back through `lost`, oldest first, for
+    /// the front of the slot's queue; sending then pauses briefly.
+    pub fn read(&mut self, now: Instant, lost: &mut Vec<Held>) -> Answers {
+        let (mut messages, mut stray, mut stray_metas) = (Vec::new(), Vec::new(), Vec::new());
+        let open = loop {
+            match self
+                .reader
+                .recv(self.fd.as_fd(), &mut messages, &mut stray, &mut stray_metas)
+            {
+                Ok(true) => {}
+                Ok(false) => break false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_peer_gone(&e) => break false,
+                // WouldBlock, or a transient failure (ENOMEM, ENOBUFS): read again later.
+                Err(_) => break true,
+            }
+        };
+        // A worker never sends connections; close any it did.
+        drop(stray);
+        let mut answers = Answers {
+            open,
+            ..Answers::default()
+        };
+        for message in messages {
+            match message {
+                Message::Hello => answers.hello = true,
+                Message::Ack(n) => {
+                    let n = (n as usize).min(self.in_flight.len());
+                    self.in_flight.drain(..n);
+                    answers.acknowledged += n;
+                }
+                Message::Lost(n) => {
+                    let n = (n as usize).min(self.in_flight.len());
+                    lost.extend(self.in_flight.drain(..n));
+                    self.paused_until = Some(now + LOST_BACKOFF);
+                }
+                Message::Connections(_) => {}
+            }
+        }
+        answers
+    }
+
+    /// Closes the channel; returns what the worker never acknowledged, oldest first.
+    pub fn into_unacknowledged(self) -> VecDeque<Held> {
+        self.in_flight
+    }
+}
+
+/// Whether an error means the other end of a socket is gone.
+pub fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE)
+            | Some(libc::ECONNRESET)
+            | Some(libc::ECONNREFUSED)
+            | Some(libc::ENOTCONN)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RETRY: Duration = Duration::from_millis(5);
+
+    /// `n` distinct real descriptors standing in for connections, numbered by their listener
+    /// byte so the worker side can tell them apart.
+    fn held(n: usize) -> io::Result<VecDeque<Held>> {
+        (0..n)
+            .map(|i| {
+                Ok(Held {
+                    conn: std::fs::File::open("/dev/null")?.into(),
+                    since: Instant::now(),
+                    meta: Meta {
+                        listener: (i % 256) as u8,
+                        client: None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Reads every batch waiting on the worker end: the listener bytes received, in order.
+    fn worker_receives(worker: &OwnedFd) -> io::Result<Vec<u8>> {
+        let mut reader = Reader::default();
+        let (mut messages, mut fds, mut metas) = (Vec::new(), Vec::new(), Vec::new());
+        loop {
+            match reader.recv(worker.as_fd(), &mut messages, &mut fds, &mut metas) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        assert_eq!(fds.len(), metas.len());
+        Ok(metas.iter().map(|m| m.listener).collect())
+    }
+
+    fn answer(worker: &OwnedFd, message: Message) -> io::Result<()> {
+        channel::send(worker.as_fd(), message)
+    }
+
+    fn pair() -> io::Result<(Link, OwnedFd)> {
+        let (primary, worker) = channel::pair()?;
+        channel::set_nonblocking(worker.as_fd())?;
+        Ok((Link::new(primary, 3), worker))
+    }
+
+    #[test]
+    fn sends_in_order_and_acknowledgements_close_the_copies() -> io::Result<()> {
+        let (mut link, worker) = pair()?;
+        let mut waiting = held(100)?;
+        assert_eq!(link.send_from(&mut waiting, Instant::now(), RETRY), Ok(()));
+        assert!(waiting.is_empty());
+        assert_eq!(link.in_flight(), 100);
+        assert_eq!(
+            worker_receives(&worker)?,
+            (0..100).map(|i| i as u8).collect::<Vec<_>>()
+        );
+        answer(&worker, Message::Hello)?;
+        answer(&worker, Message::Ack(60))?;
+        let mut lost = Vec::new();
+        let answers = link.read(Instant::now(), &mut lost);
+        assert_eq!(
+            answers,
+            Answers {
+                hello: true,
+                acknowledged: 60,
+                open: true
+            }
+        );
+        assert_eq!(link.in_flight(), 40);
+        Ok(())
+    }
+
+    #[test]
+    fn the_window_bounds_what_is_in_flight() -> io::Result<()> {
+        let (mut link, worker) = pair()?;
+        let mut waiting = held(WINDOW + 76)?;
+        // The worker reads as it goes, so the socket never fills: only the window stops it.
+        let mut received = 0;
+        loop {
+            assert_eq!(link.send_from(&mut waiting, Instant::now(), RETRY), Ok(()));
+            received += worker_receives(&worker)?.len();
+            if !link.paused() {
+                break;
+            }
+            link.paused_until = None;
+        }
+        assert_eq!(link.in_flight(), WINDOW);
+        assert_eq!(received, WINDOW);
+        assert_eq!(waiting.len(), 76);
+        answer(&worker, Message::Ack(100))?;
+        link.read(Instant::now(), &mut Vec::new());
+        assert_eq!(link.send_from(&mut waiting, Instant::now(), RETRY), Ok(()));
+        assert_eq!(waiting.len(), 0);
+        assert_eq!(link.in_flight(), WINDOW - 100 + 76);
+        Ok(())
+    }
+
+    #[test]
+    fn lost_connections_come_back_in_order_and_sending_pauses() -> io::Result<()> {
+        let (mut link, worker) = pair()?;
+        let mut waiting = held(10)?;
+        link.send_from(&mut waiting, Instant::now(), RETRY)
+            .map_err(|_| io::Error::other("gone"))?;
+        // Adopted 4, the kernel dropped the next 3 (MSG_CTRUNC on the worker's side).
+        answer(&worker, Message::Ack(4))?;
+        answer(&worker, Message::Lost(3))?;
+        let mut lost = Vec::new();
+        let now = Instant::now();
+        link.read(now, &mut lost);
+        assert_eq!(
+            lost.iter().map(|h| h.meta.listener).collect::<Vec<_>>(),
+            [4, 5, 6]
+        );
+        assert_eq!(link.in_flight(), 3);
+        assert!(link.paused());
+        assert!(!link.resume_if_due(now));
+        assert!(link.resume_if_due(now + LOST_BACKOFF));
+        Ok(())
+    }
+
+    #[test]
+    fn a_closed_channel_gives_back_exactly_what_was_not_acknowledged() -> io::Result<()> {
+        let (mut link, worker) = pair()?;
+        let mut waiting = held(20)?;
+        link.send_from(&mut waiting, Instant::now(), RETRY)
+            .map_err(|_| io::Error::other("gone"))?;
+        answer(&worker, Message::Ack(5))?;
+        drop(worker);
+        let answers = link.read(Instant::now(), &mut Vec::new());
+        assert_eq!(answers.acknowledged, 5);
+        assert!(!answers.open);
+        let back = link.into_unacknowledged();
+        assert_eq!(
+            back.iter().map(|h| h.meta.listener).collect::<Vec<_>>(),
+            (5..20).map(|i| i as u8).collect::<Vec<_>>()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn released_before_any_ack_everything_comes_back() -> io::Result<()> {
+        let (mut link, worker) = pair()?;
+        let mut waiting = held(7)?;
+        link.send_from(&mut waiting, Instant::now(), RETRY)
+            .map_err(|_| io::Error::other("gone"))?;
+        drop(worker);
+        assert_eq!(link.into_unacknowledged().len(), 7);
+        Ok(())
+    }
+
+    #[test]
+    fn sending_to_a_gone_worker_says_so_and_keeps_the_connections() -> io::Result<()> {
+        let (mut link, worker) = pair()?;
+        drop(worker);
+        let mut waiting = held(3)?;
+        assert_eq!(
+            link.send_from(&mut waiting, Instant::now(), RETRY),
+            Err(Gone)
+        );
+        assert_eq!(waiting.len(), 3);
+        Ok(())
+    }
+}
