@@ -251,7 +251,12 @@ class Primary extends EventEmitter {
     let last = this.router.stats();
     this.watchTimer = setInterval(() => {
       if (this.finished) return;
-      const now = this.router.stats();
+      let now;
+      try {
+        now = this.router.stats();
+      } catch {
+        return; // closed under us: nothing left to watch
+      }
       for (const [index, s] of now.slots.entries()) {
         const was = last.slots[index];
         const expired = s.expired - was.expired;
