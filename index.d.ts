@@ -125,6 +125,8 @@ declare namespace sticky {
     givenUp: number;
     /** Listeners that failed and accept no more. */
     listenerFailures: number;
+    /** Sends to workers that failed for another reason than a full socket (retried). */
+    sendErrors: number;
     slots: SlotStats[];
   }
 

@@ -235,7 +235,7 @@ describe('running under a cluster primary that is not sticky-rs', () => {
 test('ESM: default and named imports (the README example) run a primary and its workers', async () => {
   const app = startFixture('esm-app.mjs', { PORT: '0', WORKERS: '2' });
   const listening = await app.next((e) => e.event === 'listening');
-  expect(listening).toMatchObject({ same: true, sticky: 'function', address: { family: 'IPv6', port: expect.any(Number) } });
+  expect(listening).toMatchObject({ same: true, sticky: 'function', prometheus: 'function', address: { family: 'IPv6', port: expect.any(Number) } });
   await app.count('ready', 2);
   const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => get(listening.address.port, clientIp(i))));
   expect(new Set(answers.map((a) => a.body.index))).toEqual(new Set(['0', '1']));

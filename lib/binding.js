@@ -1,32 +1,32 @@
 'use strict';
-// Loads the native addon, with errors that say what to do.
+// Loads the native addon: a build from source in the package first (development, and the install
+// fallback), then the prebuilt platform package; otherwise one error that says what to do.
 const fs = require('node:fs');
 const os = require('node:os');
-const path = require('node:path');
+const { LOCAL_ADDON, currentKey, loadPlatformPackage, notInstalledMessage } = require('./platform');
 
 if (process.platform === 'win32') {
   throw new Error('sticky-rs: unsupported platform win32: it needs Unix descriptor passing (Linux or macOS)');
 }
 
-const root = path.resolve(__dirname, '..');
-
 function load() {
-  try {
-    return require(path.join(root, 'sticky_rs.node'));
-  } catch (cause) {
-    let reason = '';
+  const tried = [];
+  if (fs.existsSync(LOCAL_ADDON)) {
     try {
-      reason = fs.readFileSync(path.join(root, 'build-error.txt'), 'utf8').trim();
-    } catch {}
-    const err = new Error(
-      'sticky-rs: the native addon is not built' + (reason ? `: ${reason}` : '') +
-        '. It is compiled from source when the package is installed and needs Rust (https://rustup.rs);' +
-        ' run `npm rebuild sticky-rs` (or `npm run build` in its folder).',
-      { cause },
-    );
-    err.code = 'STICKY_RS_NOT_BUILT';
-    throw err;
+      return require(LOCAL_ADDON);
+    } catch (err) {
+      tried.push(`${LOCAL_ADDON} did not load: ${err.message.split('\n')[0]}`);
+    }
+  } else {
+    tried.push(`${LOCAL_ADDON}: not built from source`);
   }
+  const key = currentKey();
+  const prebuilt = loadPlatformPackage(key);
+  if (prebuilt.addon) return prebuilt.addon;
+  tried.push(prebuilt.reason);
+  const err = new Error(notInstalledMessage(key, tried));
+  err.code = 'STICKY_RS_NO_ADDON';
+  throw err;
 }
 
 const native = load();

@@ -98,6 +98,7 @@ class Primary extends EventEmitter {
       resolving: counters.resolving,
       givenUp: counters.givenUp,
       listenerFailures: counters.listenerFailures,
+      sendErrors: counters.sendErrors,
       slots: counters.slots.map(({ channel, ...c }, i) => {
         const current = this.slots[i].current;
         return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c, restarts: this.slots[i].restarts || 0 };

@@ -167,8 +167,15 @@ function openChannel(handle) {
   if (state.options.debug) log(state.role, 'channel open, ready for connections');
 }
 
-function adopt(incoming, lost) {
+function adopt(incoming, lost, error) {
   const { servers, options } = state;
+  if (error) {
+    // Never stall silently: without its channel this worker gets no connection again. It
+    // finishes what it has and exits; the primary forks a replacement for the slot.
+    log(state.role, `the connection channel failed (${error}); finishing open connections and exiting so the primary replaces this worker`);
+    shutdown();
+    return;
+  }
   if (!state.receiver) {
     // The receiver is closed: the primary still has these and gives them to another worker.
     for (const { fd } of incoming) fs.closeSync(fd);

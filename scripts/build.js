@@ -1,38 +1,45 @@
 'use strict';
-// Builds the native addon with plain cargo (no @napi-rs/cli) and copies it to sticky_rs.node.
-// A failure does not fail `npm install`: the reason is kept in build-error.txt and
-// `require('sticky-rs')` throws it with what to run, so the whole install is not lost.
-const { spawnSync } = require('node:child_process');
+// The install script (`npm run build` too). When the prebuilt platform package loads, it does
+// nothing. Otherwise (or with STICKY_RS_BUILD_FROM_SOURCE=1) it builds the addon from source with
+// cargo into sticky_rs.node; if that is impossible it fails the install with what to do.
+//
+// Target directory: in a git checkout of this repository, ./target (incremental rebuilds, always
+// built: the local build is what the loader prefers). In an installed package, a fresh directory
+// under the OS temp dir, removed afterwards, so node_modules holds only the addon (not ~130 MB).
 const fs = require('node:fs');
+const os = require('node:os');
 const path = require('node:path');
+const { LOCAL_ADDON, PACKAGE, currentKey, loadPlatformPackage, notInstalledMessage } = require('../lib/platform');
+const { buildAddon } = require('./cargo');
 
 const root = path.resolve(__dirname, '..');
-const addon = path.join(root, 'sticky_rs.node');
-const errorFile = path.join(root, 'build-error.txt');
-const targetDir = path.join(root, 'target');
-const libName = { linux: 'libsticky_rs.so', darwin: 'libsticky_rs.dylib' }[process.platform];
+const checkout = fs.existsSync(path.join(root, '.git'));
+const forced = process.env.STICKY_RS_BUILD_FROM_SOURCE === '1';
+const key = currentKey();
+const tried = [];
 
-function fail(reason) {
-  fs.writeFileSync(errorFile, reason + '\n');
-  console.warn(`\nsticky-rs: the native addon was not built.\n${reason}\n`);
-  process.exit(process.env.STICKY_RS_STRICT_BUILD ? 1 : 0);
+if (!checkout && !forced) {
+  const prebuilt = loadPlatformPackage(key);
+  if (prebuilt.addon) process.exit(0);
+  tried.push(prebuilt.reason);
 }
 
-if (!libName) fail(`unsupported platform ${process.platform}: sticky-rs runs on Linux and macOS`);
-fs.rmSync(errorFile, { force: true });
-const cargo = process.env.CARGO || 'cargo';
-const result = spawnSync(cargo, ['build', '--release', '--locked'], {
-  cwd: root,
-  stdio: 'inherit',
-  env: { ...process.env, CARGO_TARGET_DIR: targetDir },
-});
-if (result.error && result.error.code === 'ENOENT') {
-  fail(`cargo was not found. Install Rust (https://rustup.rs), then run \`npm rebuild sticky-rs\`.`);
+const targetDir = checkout ? path.join(root, 'target') : fs.mkdtempSync(path.join(os.tmpdir(), `${PACKAGE}-build-`));
+if (!checkout) process.on('exit', () => fs.rmSync(targetDir, { recursive: true, force: true }));
+// Ctrl-C reaches cargo too; exit through the cleanup instead of dying with the directory left behind.
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(1));
+
+try {
+  const why = checkout ? 'a git checkout' : forced ? 'STICKY_RS_BUILD_FROM_SOURCE=1' : tried[0];
+  console.error(`${PACKAGE}: building the native addon from source (${why}) in ${checkout ? './target' : targetDir}`);
+  const artifact = buildAddon({ targetDir });
+  // Copy then rename: overwriting the file in place could crash processes that have it loaded.
+  const staged = `${LOCAL_ADDON}.${process.pid}.tmp`;
+  fs.copyFileSync(artifact, staged);
+  fs.renameSync(staged, LOCAL_ADDON);
+  require(LOCAL_ADDON);
+} catch (err) {
+  tried.push(`building from source: ${err.message.split('\n')[0]}`);
+  console.error(`\n${notInstalledMessage(key, tried)}\n`);
+  process.exit(1);
 }
-if (result.status !== 0) {
-  fail(`\`cargo build --release\` failed (exit ${result.status}); see the output above, then run \`npm rebuild sticky-rs\`.`);
-}
-// Copy then rename: overwriting the file in place could crash processes that have it loaded.
-const staged = `${addon}.${process.pid}.tmp`;
-fs.copyFileSync(path.join(targetDir, 'release', libName), staged);
-fs.renameSync(staged, addon);

@@ -2,7 +2,10 @@
 //! (stream, not seqpacket: Node can only pass stream sockets to the worker), carrying fixed-size
 //! records.
 //!
-//! Connections travel as `SCM_RIGHTS` batches. The worker answers on the same socket: `Hello`
+//! Records are typed per direction: the primary sends only batches of connections
+//! ([`send_connections`], read by a [`WorkerReader`]); the worker sends only [`ToPrimary`] records
+//! (read by a [`PrimaryReader`]). Connections travel as `SCM_RIGHTS` batches. The worker answers
+//! on the same socket: `Hello`
 //! once it owns its end (the primary delivers nothing before, since Node's own reader would
 //! swallow the descriptors), then `Ack(n)` once it has adopted `n` connections, and `Lost(n)`
 //! when the kernel could not give it `n` of them (the worker was out of descriptors). Being a
@@ -18,20 +21,21 @@ use nix::sys::socket::{self, ControlMessage, MsgFlags, SockFlag, SockType};
 /// Most descriptors sent in one message (the kernel allows 253).
 pub const MAX_BATCH: usize = 64;
 
-/// One record on a channel: a tag byte and four bytes of argument (a little-endian count). A
-/// `Connections(n)` record is followed by `n` [`Meta`] entries of [`META`] bytes.
+/// A record from a worker to the primary: a tag byte and a little-endian `u32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Message {
-    /// Primary to worker: `n` connections, carried as the message's descriptors.
-    Connections(u8),
-    /// Worker to primary: the worker holds its end and is ready for connections.
+pub enum ToPrimary {
+    /// The worker holds its end and is ready for connections.
     Hello,
-    /// Worker to primary: the worker adopted this many more connections.
+    /// The worker adopted this many more connections.
     Ack(u32),
-    /// Worker to primary: the next this many connections never arrived (the worker was out of
-    /// descriptors and the kernel dropped them); the primary still has them and sends them again.
+    /// The next this many connections never arrived (the worker was out of descriptors and the
+    /// kernel dropped them); the primary still has them and sends them again.
     Lost(u32),
 }
+
+/// The tag of the one record the primary sends: `C n`, `n` connections as the message's
+/// descriptors, followed by `n` [`Meta`] entries of [`META`] bytes.
+const CONNECTIONS: u8 = b'C';
 
 /// The size of every record.
 pub const RECORD: usize = 5;
@@ -87,30 +91,39 @@ impl Meta {
     }
 }
 
-impl Message {
+impl ToPrimary {
     /// The record of this message.
     pub fn encode(self) -> [u8; RECORD] {
         let (tag, arg) = match self {
-            Message::Connections(n) => (b'C', u32::from(n)),
-            Message::Hello => (b'H', 0),
-            Message::Ack(n) => (b'A', n),
-            Message::Lost(n) => (b'L', n),
+            ToPrimary::Hello => (b'H', 0),
+            ToPrimary::Ack(n) => (b'A', n),
+            ToPrimary::Lost(n) => (b'L', n),
         };
         let a = arg.to_le_bytes();
         [tag, a[0], a[1], a[2], a[3]]
     }
 
-    /// Reads one record; `None` for an unknown tag or an out-of-range count.
-    pub fn decode(record: &[u8; RECORD]) -> Option<Message> {
+    /// Reads one record; `None` for a tag that is not one of these.
+    pub fn decode(record: &[u8; RECORD]) -> Option<ToPrimary> {
         let arg = u32::from_le_bytes([record[1], record[2], record[3], record[4]]);
         match record[0] {
-            b'C' => u8::try_from(arg).ok().map(Message::Connections),
-            b'H' => Some(Message::Hello),
-            b'A' => Some(Message::Ack(arg)),
-            b'L' => Some(Message::Lost(arg)),
+            b'H' => Some(ToPrimary::Hello),
+            b'A' => Some(ToPrimary::Ack(arg)),
+            b'L' => Some(ToPrimary::Lost(arg)),
             _ => None,
         }
     }
+}
+
+/// The header of a batch of `n` connections.
+fn connections_record(n: u8) -> [u8; RECORD] {
+    [CONNECTIONS, n, 0, 0, 0]
+}
+
+/// The count of a batch header, or `None` for anything else.
+fn connections_count(record: &[u8; RECORD]) -> Option<usize> {
+    let arg = u32::from_le_bytes([record[1], record[2], record[3], record[4]]);
+    (record[0] == CONNECTIONS && arg <= MAX_BATCH as u32).then_some(arg as usize)
 }
 
 /// Creates a channel: `(primary end, worker end)`, both close-on-exec, the primary's end
@@ -164,7 +177,7 @@ fn send_flags() -> MsgFlags {
 pub fn send_connections(channel: BorrowedFd, fds: &[RawFd], metas: &[Meta]) -> io::Result<()> {
     let n = fds.len().min(metas.len()).min(MAX_BATCH);
     let mut data = [0u8; RECORD + MAX_BATCH * META];
-    data[..RECORD].copy_from_slice(&Message::Connections(n as u8).encode());
+    data[..RECORD].copy_from_slice(&connections_record(n as u8));
     for (i, meta) in metas[..n].iter().enumerate() {
         data[RECORD + i * META..RECORD + (i + 1) * META].copy_from_slice(&meta.encode());
     }
@@ -174,8 +187,8 @@ pub fn send_connections(channel: BorrowedFd, fds: &[RawFd], metas: &[Meta]) -> i
     Ok(())
 }
 
-/// Sends a descriptor-less message (`Hello`, `Ack` or `Lost`) without blocking.
-pub fn send(channel: BorrowedFd, message: Message) -> io::Result<()> {
+/// Sends a worker's record without blocking.
+pub fn send(channel: BorrowedFd, message: ToPrimary) -> io::Result<()> {
     // A record this small is sent whole or not at all (EAGAIN).
     socket::send(channel.as_raw_fd(), &message.encode(), send_flags())?;
     Ok(())
@@ -229,52 +242,91 @@ fn recv_with_fds(channel: BorrowedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) ->
     Ok(received as usize)
 }
 
-/// Reads records off a channel, keeping a partial record between reads.
+/// Reads the primary's end: the worker's records, keeping a partial record between reads.
 #[derive(Debug, Default)]
-pub struct Reader {
+pub struct PrimaryReader {
     pending: Vec<u8>,
 }
 
-impl Reader {
-    /// Receives what is there without blocking: appends records to `messages`, descriptors
-    /// (close-on-exec) to `fds` and the [`Meta`] of connections to `metas`. `Ok(false)` means the
-    /// peer closed the channel; `WouldBlock` means nothing is there yet. Unknown records are
-    /// skipped.
-    pub fn recv(
-        &mut self,
-        channel: BorrowedFd,
-        messages: &mut Vec<Message>,
-        fds: &mut Vec<OwnedFd>,
-        metas: &mut Vec<Meta>,
-    ) -> io::Result<bool> {
+impl PrimaryReader {
+    /// Receives what is there without blocking. `Ok(None)`: the worker closed its end;
+    /// `WouldBlock`: nothing is there yet. Unknown records are skipped, and descriptors (a
+    /// worker never sends any) closed.
+    pub fn recv(&mut self, channel: BorrowedFd) -> io::Result<Option<Vec<ToPrimary>>> {
         let mut buf = [0u8; 4096];
-        let received = recv_with_fds(channel, &mut buf, fds)?;
+        let mut stray = Vec::new();
+        let received = recv_with_fds(channel, &mut buf, &mut stray)?;
+        drop(stray);
         if received == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         self.pending.extend_from_slice(&buf[..received]);
-        let mut at = 0;
+        let whole = self.pending.len() / RECORD * RECORD;
+        let records = self.pending[..whole]
+            .chunks_exact(RECORD)
+            .filter_map(|chunk| {
+                let mut record = [0u8; RECORD];
+                record.copy_from_slice(chunk);
+                ToPrimary::decode(&record)
+            })
+            .collect();
+        self.pending.drain(..whole);
+        Ok(Some(records))
+    }
+}
+
+/// Connections as the worker receives them.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The connections that arrived, in order.
+    pub conns: Vec<OwnedFd>,
+    /// What the primary said of each of them (one per connection).
+    pub metas: Vec<Meta>,
+    /// Connections that should have followed but that the kernel dropped (this process was out
+    /// of descriptors): the primary still has them and sends them again once told.
+    pub lost: u32,
+}
+
+/// Reads the worker's end: batches of connections, keeping a partial record between reads.
+#[derive(Debug, Default)]
+pub struct WorkerReader {
+    pending: Vec<u8>,
+}
+
+impl WorkerReader {
+    /// Receives what is there without blocking (one `recvmsg`). `Ok(None)`: the primary closed
+    /// its end; `WouldBlock`: nothing is there yet.
+    pub fn recv(&mut self, channel: BorrowedFd) -> io::Result<Option<Batch>> {
+        let mut buf = [0u8; 4096];
+        let mut batch = Batch::default();
+        let received = recv_with_fds(channel, &mut buf, &mut batch.conns)?;
+        if received == 0 {
+            return Ok(None);
+        }
+        self.pending.extend_from_slice(&buf[..received]);
+        let (mut at, mut expected) = (0, 0);
         while self.pending.len() - at >= RECORD {
             let mut record = [0u8; RECORD];
             record.copy_from_slice(&self.pending[at..at + RECORD]);
-            let message = Message::decode(&record);
-            let extra = match message {
-                Some(Message::Connections(n)) => usize::from(n) * META,
-                _ => 0,
-            };
-            if self.pending.len() - at < RECORD + extra {
+            // Unknown records are skipped; a batch header waits for its entries.
+            let n = connections_count(&record).unwrap_or(0);
+            if self.pending.len() - at < RECORD + n * META {
                 break;
             }
-            for entry in self.pending[at + RECORD..at + RECORD + extra].chunks_exact(META) {
+            for entry in self.pending[at + RECORD..at + RECORD + n * META].chunks_exact(META) {
                 let mut bytes = [0u8; META];
                 bytes.copy_from_slice(entry);
-                metas.push(Meta::decode(&bytes));
+                batch.metas.push(Meta::decode(&bytes));
             }
-            messages.extend(message);
-            at += RECORD + extra;
+            expected += n;
+            at += RECORD + n * META;
         }
         self.pending.drain(..at);
-        Ok(true)
+        // Metas describe what was sent, descriptors what arrived: the lost ones are the tail.
+        let missing = expected.saturating_sub(batch.conns.len());
+        batch.lost = u32::try_from(missing).unwrap_or(u32::MAX);
+        batch.metas.truncate(batch.conns.len());
+        Ok(Some(batch))
     }
 }
 
@@ -283,19 +335,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_round_trip() {
+    fn records_round_trip() {
         for m in [
-            Message::Connections(0),
-            Message::Connections(64),
-            Message::Hello,
-            Message::Ack(0),
-            Message::Ack(u32::MAX),
-            Message::Lost(3),
+            ToPrimary::Hello,
+            ToPrimary::Ack(0),
+            ToPrimary::Ack(u32::MAX),
+            ToPrimary::Lost(3),
         ] {
-            assert_eq!(Message::decode(&m.encode()), Some(m));
+            assert_eq!(ToPrimary::decode(&m.encode()), Some(m));
         }
-        assert_eq!(Message::decode(b"C\x00\x01\x00\x00"), None);
-        assert_eq!(Message::decode(b"Xabcd"), None);
+        // A batch header is not a worker's record, and the other way round.
+        assert_eq!(ToPrimary::decode(&connections_record(3)), None);
+        assert_eq!(connections_count(&connections_record(64)), Some(64));
+        assert_eq!(connections_count(b"C\x00\x01\x00\x00"), None);
+        assert_eq!(connections_count(&ToPrimary::Ack(2).encode()), None);
+        assert_eq!(ToPrimary::decode(b"Xabcd"), None);
     }
 
     #[test]
@@ -332,37 +386,38 @@ mod tests {
             .collect();
         send_connections(primary.as_fd(), &raw[..MAX_BATCH], &metas[..MAX_BATCH])?;
         send_connections(primary.as_fd(), &raw[MAX_BATCH..], &metas[MAX_BATCH..])?;
-        let (mut reader, mut got, mut msgs, mut got_metas) =
-            (Reader::default(), Vec::new(), Vec::new(), Vec::new());
-        assert!(reader.recv(worker.as_fd(), &mut msgs, &mut got, &mut got_metas)?);
-        assert_eq!(msgs, [Message::Connections(64)]);
-        assert_eq!(got.len(), MAX_BATCH);
-        assert!(reader.recv(worker.as_fd(), &mut msgs, &mut got, &mut got_metas)?);
-        assert_eq!(msgs, [Message::Connections(64), Message::Connections(3)]);
-        assert_eq!(got.len(), MAX_BATCH + 3);
+        let mut reader = WorkerReader::default();
+        let (mut got, mut got_metas) = (Vec::new(), Vec::new());
+        for expected in [MAX_BATCH, 3] {
+            let batch = reader
+                .recv(worker.as_fd())?
+                .ok_or_else(|| io::Error::other("closed"))?;
+            assert_eq!((batch.conns.len(), batch.lost), (expected, 0));
+            got.extend(batch.conns);
+            got_metas.extend(batch.metas);
+        }
         assert_eq!(got_metas, metas);
         // Nothing more: no descriptor was lost or duplicated.
-        let err = reader
-            .recv(worker.as_fd(), &mut msgs, &mut got, &mut got_metas)
-            .err()
-            .map(|e| e.kind());
+        let err = reader.recv(worker.as_fd()).err().map(|e| e.kind());
         assert_eq!(err, Some(io::ErrorKind::WouldBlock));
         // The received descriptors are the same pipes: write through one end, read the other.
         nix::unistd::write(&pipes[5].1, b"x")?;
         let mut b = [0u8; 1];
         assert_eq!(nix::unistd::read(got[5].as_fd(), &mut b)?, 1);
 
-        msgs.clear();
-        send(worker.as_fd(), Message::Hello)?;
+        send(worker.as_fd(), ToPrimary::Hello)?;
         for n in 0..40 {
-            send(worker.as_fd(), Message::Ack(n))?;
+            send(worker.as_fd(), ToPrimary::Ack(n))?;
         }
         drop(worker);
-        let mut reader = Reader::default();
-        while reader.recv(primary.as_fd(), &mut msgs, &mut got, &mut got_metas)? {}
-        assert_eq!(msgs.len(), 41);
-        assert_eq!(msgs[0], Message::Hello);
-        assert_eq!(msgs[40], Message::Ack(39));
+        let mut reader = PrimaryReader::default();
+        let mut records = Vec::new();
+        while let Some(more) = reader.recv(primary.as_fd())? {
+            records.extend(more);
+        }
+        assert_eq!(records.len(), 41);
+        assert_eq!(records[0], ToPrimary::Hello);
+        assert_eq!(records[40], ToPrimary::Ack(39));
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::channel::{self, Message, Meta, Reader, MAX_BATCH};
+use crate::channel::{self, Meta, PrimaryReader, ToPrimary, MAX_BATCH};
 
 /// Connections sent to one worker and not yet acknowledged, at most.
 pub const WINDOW: usize = 1024;
@@ -50,7 +50,7 @@ pub struct Answers {
 pub struct Link {
     fd: OwnedFd,
     slot: usize,
-    reader: Reader,
+    reader: PrimaryReader,
     /// Sent, not yet acknowledged, oldest first.
     in_flight: VecDeque<Held>,
     /// Not before this instant may more be sent (the socket was full, or the worker lost some).
@@ -67,7 +67,7 @@ impl Link {
         Link {
             fd,
             slot,
-            reader: Reader::default(),
+            reader: PrimaryReader::default(),
             in_flight: VecDeque::new(),
             paused_until: None,
             ready: false,
@@ -105,14 +105,15 @@ impl Link {
     }
 
     /// Sends from the front of `waiting`, in batches, while the window and the socket allow;
-    /// what was sent moves into the window. A full socket or a transient error pauses sending
-    /// for `retry`.
+    /// what was sent moves into the window. A full socket or another error pauses sending for
+    /// `retry`; the other error is returned (`Ok(Some)`) for the caller to count.
     pub fn send_from(
         &mut self,
         waiting: &mut VecDeque<Held>,
         now: Instant,
         retry: Duration,
-    ) -> Result<(), Gone> {
+    ) -> Result<Option<io::Error>, Gone> {
+        let mut failure = None;
         while self.paused_until.is_none() && !waiting.is_empty() && self.in_flight.len() < WINDOW {
             let n = waiting
                 .len()
@@ -127,52 +128,52 @@ impl Link {
             match channel::send_connections(self.fd.as_fd(), &batch[..n], &metas[..n]) {
                 Ok(()) => self.in_flight.extend(waiting.drain(..n)),
                 Err(e) if is_peer_gone(&e) => return Err(Gone),
-                // The worker has not read what it was sent (WouldBlock), or ETOOMANYREFS and
-                // the like: try again after the pause, once acknowledgements came.
-                Err(_) => self.paused_until = Some(now + retry),
+                // The worker has not read what it was sent: try again after the pause.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.paused_until = Some(now + retry);
+                }
+                // ETOOMANYREFS, ENOBUFS and the like: the same, once acknowledgements came.
+                Err(e) => {
+                    self.paused_until = Some(now + retry);
+                    failure = Some(e);
+                }
             }
         }
-        Ok(())
+        Ok(failure)
     }
 
     /// Reads what the worker sent, without blocking, and applies acknowledgements (the
     /// primary's copies close). Lost connections come back through `lost`, oldest first, for
     /// the front of the slot's queue; sending then pauses briefly.
     pub fn read(&mut self, now: Instant, lost: &mut Vec<Held>) -> Answers {
-        let (mut messages, mut stray, mut stray_metas) = (Vec::new(), Vec::new(), Vec::new());
+        let mut messages = Vec::new();
         let open = loop {
-            match self
-                .reader
-                .recv(self.fd.as_fd(), &mut messages, &mut stray, &mut stray_metas)
-            {
-                Ok(true) => {}
-                Ok(false) => break false,
+            match self.reader.recv(self.fd.as_fd()) {
+                Ok(Some(records)) => messages.extend(records),
+                Ok(None) => break false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_peer_gone(&e) => break false,
                 // WouldBlock, or a transient failure (ENOMEM, ENOBUFS): read again later.
                 Err(_) => break true,
             }
         };
-        // A worker never sends connections; close any it did.
-        drop(stray);
         let mut answers = Answers {
             open,
             ..Answers::default()
         };
         for message in messages {
             match message {
-                Message::Hello => answers.hello = true,
-                Message::Ack(n) => {
+                ToPrimary::Hello => answers.hello = true,
+                ToPrimary::Ack(n) => {
                     let n = (n as usize).min(self.in_flight.len());
                     self.in_flight.drain(..n);
                     answers.acknowledged += n;
                 }
-                Message::Lost(n) => {
+                ToPrimary::Lost(n) => {
                     let n = (n as usize).min(self.in_flight.len());
                     lost.extend(self.in_flight.drain(..n));
                     self.paused_until = Some(now + LOST_BACKOFF);
                 }
-                Message::Connections(_) => {}
             }
         }
         answers
@@ -220,21 +221,23 @@ mod tests {
 
     /// Reads every batch waiting on the worker end: the listener bytes received, in order.
     fn worker_receives(worker: &OwnedFd) -> io::Result<Vec<u8>> {
-        let mut reader = Reader::default();
-        let (mut messages, mut fds, mut metas) = (Vec::new(), Vec::new(), Vec::new());
+        let mut reader = channel::WorkerReader::default();
+        let mut listeners = Vec::new();
         loop {
-            match reader.recv(worker.as_fd(), &mut messages, &mut fds, &mut metas) {
-                Ok(true) => {}
-                Ok(false) => break,
+            match reader.recv(worker.as_fd()) {
+                Ok(Some(batch)) => {
+                    assert_eq!((batch.conns.len(), batch.lost), (batch.metas.len(), 0));
+                    listeners.extend(batch.metas.iter().map(|m| m.listener));
+                }
+                Ok(None) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
-        assert_eq!(fds.len(), metas.len());
-        Ok(metas.iter().map(|m| m.listener).collect())
+        Ok(listeners)
     }
 
-    fn answer(worker: &OwnedFd, message: Message) -> io::Result<()> {
+    fn answer(worker: &OwnedFd, message: ToPrimary) -> io::Result<()> {
         channel::send(worker.as_fd(), message)
     }
 
@@ -248,15 +251,18 @@ mod tests {
     fn sends_in_order_and_acknowledgements_close_the_copies() -> io::Result<()> {
         let (mut link, worker) = pair()?;
         let mut waiting = held(100)?;
-        assert_eq!(link.send_from(&mut waiting, Instant::now(), RETRY), Ok(()));
+        assert!(matches!(
+            link.send_from(&mut waiting, Instant::now(), RETRY),
+            Ok(None)
+        ));
         assert!(waiting.is_empty());
         assert_eq!(link.in_flight(), 100);
         assert_eq!(
             worker_receives(&worker)?,
             (0..100).map(|i| i as u8).collect::<Vec<_>>()
         );
-        answer(&worker, Message::Hello)?;
-        answer(&worker, Message::Ack(60))?;
+        answer(&worker, ToPrimary::Hello)?;
+        answer(&worker, ToPrimary::Ack(60))?;
         let mut lost = Vec::new();
         let answers = link.read(Instant::now(), &mut lost);
         assert_eq!(
@@ -278,7 +284,10 @@ mod tests {
         // The worker reads as it goes, so the socket never fills: only the window stops it.
         let mut received = 0;
         loop {
-            assert_eq!(link.send_from(&mut waiting, Instant::now(), RETRY), Ok(()));
+            assert!(matches!(
+                link.send_from(&mut waiting, Instant::now(), RETRY),
+                Ok(None)
+            ));
             received += worker_receives(&worker)?.len();
             if !link.paused() {
                 break;
@@ -288,9 +297,12 @@ mod tests {
         assert_eq!(link.in_flight(), WINDOW);
         assert_eq!(received, WINDOW);
         assert_eq!(waiting.len(), 76);
-        answer(&worker, Message::Ack(100))?;
+        answer(&worker, ToPrimary::Ack(100))?;
         link.read(Instant::now(), &mut Vec::new());
-        assert_eq!(link.send_from(&mut waiting, Instant::now(), RETRY), Ok(()));
+        assert!(matches!(
+            link.send_from(&mut waiting, Instant::now(), RETRY),
+            Ok(None)
+        ));
         assert_eq!(waiting.len(), 0);
         assert_eq!(link.in_flight(), WINDOW - 100 + 76);
         Ok(())
@@ -303,8 +315,8 @@ mod tests {
         link.send_from(&mut waiting, Instant::now(), RETRY)
             .map_err(|_| io::Error::other("gone"))?;
         // Adopted 4, the kernel dropped the next 3 (MSG_CTRUNC on the worker's side).
-        answer(&worker, Message::Ack(4))?;
-        answer(&worker, Message::Lost(3))?;
+        answer(&worker, ToPrimary::Ack(4))?;
+        answer(&worker, ToPrimary::Lost(3))?;
         let mut lost = Vec::new();
         let now = Instant::now();
         link.read(now, &mut lost);
@@ -325,7 +337,7 @@ mod tests {
         let mut waiting = held(20)?;
         link.send_from(&mut waiting, Instant::now(), RETRY)
             .map_err(|_| io::Error::other("gone"))?;
-        answer(&worker, Message::Ack(5))?;
+        answer(&worker, ToPrimary::Ack(5))?;
         drop(worker);
         let answers = link.read(Instant::now(), &mut Vec::new());
         assert_eq!(answers.acknowledged, 5);
@@ -354,10 +366,10 @@ mod tests {
         let (mut link, worker) = pair()?;
         drop(worker);
         let mut waiting = held(3)?;
-        assert_eq!(
+        assert!(matches!(
             link.send_from(&mut waiting, Instant::now(), RETRY),
             Err(Gone)
-        );
+        ));
         assert_eq!(waiting.len(), 3);
         Ok(())
     }

@@ -136,6 +136,8 @@ pub struct RouterStats {
     pub given_up: f64,
     /// Listeners that failed and accept no more.
     pub listener_failures: f64,
+    /// Sends to workers that failed and were retried (not a full socket, not a gone worker).
+    pub send_errors: f64,
 }
 
 /// What the router reports, from its own thread (see `router::Event`).
@@ -224,19 +226,21 @@ impl Router {
         };
         let config = router::Config {
             listeners,
-            rules: Rules {
-                route_by,
-                trusted,
-                limit: (options.peek_limit as usize).clamp(16, MAX_PEEK_LIMIT),
-                timeout: std::time::Duration::from_millis(u64::from(options.peek_timeout)),
+            policy: router::Policy {
+                rules: Rules {
+                    route_by,
+                    trusted,
+                    limit: (options.peek_limit as usize).clamp(16, MAX_PEEK_LIMIT),
+                    timeout: std::time::Duration::from_millis(u64::from(options.peek_timeout)),
+                },
+                slots: options.slots as usize,
+                hash: hash_named(&options.hash)?,
+                queue_limit: options.queue_limit as usize,
+                queue_timeout: (options.queue_timeout > 0)
+                    .then(|| std::time::Duration::from_millis(u64::from(options.queue_timeout))),
+                debug: options.debug,
+                debug_connections: options.debug_connections,
             },
-            slots: options.slots as usize,
-            hash: hash_named(&options.hash)?,
-            queue_limit: options.queue_limit as usize,
-            queue_timeout: (options.queue_timeout > 0)
-                .then(|| std::time::Duration::from_millis(u64::from(options.queue_timeout))),
-            debug: options.debug,
-            debug_connections: options.debug_connections,
         };
         let on_event: router::OnEvent = std::sync::Arc::new(move |event| {
             on_event.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
@@ -335,6 +339,7 @@ impl Router {
             resolving: stats.resolving() as f64,
             given_up: stats.given_up() as f64,
             listener_failures: stats.listener_failures() as f64,
+            send_errors: stats.send_errors() as f64,
         })
     }
 
@@ -366,11 +371,12 @@ pub struct Incoming {
     pub port: Option<u32>,
 }
 
-/// Called as `(connections, lost)` with each batch, see `receiver.rs`.
+/// Called as `(connections, lost, null)` with each batch, see `receiver.rs`; once as
+/// `([], 0, message)` if reading the channel failed (nothing arrives after that).
 type OnConnections = ThreadsafeFunction<
-    FnArgs<(Vec<Incoming>, u32)>,
+    FnArgs<(Vec<Incoming>, u32, Option<String>)>,
     (),
-    FnArgs<(Vec<Incoming>, u32)>,
+    FnArgs<(Vec<Incoming>, u32, Option<String>)>,
     Status,
     false,
 >;
@@ -383,8 +389,9 @@ pub struct Receiver {
 
 #[napi]
 impl Receiver {
-    /// Copies `fd` (the caller closes its own) and calls `onConnections(fds, lost)` per batch.
-    /// The callback owns the descriptors it gets and answers with `ack(fds.length, lost)`.
+    /// Copies `fd` (the caller closes its own) and calls `onConnections(fds, lost, error)` per
+    /// batch. The callback owns the descriptors it gets and answers with `ack(fds.length, lost)`;
+    /// `error` (a string) means the channel failed and nothing more will arrive.
     #[napi(constructor)]
     pub fn new(fd: i32, on_connections: OnConnections) -> Result<Self> {
         if fd < 0 {
@@ -396,11 +403,28 @@ impl Receiver {
         // SAFETY: the caller (lib/worker.js) passes the fd of a handle it keeps open during this
         // call; the receiver only duplicates it.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let inner = receiver::Receiver::start(borrowed, move |batch, metas, lost| {
-            let fds: Vec<i32> = batch.into_iter().map(IntoRawFd::into_raw_fd).collect();
+        let inner = receiver::Receiver::start(borrowed, move |received| {
+            let batch = match received {
+                Ok(batch) => batch,
+                Err(e) => {
+                    let args = FnArgs::from((Vec::new(), 0, Some(e.to_string())));
+                    on_connections.call(args, ThreadsafeFunctionCallMode::NonBlocking);
+                    return;
+                }
+            };
+            let fds: Vec<i32> = batch
+                .conns
+                .into_iter()
+                .map(IntoRawFd::into_raw_fd)
+                .collect();
             let incoming = fds
                 .iter()
-                .zip(metas.iter().chain(std::iter::repeat(&Meta::default())))
+                .zip(
+                    batch
+                        .metas
+                        .iter()
+                        .chain(std::iter::repeat(&Meta::default())),
+                )
                 .map(|(&fd, meta)| Incoming {
                     fd,
                     listener: u32::from(meta.listener),
@@ -413,7 +437,7 @@ impl Receiver {
                     port: meta.client.map(|c| u32::from(c.port())),
                 })
                 .collect();
-            let args = FnArgs::from((incoming, lost));
+            let args = FnArgs::from((incoming, batch.lost, None));
             let status = on_connections.call(args, ThreadsafeFunctionCallMode::NonBlocking);
             if status != Status::Ok {
                 for fd in fds {

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{shutdown, Shutdown};
 
-use crate::channel::{self, Message, Meta, Reader};
+use crate::channel::{self, Batch, ToPrimary, WorkerReader};
 
 /// A worker's channel end and the thread reading it.
 pub struct Receiver {
@@ -18,15 +18,15 @@ pub struct Receiver {
 
 impl Receiver {
     /// Takes its own copy of `fd` (the caller may close the original at once) and starts a thread
-    /// that calls `deliver(connections, metas, lost)` with every batch that arrives (one [`Meta`]
-    /// per connection), until the channel
-    /// closes. `lost` counts connections that should have followed this batch but that the kernel
-    /// dropped (this process was out of descriptors): the owner acknowledges the batch, then
-    /// reports the loss with [`Receiver::ack`], so the primary sends them again.
-    /// Nothing arrives before [`Receiver::hello`].
+    /// that calls `deliver(Ok(batch))` with every [`Batch`] that arrives, until the channel
+    /// closes. A batch's `lost` counts connections that should have followed it but that the
+    /// kernel dropped (this process was out of descriptors): the owner acknowledges the batch,
+    /// then reports the loss with [`Receiver::ack`], so the primary sends them again. If reading
+    /// fails (anything but the primary closing the channel), `deliver(Err(e))` is the last call:
+    /// this worker receives nothing more. Nothing arrives before [`Receiver::hello`].
     pub fn start<F>(fd: BorrowedFd, deliver: F) -> io::Result<Receiver>
     where
-        F: FnMut(Vec<OwnedFd>, Vec<Meta>, u32) + Send + 'static,
+        F: FnMut(io::Result<Batch>) + Send + 'static,
     {
         let fd = Arc::new(channel::duplicate(fd)?);
         // Non-blocking on our own terms; whoever had the original may have set it either way.
@@ -43,17 +43,17 @@ impl Receiver {
 
     /// Tells the primary this worker owns its end and is ready for connections.
     pub fn hello(&self) -> io::Result<()> {
-        channel::send(self.fd.as_fd(), Message::Hello)
+        channel::send(self.fd.as_fd(), ToPrimary::Hello)
     }
 
     /// Tells the primary that `adopted` more connections were adopted (it closes its copies) and
     /// that the `lost` after them never arrived (it sends them again).
     pub fn ack(&self, adopted: u32, lost: u32) -> io::Result<()> {
         if adopted > 0 {
-            channel::send(self.fd.as_fd(), Message::Ack(adopted))?;
+            channel::send(self.fd.as_fd(), ToPrimary::Ack(adopted))?;
         }
         if lost > 0 {
-            channel::send(self.fd.as_fd(), Message::Lost(lost))?;
+            channel::send(self.fd.as_fd(), ToPrimary::Lost(lost))?;
         }
         Ok(())
     }
@@ -75,49 +75,42 @@ impl Drop for Receiver {
     }
 }
 
-fn read_loop<F: FnMut(Vec<OwnedFd>, Vec<Meta>, u32)>(fd: &OwnedFd, mut deliver: F) {
-    let (mut reader, mut messages, mut batch, mut metas) =
-        (Reader::default(), Vec::new(), Vec::new(), Vec::new());
+fn read_loop<F: FnMut(io::Result<Batch>)>(fd: &OwnedFd, mut deliver: F) {
+    let mut reader = WorkerReader::default();
     loop {
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return,
+            Err(e) => return deliver(Err(e.into())),
         }
-        let mut lost = 0;
-        let open = loop {
-            let before = batch.len();
-            match reader.recv(fd.as_fd(), &mut messages, &mut batch, &mut metas) {
-                Ok(true) => {}
-                Ok(false) => break false,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+        let mut batch = Batch::default();
+        let ended = loop {
+            match reader.recv(fd.as_fd()) {
+                Ok(Some(more)) => {
+                    batch.conns.extend(more.conns);
+                    batch.metas.extend(more.metas);
+                    // The kernel dropped the tail of a message: deliver now, so the loss is
+                    // reported right after the connections that came before it.
+                    if more.lost > 0 {
+                        batch.lost = more.lost;
+                        break None;
+                    }
+                }
+                Ok(None) => break Some(Ok(())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break false,
-            }
-            let expected: usize = messages
-                .drain(..)
-                .map(|m| match m {
-                    Message::Connections(n) => usize::from(n),
-                    _ => 0,
-                })
-                .sum();
-            let missing = expected.saturating_sub(batch.len() - before);
-            if missing > 0 {
-                // The kernel dropped the tail of this message: deliver now, so the loss is
-                // reported right after the connections that came before it.
-                lost = u32::try_from(missing).unwrap_or(u32::MAX);
-                break true;
+                Err(e) => break Some(Err(e)),
             }
         };
-        if !batch.is_empty() || lost > 0 {
-            // Metas describe what was sent, descriptors what arrived: the lost ones are the tail.
-            let mut sent = std::mem::take(&mut metas);
-            sent.truncate(batch.len());
-            deliver(std::mem::take(&mut batch), sent, lost);
+        if !batch.conns.is_empty() || batch.lost > 0 {
+            deliver(Ok(batch));
         }
-        if !open {
-            return;
+        match ended {
+            None => {}
+            // The primary closed the channel (shutdown, or it is gone): nothing to report.
+            Some(Ok(())) => return,
+            Some(Err(e)) => return deliver(Err(e)),
         }
     }
 }

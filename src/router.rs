@@ -1,5 +1,6 @@
-//! The router: a thread of its own that accepts every connection, routes it to a slot and
-//! passes it down the slot's worker channel. JavaScript only opens and releases channels.
+//! The router: a thread of its own that accepts every connection and hands it to the
+//! [`Dispatcher`], which routes it to a slot and passes it down the slot's worker channel. This
+//! file is the handle JavaScript holds (commands in, events out) and the event loop, I/O only.
 //!
 //! Each channel keeps the primary's copy of a connection until the worker acknowledges it, so a
 //! worker that dies first costs nothing: its unacknowledged connections go back to the front of
@@ -10,7 +11,6 @@
 //! file) is read without blocking after each burst of accepts, while the thread is awake anyway,
 //! and on a short tick that runs only while something is pending.
 
-use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -24,26 +24,17 @@ use socket2::Socket;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::address::AddressText;
-use crate::channel::{self, Meta};
-use crate::hash::Hash;
-use crate::link::{Held, Link};
+use crate::channel;
+use crate::dispatcher::{Dispatcher, TICK};
+pub use crate::dispatcher::{Event, OnEvent, Policy};
 use crate::listener;
-use crate::resolve::{self, Outcome, Rules};
 use crate::stats::Stats;
-use crate::table::{ChannelId, Table};
+use crate::table::ChannelId;
 
 /// Connections accepted per wake-up before delivering, so batches form under load.
 const ACCEPT_BURST: usize = 256;
-/// Pause after the process ran out of descriptors, leaving clients in the kernel's backlog.
-const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
-/// How often channels are read and queues checked while something is pending: the most an
-/// acknowledgement, a hello or a full channel can wait for attention.
-const TICK: Duration = Duration::from_millis(5);
-
 /// One address to listen on.
 #[derive(Debug, Clone)]
 pub struct Listen {
@@ -58,65 +49,9 @@ pub struct Listen {
 pub struct Config {
     /// The addresses to listen on; a client lands on the same slot on each of them.
     pub listeners: Vec<Listen>,
-    /// How connections from trusted proxies are routed.
-    pub rules: Rules,
-    /// The number of slots (workers).
-    pub slots: usize,
-    /// Connections a slot may hold while its worker is not ready, at most; beyond, they are closed.
-    pub queue_limit: usize,
-    /// How long a connection may wait for a ready worker; older ones are closed. None: no limit.
-    pub queue_timeout: Option<Duration>,
-    /// The route hash.
-    pub hash: Hash,
-    /// Log channel changes and queue events to stderr.
-    pub debug: bool,
-    /// Also log each routing decision and each refused PROXY header.
-    pub debug_connections: bool,
+    /// How connections are routed and bounded.
+    pub policy: Policy,
 }
-
-/// Connections the router may hold (waiting or unacknowledged) before it stops accepting and
-/// lets clients wait in the kernel's backlog: half the descriptors still free when it starts,
-/// so the primary always keeps descriptors to fork workers and open their channels.
-fn held_limit() -> usize {
-    use nix::sys::resource::{getrlimit, Resource};
-    let open = ["/proc/self/fd", "/dev/fd"]
-        .iter()
-        .find_map(|dir| std::fs::read_dir(dir).ok())
-        .map_or(64, |entries| entries.count() as u64);
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, _)) => usize::try_from(soft.saturating_sub(open) / 2)
-            .unwrap_or(usize::MAX)
-            .max(8),
-        Err(_) => 4096,
-    }
-}
-
-/// What the router tells its owner, from its own thread.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// A channel's worker said hello and its slot delivers to it now.
-    Switched {
-        /// The slot.
-        slot: usize,
-        /// The channel it delivers to.
-        channel: ChannelId,
-    },
-    /// A listener failed and accepts no more; the others go on.
-    ListenerFailed {
-        /// Its index in [`Config::listeners`].
-        listener: u8,
-        /// The OS error.
-        error: String,
-    },
-    /// The router thread ended on its own (a bug): nothing is accepted or delivered any more.
-    Stopped {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Receives the router's events on the router thread; must not block.
-pub type OnEvent = Arc<dyn Fn(Event) + Send + Sync + 'static>;
 
 /// How long `close` waits for the router thread before it gives up on it.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -174,7 +109,7 @@ impl Router {
             .enable_io()
             .enable_time()
             .build()?;
-        let slots = config.slots.max(1);
+        let slots = config.policy.slots.max(1);
         let stats = Arc::new(Stats::new(slots));
         let (commands, command_rx) = unbounded_channel();
         let stats_for_thread = stats.clone();
@@ -198,7 +133,7 @@ impl Router {
             .name("sticky-rs-router".into())
             .spawn(move || {
                 let _ended = ended_tx;
-                let state = State::new(&config, stats_for_thread, on_event.clone());
+                let state = Dispatcher::new(&config.policy, stats_for_thread, on_event.clone());
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     runtime.block_on(run(listeners, command_rx, state))
                 }));
@@ -315,45 +250,10 @@ impl Drop for Router {
     }
 }
 
-/// A connection from a trusted proxy, back from resolution.
-struct Resolved {
-    /// Its place in [`State::reading`].
-    id: u64,
-    conn: OwnedFd,
-    peer: SocketAddr,
-    listener: u8,
-    since: Instant,
-    outcome: Outcome,
-}
-
-struct State {
-    table: Table<Held>,
-    channels: HashMap<ChannelId, Link>,
-    rules: Arc<Rules>,
-    /// Connections being resolved now (their descriptors are held until the result is back).
-    resolving: usize,
-    /// How to make each resolution still reading give up, oldest (smallest id) first.
-    reading: BTreeMap<u64, oneshot::Sender<()>>,
-    next_reading: u64,
-    /// At most this many connections are resolved at once: slow heads get a bounded share of
-    /// the held connections, and the oldest is given up for a new one, so others are always
-    /// accepted.
-    resolve_limit: usize,
-    resolved: UnboundedSender<Resolved>,
-    resolved_rx: Option<UnboundedReceiver<Resolved>>,
-    stats: Arc<Stats>,
-    touched: Vec<bool>,
-    held_limit: usize,
-    queue_timeout: Option<Duration>,
-    debug: bool,
-    debug_connections: bool,
-    on_event: OnEvent,
-}
-
 async fn run(
     mut listeners: Vec<(u8, AsyncFd<Socket>)>,
     mut commands: UnboundedReceiver<Command>,
-    mut state: State,
+    mut state: Dispatcher,
 ) {
     let Some(mut resolved) = state.resolved_rx.take() else {
         return;
@@ -469,385 +369,6 @@ async fn first_ready(
     .await
 }
 
-impl State {
-    fn new(config: &Config, stats: Arc<Stats>, on_event: OnEvent) -> State {
-        let slots = config.slots.max(1);
-        let (resolved, resolved_rx) = unbounded_channel();
-        let held_limit = held_limit();
-        State {
-            table: Table::new(slots, config.queue_limit, config.hash),
-            channels: HashMap::new(),
-            rules: Arc::new(config.rules.clone()),
-            resolving: 0,
-            reading: BTreeMap::new(),
-            next_reading: 0,
-            resolve_limit: (held_limit / 2).max(1),
-            resolved,
-            resolved_rx: Some(resolved_rx),
-            stats,
-            touched: vec![false; slots],
-            held_limit,
-            queue_timeout: config.queue_timeout,
-            debug: config.debug,
-            debug_connections: config.debug_connections,
-            on_event,
-        }
-    }
-
-    /// Whether the tick has work: a channel owes an answer, waits to send, or connections wait.
-    fn pending(&self) -> bool {
-        self.channels
-            .values()
-            .any(|c| c.owes_answer() || c.paused())
-            || (0..self.table.len()).any(|i| !self.table.slot(i).waiting.is_empty())
-    }
-
-    /// Reads every channel that owes an answer, then delivers to every slot that can take more.
-    fn service(&mut self) {
-        let owing: Vec<ChannelId> = self
-            .channels
-            .iter()
-            .filter(|(_, c)| c.owes_answer())
-            .map(|(&id, _)| id)
-            .collect();
-        for id in owing {
-            self.read_channel(id);
-        }
-        let now = Instant::now();
-        for ch in self.channels.values_mut() {
-            if ch.resume_if_due(now) {
-                self.touched[ch.slot()] = true;
-            }
-        }
-        for slot in 0..self.touched.len() {
-            if std::mem::take(&mut self.touched[slot]) || !self.table.slot(slot).waiting.is_empty()
-            {
-                self.deliver(slot);
-            }
-        }
-    }
-
-    /// Closes connections that waited longer than `queue_timeout`, oldest first.
-    fn expire(&mut self) {
-        let Some(timeout) = self.queue_timeout else {
-            return;
-        };
-        let now = Instant::now();
-        for slot in 0..self.table.len() {
-            let expired = self
-                .table
-                .expire_front(slot, |held| now.duration_since(held.since) >= timeout);
-            if !expired.is_empty() {
-                Stats::add(&self.stats.slots[slot].dropped, expired.len() as u64);
-                Stats::add(&self.stats.slots[slot].expired, expired.len() as u64);
-                self.update_gauges(slot);
-                if self.debug {
-                    eprintln!(
-                        "[sticky-rs] primary: slot {slot}: closed {} connection(s) that waited {timeout:?}",
-                        expired.len()
-                    );
-                }
-            }
-        }
-    }
-
-    /// Whether the router holds as many connections as it may; accepting resumes below.
-    fn full(&self) -> bool {
-        self.room() == 0
-    }
-
-    /// How many more connections the router may hold.
-    fn room(&self) -> usize {
-        let waiting: usize = (0..self.table.len())
-            .map(|i| self.table.slot(i).waiting.len())
-            .sum();
-        let in_flight: usize = self.channels.values().map(Link::in_flight).sum();
-        self.held_limit
-            .saturating_sub(waiting + in_flight + self.resolving)
-    }
-
-    /// Routes a new connection by its peer address, or hands it to resolution if it comes from
-    /// a trusted proxy whose header or PROXY data decides.
-    fn route(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, listener: u8) {
-        let since = Instant::now();
-        if let Some(peer) = peer.filter(|p| self.rules.applies_to(p)) {
-            // The share is full: the oldest head still being read is given up (its outcome
-            // comes back at once: closed for PROXY, routed by its peer for headers).
-            if self.reading.len() >= self.resolve_limit {
-                if let Some((_, oldest)) = self.reading.pop_first() {
-                    let _ = oldest.send(());
-                    Stats::add(&self.stats.given_up, 1);
-                }
-            }
-            self.resolving += 1;
-            Stats::set(&self.stats.resolving, self.resolving as u64);
-            let id = self.next_reading;
-            self.next_reading += 1;
-            let (give_up, give_up_now) = oneshot::channel();
-            self.reading.insert(id, give_up);
-            let (rules, done) = (self.rules.clone(), self.resolved.clone());
-            tokio::spawn(async move {
-                let (conn, outcome) = resolve::resolve(conn, rules, give_up_now).await;
-                let _ = done.send(Resolved {
-                    id,
-                    conn,
-                    peer,
-                    listener,
-                    since,
-                    outcome,
-                });
-            });
-            return;
-        }
-        let text = peer.map(|p| AddressText::new(&p));
-        let key = text.as_ref().map_or(&b""[..], |t| t.as_bytes());
-        let meta = Meta {
-            listener,
-            client: None,
-        };
-        self.enqueue(key, Held { conn, since, meta });
-    }
-
-    /// Routes a connection whose resolution ended.
-    fn resolved(&mut self, done: Resolved) {
-        self.reading.remove(&done.id);
-        self.resolving = self.resolving.saturating_sub(1);
-        Stats::set(&self.stats.resolving, self.resolving as u64);
-        match done.outcome {
-            Outcome::Reject => {
-                Stats::add(&self.stats.rejected, 1);
-                if self.debug_connections {
-                    eprintln!("[sticky-rs] primary: closed a connection from {} without a valid PROXY header", done.peer);
-                }
-                return;
-            }
-            Outcome::Fallback => Stats::add(&self.stats.fallbacks, 1),
-            _ => {}
-        }
-        let key = resolve::key_of(&done.outcome, Some(&done.peer));
-        let client = match done.outcome {
-            Outcome::Client(client) => Some(client),
-            _ => None,
-        };
-        let meta = Meta {
-            listener: done.listener,
-            client,
-        };
-        self.enqueue(
-            key.as_bytes(),
-            Held {
-                conn: done.conn,
-                since: done.since,
-                meta,
-            },
-        );
-    }
-
-    fn enqueue(&mut self, key: &[u8], held: Held) {
-        let slot = self.table.push(key, held);
-        Stats::add(&self.stats.slots[slot].accepted, 1);
-        self.touched[slot] = true;
-        if self.debug_connections {
-            let key = String::from_utf8_lossy(key);
-            eprintln!("[sticky-rs] primary: connection keyed {key:?} -> slot {slot}");
-        }
-    }
-
-    /// What to do after a failed accept: `Some(pause)` when the process or system is out of
-    /// descriptors or memory (retrying at once would spin), `None` to go on.
-    fn accept_failed(&mut self, e: &io::Error) -> Option<Duration> {
-        match e.raw_os_error() {
-            Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) => None,
-            Some(code) => {
-                Stats::add(&self.stats.accept_errors, 1);
-                if self.debug {
-                    eprintln!("[sticky-rs] primary: accept failed: {e}");
-                }
-                let exhausted = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
-                Some(if exhausted.contains(&code) {
-                    EMFILE_BACKOFF
-                } else {
-                    Duration::from_millis(1)
-                })
-            }
-            None => Some(EMFILE_BACKOFF),
-        }
-    }
-
-    /// Sends what the slot has waiting to its channel while the window allows; then closes
-    /// whatever still waits beyond the slot's limit.
-    fn deliver(&mut self, slot: usize) {
-        if let Some(id) = self.table.slot(slot).channel {
-            if let Some(link) = self.channels.get_mut(&id) {
-                let waiting = &mut self.table.slot_mut(slot).waiting;
-                if link.send_from(waiting, Instant::now(), TICK).is_err() {
-                    self.close_channel(id);
-                    return;
-                }
-            }
-        }
-        let dropped = self.table.trim(slot);
-        if !dropped.is_empty() {
-            Stats::add(&self.stats.slots[slot].dropped, dropped.len() as u64);
-            if self.debug {
-                eprintln!(
-                    "[sticky-rs] primary: slot {slot} queue full, closed {} connection(s)",
-                    dropped.len()
-                );
-            }
-        }
-        self.update_gauges(slot);
-    }
-
-    fn update_gauges(&self, slot: usize) {
-        let counters = &self.stats.slots[slot];
-        let in_flight: usize = self
-            .channels
-            .values()
-            .filter(|c| c.slot() == slot)
-            .map(Link::in_flight)
-            .sum();
-        Stats::set(&counters.in_flight, in_flight as u64);
-        Stats::set(&counters.queued, self.table.slot(slot).waiting.len() as u64);
-        Stats::set(
-            &counters.channel,
-            self.table.slot(slot).channel.unwrap_or(0),
-        );
-    }
-
-    fn open(&mut self, id: ChannelId, slot: usize, fd: OwnedFd) {
-        self.channels.insert(id, Link::new(fd, slot));
-    }
-
-    /// Reads what a worker sent back, without blocking, and acts on it.
-    fn read_channel(&mut self, id: ChannelId) {
-        let Some(link) = self.channels.get_mut(&id) else {
-            return;
-        };
-        let mut lost = Vec::new();
-        let answers = link.read(Instant::now(), &mut lost);
-        let slot = link.slot();
-        if answers.acknowledged > 0 {
-            Stats::add(
-                &self.stats.slots[slot].delivered,
-                answers.acknowledged as u64,
-            );
-            self.touched[slot] = true;
-        }
-        if !lost.is_empty() {
-            let n = lost.len();
-            Stats::add(&self.stats.slots[slot].redelivered, n as u64);
-            self.table.requeue_front(slot, lost);
-            if self.debug {
-                eprintln!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
-            }
-        }
-        if answers.hello {
-            self.hello(id);
-        }
-        if !answers.open {
-            self.close_channel(id);
-        }
-    }
-
-    /// A worker is ready on channel `id`: its slot delivers to it unless a newer worker's
-    /// channel already serves the slot. The channel it replaces is retired (its worker is being
-    /// replaced and finishes what it was sent). A second hello on a channel changes nothing.
-    fn hello(&mut self, id: ChannelId) {
-        let Some(ch) = self.channels.get_mut(&id) else {
-            return;
-        };
-        if ch.ready {
-            return;
-        }
-        ch.ready = true;
-        let (slot, retired) = (ch.slot(), ch.retired);
-        if !retired {
-            self.activate(slot, id);
-        }
-    }
-
-    /// Makes a ready channel its slot's target (see [`Table::activate`]) and says so.
-    fn activate(&mut self, slot: usize, id: ChannelId) {
-        match self.table.activate(slot, id) {
-            Err(newer) => {
-                if self.debug {
-                    eprintln!("[sticky-rs] primary: slot {slot}: late hello on channel {id} ignored, channel {newer} is newer");
-                }
-            }
-            Ok(previous) => {
-                if let Some(previous) = previous {
-                    self.retire(previous);
-                }
-                self.touched[slot] = true;
-                self.update_gauges(slot);
-                if self.debug {
-                    eprintln!("[sticky-rs] primary: slot {slot} ready (channel {id})");
-                }
-                (self.on_event)(Event::Switched { slot, channel: id });
-            }
-        }
-    }
-
-    /// Records a failed listener and says so; the others go on accepting.
-    fn listener_failed(&mut self, listener: u8, e: &io::Error) {
-        Stats::add(&self.stats.listener_failures, 1);
-        (self.on_event)(Event::ListenerFailed {
-            listener,
-            error: e.to_string(),
-        });
-    }
-
-    fn retire(&mut self, id: ChannelId) {
-        if let Some(ch) = self.channels.get_mut(&id) {
-            ch.retired = true;
-            let slot = ch.slot();
-            self.table.deactivate(slot, id);
-            self.update_gauges(slot);
-            if self.debug {
-                eprintln!("[sticky-rs] primary: slot {slot}: channel {id} retired");
-            }
-        }
-    }
-
-    /// Drops a channel; what it had not acknowledged goes back to its slot for the next worker.
-    fn close_channel(&mut self, id: ChannelId) {
-        let Some(link) = self.channels.remove(&id) else {
-            return;
-        };
-        let slot = link.slot();
-        self.table.deactivate(slot, id);
-        // The slot goes on with its newest other ready worker, if one is there (a replacement
-        // whose hello came first, then this one's).
-        if self.table.slot(slot).channel.is_none() {
-            let fallback = self
-                .channels
-                .iter()
-                .filter(|(_, c)| c.slot() == slot && c.ready && !c.retired)
-                .map(|(&id, _)| id)
-                .max();
-            if let Some(fallback) = fallback {
-                self.activate(slot, fallback);
-            }
-        }
-        let unacknowledged = link.into_unacknowledged();
-        let returned = unacknowledged.len() as u64;
-        Stats::add(&self.stats.slots[slot].redelivered, returned);
-        self.table.requeue_front(slot, unacknowledged);
-        if self.debug {
-            eprintln!(
-                "[sticky-rs] primary: slot {slot} channel {id} closed, {returned} connection(s) re-queued"
-            );
-        }
-        self.deliver(slot);
-    }
-
-    fn shutdown(&mut self) {
-        self.channels.clear();
-        drop(self.table.drain_all());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -855,7 +376,9 @@ mod tests {
     use std::sync::mpsc;
     use std::sync::Mutex;
 
-    use crate::channel::Message;
+    use crate::channel::ToPrimary;
+    use crate::hash::Hash;
+    use crate::resolve::{RouteBy, Rules};
 
     use crate::trust::Trusted;
 
@@ -869,18 +392,20 @@ mod tests {
                 addr: "127.0.0.1:0".parse().map_err(io::Error::other)?,
                 backlog: 16,
             }],
-            rules: Rules {
-                route_by: resolve::RouteBy::Address,
-                trusted: Trusted::default(),
-                limit: 256,
-                timeout: Duration::from_secs(1),
+            policy: Policy {
+                rules: Rules {
+                    route_by: RouteBy::Address,
+                    trusted: Trusted::default(),
+                    limit: 256,
+                    timeout: Duration::from_secs(1),
+                },
+                slots,
+                queue_limit: 16,
+                queue_timeout: None,
+                hash: Hash::Djb2,
+                debug: false,
+                debug_connections: false,
             },
-            slots,
-            queue_limit: 16,
-            queue_timeout: None,
-            hash: Hash::Djb2,
-            debug: false,
-            debug_connections: false,
         };
         let on_event: OnEvent = Arc::new(move |event| {
             if let Ok(tx) = tx.lock() {
@@ -891,7 +416,7 @@ mod tests {
     }
 
     fn hello(worker: &OwnedFd) -> io::Result<()> {
-        channel::send(worker.as_fd(), Message::Hello)
+        channel::send(worker.as_fd(), ToPrimary::Hello)
     }
 
     fn next(events: &mpsc::Receiver<Event>) -> io::Result<Event> {

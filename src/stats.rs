@@ -62,6 +62,9 @@ pub struct Stats {
     pub given_up: AtomicU64,
     /// Listeners that failed and accept no more.
     pub listener_failures: AtomicU64,
+    /// Sends to a worker that failed for another reason than a full socket or a gone worker
+    /// (ETOOMANYREFS, ENOBUFS...); each is retried.
+    pub send_errors: AtomicU64,
 }
 
 impl Stats {
@@ -75,6 +78,7 @@ impl Stats {
             resolving: AtomicU64::new(0),
             given_up: AtomicU64::new(0),
             listener_failures: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
         }
     }
 
@@ -128,6 +132,11 @@ impl Stats {
     /// See [`Stats::listener_failures`].
     pub fn listener_failures(&self) -> u64 {
         self.listener_failures.load(Relaxed)
+    }
+
+    /// See [`Stats::send_errors`].
+    pub fn send_errors(&self) -> u64 {
+        self.send_errors.load(Relaxed)
     }
 
     /// See [`Stats::resolving`].
