@@ -94,6 +94,7 @@ test('cluster mode (`pm2 start -i 2`): the app fails and its error log says to u
   const text = await until(() => fs.existsSync(errorLog) && /started by PM2 in cluster mode/.test(fs.readFileSync(errorLog, 'utf8')) && fs.readFileSync(errorLog, 'utf8'), 20000, 'the advice in the error log');
   expect(text).toMatch(/Run one instance in fork mode \(pm2 start app\.js, or exec_mode: "fork", instances: 1\)/);
   expect(list()['sticky-cluster'].mode).toBe('cluster_mode');
-  expect(fs.readFileSync(path.join(home, 'pm2.log'), 'utf8')).toMatch(/App \[sticky-cluster:\d+\] exited with code \[1\]/);
+  // The instance says why, then exits with code 1 (PM2 restarts it, and it exits again).
+  await until(() => /App \[sticky-cluster:\d+\] exited with code \[1\]/.test(fs.readFileSync(path.join(home, 'pm2.log'), 'utf8')), 10000, 'exit code 1 in pm2.log');
   pm2(['delete', 'sticky-cluster']);
 });
