@@ -11,20 +11,7 @@ const { listenError } = require('./errors');
 const { log, warn, Warnings } = require('./log');
 const { READY, CHANNEL, SHUTDOWN, CLOSING, WORKER_INDEX, noticeType } = require('./messages');
 
-const POLL = 10;
 const WATCH_INTERVAL = 1000;
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Resolves once `condition()` holds (checked every POLL ms), or with false after `timeout`. */
-async function until(condition, timeout) {
-  const deadline = Date.now() + timeout;
-  while (!condition()) {
-    if (Date.now() >= deadline) return false;
-    await sleep(POLL);
-  }
-  return true;
-}
 
 class Primary extends EventEmitter {
   constructor(options) {
@@ -169,6 +156,8 @@ class Primary extends EventEmitter {
     if (event.kind === 'switched') {
       const member = [...this.members.values()].find((m) => m.channel && m.channel.id === event.channel);
       if (member) this.onReady(member);
+    } else if (event.kind === 'drained') {
+      this.onDrained(event.slot);
     } else if (event.kind === 'listenerFailed') {
       const address = (this.router && this.router.addresses()[event.listener]) || {};
       const err = new Error(`sticky-rs: listener ${event.listener} (${address.address}:${address.port}) failed and accepts no more: ${event.message}`);
@@ -180,6 +169,13 @@ class Primary extends EventEmitter {
       this.finish(1);
       process.exit(1);
     }
+  }
+
+  /** During shutdown, `slot` has nothing more to deliver: its workers may finish and exit. */
+  onDrained(slot) {
+    if (this.finished || this.drained.has(slot)) return;
+    this.drained.add(slot);
+    for (const member of this.members.values()) if (member.slot === slot) this.retire(member);
   }
 
   /** The router delivers to `member` now: it said hello on its channel. */
@@ -425,6 +421,7 @@ class Primary extends EventEmitter {
       this.resolveClosed = resolve;
     });
     if (o.debug) log('primary', 'shutting down');
+    this.drained = new Set();
     // A second SIGINT/SIGTERM forces the exit; SIGHUP (a closed terminal, a reload asked again)
     // must never kill the drain, however often it comes.
     for (const [signal, handler] of Object.entries(this.signals || {})) {
@@ -434,25 +431,19 @@ class Primary extends EventEmitter {
     }
     for (const slot of this.slots) clearTimeout(slot.timer);
     this.hardTimer = setTimeout(() => this.finish(1), o.hardShutdownDelay);
+    // Each worker is retired once the router says its slot delivered what was accepted for it
+    // (or has no ready worker to deliver to; 'drained', after every head still being read from
+    // a trusted proxy was resolved): one stuck slot does not hold the others back. At most half
+    // of hardShutdownDelay.
+    this.drainTimer = setTimeout(() => {
+      for (let slot = 0; slot < this.slots.length; slot++) this.onDrained(slot);
+    }, o.hardShutdownDelay / 2);
     if (this.router) this.router.stopAccepting();
     // Workers forked behind our back have nothing of ours to finish.
     for (const worker of Object.values(cluster.workers)) {
       if (!this.members.has(worker)) worker.process.kill('SIGTERM');
     }
     if (this.members.size === 0) this.finish(0);
-    // Each worker is retired once its slot delivered what was accepted for it (or has no ready
-    // worker to deliver to): one stuck slot does not hold the others back. Connections still
-    // being read from a trusted proxy (at most peekTimeout) may be for any slot: all wait.
-    const drained = (slot) => {
-      const stats = this.router.stats();
-      const s = stats.slots[slot];
-      return stats.resolving === 0 && (s.channel === 0 || s.queued + s.inFlight === 0);
-    };
-    for (const member of [...this.members.values()]) {
-      until(() => this.finished || !this.router || drained(member.slot), o.hardShutdownDelay / 2)
-        .then(() => this.finished || !this.members.has(member.worker) || this.retire(member))
-        .catch((err) => warn(`shutdown: ${err.message}`));
-    }
     return this.closed;
   }
 
@@ -464,6 +455,7 @@ class Primary extends EventEmitter {
     // Not at once: the leftover exit handler forks right after our last worker's exit, and a
     // process that starts after the primary exited dies of EPIPE with a stack trace.
     if (this.onForeignFork) setImmediate(() => cluster.removeListener('fork', this.onForeignFork));
+    clearTimeout(this.drainTimer);
     for (const { worker, timer } of this.members.values()) {
       clearTimeout(timer);
       worker.process.kill('SIGKILL');

@@ -81,6 +81,12 @@ pub enum Event {
         /// The OS error.
         error: String,
     },
+    /// After [`Dispatcher::stop_accepting`]: the slot has delivered everything accepted for it
+    /// (or has no ready worker to deliver to), and no head is being read any more. Once per slot.
+    Drained {
+        /// The slot.
+        slot: usize,
+    },
     /// The router thread ended on its own (a bug): nothing is accepted or delivered any more.
     Stopped {
         /// Why.
@@ -127,6 +133,8 @@ pub struct Dispatcher {
     debug: bool,
     debug_connections: bool,
     on_event: OnEvent,
+    /// After stop_accepting: which slots were said to be drained.
+    draining: Option<Vec<bool>>,
 }
 
 impl Dispatcher {
@@ -152,6 +160,7 @@ impl Dispatcher {
             debug: policy.debug,
             debug_connections: policy.debug_connections,
             on_event,
+            draining: None,
         }
     }
 
@@ -161,6 +170,44 @@ impl Dispatcher {
             .values()
             .any(|c| c.owes_answer() || c.paused())
             || (0..self.table.len()).any(|i| !self.table.slot(i).waiting.is_empty())
+            || self
+                .draining
+                .as_ref()
+                .is_some_and(|said| said.contains(&false))
+    }
+
+    /// No more connections come in (graceful shutdown): from now on each slot is reported
+    /// [`Event::Drained`] once it delivered what it holds.
+    pub fn stop_accepting(&mut self) {
+        self.draining = Some(vec![false; self.table.len()]);
+        self.report_drained();
+    }
+
+    /// Says [`Event::Drained`] for every slot that just became drained.
+    fn report_drained(&mut self) {
+        let Some(said) = self.draining.as_mut() else {
+            return;
+        };
+        // A head still being read may be for any slot.
+        if self.resolving > 0 {
+            return;
+        }
+        for (slot, said) in said.iter_mut().enumerate() {
+            if *said {
+                continue;
+            }
+            let waiting = self.table.slot(slot).waiting.len();
+            let in_flight: usize = self
+                .channels
+                .values()
+                .filter(|c| c.slot() == slot)
+                .map(Link::in_flight)
+                .sum();
+            if self.table.slot(slot).channel.is_none() || waiting + in_flight == 0 {
+                *said = true;
+                (self.on_event)(Event::Drained { slot });
+            }
+        }
     }
 
     /// Reads every channel that owes an answer, then delivers to every slot that can take more.
@@ -186,6 +233,7 @@ impl Dispatcher {
                 self.deliver(slot);
             }
         }
+        self.report_drained();
     }
 
     /// Closes connections that waited longer than `queue_timeout`, oldest first.

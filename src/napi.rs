@@ -143,9 +143,9 @@ pub struct RouterStats {
 /// What the router reports, from its own thread (see `router::Event`).
 #[napi(object)]
 pub struct RouterEvent {
-    /// `switched`, `listenerFailed` or `stopped`.
+    /// `switched`, `drained`, `listenerFailed` or `stopped`.
     pub kind: String,
-    /// With `switched`: the slot.
+    /// With `switched` and `drained`: the slot.
     pub slot: Option<u32>,
     /// With `switched`: the channel the slot delivers to now.
     pub channel: Option<i64>,
@@ -169,6 +169,11 @@ impl From<router::Event> for RouterEvent {
                 kind: "switched".into(),
                 slot: Some(slot as u32),
                 channel: Some(channel as i64),
+                ..empty
+            },
+            router::Event::Drained { slot } => RouterEvent {
+                kind: "drained".into(),
+                slot: Some(slot as u32),
                 ..empty
             },
             router::Event::ListenerFailed { listener, error } => RouterEvent {

@@ -274,7 +274,10 @@ async fn run(
                     state.close_channel(id);
                 }
                 Some(Command::Retire { id }) => state.retire(id),
-                Some(Command::StopAccepting) => listeners.clear(),
+                Some(Command::StopAccepting) => {
+                    listeners.clear();
+                    state.stop_accepting();
+                }
                 Some(Command::Close) | None => break,
                 #[cfg(any(test, feature = "test-hooks"))]
                 Some(Command::Panic) => panic!("panic requested by a test"),
