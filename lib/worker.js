@@ -38,6 +38,7 @@ function prepare(options) {
     closing: false, // the user closed a server (sticky-session): the primary replaces us
     shuttingDown: false,
     onSocketClosed: null,
+    holding: null, // test-only, see holdsBeforeAck()
   };
   process.on('message', onMessage);
   process.on('disconnect', closeReceiver);
@@ -167,6 +168,27 @@ function openChannel(handle) {
   if (state.options.debug) log(state.role, 'channel open, ready for connections');
 }
 
+/**
+ * Test-only hook (never set it in production): with STICKY_RS_TEST_HOLD_BEFORE_ACK=<path>, the
+ * first worker to receive connections creates <path> with its pid in it and from then on neither
+ * acknowledges nor serves anything it gets, as a worker dying mid-adoption would; a test then
+ * kills it and checks that the primary gives those connections to its replacement. A worker that
+ * finds <path> already there behaves normally. The held descriptors stay open until it dies.
+ */
+function holdsBeforeAck() {
+  const marker = process.env.STICKY_RS_TEST_HOLD_BEFORE_ACK;
+  if (!marker) return false;
+  if (state.holding === null) {
+    try {
+      fs.writeFileSync(marker, String(process.pid), { flag: 'wx' });
+      state.holding = true;
+    } catch {
+      state.holding = false;
+    }
+  }
+  return state.holding;
+}
+
 function adopt(incoming, lost, error) {
   const { servers, options } = state;
   if (error) {
@@ -181,6 +203,7 @@ function adopt(incoming, lost, error) {
     for (const { fd } of incoming) fs.closeSync(fd);
     return;
   }
+  if (holdsBeforeAck()) return;
   const adopted = [];
   for (const { fd, listener, address, family, port } of incoming) {
     let socket;

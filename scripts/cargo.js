@@ -7,7 +7,7 @@ const path = require('node:path');
 const root = path.resolve(__dirname, '..');
 
 /** The napi crate, relative to the package root: the one line to change when the crate moves. */
-const CRATE_MANIFEST = 'Cargo.toml';
+const CRATE_MANIFEST = 'node/Cargo.toml';
 
 /**
  * Runs `cargo <command> --release --locked` on the napi crate and returns the path of the cdylib

@@ -35,6 +35,12 @@ pub struct AddressText {
     len: usize,
 }
 
+impl std::fmt::Debug for AddressText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AddressText").field(&self.as_str()).finish()
+    }
+}
+
 impl AddressText {
     /// Formats the address part of `addr` (the port is not part of the route key).
     pub fn new(addr: &SocketAddr) -> Self {

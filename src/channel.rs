@@ -142,14 +142,14 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((primary, worker))
 }
 
-fn set_cloexec(fd: BorrowedFd) -> io::Result<()> {
+fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     Ok(())
 }
 
 /// Puts a descriptor in non-blocking mode.
-pub fn set_nonblocking(fd: BorrowedFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
@@ -157,7 +157,7 @@ pub fn set_nonblocking(fd: BorrowedFd) -> io::Result<()> {
 }
 
 /// Duplicates a descriptor owned by someone else (close-on-exec), so it can outlive the original.
-pub fn duplicate(fd: BorrowedFd) -> io::Result<OwnedFd> {
+pub fn duplicate(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     use nix::fcntl::{fcntl, FcntlArg};
     let dup = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(0))?;
     // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor that nobody else owns.
@@ -174,7 +174,7 @@ fn send_flags() -> MsgFlags {
 /// Sends up to [`MAX_BATCH`] connections and their [`Meta`] in one message without blocking. The
 /// caller keeps its copies: the kernel holds its own reference while the message is in flight.
 /// The message is small enough (at most 1,285 bytes) to be sent whole or not at all.
-pub fn send_connections(channel: BorrowedFd, fds: &[RawFd], metas: &[Meta]) -> io::Result<()> {
+pub fn send_connections(channel: BorrowedFd<'_>, fds: &[RawFd], metas: &[Meta]) -> io::Result<()> {
     let n = fds.len().min(metas.len()).min(MAX_BATCH);
     let mut data = [0u8; RECORD + MAX_BATCH * META];
     data[..RECORD].copy_from_slice(&connections_record(n as u8));
@@ -188,7 +188,7 @@ pub fn send_connections(channel: BorrowedFd, fds: &[RawFd], metas: &[Meta]) -> i
 }
 
 /// Sends a worker's record without blocking.
-pub fn send(channel: BorrowedFd, message: ToPrimary) -> io::Result<()> {
+pub fn send(channel: BorrowedFd<'_>, message: ToPrimary) -> io::Result<()> {
     // A record this small is sent whole or not at all (EAGAIN).
     socket::send(channel.as_raw_fd(), &message.encode(), send_flags())?;
     Ok(())
@@ -200,7 +200,11 @@ pub fn send(channel: BorrowedFd, message: ToPrimary) -> io::Result<()> {
 /// them and sets `MSG_CTRUNC`, and nix then refuses to read the control data at all, which would
 /// leak the ones installed. The header the kernel writes stays well-formed, its length covering
 /// exactly the descriptors installed, so it is read here as is.
-fn recv_with_fds(channel: BorrowedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+fn recv_with_fds(
+    channel: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
     const FD_SIZE: usize = std::mem::size_of::<RawFd>();
     // u64 elements keep the control buffer aligned for cmsghdr.
     let mut control = [0u64; 2 + MAX_BATCH * FD_SIZE / 8];
@@ -252,7 +256,7 @@ impl PrimaryReader {
     /// Receives what is there without blocking. `Ok(None)`: the worker closed its end;
     /// `WouldBlock`: nothing is there yet. Unknown records are skipped, and descriptors (a
     /// worker never sends any) closed.
-    pub fn recv(&mut self, channel: BorrowedFd) -> io::Result<Option<Vec<ToPrimary>>> {
+    pub fn recv(&mut self, channel: BorrowedFd<'_>) -> io::Result<Option<Vec<ToPrimary>>> {
         let mut buf = [0u8; 4096];
         let mut stray = Vec::new();
         let received = recv_with_fds(channel, &mut buf, &mut stray)?;
@@ -296,7 +300,7 @@ pub struct WorkerReader {
 impl WorkerReader {
     /// Receives what is there without blocking (one `recvmsg`). `Ok(None)`: the primary closed
     /// its end; `WouldBlock`: nothing is there yet.
-    pub fn recv(&mut self, channel: BorrowedFd) -> io::Result<Option<Batch>> {
+    pub fn recv(&mut self, channel: BorrowedFd<'_>) -> io::Result<Option<Batch>> {
         let mut buf = [0u8; 4096];
         let mut batch = Batch::default();
         let received = recv_with_fds(channel, &mut buf, &mut batch.conns)?;

@@ -23,10 +23,10 @@ use crate::stats::Stats;
 use crate::table::{ChannelId, Table};
 
 /// Pause after the process ran out of descriptors, leaving clients in the kernel's backlog.
-pub const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
 /// How often channels are read and queues checked while something is pending: the most an
 /// acknowledgement, a hello or a full channel can wait for attention.
-pub const TICK: Duration = Duration::from_millis(5);
+pub(crate) const TICK: Duration = Duration::from_millis(5);
 
 /// How connections are routed and bounded.
 #[derive(Debug, Clone)]
@@ -98,7 +98,7 @@ pub enum Event {
 pub type OnEvent = Arc<dyn Fn(Event) + Send + Sync + 'static>;
 
 /// A connection from a trusted proxy, back from resolution.
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// Its place in [`Dispatcher::reading`].
     id: u64,
     conn: OwnedFd,
@@ -110,7 +110,7 @@ pub struct Resolved {
 
 /// Decides what happens to each connection: admission, the route to a slot's queue, expiry,
 /// and which channel each slot delivers to. No I/O of its own beyond the links' sends.
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     table: Table<Held>,
     channels: HashMap<ChannelId, Link>,
     rules: Arc<Rules>,
@@ -139,7 +139,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher with nothing held yet, counting into `stats` and telling `on_event`.
-    pub fn new(policy: &Policy, stats: Arc<Stats>, on_event: OnEvent) -> Dispatcher {
+    pub(crate) fn new(policy: &Policy, stats: Arc<Stats>, on_event: OnEvent) -> Dispatcher {
         let slots = policy.slots.max(1);
         let (resolved, resolved_rx) = unbounded_channel();
         let held_limit = held_limit();
@@ -165,7 +165,7 @@ impl Dispatcher {
     }
 
     /// Whether the tick has work: a channel owes an answer, waits to send, or connections wait.
-    pub fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         self.channels
             .values()
             .any(|c| c.owes_answer() || c.paused())
@@ -178,7 +178,7 @@ impl Dispatcher {
 
     /// No more connections come in (graceful shutdown): from now on each slot is reported
     /// [`Event::Drained`] once it delivered what it holds.
-    pub fn stop_accepting(&mut self) {
+    pub(crate) fn stop_accepting(&mut self) {
         self.draining = Some(vec![false; self.table.len()]);
         self.report_drained();
     }
@@ -211,7 +211,7 @@ impl Dispatcher {
     }
 
     /// Reads every channel that owes an answer, then delivers to every slot that can take more.
-    pub fn service(&mut self) {
+    pub(crate) fn service(&mut self) {
         let owing: Vec<ChannelId> = self
             .channels
             .iter()
@@ -237,7 +237,7 @@ impl Dispatcher {
     }
 
     /// Closes connections that waited longer than `queue_timeout`, oldest first.
-    pub fn expire(&mut self) {
+    pub(crate) fn expire(&mut self) {
         let Some(timeout) = self.queue_timeout else {
             return;
         };
@@ -261,12 +261,12 @@ impl Dispatcher {
     }
 
     /// Whether the router holds as many connections as it may; accepting resumes below.
-    pub fn full(&self) -> bool {
+    pub(crate) fn full(&self) -> bool {
         self.room() == 0
     }
 
     /// How many more connections the router may hold.
-    pub fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         let waiting: usize = (0..self.table.len())
             .map(|i| self.table.slot(i).waiting.len())
             .sum();
@@ -277,7 +277,7 @@ impl Dispatcher {
 
     /// Routes a new connection by its peer address, or hands it to resolution if it comes from
     /// a trusted proxy whose header or PROXY data decides.
-    pub fn route(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, listener: u8) {
+    pub(crate) fn route(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, listener: u8) {
         let since = Instant::now();
         if let Some(peer) = peer.filter(|p| self.rules.applies_to(p)) {
             // The share is full: the oldest head still being read is given up (its outcome
@@ -318,7 +318,7 @@ impl Dispatcher {
     }
 
     /// Routes a connection whose resolution ended.
-    pub fn resolved(&mut self, done: Resolved) {
+    pub(crate) fn resolved(&mut self, done: Resolved) {
         self.reading.remove(&done.id);
         self.resolving = self.resolving.saturating_sub(1);
         Stats::set(&self.stats.resolving, self.resolving as u64);
@@ -364,7 +364,7 @@ impl Dispatcher {
 
     /// What to do after a failed accept: `Some(pause)` when the process or system is out of
     /// descriptors or memory (retrying at once would spin), `None` to go on.
-    pub fn accept_failed(&mut self, e: &io::Error) -> Option<Duration> {
+    pub(crate) fn accept_failed(&mut self, e: &io::Error) -> Option<Duration> {
         match e.raw_os_error() {
             Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) => None,
             Some(code) => {
@@ -433,12 +433,12 @@ impl Dispatcher {
         );
     }
 
-    pub fn open(&mut self, id: ChannelId, slot: usize, fd: OwnedFd) {
+    pub(crate) fn open(&mut self, id: ChannelId, slot: usize, fd: OwnedFd) {
         self.channels.insert(id, Link::new(fd, slot));
     }
 
     /// Reads what a worker sent back, without blocking, and acts on it.
-    pub fn read_channel(&mut self, id: ChannelId) {
+    pub(crate) fn read_channel(&mut self, id: ChannelId) {
         let Some(link) = self.channels.get_mut(&id) else {
             return;
         };
@@ -508,7 +508,7 @@ impl Dispatcher {
     }
 
     /// Records a failed listener and says so; the others go on accepting.
-    pub fn listener_failed(&mut self, listener: u8, e: &io::Error) {
+    pub(crate) fn listener_failed(&mut self, listener: u8, e: &io::Error) {
         Stats::add(&self.stats.listener_failures, 1);
         (self.on_event)(Event::ListenerFailed {
             listener,
@@ -516,7 +516,7 @@ impl Dispatcher {
         });
     }
 
-    pub fn retire(&mut self, id: ChannelId) {
+    pub(crate) fn retire(&mut self, id: ChannelId) {
         if let Some(ch) = self.channels.get_mut(&id) {
             ch.retired = true;
             let slot = ch.slot();
@@ -529,7 +529,7 @@ impl Dispatcher {
     }
 
     /// Drops a channel; what it had not acknowledged goes back to its slot for the next worker.
-    pub fn close_channel(&mut self, id: ChannelId) {
+    pub(crate) fn close_channel(&mut self, id: ChannelId) {
         let Some(link) = self.channels.remove(&id) else {
             return;
         };
@@ -560,7 +560,7 @@ impl Dispatcher {
         self.deliver(slot);
     }
 
-    pub fn shutdown(&mut self) {
+    pub(crate) fn shutdown(&mut self) {
         self.channels.clear();
         drop(self.table.drain_all());
     }

@@ -8,7 +8,7 @@ use crate::trust::Trusted;
 
 /// What the peeked bytes give.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Key {
+pub(crate) enum Key {
     /// The head is not complete yet.
     Incomplete,
     /// Route by this text.
@@ -21,7 +21,7 @@ pub enum Key {
 /// key is the right-most address not in `trusted` (proxies append the address they saw, so the
 /// entries to its right were added by our own proxies, those to its left can be forged by the
 /// client). For any other header, its trimmed value.
-pub fn route_key(buf: &[u8], header: &str, trusted: &Trusted) -> Key {
+pub(crate) fn route_key(buf: &[u8], header: &str, trusted: &Trusted) -> Key {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(buf) {

@@ -44,6 +44,19 @@ pub enum Hash {
     Djb2Mix,
 }
 
+impl std::str::FromStr for Hash {
+    type Err = String;
+
+    /// `djb2` or `djb2-mix` (the option's values); the error says what was given.
+    fn from_str(name: &str) -> Result<Hash, String> {
+        match name {
+            "djb2" => Ok(Hash::Djb2),
+            "djb2-mix" => Ok(Hash::Djb2Mix),
+            other => Err(format!("unknown hash {other:?}")),
+        }
+    }
+}
+
 impl Hash {
     /// The hash of an ASCII route key.
     #[inline]

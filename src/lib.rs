@@ -8,25 +8,32 @@
 //! primary, [`receiver`] is
 //! the worker's end; [`trust`], [`forwarded`] and [`proxy`] read route keys that trusted proxies
 //! forward; [`kernel`] builds the classic BPF program and the `SO_REUSEPORT` group of kernel
-//! dispatch (not wired into the router yet). The `napi` module is the binding and only the
-//! binding.
+//! dispatch (not wired into the router yet).
+//!
+//! This crate knows nothing of JavaScript: the napi binding is its own crate (`node/`), which
+//! only converts values and errors. Modules the binding needs are public; the rest is
+//! `pub(crate)`, so the compiler sees what is unused.
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
 
 pub mod address;
 pub mod channel;
-pub mod dispatcher;
-pub mod forwarded;
+mod dispatcher;
+mod forwarded;
 pub mod hash;
 pub mod kernel;
-pub mod link;
+mod link;
 pub mod listener;
-pub mod proxy;
+mod proxy;
 pub mod receiver;
 pub mod resolve;
 pub mod router;
 pub mod stats;
-pub mod table;
+mod table;
 pub mod trust;
 
-// The binding is exercised by the jest suites; `cargo test` covers the core.
-#[cfg(not(test))]
-mod napi;
+pub use table::{slot_for, ChannelId};

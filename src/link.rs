@@ -14,14 +14,14 @@ use tokio::time::Instant;
 use crate::channel::{self, Meta, PrimaryReader, ToPrimary, MAX_BATCH};
 
 /// Connections sent to one worker and not yet acknowledged, at most.
-pub const WINDOW: usize = 1024;
+pub(crate) const WINDOW: usize = 1024;
 /// Pause before sending again to a worker that was out of descriptors.
 const LOST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A connection the primary holds, with the time it was accepted (for `queue_timeout`) and what
 /// its worker needs to know.
 #[derive(Debug)]
-pub struct Held {
+pub(crate) struct Held {
     /// The primary's copy.
     pub conn: OwnedFd,
     /// When it was accepted.
@@ -32,11 +32,11 @@ pub struct Held {
 
 /// The channel's worker is gone: its socket says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gone;
+pub(crate) struct Gone;
 
 /// What a worker said, read off its channel.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Answers {
+pub(crate) struct Answers {
     /// It said hello (at least once in this read).
     pub hello: bool,
     /// Connections it adopted, in total in this read.
@@ -47,7 +47,7 @@ pub struct Answers {
 
 /// One worker channel, primary side.
 #[derive(Debug)]
-pub struct Link {
+pub(crate) struct Link {
     fd: OwnedFd,
     slot: usize,
     reader: PrimaryReader,
@@ -63,7 +63,7 @@ pub struct Link {
 
 impl Link {
     /// A link over the primary's end of a channel to a worker of `slot`.
-    pub fn new(fd: OwnedFd, slot: usize) -> Link {
+    pub(crate) fn new(fd: OwnedFd, slot: usize) -> Link {
         Link {
             fd,
             slot,
@@ -76,27 +76,27 @@ impl Link {
     }
 
     /// The slot its worker serves.
-    pub fn slot(&self) -> usize {
+    pub(crate) fn slot(&self) -> usize {
         self.slot
     }
 
     /// Connections sent and not acknowledged yet.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
 
     /// Whether the worker owes an answer (a hello, or acknowledgements).
-    pub fn owes_answer(&self) -> bool {
+    pub(crate) fn owes_answer(&self) -> bool {
         !self.ready || !self.in_flight.is_empty()
     }
 
     /// Whether sending waits for a pause to end.
-    pub fn paused(&self) -> bool {
+    pub(crate) fn paused(&self) -> bool {
         self.paused_until.is_some()
     }
 
     /// Ends a pause that is due; true if one ended (the slot has something to send again).
-    pub fn resume_if_due(&mut self, now: Instant) -> bool {
+    pub(crate) fn resume_if_due(&mut self, now: Instant) -> bool {
         if self.paused_until.is_some_and(|t| t <= now) {
             self.paused_until = None;
             return true;
@@ -107,7 +107,7 @@ impl Link {
     /// Sends from the front of `waiting`, in batches, while the window and the socket allow;
     /// what was sent moves into the window. A full socket or another error pauses sending for
     /// `retry`; the other error is returned (`Ok(Some)`) for the caller to count.
-    pub fn send_from(
+    pub(crate) fn send_from(
         &mut self,
         waiting: &mut VecDeque<Held>,
         now: Instant,
@@ -145,7 +145,7 @@ impl Link {
     /// Reads what the worker sent, without blocking, and applies acknowledgements (the
     /// primary's copies close). Lost connections come back through `lost`, oldest first, for
     /// the front of the slot's queue; sending then pauses briefly.
-    pub fn read(&mut self, now: Instant, lost: &mut Vec<Held>) -> Answers {
+    pub(crate) fn read(&mut self, now: Instant, lost: &mut Vec<Held>) -> Answers {
         let mut messages = Vec::new();
         let open = loop {
             match self.reader.recv(self.fd.as_fd()) {
@@ -180,13 +180,13 @@ impl Link {
     }
 
     /// Closes the channel; returns what the worker never acknowledged, oldest first.
-    pub fn into_unacknowledged(self) -> VecDeque<Held> {
+    pub(crate) fn into_unacknowledged(self) -> VecDeque<Held> {
         self.in_flight
     }
 }
 
 /// Whether an error means the other end of a socket is gone.
-pub fn is_peer_gone(e: &io::Error) -> bool {
+pub(crate) fn is_peer_gone(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EPIPE)

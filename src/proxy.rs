@@ -10,7 +10,7 @@ const V1_MAX: usize = 107;
 
 /// What the start of a stream says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Header {
+pub(crate) enum Header {
     /// More bytes are needed to decide.
     Incomplete,
     /// A complete header of `len` bytes. `source` is the client it speaks for, or `None` for
@@ -24,7 +24,7 @@ pub enum Header {
 }
 
 /// Parses a PROXY header at the start of `buf`, refusing anything longer than `limit` bytes.
-pub fn parse(buf: &[u8], limit: usize) -> Header {
+pub(crate) fn parse(buf: &[u8], limit: usize) -> Header {
     if buf.is_empty() {
         return Header::Incomplete;
     }

@@ -11,6 +11,7 @@ use nix::sys::socket::{shutdown, Shutdown};
 use crate::channel::{self, Batch, ToPrimary, WorkerReader};
 
 /// A worker's channel end and the thread reading it.
+#[derive(Debug)]
 pub struct Receiver {
     fd: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
@@ -24,7 +25,7 @@ impl Receiver {
     /// then reports the loss with [`Receiver::ack`], so the primary sends them again. If reading
     /// fails (anything but the primary closing the channel), `deliver(Err(e))` is the last call:
     /// this worker receives nothing more. Nothing arrives before [`Receiver::hello`].
-    pub fn start<F>(fd: BorrowedFd, deliver: F) -> io::Result<Receiver>
+    pub fn start<F>(fd: BorrowedFd<'_>, deliver: F) -> io::Result<Receiver>
     where
         F: FnMut(io::Result<Batch>) + Send + 'static,
     {

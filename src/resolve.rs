@@ -30,6 +30,20 @@ pub enum RouteBy {
     ProxyProtocol,
 }
 
+impl std::str::FromStr for RouteBy {
+    type Err = std::convert::Infallible;
+
+    /// The `routeBy` option: `address`, `proxy-protocol`, or any other text as a header name
+    /// (compared in lower case). `lib/options.js` has checked it is a valid header name.
+    fn from_str(text: &str) -> Result<RouteBy, Self::Err> {
+        Ok(match text {
+            "address" => RouteBy::Address,
+            "proxy-protocol" => RouteBy::ProxyProtocol,
+            header => RouteBy::Header(header.to_ascii_lowercase()),
+        })
+    }
+}
+
 /// How connections from trusted proxies are resolved.
 #[derive(Debug, Clone)]
 pub struct Rules {

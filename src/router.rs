@@ -76,6 +76,7 @@ enum Command {
 }
 
 /// A listening router and its accept thread.
+#[derive(Debug)]
 pub struct Router {
     commands: UnboundedSender<Command>,
     thread: Option<JoinHandle<()>>,

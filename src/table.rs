@@ -14,7 +14,7 @@ pub type ChannelId = u64;
 
 /// One worker index and the connections waiting for it.
 #[derive(Debug)]
-pub struct Slot<C> {
+pub(crate) struct Slot<C> {
     /// Accepted connections not yet sent to a worker, oldest first.
     pub waiting: VecDeque<C>,
     /// The channel of the ready worker that serves this slot now, if any.
@@ -23,7 +23,7 @@ pub struct Slot<C> {
 
 /// All slots of a router.
 #[derive(Debug)]
-pub struct Table<C> {
+pub(crate) struct Table<C> {
     slots: Vec<Slot<C>>,
     limit: usize,
     hash: Hash,
@@ -38,7 +38,7 @@ pub fn slot_for(key: &[u8], slots: usize, hash: Hash) -> usize {
 impl<C> Table<C> {
     /// A table of `slots` slots (at least one), each holding at most `limit` waiting connections,
     /// routing with `hash`.
-    pub fn new(slots: usize, limit: usize, hash: Hash) -> Self {
+    pub(crate) fn new(slots: usize, limit: usize, hash: Hash) -> Self {
         Table {
             slots: (0..slots.max(1))
                 .map(|_| Slot {
@@ -52,27 +52,22 @@ impl<C> Table<C> {
     }
 
     /// The number of slots.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
 
-    /// Always false: a table has at least one slot.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// The slot at `index`.
-    pub fn slot(&self, index: usize) -> &Slot<C> {
+    pub(crate) fn slot(&self, index: usize) -> &Slot<C> {
         &self.slots[index]
     }
 
     /// The slot at `index`, mutably.
-    pub fn slot_mut(&mut self, index: usize) -> &mut Slot<C> {
+    pub(crate) fn slot_mut(&mut self, index: usize) -> &mut Slot<C> {
         &mut self.slots[index]
     }
 
     /// Routes `conn` by `key` to the back of its slot's queue; returns the slot.
-    pub fn push(&mut self, key: &[u8], conn: C) -> usize {
+    pub(crate) fn push(&mut self, key: &[u8], conn: C) -> usize {
         let index = slot_for(key, self.slots.len(), self.hash);
         self.slots[index].waiting.push_back(conn);
         index
@@ -80,7 +75,7 @@ impl<C> Table<C> {
 
     /// Puts connections a dead worker never adopted back at the front, in their original order.
     /// They were accepted before anything now waiting, so they keep their place.
-    pub fn requeue_front<I>(&mut self, index: usize, conns: I)
+    pub(crate) fn requeue_front<I>(&mut self, index: usize, conns: I)
     where
         I: IntoIterator<Item = C>,
         I::IntoIter: DoubleEndedIterator,
@@ -93,7 +88,7 @@ impl<C> Table<C> {
 
     /// Removes the newest connections beyond the limit (called once a delivery attempt is
     /// over, so only connections that really have to wait count) and returns them.
-    pub fn trim(&mut self, index: usize) -> Vec<C> {
+    pub(crate) fn trim(&mut self, index: usize) -> Vec<C> {
         let waiting = &mut self.slots[index].waiting;
         let excess = waiting.len().saturating_sub(self.limit);
         let keep = waiting.len() - excess;
@@ -101,7 +96,7 @@ impl<C> Table<C> {
     }
 
     /// Removes waiting connections from the front (the oldest) while `expired` holds.
-    pub fn expire_front(&mut self, index: usize, expired: impl Fn(&C) -> bool) -> Vec<C> {
+    pub(crate) fn expire_front(&mut self, index: usize, expired: impl Fn(&C) -> bool) -> Vec<C> {
         let waiting = &mut self.slots[index].waiting;
         let n = waiting.iter().take_while(|c| expired(c)).count();
         waiting.drain(..n).collect()
@@ -110,7 +105,7 @@ impl<C> Table<C> {
     /// Makes `channel` the slot's delivery target unless a newer channel (a larger id: ids grow
     /// with every worker) already is, so a late hello from an older worker never takes the slot
     /// back. Returns the channel it replaced, or `Err` with the newer one that stays.
-    pub fn activate(
+    pub(crate) fn activate(
         &mut self,
         index: usize,
         channel: ChannelId,
@@ -126,7 +121,7 @@ impl<C> Table<C> {
     }
 
     /// Detaches `channel` if it is still the slot's target; a newer channel stays.
-    pub fn deactivate(&mut self, index: usize, channel: ChannelId) {
+    pub(crate) fn deactivate(&mut self, index: usize, channel: ChannelId) {
         let slot = &mut self.slots[index];
         if slot.channel == Some(channel) {
             slot.channel = None;
@@ -134,7 +129,7 @@ impl<C> Table<C> {
     }
 
     /// Takes every waiting connection of every slot (shutdown).
-    pub fn drain_all(&mut self) -> Vec<C> {
+    pub(crate) fn drain_all(&mut self) -> Vec<C> {
         self.slots
             .iter_mut()
             .flat_map(|s| s.waiting.drain(..))

@@ -26,11 +26,6 @@ impl Trusted {
         Ok(Trusted { nets })
     }
 
-    /// Whether nothing is trusted.
-    pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
-    }
-
     /// Whether `ip` is trusted. An IPv4 peer is the same peer in both its forms, `a.b.c.d` and
     /// `::ffff:a.b.c.d` (how a dual-stack listener and Node's `remoteAddress` show it), and
     /// matches an entry written either way: `127.0.0.1`, `::ffff:127.0.0.1`,

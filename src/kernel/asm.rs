@@ -161,6 +161,7 @@ impl fmt::Display for AsmError {
 
 impl std::error::Error for AsmError {}
 
+#[derive(Debug)]
 enum Item {
     Plain(Insn),
     Ja(Label),
@@ -174,7 +175,7 @@ enum Item {
 }
 
 /// Builds a program from instructions and labels; [`Asm::assemble`] resolves the jumps.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Asm {
     items: Vec<Item>,
     labels: usize,

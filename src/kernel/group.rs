@@ -259,7 +259,7 @@ mod tests {
     fn accept_all(group: &Group, count: usize) -> io::Result<HashMap<IpAddr, usize>> {
         let mut accepted = HashMap::new();
         while accepted.len() < count {
-            let mut fds: Vec<PollFd> = group
+            let mut fds: Vec<PollFd<'_>> = group
                 .members()
                 .iter()
                 .map(|m| PollFd::new(m.as_fd(), PollFlags::POLLIN))

@@ -7,12 +7,12 @@ use super::asm::{op, Insn, MEM_WORDS, NET_OFF};
 /// Runs `prog` on a packet whose network header is `net` and whose payload is empty (a SYN).
 /// A load outside the packet ends the program with 0, as in the kernel. Panics on instructions
 /// the kernel would refuse: the programs under test must be valid.
-pub fn run(prog: &[Insn], net: &[u8]) -> u32 {
+pub(crate) fn run(prog: &[Insn], net: &[u8]) -> u32 {
     run_counted(prog, net).0
 }
 
 /// [`run`], also returning how many instructions ran.
-pub fn run_counted(prog: &[Insn], net: &[u8]) -> (u32, usize) {
+pub(crate) fn run_counted(prog: &[Insn], net: &[u8]) -> (u32, usize) {
     let mut steps = 0;
     let result = run_steps(prog, net, &mut steps);
     (result, steps)

@@ -1,13 +1,7 @@
 //! ns per address of what the router does per accepted connection to pick a slot:
-//! `AddressText::new(&peer)` (src/address.rs) + `djb2_ascii` (src/hash.rs) + `% slots`
-//! (src/table.rs's `slot_for`). The library's files are compiled in as they are, by path.
+//! `AddressText::new(&peer)` + `djb2_ascii` + `% slots` (`slot_for`), from the core crate.
 //! usage: route-cost [addresses=100000] [slots=10]   (prints one JSON line)
-#[allow(dead_code)]
-#[path = "../../../src/address.rs"]
-mod address;
-#[allow(dead_code)]
-#[path = "../../../src/hash.rs"]
-mod hash;
+use sticky_rs::{address, hash};
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};

@@ -11,13 +11,13 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
-use crate::address::AddressText;
-use crate::channel::Meta;
-use crate::hash::{djb2_str, Hash};
-use crate::resolve::{RouteBy, Rules, MAX_PEEK_LIMIT};
-use crate::table::slot_for;
-use crate::trust::Trusted;
-use crate::{listener, receiver, router};
+use sticky_rs::address::AddressText;
+use sticky_rs::channel::Meta;
+use sticky_rs::hash::{djb2_str, Hash};
+use sticky_rs::resolve::{RouteBy, Rules, MAX_PEEK_LIMIT};
+use sticky_rs::slot_for;
+use sticky_rs::trust::Trusted;
+use sticky_rs::{listener, receiver, router};
 
 fn os_error(e: io::Error) -> Error {
     let bind = e
@@ -224,10 +224,9 @@ impl Router {
                 format!("not an address or range: {entry}"),
             )
         })?;
-        let route_by = match options.route_by.as_str() {
-            "address" => RouteBy::Address,
-            "proxy-protocol" => RouteBy::ProxyProtocol,
-            header => RouteBy::Header(header.to_ascii_lowercase()),
+        let route_by: RouteBy = match options.route_by.parse() {
+            Ok(route_by) => route_by,
+            Err(never) => match never {},
         };
         let config = router::Config {
             listeners,
@@ -501,14 +500,8 @@ pub fn address_text(ip: String) -> Result<String> {
 }
 
 fn hash_named(name: &str) -> Result<Hash> {
-    match name {
-        "djb2" => Ok(Hash::Djb2),
-        "djb2-mix" => Ok(Hash::Djb2Mix),
-        other => Err(Error::new(
-            Status::InvalidArg,
-            format!("unknown hash {other:?}"),
-        )),
-    }
+    name.parse()
+        .map_err(|reason: String| Error::new(Status::InvalidArg, reason))
 }
 
 /// The slot of each address (formatted by the router's rules, then `hash % slots`; `hash` is
