@@ -3,32 +3,50 @@ import type { Server } from 'node:net';
 import type { Worker } from 'node:cluster';
 
 declare namespace sticky {
+  /**
+   * A count, port or duration: a number, or a string of digits (`process.env.WEB_CONCURRENCY`),
+   * as the originals took them. Falsy values (`0`, `''`, `null`, `undefined`, `NaN`) mean the
+   * default, except for `queueLimit` and `listen()`'s port, where 0 is a real value.
+   */
+  type Count = number | string | null | false;
+
   /** Options shared by both APIs (sticky-rs additions to the originals). */
   interface CommonOptions {
     /** Host to listen on. Default: dual-stack `::`, like the originals. */
     host?: string;
     /** `listen()` backlog. Default 511, like Node. */
-    backlog?: number;
-    /** Log lifecycle and routing decisions to stderr. Default false. */
-    debug?: boolean;
+    backlog?: Count;
+    /**
+     * `true`: log lifecycle lines (forks, exits, channels, with slot and pid) to stderr;
+     * `'connections'`: also one line per connection. `DEBUG=sticky-rs*` does the same. Default false.
+     * Warnings (dropped connections, crash loops, ...) are logged whatever this says.
+     */
+    debug?: boolean | 'connections';
     /** Prefix of the IPC messages between primary and workers. Default `'sticky-cluster:'`. */
     prefix?: string;
     /** Connections a slot may hold in the primary while its worker is not ready; beyond, they are closed. Default 1024. */
-    queueLimit?: number;
+    queueLimit?: Count;
     /** Route hash: `'djb2'` (sticky-cluster's, the default) or `'djb2-mix'` (djb2 + murmur3's fmix32: even for 16 or 32 workers). */
     hash?: 'djb2' | 'djb2-mix';
     /** ms a connection may wait in the primary for a ready worker. Default 30000. */
-    queueTimeout?: number;
+    queueTimeout?: Count;
     /** ms a new worker may take to hand its server over before it is replaced. Default 30000. */
-    readyTimeout?: number;
+    readyTimeout?: Count;
     /** ms before a dead worker is replaced; doubles per crash in a row. Default 100. */
-    respawnDelay?: number;
+    respawnDelay?: Count;
     /** Upper bound of the respawn delay, ms. Default 10000. */
-    maxRespawnDelay?: number;
+    maxRespawnDelay?: Count;
     /** A worker that lived this long (ms) resets the respawn delay. Default 30000. */
-    respawnResetAfter?: number;
+    respawnResetAfter?: Count;
     /** Grace period of a shutdown before remaining workers are killed, in ms. Default 60000. */
-    hardShutdownDelay?: number;
+    hardShutdownDelay?: Count;
+    /**
+     * More unasked exits than this of one slot's workers within `restartWindow` end a crash loop:
+     * the primary shuts down and exits with code 1. `Infinity`: never. Default 10.
+     */
+    maxRestarts?: Count;
+    /** The window of `maxRestarts`, in ms. Default 60000. */
+    restartWindow?: Count;
     /**
      * Where the route key comes from, for connections from `trustedProxies`: the peer address
      * (default), `'x-forwarded-for'` (the right-most untrusted entry), any other request header,
@@ -38,36 +56,36 @@ declare namespace sticky {
     /** Addresses and CIDR ranges whose headers / PROXY data are believed. Required with routeBy. */
     trustedProxies?: string[];
     /** Bytes read at most to find a forwarded key. Default 8192. */
-    peekLimit?: number;
+    peekLimit?: Count;
     /** ms waited at most for them. Default 3000. */
-    peekTimeout?: number;
+    peekTimeout?: Count;
   }
 
   /** One address to listen on. */
   interface Listener {
     port: number | string;
     host?: string;
-    backlog?: number;
+    backlog?: Count;
   }
 
   /** sticky-cluster 0.3.5's options; a falsy value means the default, as there. */
   interface ClusterOptions extends CommonOptions {
     /** Number of workers. Default: number of CPUs. */
-    concurrency?: number;
+    concurrency?: Count;
     /** Port to listen on. Default 8080. */
-    port?: number | string;
+    port?: Count;
     /** Several addresses instead of port/host; workers hand over one server per listener, in order. */
     listeners?: Listener[];
     /** Environment of the worker of slot `index`. Default `{ stickycluster_worker_index: index }`. */
     env?: (index: number) => Record<string, string | number | boolean | undefined>;
-    /** Receives listen errors such as EADDRINUSE. Default: log and `process.exit(1)`. */
-    errorHandler?: (err: NodeJS.ErrnoException) => void;
+    /** Receives listen errors such as EADDRINUSE or ENOTFOUND. Default: log and `process.exit(1)`. */
+    errorHandler?: (err: ListenError) => void;
   }
 
   /** sticky-session 1.x's options. */
   interface SessionOptions extends CommonOptions {
     /** Number of workers. Default: number of CPUs. */
-    workers?: number;
+    workers?: Count;
     /** Extra environment of every worker. */
     env?: Record<string, string | number | boolean | undefined>;
   }
@@ -87,6 +105,10 @@ declare namespace sticky {
     redelivered: number;
     /** Closed unserved: the slot's queue was full or they waited longer than queueTimeout. */
     dropped: number;
+    /** The part of `dropped` that waited longer than queueTimeout. */
+    expired: number;
+    /** Times the slot's worker exited unasked and was replaced. */
+    restarts: number;
     /** Whether the slot delivers to a ready worker now. */
     ready: boolean;
   }
@@ -113,6 +135,41 @@ declare namespace sticky {
     worker: Worker;
   }
 
+  interface ExitEvent extends WorkerEvent {
+    code: number | null;
+    signal: string | null;
+  }
+
+  interface RespawnEvent {
+    slot: number;
+    /** ms until the new worker is forked. */
+    delay: number;
+  }
+
+  /** The events of a Primary and their argument. */
+  interface PrimaryEvents {
+    /** A worker was forked for `slot`. */
+    fork: WorkerEvent;
+    /** The worker handed its server over and its slot delivers to it now. */
+    ready: WorkerEvent;
+    exit: ExitEvent;
+    /** A dead worker's slot gets a new worker after `delay` ms. */
+    respawn: RespawnEvent;
+    /** A listener failed and accepts no more (the others go on). */
+    error: Error;
+  }
+
+  type PrimaryListener<E extends keyof PrimaryEvents> = (event: PrimaryEvents[E]) => void;
+
+  /** A listen error, shaped like Node's: `listen EADDRINUSE: ...` or `getaddrinfo ENOTFOUND host`. */
+  interface ListenError extends NodeJS.ErrnoException {
+    /** The host that did not resolve (ENOTFOUND, EAI_AGAIN). */
+    hostname?: string;
+    /** The address and port that could not be bound. */
+    address?: string;
+    port?: number;
+  }
+
   /** The cluster primary, returned by `sticky(startFn, options)` in the primary process. */
   interface Primary extends EventEmitter {
     /** The address the router listens on, or null if listening failed. */
@@ -125,11 +182,13 @@ declare namespace sticky {
     shutdown(): Promise<number>;
     /** Replaces every worker, one slot at a time, without dropping a connection. */
     reload(): Promise<void>;
-    on(event: 'fork' | 'ready', listener: (e: WorkerEvent) => void): this;
-    on(event: 'exit', listener: (e: WorkerEvent & { code: number | null; signal: string | null }) => void): this;
-    on(event: 'respawn', listener: (e: { slot: number; delay: number }) => void): this;
-    /** A listener failed and accepts no more (the others go on). */
-    on(event: 'error', listener: (err: Error) => void): this;
+    on<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;
+    once<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;
+    off<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;
+    addListener<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;
+    removeListener<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;
+    prependListener<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;
+    prependOnceListener<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;
   }
 
   /** The argument of the `'sticky:shutdown'` event a handed-over server emits when its worker is asked to stop. */
@@ -138,8 +197,37 @@ declare namespace sticky {
     waitUntil(promise: Promise<unknown>): void;
   }
 
-  /** sticky-session: returns false in the primary and true in a worker, where `server` gets the connections. */
+  /**
+   * sticky-session: returns false in the primary and true in a worker, where `server` gets the
+   * connections. In the primary, `server.address()` is what the router bound (port 0 picks a
+   * free one) and `sticky.primary()` is the Primary.
+   */
   function listen(server: Server, port: number | string, options?: SessionOptions): boolean;
+
+  /** The Primary this process started with either API, or null (in workers, or before). */
+  function primary(): Primary | null;
+
+  interface PrometheusOptions<R> {
+    /** A prom-client Registry. Default: prom-client's global registry. */
+    register?: R;
+    /** Prefix of the metric names. Default `'sticky_rs_'`. */
+    prefix?: string;
+  }
+
+  /**
+   * Registers the primary's stats() as Prometheus metrics (prom-client, an optional peer
+   * dependency) in `register`, with `slot` labels; returns the registry.
+   */
+  function prometheus<R = unknown>(primary: Primary, options?: PrometheusOptions<R>): R;
+}
+
+declare module 'net' {
+  interface Server {
+    /** sticky-rs: the worker was asked to stop; `waitUntil(promise)` delays its exit until the promise settles. */
+    on(event: 'sticky:shutdown', listener: (event: sticky.ShutdownEvent) => void): this;
+    once(event: 'sticky:shutdown', listener: (event: sticky.ShutdownEvent) => void): this;
+    off(event: 'sticky:shutdown', listener: (event: sticky.ShutdownEvent) => void): this;
+  }
 }
 
 /**

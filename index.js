@@ -4,28 +4,46 @@ const cluster = require('node:cluster');
 const { clusterOptions, sessionOptions } = require('./lib/options');
 const { startPrimary } = require('./lib/primary');
 const { prepare, serve } = require('./lib/worker');
+const { prometheus } = require('./lib/metrics');
+const { PRIMARY_PID } = require('./lib/messages');
+
+// Every process this primary forks, by sticky-rs or by leftover code of the app (even before
+// sticky() runs), can tell that its primary runs sticky-rs.
+if (cluster.isPrimary) process.env[PRIMARY_PID] = String(process.pid);
+
+// The Primary this process started (either API), for primary().
+let started = null;
 
 /** sticky-cluster: `startFn(callback)` runs in workers and calls `callback(server)`. */
 function sticky(startFn, options) {
   const o = clusterOptions(startFn, options);
-  if (cluster.isPrimary) return startPrimary(o, o.errorHandler);
-  prepare(o);
-  startFn(serve);
+  if (cluster.isPrimary) return (started = startPrimary(o, o.errorHandler));
+  // A worker forked by someone else gets no connections: the app does not start there.
+  if (prepare(o)) startFn(serve);
 }
 
 /** sticky-session: false in the primary, true in a worker, where `server` gets connections. */
 function listen(server, port, options) {
   const o = sessionOptions(server, port, options);
   if (!cluster.isPrimary) {
-    prepare(o);
-    serve(server);
+    if (prepare(o)) serve(server);
     return true;
   }
   // Like server.listen(), errors arrive as an 'error' event, after the caller could attach one.
   const primary = startPrimary(o, (err) => process.nextTick(() => server.emit('error', err)));
+  started = primary;
+  // As Node's would: what the router bound (the port `0` picked), null once shut down.
+  server.address = () => (primary.router && !primary.finished ? primary.address() : null);
   if (primary.router) process.nextTick(() => server.emit('listening'));
   return false;
 }
 
+/** The Primary this process started with either API (stats, reload, shutdown, events), or null. */
+function primary() {
+  return started;
+}
+
 module.exports = sticky;
 module.exports.listen = listen;
+module.exports.primary = primary;
+module.exports.prometheus = prometheus;

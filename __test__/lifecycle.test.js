@@ -111,7 +111,7 @@ test('reload under continuous load: zero failed requests, new pids everywhere, s
 
 test('crash loop: growing respawn delays, low primary CPU, bounded fds, other slots unaffected', async () => {
   const port = await freePort();
-  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, CRASH_SLOT: 0, RESPAWN_DELAY: 50, MAX_RESPAWN_DELAY: 400 });
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, CRASH_SLOT: 0, RESPAWN_DELAY: 50, MAX_RESPAWN_DELAY: 400, MAX_RESTARTS: 'Infinity' });
   await app.next((e) => e.event === 'ready' && e.slot === 1);
   await app.count('respawn', 3);
   const fdsEarly = app.fdCount();

@@ -11,6 +11,8 @@
 //            worker by (sticky-rs `routeBy`; default: the TCP peer's address)
 //   TRUSTED_PROXIES comma-separated addresses/CIDR ranges of those proxies (sticky-rs
 //            `trustedProxies`; required with ROUTE_BY). See docs/LOAD-BALANCER.md.
+//   METRICS_PORT  serve Prometheus metrics (sticky-rs's, through prom-client) on
+//            http://HOST:METRICS_PORT/metrics from the primary; off by default.
 //
 // Every connection from one client IP reaches the same worker, so Socket.IO's long-polling
 // (several HTTP requests per session) works without any shared session store. Open
@@ -42,6 +44,7 @@ function positiveInt(name, fallback) {
 }
 
 const PORT = positiveInt('PORT', 8080);
+const METRICS_PORT = positiveInt('METRICS_PORT', 0);
 const HOST = process.env.HOST || undefined;
 const WORKERS = positiveInt('WORKERS', os.availableParallelism());
 const REDIS_URL = process.env.REDIS_URL || '';
@@ -221,4 +224,26 @@ if (cluster.isPrimary) {
     if (!stopping) console.log(`worker exited: slot ${slot}, pid ${worker.process.pid} (${signal || `code ${code}`})`);
   });
   primary.on('respawn', ({ slot, delay }) => console.log(`restarting slot ${slot} in ${delay} ms`));
+
+  if (METRICS_PORT) serveMetrics(primary);
+}
+
+/**
+ * Prometheus metrics of the router (per slot: accepted, delivered, queued, dropped, restarts...)
+ * on a port of their own, from the primary: scrapes never go through the sticky router.
+ */
+function serveMetrics(primary) {
+  const client = require('prom-client');
+  const register = sticky.prometheus(primary, { register: new client.Registry() });
+  const server = http.createServer(async (req, res) => {
+    if (req.url !== '/metrics') {
+      res.writeHead(404).end();
+      return;
+    }
+    res.setHeader('content-type', register.contentType);
+    res.end(await register.metrics());
+  });
+  server.listen(METRICS_PORT, HOST, () => console.log(`Metrics on http://${HOST && HOST.includes(':') ? `[${HOST}]` : HOST || 'localhost'}:${METRICS_PORT}/metrics`));
+  // The metrics server must not keep the primary alive once sticky-rs shut down.
+  server.unref();
 }

@@ -15,6 +15,11 @@ const CLOSING = 'closing'; // worker -> primary: the user closed the server (sti
 
 const INTERNAL = 'NODE_STICKY_RS';
 
+/** The environment variable that tells each of our workers its slot (both APIs). */
+const WORKER_INDEX = 'STICKY_RS_WORKER_INDEX';
+/** Set in a sticky-rs primary (its pid), so every process it forks knows who forked it. */
+const PRIMARY_PID = 'STICKY_RS_PRIMARY_PID';
+
 /** Sends a worker -> primary notice; a closed channel (primary gone) is not an error here. */
 function notifyPrimary(prefix, type) {
   process.send({ cmd: INTERNAL, type: prefix + type }, () => {});
@@ -26,4 +31,4 @@ function noticeType(prefix, message) {
   return message.type.startsWith(prefix) ? message.type.slice(prefix.length) : null;
 }
 
-module.exports = { READY, CHANNEL, LISTEN, SHUTDOWN, CLOSING, notifyPrimary, noticeType };
+module.exports = { READY, CHANNEL, LISTEN, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_PID, notifyPrimary, noticeType };

@@ -1,9 +1,12 @@
 'use strict';
 // Validates and normalizes the options of both APIs into one shape.
-// Like the originals, a falsy value means "use the default" (`||`), except where 0 is a real
-// value (`queueLimit`, and `port` in `listen`, where 0 picks a free port as net.Server does).
+// Like the originals, a falsy value (undefined, null, false, 0, '', NaN) means "use the default"
+// (`||`), except where 0 is a real value (`queueLimit`, and `port` in `listen`, where 0 picks a
+// free port as net.Server does). Counts, ports and durations also take decimal integer strings
+// ('4', as in `concurrency: process.env.WEB_CONCURRENCY`), which the originals used as numbers.
 const os = require('node:os');
 const { native } = require('./binding');
+const { debugEnabled } = require('./log');
 
 const DEFAULT_PREFIX = 'sticky-cluster:';
 const HASHES = ['djb2', 'djb2-mix'];
@@ -12,7 +15,7 @@ const DISPATCHES = ['auto', 'kernel', 'primary'];
 const SHARED_KEYS = [
   'host', 'backlog', 'debug', 'prefix', 'queueLimit', 'queueTimeout', 'hash',
   'readyTimeout', 'respawnDelay', 'maxRespawnDelay', 'respawnResetAfter', 'hardShutdownDelay',
-  'routeBy', 'trustedProxies', 'peekLimit', 'peekTimeout', 'dispatch',
+  'routeBy', 'trustedProxies', 'peekLimit', 'peekTimeout', 'maxRestarts', 'restartWindow', 'dispatch',
 ];
 const CLUSTER_KEYS = ['concurrency', 'port', 'listeners', 'env', 'errorHandler', ...SHARED_KEYS];
 // An HTTP header name (RFC 9110 token).
@@ -28,9 +31,15 @@ function describe(value) {
   return String(value);
 }
 
+/** Whether sticky-cluster's `value || fallback` would take the fallback. */
+const unset = (value) => !value;
+
 function integer(name, value, min, max) {
+  // '4' counts as 4; '4.5', '-1', ' 4' and 'four' do not.
+  if (typeof value === 'string' && /^\d+$/.test(value)) value = Number(value);
   if (typeof value !== 'number') {
-    throw new TypeError(`sticky-rs: option "${name}" must be a number, got ${describe(value)}`);
+    const hint = typeof value === 'string' ? ' (a string must be a whole number in digits, like "4")' : '';
+    throw new TypeError(`sticky-rs: option "${name}" must be a number, got ${describe(value)}${hint}`);
   }
   if (!Number.isInteger(value) || value < min || value > max) {
     throw new RangeError(
@@ -41,9 +50,12 @@ function integer(name, value, min, max) {
 }
 
 function port(name, value, min) {
-  // net.Server accepts numeric strings; so do we.
-  const n = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value;
-  return integer(name, n, min, 65535);
+  return integer(name, value, min, 65535);
+}
+
+/** An integer option where a falsy value means `fallback`. */
+function count(o, name, fallback, min, max) {
+  return unset(o[name]) ? fallback : integer(name, o[name], min, max);
 }
 
 function ofType(name, value, type) {
@@ -67,21 +79,21 @@ function checkKeys(options, known) {
 }
 
 function host(name, value) {
-  return value === undefined || value === '::' ? '' : ofType(name, value, 'string');
+  return unset(value) || value === '::' ? '' : ofType(name, value, 'string');
 }
 
 function backlog(name, value) {
-  return value === undefined ? 511 : integer(name, value, 1, 2 ** 31 - 1);
+  return unset(value) ? 511 : integer(name, value, 1, 2 ** 31 - 1);
 }
 
 /** `routeBy` and what goes with it. */
 function routing(o) {
-  const routeBy = o.routeBy === undefined ? 'address' : ofType('routeBy', o.routeBy, 'string').toLowerCase();
+  const routeBy = unset(o.routeBy) ? 'address' : ofType('routeBy', o.routeBy, 'string').toLowerCase();
   if (!HEADER_NAME.test(routeBy)) {
     throw new TypeError(`sticky-rs: option "routeBy" must be 'address', 'x-forwarded-for', 'proxy-protocol' or a header name, got ${describe(o.routeBy)}`);
   }
   let trustedProxies = [];
-  if (o.trustedProxies !== undefined) {
+  if (!unset(o.trustedProxies)) {
     if (!Array.isArray(o.trustedProxies) || !o.trustedProxies.every((e) => typeof e === 'string')) {
       throw new TypeError(`sticky-rs: option "trustedProxies" must be an array of addresses and CIDR ranges, got ${describe(o.trustedProxies)}`);
     }
@@ -94,18 +106,23 @@ function routing(o) {
   if (routeBy !== 'address' && trustedProxies.length === 0) {
     throw new TypeError(`sticky-rs: option "routeBy": ${JSON.stringify(routeBy)} needs "trustedProxies" (the proxies whose ${routeBy} data is believed)`);
   }
-  return {
-    routeBy,
-    trustedProxies,
-    peekLimit: o.peekLimit === undefined ? 8192 : integer('peekLimit', o.peekLimit, 64, 64 * 1024),
-    peekTimeout: ms(o, 'peekTimeout', 3000),
-  };
+  const peek = { peekLimit: count(o, 'peekLimit', 8192, 64, 64 * 1024), peekTimeout: ms(o, 'peekTimeout', 3000) };
+  // Options that only matter behind a proxy, given without routeBy, are a mistake (a routeBy
+  // lost in a config merge would silently route every client of the proxy to one worker).
+  if (routeBy === 'address') {
+    for (const name of ['trustedProxies', 'peekLimit', 'peekTimeout']) {
+      if (!unset(o[name]) && !(name === 'trustedProxies' && trustedProxies.length === 0)) {
+        throw new TypeError(`sticky-rs: option "${name}" has no effect with "routeBy": 'address' (the default); set "routeBy" to 'x-forwarded-for', 'proxy-protocol' or a header name, or remove "${name}"`);
+      }
+    }
+  }
+  return { routeBy, trustedProxies, ...peek };
 }
 
 /** The addresses to listen on: `listeners: [{ port, host, backlog }]`, or one from port/host. */
 function listenersOf(o, single) {
-  if (o.listeners === undefined) return [single];
-  if (o.port !== undefined || o.host !== undefined) {
+  if (unset(o.listeners)) return [single];
+  if (!unset(o.port) || !unset(o.host)) {
     throw new TypeError('sticky-rs: give either "listeners" or "port"/"host", not both');
   }
   if (!Array.isArray(o.listeners) || o.listeners.length === 0 || o.listeners.length > 255) {
@@ -122,7 +139,29 @@ function listenersOf(o, single) {
 
 /** A duration in ms; falsy means the default, as `hardShutdownDelay` in sticky-cluster. */
 function ms(o, name, fallback) {
-  return o[name] ? integer(name, o[name], 1, MAX_MS) : fallback;
+  return count(o, name, fallback, 1, MAX_MS);
+}
+
+/**
+ * `debug`: false, true (lifecycle lines) or 'connections' (also one line per connection); the
+ * DEBUG environment variable turns either on as well (see log.js).
+ */
+function debugLevel(value) {
+  if (!unset(value) && value !== true && value !== 'connections') {
+    throw new TypeError(`sticky-rs: option "debug" must be true, false or 'connections', got ${describe(value)}`);
+  }
+  const connections = value === 'connections' || debugEnabled('sticky-rs:connection');
+  return { debug: !unset(value) || debugEnabled('sticky-rs:lifecycle'), debugConnections: connections };
+}
+
+/** `respawnDelay` doubles up to `maxRespawnDelay`: a first delay above the cap is a mistake. */
+function respawnDelays(o) {
+  const respawnDelay = ms(o, 'respawnDelay', 100);
+  const maxRespawnDelay = ms(o, 'maxRespawnDelay', 10_000);
+  if (respawnDelay > maxRespawnDelay) {
+    throw new RangeError(`sticky-rs: option "respawnDelay" (${respawnDelay}) must not be greater than "maxRespawnDelay" (${maxRespawnDelay}${unset(o.maxRespawnDelay) ? ', the default' : ''}): raise "maxRespawnDelay" or lower "respawnDelay"`);
+  }
+  return { respawnDelay, maxRespawnDelay };
 }
 
 /**
@@ -150,7 +189,7 @@ function dispatchOf(o, routeBy) {
 
 /** The options both APIs share. */
 function common(o) {
-  const hash = o.hash === undefined ? 'djb2' : ofType('hash', o.hash, 'string');
+  const hash = unset(o.hash) ? 'djb2' : ofType('hash', o.hash, 'string');
   if (!HASHES.includes(hash)) {
     throw new TypeError(`sticky-rs: option "hash" must be one of ${HASHES.join(', ')}, got ${describe(hash)}`);
   }
@@ -160,15 +199,19 @@ function common(o) {
     backlog: backlog('backlog', o.backlog),
     ...routes,
     ...dispatchOf(o, routes.routeBy),
-    debug: Boolean(o.debug),
+    ...debugLevel(o.debug),
     prefix: o.prefix ? ofType('prefix', o.prefix, 'string') : DEFAULT_PREFIX,
-    queueLimit: o.queueLimit === undefined ? 1024 : integer('queueLimit', o.queueLimit, 0, 1 << 20),
+    // 0 is a real limit here (nothing waits for a worker); the other falsy values are unset.
+    queueLimit: unset(o.queueLimit) && o.queueLimit !== 0 ? 1024 : integer('queueLimit', o.queueLimit, 0, 1 << 20),
     queueTimeout: ms(o, 'queueTimeout', 30_000),
     readyTimeout: ms(o, 'readyTimeout', 30_000),
-    respawnDelay: ms(o, 'respawnDelay', 100),
-    maxRespawnDelay: ms(o, 'maxRespawnDelay', 10_000),
+    ...respawnDelays(o),
     respawnResetAfter: ms(o, 'respawnResetAfter', 30_000),
     hardShutdownDelay: ms(o, 'hardShutdownDelay', 60_000),
+    // A crash loop ends: more exits of one slot's workers than this within restartWindow shut
+    // the primary down with exit code 1 (Infinity: never).
+    maxRestarts: o.maxRestarts === Infinity ? Infinity : count(o, 'maxRestarts', 10, 1, 1_000_000),
+    restartWindow: ms(o, 'restartWindow', 60_000),
     hash,
   };
 }
@@ -184,14 +227,14 @@ function clusterOptions(startFn, options) {
     throw new TypeError(`sticky-rs: the first argument must be a function (callback => callback(server)), got ${describe(startFn)}`);
   }
   const o = checkKeys(options, CLUSTER_KEYS);
-  const userEnv = o.env ? ofType('env', o.env, 'function') : null;
+  const userEnv = unset(o.env) ? null : ofType('env', o.env, 'function');
   const shared = common(o);
   return {
     ...shared,
-    slots: o.concurrency ? integer('concurrency', o.concurrency, 1, 1024) : os.availableParallelism(),
-    listeners: listenersOf(o, { port: o.port ? port('port', o.port, 1) : 8080, host: shared.host, backlog: shared.backlog }),
+    slots: count(o, 'concurrency', os.availableParallelism(), 1, 1024),
+    listeners: listenersOf(o, { port: unset(o.port) ? 8080 : port('port', o.port, 1), host: shared.host, backlog: shared.backlog }),
     env: userEnv || ((index) => ({ stickycluster_worker_index: index })),
-    errorHandler: o.errorHandler ? ofType('errorHandler', o.errorHandler, 'function') : defaultErrorHandler,
+    errorHandler: unset(o.errorHandler) ? defaultErrorHandler : ofType('errorHandler', o.errorHandler, 'function'),
   };
 }
 
@@ -201,14 +244,14 @@ function sessionOptions(server, portValue, options) {
     throw new TypeError(`sticky-rs: listen() needs a server (http.Server, https.Server or net.Server), got ${describe(server)}`);
   }
   const o = checkKeys(options, SESSION_KEYS);
-  if (o.env !== undefined && (o.env === null || typeof o.env !== 'object')) {
+  if (!unset(o.env) && (typeof o.env !== 'object' || Array.isArray(o.env))) {
     throw new TypeError(`sticky-rs: option "env" must be an object, got ${describe(o.env)}`);
   }
   const env = o.env || {};
   const shared = common(o);
   return {
     ...shared,
-    slots: o.workers ? integer('workers', o.workers, 1, 1024) : os.availableParallelism(),
+    slots: count(o, 'workers', os.availableParallelism(), 1, 1024),
     listeners: [{ port: port('port', portValue, 0), host: shared.host, backlog: shared.backlog }],
     env: () => env,
     errorHandler: null,

@@ -6,9 +6,12 @@ const cluster = require('node:cluster');
 const { EventEmitter } = require('node:events');
 const fs = require('node:fs');
 const net = require('node:net');
-const { native, nodeError } = require('./binding');
-const { log } = require('./log');
-const { READY, CHANNEL, LISTEN, SHUTDOWN, CLOSING, noticeType } = require('./messages');
+const { native } = require('./binding');
+const { listenError } = require('./errors');
+const { log, warn, Warnings } = require('./log');
+const { READY, CHANNEL, LISTEN, SHUTDOWN, CLOSING, WORKER_INDEX, noticeType } = require('./messages');
+
+const WATCH_INTERVAL = 1000;
 
 class Primary extends EventEmitter {
   constructor(options) {
@@ -21,6 +24,7 @@ class Primary extends EventEmitter {
     this.members = new Map();
     this.closing = false;
     this.reloading = null;
+    this.warnings = new Warnings();
   }
 
   /** Binds; on a bind error calls `onError` and forks nothing. */
@@ -39,11 +43,13 @@ class Primary extends EventEmitter {
         hash: o.hash,
         debug: o.debug,
         dispatch: o.dispatch,
+        debugConnections: o.debugConnections,
       }, (event) => this.onRouterEvent(event));
     } catch (err) {
-      onError(nodeError(err, 'listen', o.listeners));
+      onError(listenError(err, o.listeners));
       return this;
     }
+    this.watch();
     if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s), ${o.dispatch} dispatch (${o.dispatchWhy})`);
     for (let index = 0; index < o.slots; index++) {
       this.slots.push({ current: null, delay: o.respawnDelay, timer: null, replacing: null });
@@ -84,15 +90,16 @@ class Primary extends EventEmitter {
       sendErrors: counters.sendErrors,
       slots: counters.slots.map(({ channel, ...c }, i) => {
         const current = this.slots[i].current;
-        return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c };
+        return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c, restarts: this.slots[i].restarts || 0 };
       }),
     };
   }
 
   fork(index) {
     const o = this.options;
-    // The worker learns how connections reach it from its environment, before any message.
-    const worker = cluster.fork({ ...o.env(index), STICKY_RS_DISPATCH: o.dispatch });
+    // WORKER_INDEX marks our own workers (a worker without it was forked by someone else);
+    // STICKY_RS_DISPATCH tells the worker how connections reach it, before any message.
+    const worker = cluster.fork({ ...o.env(index), [WORKER_INDEX]: index, STICKY_RS_DISPATCH: o.dispatch });
     const member = { slot: index, worker, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null };
     // Settles true once the router delivers to this worker, false if it exits first.
     member.whenReady = new Promise((resolve) => {
@@ -103,7 +110,10 @@ class Primary extends EventEmitter {
     // A worker that does not become ready (hand its server over, then say hello on its channel)
     // is replaced; its slot's clients wait meanwhile.
     member.timer = setTimeout(() => {
-      if (o.debug) log('primary', `slot ${index}: worker #${worker.id} not ready after ${o.readyTimeout} ms, killing it`);
+      this.warnings.note(`ready:${index}`, 1, (n) =>
+        `slot ${index}: worker pid ${worker.process.pid} did not become ready within readyTimeout (${o.readyTimeout} ms); killed it` +
+        (n > 1 ? ` (${n} workers of this slot killed so)` : '') + '. Is its start-up code stuck, or does it never hand its server over (callback(server))?');
+      member.killedNotReady = true; // warned: its exit needs no line of its own
       worker.process.kill('SIGKILL');
     }, o.readyTimeout);
     // An IPC failure (ERR_IPC_CHANNEL_CLOSED...) concerns this worker only; 'exit' follows. A
@@ -176,11 +186,11 @@ class Primary extends EventEmitter {
     } else if (event.kind === 'listenerFailed') {
       const address = (this.router && this.router.addresses()[event.listener]) || {};
       const err = new Error(`sticky-rs: listener ${event.listener} (${address.address}:${address.port}) failed and accepts no more: ${event.message}`);
-      log('primary', err.message);
+      warn(err.message);
       if (this.listenerCount('error') > 0) this.emit('error', err);
     } else if (event.kind === 'stopped') {
       // Never keep running without accepting: a supervisor restarts a process that exits.
-      log('primary', `the router stopped (${event.message}); nothing is accepted any more, exiting with code 1`);
+      warn(`the router stopped (${event.message}); nothing is accepted any more, exiting with code 1`);
       this.finish(1);
       process.exit(1);
     }
@@ -211,7 +221,7 @@ class Primary extends EventEmitter {
     member.settleReady(false);
     // Connections it had not confirmed go back to the slot, for the next worker.
     if (member.channel) this.router.release(member.channel.id);
-    if (o.debug) log('primary', `slot ${index}: worker #${worker.id} exited (${signal || code})`);
+    if (o.debug) log('primary', `slot ${index}: worker #${worker.id} (pid ${worker.process.pid}) exited (${signal || code})`);
     this.emit('exit', { slot: index, worker, code, signal });
     const slot = this.slots[index];
     if (this.closing) {
@@ -220,8 +230,87 @@ class Primary extends EventEmitter {
     }
     if (slot.current !== member) return; // a worker retired by reload, or a failed replacement
     slot.current = null;
+    if (this.crashed(member, code, signal)) return;
     // A replacement under way takes the slot; otherwise respawn.
     if (!slot.replacing) this.respawn(index, member.bornAt);
+  }
+
+  /**
+   * Counts an exit nobody asked for; warns while a slot crashes in a row, and past `maxRestarts`
+   * within `restartWindow` gives up: shuts down and exits with 1, so that a supervisor (systemd,
+   * Kubernetes, PM2) sees the failure. Returns true when it gave up.
+   */
+  crashed(member, code, signal) {
+    const o = this.options;
+    const { slot: index, worker } = member;
+    const slot = this.slots[index];
+    const now = Date.now();
+    slot.exits = (slot.exits || []).filter((at) => now - at < o.restartWindow);
+    slot.exits.push(now);
+    slot.restarts = (slot.restarts || 0) + 1;
+    const lived = now - member.bornAt;
+    const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+    if (slot.exits.length > o.maxRestarts) {
+      warn(`slot ${index}: worker pid ${worker.process.pid} ${how} after ${lived} ms, ${slot.exits.length} exits within restartWindow (${o.restartWindow} ms), more than maxRestarts (${o.maxRestarts}): giving up, shutting down with exit code 1`);
+      this.exitAfter(this.shutdown().then(() => 1));
+      return true;
+    }
+    if (lived < o.respawnResetAfter && !member.killedNotReady) {
+      this.warnings.note(`crash:${index}`, 1, (n) =>
+        `slot ${index}: worker pid ${worker.process.pid} ${how} after ${lived} ms; ${slot.exits.length} exit(s) within ${o.restartWindow} ms` +
+        (n > 1 ? ` (${n} since the last warning)` : '') + `; respawning with back-off (gives up after ${o.maxRestarts})`);
+    }
+    return false;
+  }
+
+  /**
+   * Warnings no one has to ask for: every second, the counters that grew (connections dropped or
+   * refused) are said, rate-limited; workers forked behind our back are named. (A failed
+   * listener is said when the router reports it, see onRouterEvent.)
+   */
+  watch() {
+    const o = this.options;
+    let last = this.router.stats();
+    this.watchTimer = setInterval(() => {
+      if (this.finished) return;
+      let now;
+      try {
+        now = this.router.stats();
+      } catch {
+        return; // closed under us: nothing left to watch
+      }
+      for (const [index, s] of now.slots.entries()) {
+        const was = last.slots[index];
+        const expired = s.expired - was.expired;
+        const full = s.dropped - was.dropped - expired;
+        const current = this.slots[index] && this.slots[index].current;
+        const which = `slot ${index} (${current ? `worker pid ${current.worker.process.pid}` : 'no worker'})`;
+        this.warnings.note(`full:${index}`, full, (n) =>
+          `${which}: closed ${n} new connection(s) unserved: the slot's queue was full (queueLimit ${o.queueLimit}); its worker is not ready or cannot keep up`);
+        this.warnings.note(`expired:${index}`, expired, (n) =>
+          `${which}: closed ${n} connection(s) that waited longer than queueTimeout (${o.queueTimeout} ms) for a ready worker`);
+      }
+      this.warnings.note('rejected', now.rejected - last.rejected, (n) =>
+        `closed ${n} connection(s) from trusted proxies without a valid PROXY header (routeBy 'proxy-protocol'): is the proxy configured to send it (HAProxy send-proxy, nginx proxy_protocol on)?`);
+      last = now;
+      this.warnings.flush();
+    }, WATCH_INTERVAL);
+    this.watchTimer.unref();
+    // A leftover `cluster.on('exit', () => cluster.fork())` from a hand-written cluster: its
+    // workers never get a connection. Said once; they are ended at shutdown.
+    this.onForeignFork = (worker) => {
+      if (this.members.has(worker)) return;
+      // Ended by us at shutdown, maybe while Node still talks to it: its EPIPE is no one's error.
+      worker.on('error', () => {});
+      if (this.closing) {
+        worker.process.kill('SIGTERM');
+        return;
+      }
+      if (this.warnedForeign) return;
+      this.warnedForeign = true;
+      warn(`a worker (pid ${worker.process.pid}) was forked outside sticky-rs, probably by a leftover cluster.fork() (e.g. in cluster.on('exit', ...)): sticky-rs forks and respawns its own workers, so it never routes a connection to such workers; remove that code`);
+    };
+    cluster.on('fork', this.onForeignFork);
   }
 
   /** Forks a new worker for an empty slot after a back-off that grows while workers crash. */
@@ -263,7 +352,7 @@ class Primary extends EventEmitter {
           retired.push(await this.replace(index));
         } catch (err) {
           // Said always: an operator who sent SIGHUP must learn which slots still run old code.
-          log('primary', err.message);
+          warn(err.message);
           failed.push(index);
         }
       }
@@ -324,7 +413,7 @@ class Primary extends EventEmitter {
     if (this.options.debug) log('primary', `slot ${member.slot}: worker #${member.worker.id} closed its server, replacing it`);
     this.router.retire(member.channel.id);
     this.replace(member.slot).catch((err) => {
-      log('primary', err.message);
+      warn(err.message);
       // Its slot gets nothing now: let it finish, and the respawn after its exit takes over.
       if (this.members.has(member.worker)) this.retire(member);
     });
@@ -375,6 +464,10 @@ class Primary extends EventEmitter {
       for (let slot = 0; slot < this.slots.length; slot++) this.onDrained(slot);
     }, o.hardShutdownDelay / 2);
     if (this.router) this.router.stopAccepting();
+    // Workers forked behind our back have nothing of ours to finish.
+    for (const worker of Object.values(cluster.workers)) {
+      if (!this.members.has(worker)) worker.process.kill('SIGTERM');
+    }
     if (this.members.size === 0) this.finish(0);
     return this.closed;
   }
@@ -383,6 +476,10 @@ class Primary extends EventEmitter {
     if (this.finished) return;
     this.finished = true;
     clearTimeout(this.hardTimer);
+    clearInterval(this.watchTimer);
+    // Not at once: the leftover exit handler forks right after our last worker's exit, and a
+    // process that starts after the primary exited dies of EPIPE with a stack trace.
+    if (this.onForeignFork) setImmediate(() => cluster.removeListener('fork', this.onForeignFork));
     clearTimeout(this.drainTimer);
     for (const { worker, timer } of this.members.values()) {
       clearTimeout(timer);
@@ -392,7 +489,7 @@ class Primary extends EventEmitter {
       try {
         this.router.close();
       } catch (err) {
-        log('primary', `closing the router: ${err.message}`);
+        warn(`closing the router: ${err.message}`);
       }
     }
     if (this.options.debug) log('primary', `shut down (${code})`);

@@ -6,7 +6,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
 const { log } = require('./log');
-const { READY, CHANNEL, LISTEN, SHUTDOWN, CLOSING, notifyPrimary } = require('./messages');
+const { READY, CHANNEL, LISTEN, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_PID, notifyPrimary } = require('./messages');
 
 let state = null;
 
@@ -16,13 +16,19 @@ function describe(value) {
 
 /**
  * Sets the worker up before the user's start-up code runs, so a shutdown that arrives during
- * async start-up is not missed.
+ * async start-up is not missed. Returns false in a worker sticky-rs did not fork (a leftover
+ * `cluster.fork()` in the user's primary): it gets no connections, so the app should not start
+ * there; the primary has said so, and ends it at shutdown.
  */
 function prepare(options) {
-  if (state) return;
+  if (process.env[WORKER_INDEX] === undefined) {
+    if (process.env[PRIMARY_PID] === undefined) refuse(notOurCluster());
+    return false;
+  }
+  if (state) return true;
   state = {
     options,
-    role: `worker #${cluster.worker.id} (pid ${process.pid})`,
+    role: `worker #${cluster.worker.id} of slot ${process.env[WORKER_INDEX]} (pid ${process.pid})`,
     servers: null,
     receiver: null,
     // The channel, if it came before the servers were handed over (a worker may tell the
@@ -43,6 +49,41 @@ function prepare(options) {
   // SIGHUP means "reload" to the primary, which replaces this worker gracefully; a terminal
   // sends it to the whole process group.
   process.on('SIGHUP', () => {});
+  return true;
+}
+
+/**
+ * Ends a worker that cannot work: says why, starts nothing, exits with 1. Not a throw: PM2 loses
+ * what a process writes just before it dies of an exception at start-up; its log gets this line.
+ */
+function refuse(message) {
+  console.error(message);
+  setTimeout(() => process.exit(1), 500);
+}
+
+/** Why a cluster worker whose primary does not run sticky-rs cannot work, and what to do. */
+function notOurCluster() {
+  if (process.env.exec_mode === 'cluster_mode' && process.env.pm_id !== undefined) {
+    return 'sticky-rs: started by PM2 in cluster mode (pm2 start -i N, or exec_mode: "cluster"): PM2 is then the ' +
+      'cluster primary and balances connections itself, so they cannot be sticky. Run one instance in fork mode ' +
+      '(pm2 start app.js, or exec_mode: "fork", instances: 1): sticky-rs then forks the workers ' +
+      '(the concurrency/workers option) and routes every client to its own.';
+  }
+  return 'sticky-rs: this process is a cluster worker, but its primary does not run sticky-rs: sticky() and ' +
+    'listen() must be called in the cluster primary too (they fork the workers themselves); remove your own cluster.fork() code.';
+}
+
+// What a leftover listen() call does in a worker, and the fix.
+const LISTEN_TRAP =
+  'in a cluster worker, listen() opens an extra listener in the primary that round-robins connections, ' +
+  'which is not sticky. Delete the listen() call (an Express app: replace app.listen(...) with http.createServer(app)); ' +
+  'sticky-rs listens in the primary for you';
+
+/** Whether `server.listen()` was called, even while a worker's listen is still on its way. */
+function listenCalled(server) {
+  // Node counts listen() calls in _listeningId (1 before the first); a worker's listen is
+  // asynchronous (it asks the primary), so `listening` is still false right after it.
+  return server.listening || (typeof server._listeningId === 'number' && server._listeningId > 1);
 }
 
 /**
@@ -55,14 +96,17 @@ function serve(...servers) {
     if (!(server instanceof net.Server)) {
       throw new TypeError(`sticky-rs: the worker must hand over a net.Server (http, https, ...), got ${describe(server)}`);
     }
-    if (server.listening) {
-      throw new Error('sticky-rs: the server handed over must not listen; the primary listens for it');
+    if (listenCalled(server)) {
+      throw new Error(`sticky-rs: the server handed over must not listen, but listen() was called on it: ${LISTEN_TRAP}`);
     }
   }
   if (state.servers) throw new Error('sticky-rs: servers were already handed over in this worker');
   if (state.shuttingDown) return;
   state.servers = servers;
   for (const server of servers) {
+    server.listen = () => {
+      throw new Error(`sticky-rs: this server was handed over to sticky-rs and must not listen: ${LISTEN_TRAP}`);
+    };
     // http.Server sets up its request timeouts and idle-connection tracking on 'listening';
     // with kernel dispatch the server really listens (on its member) and emits it itself.
     if (!state.kernel) server.emit('listening');
@@ -211,7 +255,7 @@ function adopt(incoming, lost, error) {
       socket.destroy();
       continue;
     }
-    if (options.debug) log(state.role, `connection from ${socket.remoteAddress} on listener ${listener}`);
+    if (options.debugConnections) log(state.role, `connection from ${socket.remoteAddress} on listener ${listener}`);
     socket.server = server;
     state.sockets.add(socket);
     socket.once('close', () => {

@@ -41,8 +41,10 @@ pub struct Policy {
     pub queue_timeout: Option<Duration>,
     /// The route hash.
     pub hash: Hash,
-    /// Log each routing decision and channel change to stderr.
+    /// Log channel changes and queue events to stderr.
     pub debug: bool,
+    /// Also log each routing decision and each refused PROXY header.
+    pub debug_connections: bool,
 }
 
 /// Connections the router may hold (waiting or unacknowledged) before it stops accepting and
@@ -129,6 +131,7 @@ pub(crate) struct Dispatcher {
     held_limit: usize,
     queue_timeout: Option<Duration>,
     debug: bool,
+    debug_connections: bool,
     on_event: OnEvent,
     /// After stop_accepting: which slots were said to be drained.
     draining: Option<Vec<bool>>,
@@ -155,6 +158,7 @@ impl Dispatcher {
             held_limit,
             queue_timeout: policy.queue_timeout,
             debug: policy.debug,
+            debug_connections: policy.debug_connections,
             on_event,
             draining: None,
         }
@@ -244,6 +248,7 @@ impl Dispatcher {
                 .expire_front(slot, |held| now.duration_since(held.since) >= timeout);
             if !expired.is_empty() {
                 Stats::add(&self.stats.slots[slot].dropped, expired.len() as u64);
+                Stats::add(&self.stats.slots[slot].expired, expired.len() as u64);
                 self.update_gauges(slot);
                 if self.debug {
                     eprintln!(
@@ -320,7 +325,7 @@ impl Dispatcher {
         match done.outcome {
             Outcome::Reject => {
                 Stats::add(&self.stats.rejected, 1);
-                if self.debug {
+                if self.debug_connections {
                     eprintln!("[sticky-rs] primary: closed a connection from {} without a valid PROXY header", done.peer);
                 }
                 return;
@@ -351,7 +356,7 @@ impl Dispatcher {
         let slot = self.table.push(key, held);
         Stats::add(&self.stats.slots[slot].accepted, 1);
         self.touched[slot] = true;
-        if self.debug {
+        if self.debug_connections {
             let key = String::from_utf8_lossy(key);
             eprintln!("[sticky-rs] primary: connection keyed {key:?} -> slot {slot}");
         }
@@ -583,6 +588,7 @@ mod tests {
             queue_timeout,
             hash: Hash::Djb2,
             debug: false,
+            debug_connections: false,
         };
         let stats = Arc::new(Stats::new(1));
         let on_event: OnEvent = Arc::new(|_| {});

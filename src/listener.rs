@@ -12,15 +12,25 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
         return Ok(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port));
     }
     let unbracketed = host.trim_start_matches('[').trim_end_matches(']');
-    (unbracketed, port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("getaddrinfo ENOTFOUND {host}"),
-            )
-        })
+    // std reports a failed lookup as text only ("failed to lookup address information: ...");
+    // Node says `getaddrinfo ENOTFOUND <host>` (or EAI_AGAIN when the resolver is unreachable),
+    // which the JavaScript side rebuilds from "<code> getaddrinfo <host>".
+    let not_found = |code: &str| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{code} getaddrinfo {host}"),
+        )
+    };
+    let mut found = (unbracketed, port).to_socket_addrs().map_err(|e| {
+        if e.raw_os_error().is_some() {
+            e
+        } else if e.to_string().contains("Temporary failure") {
+            not_found("EAI_AGAIN")
+        } else {
+            not_found("ENOTFOUND")
+        }
+    })?;
+    found.next().ok_or_else(|| not_found("ENOTFOUND"))
 }
 
 /// Binds and listens: `SO_REUSEADDR` as Node sets it, dual-stack on an IPv6 wildcard, close-on-exec,
@@ -65,6 +75,17 @@ mod tests {
         assert_eq!(resolve("127.0.0.1", 1)?.to_string(), "127.0.0.1:1");
         assert_eq!(resolve("[::1]", 2)?.to_string(), "[::1]:2");
         Ok(())
+    }
+
+    #[test]
+    fn an_unknown_host_reports_enotfound() {
+        let err = resolve("no-such-host.invalid", 80)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("ENOTFOUND getaddrinfo no-such-host.invalid")
+        );
     }
 
     #[test]

@@ -503,6 +503,7 @@ mod tests {
                 queue_timeout: None,
                 hash: Hash::Djb2,
                 debug: false,
+                debug_connections: false,
             },
             dispatch: Dispatch::Primary,
         };

@@ -17,6 +17,8 @@ pub struct SlotCounters {
     pub redelivered: AtomicU64,
     /// Connections closed unserved: the slot's queue was full, or they waited too long.
     pub dropped: AtomicU64,
+    /// The part of `dropped` that waited longer than `queue_timeout` (the rest found the queue full).
+    pub expired: AtomicU64,
     /// The channel the slot delivers to now (0: none, the slot has no ready worker).
     pub channel: AtomicU64,
 }
@@ -36,6 +38,8 @@ pub struct SlotSnapshot {
     pub redelivered: u64,
     /// See [`SlotCounters::dropped`].
     pub dropped: u64,
+    /// See [`SlotCounters::expired`].
+    pub expired: u64,
     /// See [`SlotCounters::channel`].
     pub channel: u64,
 }
@@ -100,6 +104,7 @@ impl Stats {
             in_flight: c.in_flight.load(Relaxed),
             redelivered: c.redelivered.load(Relaxed),
             dropped: c.dropped.load(Relaxed),
+            expired: c.expired.load(Relaxed),
             channel: c.channel.load(Relaxed),
         }
     }

@@ -54,3 +54,47 @@ sticky((cb) => cb(http.createServer()), { routeBy: 'x-real-ip', trustedProxies: 
 sticky((cb) => cb(http.createServer()), { hash: 'md5' });
 // @ts-expect-error: env is a function in the sticky-cluster API
 sticky((cb) => cb(http.createServer()), { env: { a: 1 } });
+
+// Strings of digits and falsy values, as sticky-cluster took them; the newer options.
+import promClient = require('prom-client');
+const fromEnv = sticky((cb) => cb(http.createServer()), {
+  concurrency: process.env.WEB_CONCURRENCY,
+  port: process.env.PORT || 8080,
+  backlog: 0,
+  debug: 'connections',
+  maxRestarts: Infinity,
+  restartWindow: '60000',
+  errorHandler: (err) => console.error(err.code, err.hostname, err.port),
+});
+if (fromEnv) {
+  const onExit = ({ slot, code, signal, worker }: sticky.ExitEvent) => console.log(slot, code, signal, worker.id);
+  fromEnv.once('exit', onExit);
+  fromEnv.off('exit', onExit);
+  fromEnv.once('ready', ({ worker }) => worker.process.pid);
+  fromEnv.prependListener('fork', ({ slot }) => slot);
+  fromEnv.removeListener('respawn', ({ delay }) => delay);
+  const s = fromEnv.stats();
+  if (s) console.log(s.listenerFailures, s.slots[0].restarts, s.slots[0].expired);
+  const registry: promClient.Registry = sticky.prometheus(fromEnv, { register: new promClient.Registry(), prefix: 'app_' });
+  void registry.metrics();
+  // @ts-expect-error: respawn events have no worker
+  fromEnv.on('respawn', ({ worker }) => worker);
+  // @ts-expect-error: no such event
+  fromEnv.once('ready-ish', () => {});
+}
+
+// The listen API: server.address() in the primary, and the same Primary.
+const plain = http.createServer();
+if (!sticky.listen(plain, 0, { workers: '2' })) {
+  plain.once('listening', () => {
+    console.log(plain.address());
+    const p = sticky.primary();
+    if (p) void p.shutdown();
+  });
+} else {
+  // 'sticky:shutdown' is typed on every net.Server.
+  plain.on('sticky:shutdown', ({ waitUntil }) => waitUntil(Promise.resolve()));
+}
+
+// @ts-expect-error: debug is true, false or 'connections'
+sticky((cb) => cb(http.createServer()), { debug: 'yes' });

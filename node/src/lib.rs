@@ -72,8 +72,10 @@ pub struct RouterOptions {
     pub hash: String,
     /// Milliseconds a connection may wait for a ready worker; 0: no limit.
     pub queue_timeout: u32,
-    /// Log routing decisions and channel changes to stderr.
+    /// Log channel changes and queue events to stderr.
     pub debug: bool,
+    /// Also log a line per connection (its route key and slot, a refused PROXY header).
+    pub debug_connections: bool,
     /// `primary` or `kernel` (`lib/options.js` resolved `auto`).
     pub dispatch: String,
 }
@@ -113,6 +115,8 @@ pub struct SlotStats {
     pub redelivered: f64,
     /// Closed unserved (queue full, or waited too long).
     pub dropped: f64,
+    /// The part of `dropped` that waited too long.
+    pub expired: f64,
     /// The channel the slot delivers to now (0: none).
     pub channel: f64,
 }
@@ -243,6 +247,7 @@ impl Router {
                 queue_timeout: (options.queue_timeout > 0)
                     .then(|| std::time::Duration::from_millis(u64::from(options.queue_timeout))),
                 debug: options.debug,
+                debug_connections: options.debug_connections,
             },
             dispatch: options
                 .dispatch
@@ -257,9 +262,12 @@ impl Router {
     }
 
     fn inner(&self) -> Result<&router::Router> {
-        self.inner
-            .as_ref()
-            .ok_or_else(|| Error::new(Status::GenericFailure, "router is closed"))
+        self.inner.as_ref().ok_or_else(|| {
+            Error::new(
+                Status::GenericFailure,
+                "sticky-rs: router is closed (the primary has shut down)",
+            )
+        })
     }
 
     /// Runs a command that has nothing left to do once the router is closed (workers exiting,
@@ -348,6 +356,7 @@ impl Router {
                         in_flight: s.in_flight as f64,
                         redelivered: s.redelivered as f64,
                         dropped: s.dropped as f64,
+                        expired: s.expired as f64,
                         channel: s.channel as f64,
                     }
                 })
@@ -471,7 +480,7 @@ impl Receiver {
     fn inner(&self) -> Result<&receiver::Receiver> {
         self.inner
             .as_ref()
-            .ok_or_else(|| Error::new(Status::GenericFailure, "receiver is closed"))
+            .ok_or_else(|| Error::new(Status::GenericFailure, "sticky-rs: receiver is closed"))
     }
 
     /// Tells the primary this worker is ready for connections.
