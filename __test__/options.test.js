@@ -35,6 +35,8 @@ const README_DEFAULTS = {
   '`{}`': {},
   "`'djb2'`": 'djb2',
   "`'address'`": 'address',
+  // 'auto' is the primary's router until kernel dispatch is the default.
+  "`'auto'`": 'primary',
   "`'sticky-cluster:'`": 'sticky-cluster:',
   false: false,
 };
@@ -80,6 +82,7 @@ const VALUES = {
   trustedProxies: { valid: [], invalid: [['10.0.0.1', TypeError]] },
   peekLimit: { valid: [], invalid: [] },
   peekTimeout: { valid: [], invalid: [] },
+  dispatch: { valid: [['primary', 'primary'], ['kernel', 'kernel'], ['auto', 'primary']], invalid: [['fast', TypeError], [3, TypeError]] },
 };
 
 function normalize(api, options) {

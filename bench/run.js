@@ -38,6 +38,7 @@ const SETUPS = [
   { id: 'sticky-cluster', label: 'sticky-cluster 0.3.5', peer: true },
   { id: 'socketio-sticky', label: '@socket.io/sticky 2.0.1', peer: true },
   { id: 'sticky-rs', label: 'sticky-rs', own: true },
+  { id: 'sticky-rs-kernel', label: "sticky-rs, dispatch: 'kernel'", own: true },
 ];
 
 // ---- options
