@@ -526,13 +526,19 @@ mod tests {
         events.recv_timeout(WAIT).map_err(io::Error::other)
     }
 
+    /// The next event says `slot` delivers to `channel` now.
+    fn switched(events: &mpsc::Receiver<Event>, slot: usize, channel: ChannelId) -> io::Result<()> {
+        assert_eq!(next(events)?, Event::Switched { slot, channel });
+        Ok(())
+    }
+
     /// Returns once the router has read everything written to any channel before this call:
     /// a hello on a fresh channel of `slot` is answered in a later pass than anything before it.
     fn settle(router: &Router, events: &mpsc::Receiver<Event>, slot: usize) -> io::Result<()> {
         for _ in 0..2 {
             let (id, worker) = router.open_channel(slot)?;
             hello(&worker)?;
-            assert_eq!(next(events)?, Event::Switched { slot, channel: id });
+            switched(events, slot, id)?;
             router.release(id)?;
         }
         Ok(())
@@ -544,25 +550,13 @@ mod tests {
         let (old, old_end) = router.open_channel(0)?;
         let (new, new_end) = router.open_channel(0)?;
         hello(&new_end)?;
-        assert_eq!(
-            next(&events)?,
-            Event::Switched {
-                slot: 0,
-                channel: new
-            }
-        );
+        switched(&events, 0, new)?;
         hello(&old_end)?;
         settle(&router, &events, 1)?;
         assert_eq!(router.stats().snapshot(0).channel, new);
         // The newer worker goes: the older one, ready and not retired, serves the slot.
         router.release(new)?;
-        assert_eq!(
-            next(&events)?,
-            Event::Switched {
-                slot: 0,
-                channel: old
-            }
-        );
+        switched(&events, 0, old)?;
         Ok(())
     }
 
@@ -571,22 +565,10 @@ mod tests {
         let (router, events) = start(2)?;
         let (old, old_end) = router.open_channel(0)?;
         hello(&old_end)?;
-        assert_eq!(
-            next(&events)?,
-            Event::Switched {
-                slot: 0,
-                channel: old
-            }
-        );
+        switched(&events, 0, old)?;
         let (new, new_end) = router.open_channel(0)?;
         hello(&new_end)?;
-        assert_eq!(
-            next(&events)?,
-            Event::Switched {
-                slot: 0,
-                channel: new
-            }
-        );
+        switched(&events, 0, new)?;
         // Retired by the switch: hostile or buggy, its extra hellos change nothing.
         hello(&old_end)?;
         hello(&old_end)?;
