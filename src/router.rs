@@ -13,7 +13,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -83,6 +83,10 @@ pub struct Config {
     /// Who picks each connection's worker.
     pub dispatch: Dispatch,
 }
+
+/// Kernel dispatch, graceful stop: the longest the workers get to accept what the members had
+/// queued before the members stop listening.
+const KERNEL_DRAIN: Duration = Duration::from_secs(2);
 
 /// How long `close` waits for the router thread before it gives up on it.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -351,6 +355,8 @@ async fn run(
         return;
     };
     let mut paused_until: Option<Instant> = None;
+    // Kernel dispatch, stopping: until when the workers may take what the members queued.
+    let mut kernel_drain: Option<Instant> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = 0;
@@ -368,14 +374,17 @@ async fn run(
                 Some(Command::Retire { id }) => state.retire(id),
                 Some(Command::StopAccepting) => {
                     listeners.clear();
-                    // Kernel dispatch: the members stop listening for every process that holds
-                    // them (the workers too), so new clients are refused; connections already
-                    // accepted go on. After the router's own listeners are gone, so that it
-                    // never accepts on a member that stopped.
-                    for member in groups.iter().flat_map(Group::members) {
-                        let _ = nix::sys::socket::shutdown(member.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+                    // Kernel dispatch: no new SYN joins the members' queues from now on; the
+                    // workers accept what is queued, then the members stop listening (below).
+                    if !groups.is_empty() {
+                        for group in groups {
+                            if group.refuse_new().is_err() {
+                                group.stop();
+                            }
+                        }
+                        kernel_drain = Some(Instant::now() + KERNEL_DRAIN);
                     }
-                    state.stop_accepting();
+                    state.stop_accepting(kernel_drain.is_some());
                 }
                 Some(Command::Close) | None => break,
                 #[cfg(any(test, feature = "test-hooks"))]
@@ -386,6 +395,15 @@ async fn run(
                 state.service();
             }
             _ = tick.tick(), if state.pending() => {
+                if let Some(deadline) = kernel_drain {
+                    if groups.iter().all(|g| g.queued_total() == 0) || Instant::now() >= deadline {
+                        for group in groups {
+                            group.stop();
+                        }
+                        kernel_drain = None;
+                        state.kernel_stopped();
+                    }
+                }
                 state.service();
                 state.expire();
             }
