@@ -207,4 +207,12 @@ async function pool(items, limit, fn) {
   return results;
 }
 
-module.exports = { freePort, clientIp, startFixture, stopAll, get, pool, clientSet };
+/**
+ * What the primary's router counts of `n` connections: all of them with dispatch 'primary'; none
+ * with 'kernel', where the workers accept themselves (the router sees only link-local peers).
+ */
+function routedByPrimary(stats, n) {
+  return stats.dispatch === 'kernel' ? 0 : n;
+}
+
+module.exports = { freePort, clientIp, startFixture, stopAll, get, pool, clientSet, routedByPrimary };

@@ -111,7 +111,7 @@ test('a worker SIGKILLed before acknowledging its connections: the replacement a
   const marker = path.join(os.tmpdir(), `sticky-rs-hold-${process.pid}-${Date.now()}`);
   try {
     // The test hook in lib/worker.js: the first worker to receive connections holds them, unacknowledged.
-    const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, STICKY_RS_TEST_HOLD_BEFORE_ACK: marker });
+    const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, STICKY_RS_TEST_HOLD_BEFORE_ACK: marker, DISPATCH: 'primary' }); // the router's redelivery
     await app.count('ready', 2);
     const ips = ipsOf(0, 2, 20);
     const before = (await app.stats()).slots[0];
@@ -144,7 +144,7 @@ test('a worker SIGKILLed before acknowledging its connections: the replacement a
 test('a worker out of descriptors (MSG_CTRUNC): the connections the kernel dropped are sent again, each answered once', async () => {
   const port = await freePort();
   // At a small limit, running out takes 1,000 descriptors, not the machine's default count.
-  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2 }, { fdLimit: 1024 });
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, DISPATCH: 'primary' }, { fdLimit: 1024 }); // the channel's Lost records
   await app.count('ready', 2);
   const ips = ipsOf(0, 2, 21);
   // The worker of slot 0 takes every free descriptor for 1.5 s once this answer is sent.

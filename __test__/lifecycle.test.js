@@ -130,7 +130,7 @@ test('crash loop: growing respawn delays, low primary CPU, bounded fds, other sl
 
 test('a worker that never hands its server over is replaced; its clients wait at most queueTimeout', async () => {
   const port = await freePort();
-  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, STALL_SLOT: 0, READY_TIMEOUT: 400, QUEUE_TIMEOUT: 800 });
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, STALL_SLOT: 0, READY_TIMEOUT: 400, QUEUE_TIMEOUT: 800, DISPATCH: 'primary' }); // the router's queueTimeout
   await app.next((e) => e.event === 'ready' && e.slot === 1);
   const stuck = range(200).map(clientIp).find((ip) => slotOf(ip, 2) === 0);
   const started = Date.now();
