@@ -45,6 +45,35 @@ pub struct Policy {
     pub debug: bool,
     /// Also log each routing decision and each refused PROXY header.
     pub debug_connections: bool,
+    /// Where new sessions go with `routeBy: 'sid'`.
+    pub balance: Balance,
+}
+
+/// How `routeBy: 'sid'` picks the worker of a new session (`loadBalancingMethod`, as
+/// `@socket.io/sticky` names it), among the slots whose worker is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// The ready slot with the fewest live connections (`@socket.io/sticky`'s default).
+    #[default]
+    LeastConnection,
+    /// The next ready slot in turn.
+    RoundRobin,
+    /// A ready slot at random.
+    Random,
+}
+
+impl std::str::FromStr for Balance {
+    type Err = String;
+
+    /// `least-connection`, `round-robin` or `random`.
+    fn from_str(text: &str) -> Result<Balance, String> {
+        match text {
+            "least-connection" => Ok(Balance::LeastConnection),
+            "round-robin" => Ok(Balance::RoundRobin),
+            "random" => Ok(Balance::Random),
+            other => Err(format!("unknown loadBalancingMethod {other:?}")),
+        }
+    }
 }
 
 /// Connections the router may hold (waiting or unacknowledged) before it stops accepting and
@@ -62,6 +91,15 @@ fn held_limit() -> usize {
             .max(8),
         Err(_) => 4096,
     }
+}
+
+/// A seed for `random` placement: the clock and the address of a stack value.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let local = 0u8;
+    (nanos ^ (&local as *const u8 as u64).rotate_left(32)) | 1
 }
 
 /// What the router tells its owner, from its own thread.
@@ -135,6 +173,11 @@ pub(crate) struct Dispatcher {
     on_event: OnEvent,
     /// After stop_accepting: which slots were said to be drained.
     draining: Option<Vec<bool>>,
+    balance: Balance,
+    /// Where round-robin (and the tie-break of least-connection) looks first.
+    next_turn: usize,
+    /// xorshift64 state for `random` (placement needs spread, not secrecy).
+    random: u64,
 }
 
 impl Dispatcher {
@@ -161,6 +204,9 @@ impl Dispatcher {
             debug_connections: policy.debug_connections,
             on_event,
             draining: None,
+            balance: policy.balance,
+            next_turn: 0,
+            random: seed(),
         }
     }
 
@@ -322,6 +368,15 @@ impl Dispatcher {
         self.reading.remove(&done.id);
         self.resolving = self.resolving.saturating_sub(1);
         Stats::set(&self.stats.resolving, self.resolving as u64);
+        let place = match done.outcome {
+            Outcome::Place(place) => Some(place),
+            Outcome::NewSession => None,
+            _ => Some(usize::MAX),
+        };
+        if place != Some(usize::MAX) {
+            self.route_session(place, done);
+            return;
+        }
         match done.outcome {
             Outcome::Reject => {
                 Stats::add(&self.stats.rejected, 1);
@@ -350,6 +405,93 @@ impl Dispatcher {
                 meta,
             },
         );
+    }
+
+    /// `routeBy: 'sid'`: to the slot the id names if its worker is ready, else (a new session, a
+    /// stale or forged id) to the slot the balancing method picks.
+    fn route_session(&mut self, place: Option<usize>, done: Resolved) {
+        let live =
+            |d: &Self, slot: usize| slot < d.table.len() && d.table.slot(slot).channel.is_some();
+        let slot = match place {
+            Some(slot) if live(self, slot) => slot,
+            _ => self.pick_for_new_session(),
+        };
+        let meta = Meta {
+            listener: done.listener,
+            client: None,
+        };
+        let held = Held {
+            conn: done.conn,
+            since: done.since,
+            meta,
+        };
+        self.table.slot_mut(slot).waiting.push_back(held);
+        Stats::add(&self.stats.slots[slot].accepted, 1);
+        self.touched[slot] = true;
+        if self.debug_connections {
+            let how = match place {
+                Some(p) if p == slot => "session",
+                Some(_) => "stale session, new",
+                None => "new session",
+            };
+            eprintln!(
+                "[sticky-rs] primary: connection from {} ({how}) -> slot {slot}",
+                done.peer
+            );
+        }
+    }
+
+    /// The slot of a new session: among slots whose worker is ready (else among all, to wait
+    /// there), by the balancing method.
+    fn pick_for_new_session(&mut self) -> usize {
+        let slots = self.table.len();
+        let mut ready: Vec<usize> = (0..slots)
+            .filter(|&s| self.table.slot(s).channel.is_some())
+            .collect();
+        if ready.is_empty() {
+            // Nobody is ready yet: wait where the first worker will be (adopted workers take
+            // the lowest free place).
+            ready.push(0);
+        }
+        let turn = self.next_turn % ready.len();
+        self.next_turn = self.next_turn.wrapping_add(1);
+        match self.balance {
+            Balance::RoundRobin => ready[turn],
+            Balance::Random => {
+                self.random ^= self.random << 13;
+                self.random ^= self.random >> 7;
+                self.random ^= self.random << 17;
+                ready[(self.random % ready.len() as u64) as usize]
+            }
+            Balance::LeastConnection => {
+                // Closes are reported by workers on their channel; read them now so idle
+                // workers' counts are current (one non-blocking read per ready channel).
+                let ids: Vec<ChannelId> = ready
+                    .iter()
+                    .filter_map(|&s| self.table.slot(s).channel)
+                    .collect();
+                for id in ids {
+                    self.read_channel(id);
+                }
+                // Ties go round in turn, so a burst before any count moved still spreads.
+                (0..ready.len())
+                    .map(|i| ready[(turn + i) % ready.len()])
+                    .min_by_key(|&s| self.live(s))
+                    .unwrap_or(0)
+            }
+        }
+    }
+
+    /// A slot's live connections as far as the router knows: waiting, on their way, and
+    /// adopted but not reported closed, over all its channels.
+    fn live(&self, slot: usize) -> u64 {
+        let links: u64 = self
+            .channels
+            .values()
+            .filter(|c| c.slot() == slot)
+            .map(Link::live)
+            .sum();
+        links + self.table.slot(slot).waiting.len() as u64
     }
 
     fn enqueue(&mut self, key: &[u8], held: Held) {
@@ -589,6 +731,7 @@ mod tests {
             hash: Hash::Djb2,
             debug: false,
             debug_connections: false,
+            balance: Balance::default(),
         };
         let stats = Arc::new(Stats::new(1));
         let on_event: OnEvent = Arc::new(|_| {});

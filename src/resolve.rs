@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::address::AddressText;
 use crate::forwarded::{self, Key};
 use crate::proxy::{self, Header};
+use crate::sid::{self, Sid};
 use crate::trust::Trusted;
 
 /// Where the route key of a connection comes from.
@@ -28,6 +29,9 @@ pub enum RouteBy {
     Header(String),
     /// A PROXY protocol header sent by a trusted proxy.
     ProxyProtocol,
+    /// The engine.io session id in the request line of any peer (see [`crate::sid`]): the
+    /// worker whose place it names, or a new session chosen by the balancing method.
+    Sid,
 }
 
 impl std::str::FromStr for RouteBy {
@@ -39,6 +43,7 @@ impl std::str::FromStr for RouteBy {
         Ok(match text {
             "address" => RouteBy::Address,
             "proxy-protocol" => RouteBy::ProxyProtocol,
+            "sid" => RouteBy::Sid,
             header => RouteBy::Header(header.to_ascii_lowercase()),
         })
     }
@@ -59,8 +64,14 @@ pub struct Rules {
 
 impl Rules {
     /// Whether a connection from `peer` is resolved here rather than routed by its address.
+    /// Session ids are read from every peer: an id only names a worker, it is no claim to
+    /// believe (a forged one reaches a worker that does not know it, as a new session would).
     pub fn applies_to(&self, peer: &SocketAddr) -> bool {
-        self.route_by != RouteBy::Address && self.trusted.contains(peer.ip())
+        match self.route_by {
+            RouteBy::Address => false,
+            RouteBy::Sid => true,
+            _ => self.trusted.contains(peer.ip()),
+        }
     }
 }
 
@@ -77,6 +88,10 @@ pub enum Outcome {
     Fallback,
     /// Close the connection: a trusted proxy sent no valid PROXY header.
     Reject,
+    /// `routeBy: 'sid'`: the request names a session of this place (live or not).
+    Place(usize),
+    /// `routeBy: 'sid'`: no session id (or none readable in time): a new session.
+    NewSession,
 }
 
 /// The most bytes a route key may be looked for in: a head must fit in the socket's receive
@@ -118,6 +133,7 @@ pub async fn resolve(
 fn give_up(rules: &Rules) -> Outcome {
     match rules.route_by {
         RouteBy::ProxyProtocol => Outcome::Reject,
+        RouteBy::Sid => Outcome::NewSession,
         _ => Outcome::Fallback,
     }
 }
@@ -159,6 +175,12 @@ fn decide(conn: &OwnedFd, rules: &Rules, buf: &mut [u8], seen: usize) -> Option<
     let full = seen == buf.len();
     match &rules.route_by {
         RouteBy::Address => Some(Outcome::Fallback),
+        RouteBy::Sid => match sid::from_head(&buf[..seen]) {
+            Sid::Place(place) => Some(Outcome::Place(place)),
+            Sid::New => Some(Outcome::NewSession),
+            Sid::Incomplete if full => Some(Outcome::NewSession),
+            Sid::Incomplete => None,
+        },
         RouteBy::Header(name) => match forwarded::route_key(&buf[..seen], name, &rules.trusted) {
             Key::Text(text) => Some(Outcome::Key(text)),
             Key::Fallback => Some(Outcome::Fallback),
