@@ -43,6 +43,40 @@ function connectionErrors(fixture) {
   return fixture.events.filter((e) => e.event === 'connection_error');
 }
 
+describe('bad input', () => {
+  const sticky = require('..');
+  const { Server } = require('socket.io');
+
+  test('setupWorker with something that is not a Socket.IO server: a TypeError naming it', () => {
+    expect(() => sticky.setupWorker({})).toThrow(/setupWorker\(io\) needs a Socket\.IO Server .*got an object of class Object/);
+    expect(() => sticky.setupWorker(http.createServer())).toThrow(/got an object of class Server/);
+    expect(() => sticky.setupWorker()).toThrow(/got undefined/);
+    expect(() => sticky.setupWorker(new Server())).toThrow(/got an object of class Server/);
+  });
+
+  test('setupWorker in the primary throws, as @socket.io/sticky does', () => {
+    const io = new Server(http.createServer());
+    try {
+      expect(() => sticky.setupWorker(io)).toThrow(/must be called in a cluster worker/);
+    } finally {
+      io.close();
+    }
+  });
+
+  test('setupMaster: bad server or options, before anything listens', () => {
+    expect(() => sticky.setupMaster(null)).toThrow(/setupMaster\(\) needs the primary's http.Server, got null/);
+    expect(() => sticky.setupMaster(http.createServer(), { loadBalancingMethod: 'fastest' }))
+      .toThrow(/"loadBalancingMethod" must be one of 'least-connection', 'round-robin', 'random', got "fastest"/);
+    expect(() => sticky.setupMaster(http.createServer(), { routeBy: 'address' })).toThrow(/routes by Socket.IO session/);
+    expect(() => sticky.setupMaster(http.createServer(), { workers: 4 })).toThrow(/unknown option "workers"/);
+  });
+
+  test("loadBalancingMethod without routeBy 'sid' has no effect: refused", () => {
+    const server = http.createServer();
+    expect(() => sticky.listen(server, 0, { loadBalancingMethod: 'random' })).toThrow(/only places new Socket.IO sessions with "routeBy": 'sid'/);
+  });
+});
+
 test('the guide code, require line changed: 100 polling clients x 10 acks, a broadcast reaches each once, an upgrade run', async () => {
   const { fixture, url } = await start({});
   const clients = await pool([...Array(100).keys()], 25, (i) => connect(url, clientIp(i), { transports: ['polling'] }));

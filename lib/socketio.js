@@ -63,10 +63,10 @@ function setupMaster(httpServer, opts, onStart = () => {}) {
  * but a Socket.IO server attached to a net.Server.
  */
 function setupWorker(io) {
-  if (cluster.isPrimary) throw new Error('sticky-rs: setupWorker() must be called in a cluster worker ("not worker")');
   if (!io || !io.engine || typeof io.engine.generateId !== 'function' || !(io.httpServer instanceof net.Server)) {
     throw new TypeError(`sticky-rs: setupWorker(io) needs a Socket.IO Server attached to an http.Server (new Server(httpServer)), got ${describe(io)}`);
   }
+  if (cluster.isPrimary) throw new Error('sticky-rs: setupWorker() must be called in a cluster worker ("not worker")');
   io.engine.generateId = () => sessionId(Number(process.env[WORKER_INDEX]));
   // sticky() or listen() with routeBy 'sid' handed the server over already: ids are all it needs.
   if (handedOver(io.httpServer)) return;

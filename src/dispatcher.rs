@@ -18,7 +18,7 @@ use crate::address::AddressText;
 use crate::channel::Meta;
 use crate::hash::Hash;
 use crate::link::{Gone, Held, Link};
-use crate::resolve::{self, Outcome, Rules};
+use crate::resolve::{self, Outcome, RouteBy, Rules};
 use crate::stats::Stats;
 use crate::table::{ChannelId, Table};
 
@@ -368,13 +368,8 @@ impl Dispatcher {
         self.reading.remove(&done.id);
         self.resolving = self.resolving.saturating_sub(1);
         Stats::set(&self.stats.resolving, self.resolving as u64);
-        let place = match done.outcome {
-            Outcome::Place(place) => Some(place),
-            Outcome::NewSession => None,
-            _ => Some(usize::MAX),
-        };
-        if place != Some(usize::MAX) {
-            self.route_session(place, done);
+        if self.rules.route_by == RouteBy::Sid {
+            self.route_session(done);
             return;
         }
         match done.outcome {
@@ -408,13 +403,20 @@ impl Dispatcher {
     }
 
     /// `routeBy: 'sid'`: to the slot the id names if its worker is ready, else (a new session, a
-    /// stale or forged id) to the slot the balancing method picks.
-    fn route_session(&mut self, place: Option<usize>, done: Resolved) {
+    /// stale or forged id) to the slot the balancing method picks; TLS by the peer's address.
+    fn route_session(&mut self, done: Resolved) {
         let live =
             |d: &Self, slot: usize| slot < d.table.len() && d.table.slot(slot).channel.is_some();
-        let slot = match place {
-            Some(slot) if live(self, slot) => slot,
-            _ => self.pick_for_new_session(),
+        let (slot, how) = match done.outcome {
+            Outcome::Place(slot) if live(self, slot) => (slot, "session"),
+            Outcome::Place(_) => (self.pick_for_new_session(), "stale session, new"),
+            Outcome::Fallback => {
+                let ready = self.ready_slots();
+                let text = AddressText::new(&done.peer);
+                let hash = self.table.hash().of(text.as_bytes()) as usize;
+                (ready[hash % ready.len()], "TLS, by address")
+            }
+            _ => (self.pick_for_new_session(), "new session"),
         };
         let meta = Meta {
             listener: done.listener,
@@ -429,11 +431,6 @@ impl Dispatcher {
         Stats::add(&self.stats.slots[slot].accepted, 1);
         self.touched[slot] = true;
         if self.debug_connections {
-            let how = match place {
-                Some(p) if p == slot => "session",
-                Some(_) => "stale session, new",
-                None => "new session",
-            };
             eprintln!(
                 "[sticky-rs] primary: connection from {} ({how}) -> slot {slot}",
                 done.peer
@@ -444,15 +441,7 @@ impl Dispatcher {
     /// The slot of a new session: among slots whose worker is ready (else among all, to wait
     /// there), by the balancing method.
     fn pick_for_new_session(&mut self) -> usize {
-        let slots = self.table.len();
-        let mut ready: Vec<usize> = (0..slots)
-            .filter(|&s| self.table.slot(s).channel.is_some())
-            .collect();
-        if ready.is_empty() {
-            // Nobody is ready yet: wait where the first worker will be (adopted workers take
-            // the lowest free place).
-            ready.push(0);
-        }
+        let ready = self.ready_slots();
         let turn = self.next_turn % ready.len();
         self.next_turn = self.next_turn.wrapping_add(1);
         match self.balance {
@@ -479,6 +468,19 @@ impl Dispatcher {
                     .min_by_key(|&s| self.live(s))
                     .unwrap_or(0)
             }
+        }
+    }
+
+    /// The slots whose worker is ready, or slot 0 if none is (connections wait where the first
+    /// worker will be: adopted workers take the lowest free place). Never empty.
+    fn ready_slots(&self) -> Vec<usize> {
+        let ready: Vec<usize> = (0..self.table.len())
+            .filter(|&s| self.table.slot(s).channel.is_some())
+            .collect();
+        if ready.is_empty() {
+            vec![0]
+        } else {
+            ready
         }
     }
 
@@ -836,6 +838,108 @@ mod tests {
         assert_eq!((s.delivered, s.queued, s.channel), (2, 3, 0));
         let new = worker(&mut d, 2, false)?;
         assert_eq!(received(&new)?, 3);
+        Ok(())
+    }
+
+    /// A `routeBy: 'sid'` dispatcher of `slots` slots placing new sessions by `balance`.
+    fn sessions(slots: usize, balance: Balance) -> Dispatcher {
+        let policy = Policy {
+            rules: Rules {
+                route_by: RouteBy::Sid,
+                trusted: Trusted::default(),
+                limit: 256,
+                timeout: Duration::from_secs(1),
+            },
+            slots,
+            queue_limit: 100,
+            queue_timeout: None,
+            hash: Hash::Djb2,
+            debug: false,
+            debug_connections: false,
+            balance,
+        };
+        Dispatcher::new(&policy, Arc::new(Stats::new(slots)), Arc::new(|_| {}))
+    }
+
+    /// A ready worker on `slot` (channel `id`).
+    fn worker_of(d: &mut Dispatcher, id: ChannelId, slot: usize) -> io::Result<OwnedFd> {
+        let (primary, worker) = channel::pair()?;
+        channel::set_nonblocking(worker.as_fd())?;
+        d.open(id, slot, primary);
+        channel::send(worker.as_fd(), ToPrimary::Hello)?;
+        d.service();
+        Ok(worker)
+    }
+
+    /// A connection whose request line said `outcome`.
+    fn session(d: &mut Dispatcher, outcome: Outcome) -> io::Result<()> {
+        d.resolving += 1;
+        d.resolved(Resolved {
+            id: 0,
+            conn: std::fs::File::open("/dev/null")?.into(),
+            peer: "127.0.0.1:4000".parse().map_err(io::Error::other)?,
+            listener: 0,
+            since: Instant::now(),
+            outcome,
+        });
+        d.service();
+        Ok(())
+    }
+
+    #[test]
+    fn a_live_place_gets_its_sessions_and_the_rest_go_round() -> io::Result<()> {
+        let mut d = sessions(3, Balance::RoundRobin);
+        let zero = worker_of(&mut d, 1, 0)?;
+        let two = worker_of(&mut d, 2, 2)?;
+        for _ in 0..3 {
+            session(&mut d, Outcome::Place(2))?;
+        }
+        assert_eq!((received(&zero)?, received(&two)?), (0, 3));
+        // Slot 1 has no worker, 64 is no slot: new sessions, in turn over the ready slots.
+        for outcome in [
+            Outcome::Place(1),
+            Outcome::Place(64),
+            Outcome::NewSession,
+            Outcome::NewSession,
+        ] {
+            session(&mut d, outcome)?;
+        }
+        assert_eq!((received(&zero)?, received(&two)?), (2, 2));
+        Ok(())
+    }
+
+    #[test]
+    fn least_connection_counts_what_workers_report_closed() -> io::Result<()> {
+        let mut d = sessions(2, Balance::LeastConnection);
+        let zero = worker_of(&mut d, 1, 0)?;
+        let one = worker_of(&mut d, 2, 1)?;
+        // Three sessions on slot 0 (their ids name it), adopted.
+        for _ in 0..3 {
+            session(&mut d, Outcome::Place(0))?;
+        }
+        assert_eq!(received(&zero)?, 3);
+        channel::send(zero.as_fd(), ToPrimary::Ack(3))?;
+        // New sessions fill slot 1 up to the same count.
+        for _ in 0..3 {
+            session(&mut d, Outcome::NewSession)?;
+        }
+        assert_eq!((received(&zero)?, received(&one)?), (0, 3));
+        channel::send(one.as_fd(), ToPrimary::Ack(3))?;
+        // Slot 0's three closed: the next two new sessions go there.
+        channel::send(zero.as_fd(), ToPrimary::Closed(3))?;
+        session(&mut d, Outcome::NewSession)?;
+        session(&mut d, Outcome::NewSession)?;
+        assert_eq!((received(&zero)?, received(&one)?), (2, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn with_nobody_ready_new_sessions_wait_for_the_first_place() -> io::Result<()> {
+        let mut d = sessions(4, Balance::Random);
+        session(&mut d, Outcome::NewSession)?;
+        session(&mut d, Outcome::Place(3))?;
+        let first = worker_of(&mut d, 1, 0)?;
+        assert_eq!(received(&first)?, 2);
         Ok(())
     }
 }

@@ -92,6 +92,8 @@ pub enum Outcome {
     Place(usize),
     /// `routeBy: 'sid'`: no session id (or none readable in time): a new session.
     NewSession,
+    // With `routeBy: 'sid'`, `Fallback` is a TLS connection: routed by the peer's address among
+    // the ready workers.
 }
 
 /// The most bytes a route key may be looked for in: a head must fit in the socket's receive
@@ -178,6 +180,7 @@ fn decide(conn: &OwnedFd, rules: &Rules, buf: &mut [u8], seen: usize) -> Option<
         RouteBy::Sid => match sid::from_head(&buf[..seen]) {
             Sid::Place(place) => Some(Outcome::Place(place)),
             Sid::New => Some(Outcome::NewSession),
+            Sid::Tls => Some(Outcome::Fallback),
             Sid::Incomplete if full => Some(Outcome::NewSession),
             Sid::Incomplete => None,
         },
@@ -437,6 +440,45 @@ mod tests {
         ));
         assert_eq!(outcome, Outcome::Reject);
         assert!(started.elapsed() < Duration::from_secs(1));
+        Ok(())
+    }
+
+    /// `routeBy: 'sid'`: a request line whose sid arrives in two segments is read whole, from
+    /// any peer (trusted or not), and nothing is consumed.
+    #[test]
+    fn a_sid_split_across_segments_is_read_whole() -> io::Result<()> {
+        let untrusted: SocketAddr = "10.1.2.3:5".parse().map_err(io::Error::other)?;
+        assert!(rules(RouteBy::Sid, 0).applies_to(&untrusted));
+        let (mut client, server) = pair()?;
+        client.set_nodelay(true)?;
+        client.write_all(b"GET /socket.io/?EIO=4&transport=polling&sid=AF")?;
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            client
+                .write_all(b"abcdefghij-_KLMNOP HTTP/1.1\r\nHost: x\r\n\r\n")
+                .map(|_| client)
+        });
+        let (server, outcome) = run(server, rules(RouteBy::Sid, 2000))?;
+        let _client = writer
+            .join()
+            .map_err(|_| io::Error::other("writer panicked"))??;
+        assert_eq!(outcome, Outcome::Place(5));
+        let mut buf = [0u8; 8];
+        let n = recv(&server, &mut buf, 0)?;
+        assert_eq!(&buf[..n], b"GET /soc");
+        Ok(())
+    }
+
+    /// A request line cut by FIN is final at once: a new session.
+    #[test]
+    fn a_cut_request_line_is_a_new_session() -> io::Result<()> {
+        let (mut client, server) = pair()?;
+        client.write_all(b"GET /socket.io/?EIO=4&sid=AFabc")?;
+        client.shutdown(std::net::Shutdown::Write)?;
+        let started = std::time::Instant::now();
+        let (_, outcome) = run(server, rules(RouteBy::Sid, 10_000))?;
+        assert_eq!(outcome, Outcome::NewSession);
+        assert!(started.elapsed() < Duration::from_secs(2));
         Ok(())
     }
 }

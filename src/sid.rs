@@ -29,7 +29,13 @@ pub(crate) enum Sid {
     New,
     /// The request line is not complete yet.
     Incomplete,
+    /// A TLS handshake: the request line is encrypted. Routed by the client's address instead
+    /// (among the ready workers), so HTTPS sessions still stick unless clients share an address.
+    Tls,
 }
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// The value of one base64url character.
 fn value(c: u8) -> Option<usize> {
@@ -52,6 +58,9 @@ fn place_chars(place: usize) -> [u8; 2] {
 
 /// Reads the `sid` query parameter of the request line at the start of `head`.
 pub(crate) fn from_head(head: &[u8]) -> Sid {
+    if head.first() == Some(&TLS_HANDSHAKE) {
+        return Sid::Tls;
+    }
     let Some(end) = head.iter().position(|&b| b == b'\n') else {
         return Sid::Incomplete;
     };
@@ -198,9 +207,15 @@ mod tests {
         }
         assert_eq!(from_head(b"\r\n"), Sid::New);
         assert_eq!(from_head(b"garbage\r\n"), Sid::New);
+        assert_eq!(from_head(b"\x00\x03\x01\n"), Sid::New);
+    }
+
+    #[test]
+    fn tls_is_seen_from_its_first_byte() {
+        assert_eq!(from_head(b"\x16"), Sid::Tls);
         assert_eq!(
-            from_head(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n"),
-            Sid::New
+            from_head(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            Sid::Tls
         );
     }
 
