@@ -8,7 +8,7 @@ const crypto = require('node:crypto');
 const net = require('node:net');
 const { socketioOptions, sessionOptions } = require('./options');
 const { startForServer } = require('./primary');
-const { prepare, serve, handedOver } = require('./worker');
+const { prepare, serve, prepared } = require('./worker');
 const { WORKER_INDEX } = require('./messages');
 
 // base64url in value order: the two first characters of an id are its slot (src/sid.rs).
@@ -68,8 +68,9 @@ function setupWorker(io) {
   }
   if (cluster.isPrimary) throw new Error('sticky-rs: setupWorker() must be called in a cluster worker ("not worker")');
   io.engine.generateId = () => sessionId(Number(process.env[WORKER_INDEX]));
-  // sticky() or listen() with routeBy 'sid' handed the server over already: ids are all it needs.
-  if (handedOver(io.httpServer)) return;
+  // A worker of sticky() or listen() (routeBy 'sid'): the server is handed over there (callback
+  // or listen()), before or after this; the ids are all it needs from here.
+  if (prepared()) return;
   const o = sessionOptions(io.httpServer, 0, { routeBy: 'sid' });
   if (prepare(o, true)) serve(io.httpServer);
 }

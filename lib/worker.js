@@ -59,9 +59,9 @@ function roleOf() {
   return `worker #${cluster.worker.id}${slot === undefined ? '' : ` of slot ${slot}`} (pid ${process.pid})`;
 }
 
-/** Whether `server` was handed over in this worker. */
-function handedOver(server) {
-  return Boolean(state && state.servers && state.servers.includes(server));
+/** Whether sticky()/listen() (or an earlier setupWorker) set this worker up already. */
+function prepared() {
+  return state !== null;
 }
 
 /**
@@ -362,4 +362,4 @@ function shutdown() {
   })();
 }
 
-module.exports = { prepare, serve, handedOver };
+module.exports = { prepare, serve, prepared };
