@@ -164,8 +164,17 @@ describe('NAT: 200 clients from one address over 4 workers', () => {
   }
 
   test("routeBy 'address' (the contrast): all 200 on one worker", async () => {
-    const counts = await sessionsPerWorker({ ADDRESS: '1' });
+    const counts = await sessionsPerWorker({ LISTEN_ROUTE_BY: 'address' });
     expect(counts).toEqual([200]);
+  }, TEST_TIMEOUT);
+
+  test("listen() with routeBy 'sid' (sticky-rs forks) and setupWorker(io): spread too", async () => {
+    const counts = await sessionsPerWorker({ LISTEN_ROUTE_BY: 'sid' });
+    expect(counts.length).toBe(4);
+    for (const n of counts) {
+      expect(n).toBeGreaterThanOrEqual(30);
+      expect(n).toBeLessThanOrEqual(70);
+    }
   }, TEST_TIMEOUT);
 });
 

@@ -471,6 +471,25 @@ impl Dispatcher {
         }
     }
 
+    /// `routeBy: 'sid'`: a slot left without a worker holds no session any more, and an adopted
+    /// worker's replacement may take another place; what waits there is placed again as new
+    /// sessions on the ready slots (a request of a dead session is refused there, as anywhere).
+    fn move_sessions_away(&mut self, slot: usize) {
+        if self.rules.route_by != RouteBy::Sid || self.table.slot(slot).channel.is_some() {
+            return;
+        }
+        if !(0..self.table.len()).any(|s| self.table.slot(s).channel.is_some()) {
+            return;
+        }
+        let waiting: Vec<Held> = self.table.slot_mut(slot).waiting.drain(..).collect();
+        for held in waiting {
+            let to = self.pick_for_new_session();
+            self.table.slot_mut(to).waiting.push_back(held);
+            self.touched[to] = true;
+        }
+        self.update_gauges(slot);
+    }
+
     /// The slots whose worker is ready, or slot 0 if none is (connections wait where the first
     /// worker will be: adopted workers take the lowest free place). Never empty.
     fn ready_slots(&self) -> Vec<usize> {
@@ -701,6 +720,7 @@ impl Dispatcher {
                 "[sticky-rs] primary: slot {slot} channel {id} closed, {returned} connection(s) re-queued"
             );
         }
+        self.move_sessions_away(slot);
         self.deliver(slot);
     }
 
@@ -940,6 +960,22 @@ mod tests {
         session(&mut d, Outcome::Place(3))?;
         let first = worker_of(&mut d, 1, 0)?;
         assert_eq!(received(&first)?, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_dead_workers_connections_go_to_the_live_ones() -> io::Result<()> {
+        let mut d = sessions(2, Balance::RoundRobin);
+        let zero = worker_of(&mut d, 1, 0)?;
+        let one = worker_of(&mut d, 2, 1)?;
+        for _ in 0..4 {
+            session(&mut d, Outcome::Place(0))?;
+        }
+        assert_eq!(received(&zero)?, 4);
+        drop(zero);
+        d.read_channel(1);
+        d.service();
+        assert_eq!(received(&one)?, 4);
         Ok(())
     }
 }
