@@ -36,6 +36,8 @@ const README_DEFAULTS = {
   "`'djb2'`": 'djb2',
   "`'address'`": 'address',
   "`'least-connection'`": 'least-connection',
+  // 'auto' is the primary's router until kernel dispatch is the default.
+  "`'auto'`": 'primary',
   "`'sticky-cluster:'`": 'sticky-cluster:',
   false: false,
 };
@@ -82,6 +84,7 @@ const VALUES = {
   peekLimit: { valid: [], invalid: [] },
   peekTimeout: { valid: [], invalid: [] },
   loadBalancingMethod: { valid: [], invalid: [['fastest', TypeError], ['random', TypeError]] }, // needs routeBy 'sid': below
+  dispatch: { valid: [['primary', 'primary'], ['kernel', 'kernel'], ['auto', 'primary']], invalid: [['fast', TypeError], [3, TypeError]] },
 };
 
 function normalize(api, options) {

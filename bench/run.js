@@ -39,6 +39,7 @@ const SETUPS = [
   { id: 'socketio-sticky', label: '@socket.io/sticky 2.0.1', peer: true },
   { id: 'sticky-rs', label: 'sticky-rs', own: true },
   { id: 'sticky-rs-sid', label: "sticky-rs setupMaster (routeBy 'sid')", own: true },
+  { id: 'sticky-rs-kernel', label: "sticky-rs, dispatch: 'kernel'", own: true },
 ];
 
 // ---- options

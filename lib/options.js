@@ -185,7 +185,7 @@ function respawnDelays(o) {
  * cluster) and in `stats()`.
  */
 function dispatchOf(o, routeBy) {
-  const asked = o.dispatch === undefined ? 'auto' : ofType('dispatch', o.dispatch, 'string');
+  const asked = o.dispatch ? ofType('dispatch', o.dispatch, 'string') : 'auto';
   if (!DISPATCHES.includes(asked)) {
     throw new TypeError(`sticky-rs: option "dispatch" must be one of ${DISPATCHES.join(', ')}, got ${describe(asked)}`);
   }

@@ -116,6 +116,10 @@ function serve(...servers) {
   if (state.shuttingDown) return;
   state.servers = servers;
   for (const server of servers) {
+    // Every connection is tracked for the graceful shutdown, however it came: adopted from the
+    // channel, or accepted by the server itself on its member (kernel dispatch). First, so that
+    // a throwing user listener cannot skip it.
+    server.prependListener('connection', track);
     server.listen = () => {
       throw new Error(`sticky-rs: this server was handed over to sticky-rs and must not listen: ${LISTEN_TRAP}`);
     };
@@ -273,12 +277,6 @@ function adopt(incoming, lost, error) {
     }
     if (options.debugConnections) log(state.role, `connection from ${socket.remoteAddress} on listener ${listener}`);
     socket.server = server;
-    state.sockets.add(socket);
-    socket.once('close', () => {
-      state.sockets.delete(socket);
-      if (options.routeBy === 'sid') reportClosed();
-      if (state.onSocketClosed) state.onSocketClosed();
-    });
     // A throwing 'connection' listener must not strand the rest of the batch: rethrown after.
     try {
       server.emit('connection', socket);
@@ -308,6 +306,17 @@ function reportClosed() {
     } catch {
       // Sent with the next close.
     }
+  });
+}
+
+/** Counts `socket` among the open connections until it closes. */
+function track(socket) {
+  if (state.sockets.has(socket)) return;
+  state.sockets.add(socket);
+  socket.once('close', () => {
+    state.sockets.delete(socket);
+    if (state.options.routeBy === 'sid') reportClosed();
+    if (state.onSocketClosed) state.onSocketClosed();
   });
 }
 

@@ -119,7 +119,7 @@ pub struct Router {
     next_id: AtomicU64,
     /// With kernel dispatch, one group per listener: every member stays open here for the
     /// router's life, so the kernel's numbering of the members never changes.
-    groups: Vec<Group>,
+    groups: Arc<Vec<Group>>,
 }
 
 impl Router {
@@ -138,7 +138,7 @@ impl Router {
                 ),
             ));
         }
-        let groups = match config.dispatch {
+        let groups: Arc<Vec<Group>> = Arc::new(match config.dispatch {
             Dispatch::Primary => Vec::new(),
             Dispatch::Kernel => config
                 .listeners
@@ -149,7 +149,7 @@ impl Router {
                         .map_err(|e| bind_error(i, e))
                 })
                 .collect::<io::Result<Vec<Group>>>()?,
-        };
+        });
         // What the router itself accepts on: the listeners, or each group's fallback member.
         let sockets = match config.dispatch {
             Dispatch::Primary => config
@@ -193,6 +193,7 @@ impl Router {
                 })
                 .collect::<io::Result<Vec<_>>>()?
         };
+        let groups_for_thread = groups.clone();
         let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("sticky-rs-router".into())
@@ -200,7 +201,7 @@ impl Router {
                 let _ended = ended_tx;
                 let state = Dispatcher::new(&config.policy, stats_for_thread, on_event.clone());
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    runtime.block_on(run(listeners, command_rx, state))
+                    runtime.block_on(run(listeners, command_rx, state, &groups_for_thread))
                 }));
                 if let Err(panic) = result {
                     let reason = panic
@@ -312,12 +313,6 @@ impl Router {
     /// Closes the listener but keeps delivering what is already accepted (graceful shutdown:
     /// new clients are refused by the kernel, accepted ones still reach their workers).
     pub fn stop_accepting(&self) -> io::Result<()> {
-        // Kernel dispatch: the members stop listening for every process that holds them (the
-        // workers too), so new clients are refused. Connections already accepted go on.
-        for member in self.groups.iter().flat_map(Group::members) {
-            let _ =
-                nix::sys::socket::shutdown(member.as_raw_fd(), nix::sys::socket::Shutdown::Read);
-        }
         self.send(Command::StopAccepting)
     }
 
@@ -361,6 +356,7 @@ async fn run(
     mut listeners: Vec<(u8, AsyncFd<Socket>)>,
     mut commands: UnboundedReceiver<Command>,
     mut state: Dispatcher,
+    groups: &[Group],
 ) {
     let Some(mut resolved) = state.resolved_rx.take() else {
         return;
@@ -383,6 +379,13 @@ async fn run(
                 Some(Command::Retire { id }) => state.retire(id),
                 Some(Command::StopAccepting) => {
                     listeners.clear();
+                    // Kernel dispatch: the members stop listening for every process that holds
+                    // them (the workers too), so new clients are refused; connections already
+                    // accepted go on. After the router's own listeners are gone, so that it
+                    // never accepts on a member that stopped.
+                    for member in groups.iter().flat_map(Group::members) {
+                        let _ = nix::sys::socket::shutdown(member.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+                    }
                     state.stop_accepting();
                 }
                 Some(Command::Close) | None => break,

@@ -7,7 +7,8 @@
 //   sticky-cluster  sticky-cluster 0.3.5
 //   socketio-sticky @socket.io/sticky 2.0.1 (least-connection; Socket.IO is always attached, it
 //                   needs it; cluster IPC uses serialization: 'advanced')
-//   sticky-rs       this package
+//   sticky-rs       this package (the primary's router)
+//   sticky-rs-kernel  this package with dispatch: 'kernel' (the kernel picks the slot, workers accept)
 //   sticky-rs-sid   this package's setupMaster/setupWorker (routeBy 'sid', least-connection),
 //                   the same code as socketio-sticky but the require
 // WORKERS and PORT from env. SOCKETIO=1 attaches a Socket.IO server (polling only matters here)
@@ -59,11 +60,12 @@ switch (process.env.SETUP) {
     }
     break;
   case 'sticky-rs':
+  case 'sticky-rs-kernel':
     require('../..')((cb) => {
       const server = http.createServer(handler);
       maybeIo(server);
       cb(server);
-    }, { concurrency: workers, port });
+    }, { concurrency: workers, port, dispatch: process.env.SETUP === 'sticky-rs-kernel' ? 'kernel' : 'primary' });
     if (cluster.isPrimary) announce();
     break;
   case 'sticky-cluster':
