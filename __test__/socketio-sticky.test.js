@@ -71,6 +71,23 @@ describe('bad input', () => {
     expect(() => sticky.setupMaster(http.createServer(), { workers: 4 })).toThrow(/unknown option "workers"/);
   });
 
+  test("the primary's httpServer.listen() on a busy port: 'error' EADDRINUSE, as Node's listener", async () => {
+    const busy = net.createServer();
+    await new Promise((resolve) => busy.listen(0, '127.0.0.1', resolve));
+    try {
+      const httpServer = http.createServer();
+      sticky.setupMaster(httpServer);
+      const err = await new Promise((resolve) => {
+        httpServer.once('error', resolve);
+        httpServer.listen(busy.address().port, '127.0.0.1');
+      });
+      expect(err.code).toBe('EADDRINUSE');
+      expect(httpServer.address()).toBe(null);
+    } finally {
+      busy.close();
+    }
+  });
+
   test("loadBalancingMethod without routeBy 'sid' has no effect: refused", () => {
     const server = http.createServer();
     expect(() => sticky.listen(server, 0, { loadBalancingMethod: 'random' })).toThrow(/only places new Socket.IO sessions with "routeBy": 'sid'/);
