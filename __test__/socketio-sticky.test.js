@@ -185,6 +185,11 @@ describe('NAT: 200 clients from one address over 4 workers', () => {
     expect(counts).toEqual([200]);
   }, TEST_TIMEOUT);
 
+  test('workers forked, and set up, before httpServer.listen(): adopted all the same', async () => {
+    const counts = await sessionsPerWorker({ FORK_FIRST: '1', LB: 'round-robin' });
+    expect(counts.length).toBe(4);
+  }, TEST_TIMEOUT);
+
   test("listen() with routeBy 'sid' (sticky-rs forks) and setupWorker(io): spread too", async () => {
     const counts = await sessionsPerWorker({ LISTEN_ROUTE_BY: 'sid' });
     expect(counts.length).toBe(4);

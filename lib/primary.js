@@ -161,8 +161,8 @@ class Primary extends EventEmitter {
     worker.on('error', (err) => {
       if (o.debug) log('primary', `worker #${worker.id}: ${err.message}`);
     });
-    worker.process.on('internalMessage', (message) => {
-      if (noticeType(o.prefix, message) !== READY || member.slot !== null || this.closing) return;
+    const place = () => {
+      if (member.slot !== null || this.closing) return;
       const slot = this.slots.findIndex((s) => s.current === null);
       if (slot < 0) {
         warn(`worker pid ${worker.process.pid} ran setupWorker(), but all ${this.slots.length} places are taken (setupMaster option maxWorkers): it gets no connections`);
@@ -172,8 +172,13 @@ class Primary extends EventEmitter {
       this.slots[slot].current = member;
       worker.send(o.prefix + PLACE + slot, () => {});
       this.sendChannel(member);
+    };
+    worker.process.on('internalMessage', (message) => {
+      if (noticeType(o.prefix, message) === READY) place();
     });
     worker.on('exit', (code, signal) => this.onExit(member, code, signal));
+    // Its setupWorker() ran before httpServer.listen() started this primary.
+    if (o.readyEarly && o.readyEarly.has(worker)) place();
     if (o.debug) log('primary', `adopted worker #${worker.id} (pid ${worker.process.pid}), waiting for its setupWorker()`);
   }
 

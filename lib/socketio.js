@@ -9,7 +9,7 @@ const net = require('node:net');
 const { socketioOptions, sessionOptions } = require('./options');
 const { startForServer } = require('./primary');
 const { prepare, serve, prepared } = require('./worker');
-const { WORKER_INDEX } = require('./messages');
+const { WORKER_INDEX, READY, noticeType } = require('./messages');
 
 // base64url in value order: the two first characters of an id are its slot (src/sid.rs).
 const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
@@ -45,13 +45,20 @@ function setupMaster(httpServer, opts, onStart = () => {}) {
   if (!cluster.isPrimary) throw new Error('sticky-rs: setupMaster() must be called in the cluster primary ("not primary")');
   const o = socketioOptions(httpServer, opts);
   let primary = null;
+  // Workers forked before listen() may run setupWorker() before it: their 'ready' is kept here.
+  const readyEarly = new Set();
+  const watchEarly = (worker) => worker.process.on('internalMessage', (message) => {
+    if (!primary && noticeType(o.prefix, message) === READY) readyEarly.add(worker);
+  });
+  cluster.on('fork', watchEarly);
   httpServer.listen = function listen(...args) {
     if (primary) throw new Error('sticky-rs: this server is already listening');
     const { port, host, backlog, callback } = listenArgs(args);
     // Validated as listen() options: a bad port is a RangeError/TypeError naming it.
     const l = sessionOptions(httpServer, port === undefined ? 0 : port, { host, backlog }).listeners[0];
     if (callback) httpServer.once('listening', callback);
-    primary = startForServer(httpServer, { ...o, listeners: [l] });
+    cluster.removeListener('fork', watchEarly);
+    primary = startForServer(httpServer, { ...o, listeners: [l], readyEarly });
     onStart(primary);
     return httpServer;
   };
