@@ -200,6 +200,15 @@ describe('logs', () => {
       await app.atRest();
       app.child.kill('SIGTERM');
       await app.exited;
+      // 'exit' can come before the last bytes of stderr were read: wait for its end (bounded).
+      await new Promise((resolve) => {
+        if (app.child.stderr.readableEnded) return resolve();
+        const timer = setTimeout(resolve, 3000);
+        app.child.stderr.once('end', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
       const all = app.stderr.split('\n').filter(Boolean);
       return {
         lifecycle: all.filter((l) => /forked worker #\d+ \(pid \d+\)|worker #\d+ of slot \d \(pid \d+\): channel open/.test(l)).length,

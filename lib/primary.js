@@ -10,6 +10,7 @@ const { native } = require('./binding');
 const { listenError } = require('./errors');
 const { log, warn, Warnings } = require('./log');
 const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, noticeType } = require('./messages');
+const { Slot } = require('./slot');
 
 const WATCH_INTERVAL = 1000;
 
@@ -18,7 +19,11 @@ class Primary extends EventEmitter {
     super();
     this.options = options;
     this.router = null;
+    /** One Slot (lib/slot.js) per worker index: who serves it, what happens next. */
     this.slots = [];
+    /** Per slot: the pending respawn's timer, and the replacement under way (a promise). */
+    this.respawnTimers = [];
+    this.replacements = [];
     // One record per live worker: { slot, worker, channel, handedOver, ready, bornAt, timer,
     // whenReady }.
     this.members = new Map();
@@ -53,8 +58,8 @@ class Primary extends EventEmitter {
     this.watch();
     if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s), ${o.dispatch} dispatch (${o.dispatchWhy})`);
     for (let index = 0; index < o.slots; index++) {
-      this.slots.push({ current: null, delay: o.respawnDelay, timer: null, replacing: null });
-      if (!o.adopt) this.slots[index].current = this.fork(index);
+      this.slots.push(new Slot(index, o));
+      if (!o.adopt) this.slots[index].forked(this.fork(index));
     }
     if (o.adopt) {
       // setupMaster: the user forks (and re-forks) the workers; each one that ran setupWorker
@@ -97,7 +102,7 @@ class Primary extends EventEmitter {
       sendErrors: counters.sendErrors,
       slots: counters.slots.map(({ channel, ...c }, i) => {
         const current = this.slots[i].current;
-        return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c, restarts: this.slots[i].restarts || 0 };
+        return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c, restarts: this.slots[i].restarts };
       }),
     };
   }
@@ -169,7 +174,7 @@ class Primary extends EventEmitter {
         return;
       }
       member.slot = slot;
-      this.slots[slot].current = member;
+      this.slots[slot].forked(member);
       worker.send(o.prefix + PLACE + slot, () => {});
       this.sendChannel(member);
     };
@@ -257,6 +262,7 @@ class Primary extends EventEmitter {
     if (member.ready) return;
     member.ready = true;
     clearTimeout(member.timer);
+    this.slots[member.slot].ready(member);
     member.settleReady(true);
     if (!this.closing) this.emit('ready', { slot: member.slot, worker: member.worker });
   }
@@ -272,49 +278,32 @@ class Primary extends EventEmitter {
     if (member.channel) this.router.release(member.channel.id);
     if (o.debug) log('primary', `slot ${index}: worker #${worker.id} (pid ${worker.process.pid}) exited (${signal || code})`);
     this.emit('exit', { slot: index, worker, code, signal });
-    const slot = this.slots[index];
     if (this.closing) {
       if (this.members.size === 0) this.finish(0);
       return;
     }
     // An adopted worker's place is free again; the user's own 'exit' handler re-forks.
     if (member.adopted) {
+      const slot = this.slots[index];
       if (slot && slot.current === member) slot.current = null;
       return;
     }
-    if (slot.current !== member) return; // a worker retired by reload, or a failed replacement
-    slot.current = null;
-    if (this.crashed(member, code, signal)) return;
-    // A replacement under way takes the slot; otherwise respawn.
-    if (!slot.replacing) this.respawn(index, member.bornAt);
-  }
-
-  /**
-   * Counts an exit nobody asked for; warns while a slot crashes in a row, and past `maxRestarts`
-   * within `restartWindow` gives up: shuts down and exits with 1, so that a supervisor (systemd,
-   * Kubernetes, PM2) sees the failure. Returns true when it gave up.
-   */
-  crashed(member, code, signal) {
-    const o = this.options;
-    const { slot: index, worker } = member;
-    const slot = this.slots[index];
-    const now = Date.now();
-    slot.exits = (slot.exits || []).filter((at) => now - at < o.restartWindow);
-    slot.exits.push(now);
-    slot.restarts = (slot.restarts || 0) + 1;
-    const lived = now - member.bornAt;
+    const next = this.slots[index].exited(member, Date.now());
+    if (next.then === 'nothing') return; // a worker retired by reload, or a failed replacement
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
-    if (slot.exits.length > o.maxRestarts) {
-      warn(`slot ${index}: worker pid ${worker.process.pid} ${how} after ${lived} ms, ${slot.exits.length} exits within restartWindow (${o.restartWindow} ms), more than maxRestarts (${o.maxRestarts}): giving up, shutting down with exit code 1`);
+    if (next.then === 'give-up') {
+      // A supervisor (systemd, Kubernetes, PM2) must see the failure: exit 1.
+      warn(`slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms, ${next.exits} exits within restartWindow (${o.restartWindow} ms), more than maxRestarts (${o.maxRestarts}): giving up, shutting down with exit code 1`);
       this.exitAfter(this.shutdown().then(() => 1));
-      return true;
+      return;
     }
-    if (lived < o.respawnResetAfter && !member.killedNotReady) {
+    if (next.lived < o.respawnResetAfter && !member.killedNotReady) {
       this.warnings.note(`crash:${index}`, 1, (n) =>
-        `slot ${index}: worker pid ${worker.process.pid} ${how} after ${lived} ms; ${slot.exits.length} exit(s) within ${o.restartWindow} ms` +
+        `slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms; ${next.exits} exit(s) within ${o.restartWindow} ms` +
         (n > 1 ? ` (${n} since the last warning)` : '') + `; respawning with back-off (gives up after ${o.maxRestarts})`);
     }
-    return false;
+    // 'replacement': the replacement under way takes the slot.
+    if (next.then === 'respawn') this.respawn(index, next.delay);
   }
 
   /**
@@ -371,23 +360,20 @@ class Primary extends EventEmitter {
     cluster.on('fork', this.onForeignFork);
   }
 
-  /** Forks a new worker for an empty slot after a back-off that grows while workers crash. */
-  respawn(index, bornAt) {
+  /** Forks a new worker for an empty slot after `delay` ms (the slot's back-off). */
+  respawn(index, delay) {
     const o = this.options;
-    const slot = this.slots[index];
-    if (Date.now() - bornAt >= o.respawnResetAfter) slot.delay = o.respawnDelay;
-    const delay = slot.delay;
-    slot.delay = Math.min(slot.delay * 2, o.maxRespawnDelay);
     this.emit('respawn', { slot: index, delay });
-    clearTimeout(slot.timer);
-    slot.timer = setTimeout(() => {
-      slot.timer = null;
-      if (this.closing || slot.current || slot.replacing) return;
+    clearTimeout(this.respawnTimers[index]);
+    this.respawnTimers[index] = setTimeout(() => {
+      this.respawnTimers[index] = null;
+      const slot = this.slots[index];
+      if (slot.state !== 'backoff') return; // closed, or a replacement took the slot
       try {
-        slot.current = this.fork(index);
+        slot.forked(this.fork(index));
       } catch (err) {
         if (o.debug) log('primary', `slot ${index}: fork failed: ${err.message}`);
-        this.respawn(index, Date.now());
+        this.respawn(index, slot.backoff(0));
       }
     }, delay);
   }
@@ -429,13 +415,14 @@ class Primary extends EventEmitter {
    * a promise of the old worker's exit.
    */
   replace(index) {
-    const slot = this.slots[index];
-    if (slot.replacing) return slot.replacing;
+    if (this.replacements[index]) return this.replacements[index];
     const o = this.options;
+    const slot = this.slots[index];
+    if (!slot.replaceStarted()) return Promise.reject(new Error('sticky-rs: shutting down'));
     // The replacement owns the slot now: no respawn of its own.
-    clearTimeout(slot.timer);
-    slot.timer = null;
-    slot.replacing = (async () => {
+    clearTimeout(this.respawnTimers[index]);
+    this.respawnTimers[index] = null;
+    this.replacements[index] = (async () => {
       const next = this.fork(index);
       // Settles once the router delivers to it, or it exits (its ready timer kills it after
       // readyTimeout).
@@ -446,19 +433,17 @@ class Primary extends EventEmitter {
         if (this.members.has(next.worker)) next.worker.process.kill('SIGKILL');
         throw new Error(`sticky-rs: replacing slot ${index} failed: the new worker did not become ready within readyTimeout (${o.readyTimeout} ms)`);
       }
-      const previous = slot.current;
-      slot.current = next;
-      slot.delay = o.respawnDelay;
+      const previous = slot.replaced(next);
       if (!previous || !this.members.has(previous.worker)) return Promise.resolve();
       const exited = new Promise((resolve) => previous.worker.once('exit', resolve));
       this.retire(previous);
       return exited;
     })().finally(() => {
-      slot.replacing = null;
+      this.replacements[index] = null;
       // Whatever happened, the slot must end up with a worker.
-      if (!slot.current && !this.closing) this.respawn(index, 0);
+      if (slot.replaceEnded() && !this.closing) this.respawn(index, slot.backoff(Infinity));
     });
-    return slot.replacing;
+    return this.replacements[index];
   }
 
   /**
@@ -512,7 +497,8 @@ class Primary extends EventEmitter {
       if (signal === 'SIGHUP') process.on(signal, () => {});
       else process.once(signal, () => process.exit(1));
     }
-    for (const slot of this.slots) clearTimeout(slot.timer);
+    for (const slot of this.slots) slot.close();
+    for (const timer of this.respawnTimers) clearTimeout(timer);
     this.hardTimer = setTimeout(() => this.finish(1), o.hardShutdownDelay);
     // Each worker is retired once the router says its slot delivered what was accepted for it
     // (or has no ready worker to deliver to; 'drained', after every head still being read from

@@ -1,0 +1,106 @@
+'use strict';
+// One slot's life (lib/slot.js): the decisions, without processes. The lifecycle suites check
+// the same behaviour end to end with real workers.
+const { Slot } = require('../lib/slot');
+
+const policy = { respawnDelay: 100, maxRespawnDelay: 1000, respawnResetAfter: 30000, maxRestarts: 3, restartWindow: 60000 };
+const worker = (bornAt = 0) => ({ bornAt, ready: false });
+
+test('starting, then ready once its own worker says hello; a hello of another worker changes nothing', () => {
+  const slot = new Slot(0, policy);
+  const w = worker();
+  slot.forked(w);
+  expect(slot.state).toBe('starting');
+  expect(slot.ready(worker())).toBe(false);
+  expect(slot.state).toBe('starting');
+  expect(slot.ready(w)).toBe(true);
+  expect(slot.state).toBe('ready');
+});
+
+test('a crash loop backs off 100, 200, 400, 800, 1000 ms; a long life resets the back-off', () => {
+  const slot = new Slot(0, { ...policy, maxRestarts: Infinity });
+  const delays = [];
+  let now = 0;
+  for (let i = 0; i < 5; i++) {
+    const w = worker(now);
+    slot.forked(w);
+    now += 10;
+    const next = slot.exited(w, now);
+    expect(next.then).toBe('respawn');
+    expect(slot.state).toBe('backoff');
+    delays.push(next.delay);
+  }
+  expect(delays).toEqual([100, 200, 400, 800, 1000]);
+  const old = worker(now);
+  slot.forked(old);
+  expect(slot.exited(old, now + 30000).delay).toBe(100);
+});
+
+test('more than maxRestarts exits within restartWindow give up; older exits fall out of the window', () => {
+  const slot = new Slot(0, policy);
+  let now = 0;
+  const crash = () => {
+    const w = worker(now);
+    slot.forked(w);
+    now += 1000;
+    return slot.exited(w, now);
+  };
+  expect([crash(), crash(), crash()].map((n) => n.then)).toEqual(['respawn', 'respawn', 'respawn']);
+  now += 60000; // the three are out of the window now
+  expect(crash().then).toBe('respawn');
+  expect(crash().then).toBe('respawn');
+  expect(crash().then).toBe('respawn');
+  const last = crash();
+  expect(last).toMatchObject({ then: 'give-up', exits: 4 });
+  expect(slot.restarts).toBe(7);
+});
+
+test('a reload: the replacement serves once ready and the old worker is returned to retire; its exit changes nothing', () => {
+  const slot = new Slot(0, policy);
+  const old = worker();
+  slot.forked(old);
+  slot.ready(old);
+  expect(slot.replaceStarted()).toBe(true);
+  expect(slot.replaceStarted()).toBe(false); // one at a time
+  expect(slot.state).toBe('replacing');
+  const next = worker(5);
+  expect(slot.ready(next)).toBe(false); // not the slot's yet
+  expect(slot.replaced(next)).toBe(old);
+  expect(slot.state).toBe('ready');
+  expect(slot.exited(old, 100)).toEqual({ then: 'nothing' });
+  expect(slot.replaceEnded()).toBe(false);
+  expect(slot.restarts).toBe(0);
+});
+
+test('the current worker dies during a replacement: the replacement takes the slot, or a respawn if it fails too', () => {
+  const slot = new Slot(0, policy);
+  const old = worker();
+  slot.forked(old);
+  old.ready = slot.ready(old);
+  slot.replaceStarted();
+  expect(slot.exited(old, 50).then).toBe('replacement');
+  expect(slot.current).toBe(null);
+  expect(slot.replaceEnded()).toBe(true); // the replacement failed: nobody serves the slot
+  expect(slot.state).toBe('backoff');
+});
+
+test('a failed replacement leaves the old worker serving', () => {
+  const slot = new Slot(0, policy);
+  const old = worker();
+  slot.forked(old);
+  old.ready = slot.ready(old);
+  slot.replaceStarted();
+  expect(slot.replaceEnded()).toBe(false);
+  expect(slot.state).toBe('ready');
+  expect(slot.current).toBe(old);
+});
+
+test('closed: exits change nothing and no replacement starts', () => {
+  const slot = new Slot(0, policy);
+  const w = worker();
+  slot.forked(w);
+  slot.close();
+  expect(slot.exited(w, 10)).toEqual({ then: 'nothing' });
+  expect(slot.replaceStarted()).toBe(false);
+  expect(slot.state).toBe('closed');
+});

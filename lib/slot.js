@@ -1,0 +1,116 @@
+'use strict';
+// One slot's life: which worker serves it, and what happens when that worker is ready, exits or
+// is replaced. A policy object with no I/O (the Primary forks, kills and sets the timers), so
+// every decision can be tested without a process.
+//
+// States, each entered by an event:
+//   starting   a worker was forked for the slot and is not ready yet        (forked)
+//   ready      the slot's worker said hello: the router delivers to it       (ready, replaced)
+//   replacing  a replacement was forked; the current worker still serves     (replaceStarted)
+//   backoff    the slot has no worker; a respawn waits `delay` ms           (exited)
+//   closed     the primary shuts down: nothing is forked for it any more     (close)
+
+class Slot {
+  /**
+   * @param {number} index
+   * @param {{ respawnDelay: number, maxRespawnDelay: number, respawnResetAfter: number,
+   *           maxRestarts: number, restartWindow: number }} policy
+   */
+  constructor(index, policy) {
+    this.index = index;
+    this.policy = policy;
+    this.state = 'starting';
+    /** The member (see Primary.fork) serving the slot, or null. */
+    this.current = null;
+    /** The next respawn's back-off. */
+    this.delay = policy.respawnDelay;
+    /** When its workers exited without being asked, within restartWindow. */
+    this.exits = [];
+    /** Exits nobody asked for, in all. */
+    this.restarts = 0;
+  }
+
+  /** A worker was forked to serve the slot (at start or after a back-off). */
+  forked(member) {
+    this.current = member;
+    if (this.state !== 'closed') this.state = 'starting';
+  }
+
+  /** `member` said hello. True if it serves the slot (a replacement is not the slot's yet). */
+  ready(member) {
+    if (member !== this.current) return false;
+    if (this.state === 'starting') this.state = 'ready';
+    return true;
+  }
+
+  /** A replacement is about to be forked; false if one is under way already or closed. */
+  replaceStarted() {
+    if (this.state === 'replacing' || this.state === 'closed') return false;
+    this.replacingFrom = this.state;
+    this.state = 'replacing';
+    return true;
+  }
+
+  /**
+   * The replacement `next` is ready and serves the slot now; the back-off starts over. Returns
+   * the worker it replaced (to retire), if any.
+   */
+  replaced(next) {
+    const previous = this.current;
+    this.current = next;
+    this.delay = this.policy.respawnDelay;
+    if (this.state !== 'closed') this.state = 'ready';
+    return previous === next ? null : previous;
+  }
+
+  /**
+   * The replacement did not become ready (or the shutdown came first). Returns true if the slot
+   * is left with no worker and needs a respawn.
+   */
+  replaceEnded() {
+    if (this.state !== 'replacing') return false;
+    if (this.current) {
+      this.state = this.current.ready ? 'ready' : 'starting';
+      return false;
+    }
+    this.state = 'backoff';
+    return true;
+  }
+
+  /**
+   * `member` exited at `now`. Returns what follows:
+   * - `{ then: 'nothing' }`: it was not the slot's worker (retired by a reload), or closed;
+   * - `{ then: 'replacement' }`: a replacement under way takes the slot;
+   * - `{ then: 'respawn', delay }`: fork again after `delay` ms (growing while workers crash);
+   * - `{ then: 'give-up' }`: more than maxRestarts exits within restartWindow.
+   * With `exits` (within the window) and `lived` (ms) for the caller's warnings.
+   */
+  exited(member, now) {
+    if (this.state === 'closed' || member !== this.current) return { then: 'nothing' };
+    // The slot's own worker: nobody asked it to go (retired workers are no longer current).
+    this.current = null;
+    const lived = now - member.bornAt;
+    this.exits = this.exits.filter((at) => now - at < this.policy.restartWindow);
+    this.exits.push(now);
+    this.restarts += 1;
+    if (this.exits.length > this.policy.maxRestarts) return { then: 'give-up', exits: this.exits.length, lived };
+    if (this.state === 'replacing') return { then: 'replacement', exits: this.exits.length, lived };
+    this.state = 'backoff';
+    return { then: 'respawn', delay: this.backoff(lived), exits: this.exits.length, lived };
+  }
+
+  /** The wait before the next respawn: doubles while workers crash, resets after a long life. */
+  backoff(lived) {
+    if (lived >= this.policy.respawnResetAfter) this.delay = this.policy.respawnDelay;
+    const delay = this.delay;
+    this.delay = Math.min(this.delay * 2, this.policy.maxRespawnDelay);
+    return delay;
+  }
+
+  /** The primary shuts down. */
+  close() {
+    this.state = 'closed';
+  }
+}
+
+module.exports = { Slot };
