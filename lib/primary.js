@@ -470,6 +470,15 @@ class Primary extends EventEmitter {
   retire(member) {
     const { worker } = member;
     clearTimeout(member.timer);
+    // Its hello may still be on its way (a reload's old worker that had not said it yet): the
+    // router must not make a retired channel its slot's target, over the newer worker's.
+    if (member.channel) {
+      try {
+        this.router.retire(member.channel.id);
+      } catch {
+        // The router is closed: nothing is routed any more.
+      }
+    }
     if (member.handedOver && worker.isConnected()) worker.send(this.options.prefix + SHUTDOWN, () => {});
     else worker.process.kill('SIGTERM');
     member.timer = setTimeout(() => worker.process.kill('SIGKILL'), this.options.hardShutdownDelay);
