@@ -178,6 +178,8 @@ pub(crate) struct Dispatcher {
     next_turn: usize,
     /// xorshift64 state for `random` (placement needs spread, not secrecy).
     random: u64,
+    /// Kernel dispatch, stopping: the members still queue connections for the workers.
+    kernel_queueing: bool,
 }
 
 impl Dispatcher {
@@ -207,6 +209,7 @@ impl Dispatcher {
             balance: policy.balance,
             next_turn: 0,
             random: seed(),
+            kernel_queueing: false,
         }
     }
 
@@ -223,9 +226,18 @@ impl Dispatcher {
     }
 
     /// No more connections come in (graceful shutdown): from now on each slot is reported
-    /// [`Event::Drained`] once it delivered what it holds.
-    pub(crate) fn stop_accepting(&mut self) {
+    /// [`Event::Drained`] once it delivered what it holds. `kernel_queueing`: with kernel
+    /// dispatch the members still hold connections for the workers, until
+    /// [`Dispatcher::kernel_stopped`].
+    pub(crate) fn stop_accepting(&mut self, kernel_queueing: bool) {
         self.draining = Some(vec![false; self.table.len()]);
+        self.kernel_queueing = kernel_queueing;
+        self.report_drained();
+    }
+
+    /// Kernel dispatch: the members stopped listening; nothing more waits there.
+    pub(crate) fn kernel_stopped(&mut self) {
+        self.kernel_queueing = false;
         self.report_drained();
     }
 
@@ -234,8 +246,8 @@ impl Dispatcher {
         let Some(said) = self.draining.as_mut() else {
             return;
         };
-        // A head still being read may be for any slot.
-        if self.resolving > 0 {
+        // A head still being read may be for any slot; the kernel's queues, for every slot.
+        if self.resolving > 0 || self.kernel_queueing {
             return;
         }
         for (slot, said) in said.iter_mut().enumerate() {

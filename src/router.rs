@@ -13,7 +13,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -83,6 +83,10 @@ pub struct Config {
     /// Who picks each connection's worker.
     pub dispatch: Dispatch,
 }
+
+/// Kernel dispatch, graceful stop: the longest the workers get to accept what the members had
+/// queued before the members stop listening.
+const KERNEL_DRAIN: Duration = Duration::from_secs(2);
 
 /// How long `close` waits for the router thread before it gives up on it.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -362,6 +366,8 @@ async fn run(
         return;
     };
     let mut paused_until: Option<Instant> = None;
+    // Kernel dispatch, stopping: until when the workers may take what the members queued.
+    let mut kernel_drain: Option<Instant> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = 0;
@@ -379,14 +385,17 @@ async fn run(
                 Some(Command::Retire { id }) => state.retire(id),
                 Some(Command::StopAccepting) => {
                     listeners.clear();
-                    // Kernel dispatch: the members stop listening for every process that holds
-                    // them (the workers too), so new clients are refused; connections already
-                    // accepted go on. After the router's own listeners are gone, so that it
-                    // never accepts on a member that stopped.
-                    for member in groups.iter().flat_map(Group::members) {
-                        let _ = nix::sys::socket::shutdown(member.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+                    // Kernel dispatch: no new SYN joins the members' queues from now on; the
+                    // workers accept what is queued, then the members stop listening (below).
+                    if !groups.is_empty() {
+                        for group in groups {
+                            if group.refuse_new().is_err() {
+                                group.stop();
+                            }
+                        }
+                        kernel_drain = Some(Instant::now() + KERNEL_DRAIN);
                     }
-                    state.stop_accepting();
+                    state.stop_accepting(kernel_drain.is_some());
                 }
                 Some(Command::Close) | None => break,
                 #[cfg(any(test, feature = "test-hooks"))]
@@ -397,6 +406,15 @@ async fn run(
                 state.service();
             }
             _ = tick.tick(), if state.pending() => {
+                if let Some(deadline) = kernel_drain {
+                    if groups.iter().all(|g| g.queued_total() == 0) || Instant::now() >= deadline {
+                        for group in groups {
+                            group.stop();
+                        }
+                        kernel_drain = None;
+                        state.kernel_stopped();
+                    }
+                }
                 state.service();
                 state.expire();
             }
@@ -538,13 +556,19 @@ mod tests {
         events.recv_timeout(WAIT).map_err(io::Error::other)
     }
 
+    /// The next event says `slot` delivers to `channel` now.
+    fn switched(events: &mpsc::Receiver<Event>, slot: usize, channel: ChannelId) -> io::Result<()> {
+        assert_eq!(next(events)?, Event::Switched { slot, channel });
+        Ok(())
+    }
+
     /// Returns once the router has read everything written to any channel before this call:
     /// a hello on a fresh channel of `slot` is answered in a later pass than anything before it.
     fn settle(router: &Router, events: &mpsc::Receiver<Event>, slot: usize) -> io::Result<()> {
         for _ in 0..2 {
             let (id, worker) = router.open_channel(slot)?;
             hello(&worker)?;
-            assert_eq!(next(events)?, Event::Switched { slot, channel: id });
+            switched(events, slot, id)?;
             router.release(id)?;
         }
         Ok(())
@@ -556,25 +580,13 @@ mod tests {
         let (old, old_end) = router.open_channel(0)?;
         let (new, new_end) = router.open_channel(0)?;
         hello(&new_end)?;
-        assert_eq!(
-            next(&events)?,
-            Event::Switched {
-                slot: 0,
-                channel: new
-            }
-        );
+        switched(&events, 0, new)?;
         hello(&old_end)?;
         settle(&router, &events, 1)?;
         assert_eq!(router.stats().snapshot(0).channel, new);
         // The newer worker goes: the older one, ready and not retired, serves the slot.
         router.release(new)?;
-        assert_eq!(
-            next(&events)?,
-            Event::Switched {
-                slot: 0,
-                channel: old
-            }
-        );
+        switched(&events, 0, old)?;
         Ok(())
     }
 
@@ -583,22 +595,10 @@ mod tests {
         let (router, events) = start(2)?;
         let (old, old_end) = router.open_channel(0)?;
         hello(&old_end)?;
-        assert_eq!(
-            next(&events)?,
-            Event::Switched {
-                slot: 0,
-                channel: old
-            }
-        );
+        switched(&events, 0, old)?;
         let (new, new_end) = router.open_channel(0)?;
         hello(&new_end)?;
-        assert_eq!(
-            next(&events)?,
-            Event::Switched {
-                slot: 0,
-                channel: new
-            }
-        );
+        switched(&events, 0, new)?;
         // Retired by the switch: hostile or buggy, its extra hellos change nothing.
         hello(&old_end)?;
         hello(&old_end)?;

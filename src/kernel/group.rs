@@ -128,6 +128,39 @@ impl Group {
         self.members
     }
 
+    /// The first step of a graceful stop: every member drops new SYNs (a socket filter that
+    /// returns 0), so that nothing more joins the accept queues while the workers accept what is
+    /// in them. Clients whose SYN was dropped retry, and are refused once [`Group::stop`] ran.
+    pub fn refuse_new(&self) -> io::Result<()> {
+        let drop_all = [Insn {
+            code: op::RET | op::K,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }];
+        for member in &self.members {
+            set_filter(member.as_fd(), libc::SO_ATTACH_FILTER, &drop_all)?;
+        }
+        Ok(())
+    }
+
+    /// Connections waiting in every member's accept queue (see [`Group::queued`]).
+    pub fn queued_total(&self) -> u64 {
+        (0..self.members.len())
+            .filter_map(|m| self.queued(m).ok())
+            .map(u64::from)
+            .sum()
+    }
+
+    /// The members stop listening, for every process that holds them: new clients are refused.
+    /// Connections already accepted go on; any still queued are reset.
+    pub fn stop(&self) {
+        for member in &self.members {
+            let _ =
+                nix::sys::socket::shutdown(member.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        }
+    }
+
     /// How many connections wait in a member's accept queue (`tcpi_unacked` of `TCP_INFO` on a
     /// listener), e.g. for a slot whose worker is not listening yet.
     pub fn queued(&self, member: usize) -> io::Result<u32> {
@@ -192,6 +225,11 @@ fn to_fallback() -> Insn {
 
 /// Installs `prog` as the reuseport program of the group `member` belongs to.
 fn attach(member: BorrowedFd<'_>, prog: &[Insn]) -> io::Result<()> {
+    set_filter(member, libc::SO_ATTACH_REUSEPORT_CBPF, prog)
+}
+
+/// Installs `prog` with the socket option `option` (`SO_ATTACH_REUSEPORT_CBPF`, `SO_ATTACH_FILTER`).
+fn set_filter(member: BorrowedFd<'_>, option: libc::c_int, prog: &[Insn]) -> io::Result<()> {
     let fprog = libc::sock_fprog {
         len: u16::try_from(prog.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?,
@@ -204,7 +242,7 @@ fn attach(member: BorrowedFd<'_>, prog: &[Insn]) -> io::Result<()> {
         libc::setsockopt(
             member.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
+            option,
             (&fprog as *const libc::sock_fprog).cast(),
             size_of::<libc::sock_fprog>() as libc::socklen_t,
         )

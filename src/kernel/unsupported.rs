@@ -41,4 +41,19 @@ impl Group {
     pub fn queued(&self, _member: usize) -> io::Result<u32> {
         match self.never {}
     }
+
+    /// See the Linux group.
+    pub fn refuse_new(&self) -> io::Result<()> {
+        match self.never {}
+    }
+
+    /// See the Linux group.
+    pub fn queued_total(&self) -> u64 {
+        match self.never {}
+    }
+
+    /// See the Linux group.
+    pub fn stop(&self) {
+        match self.never {}
+    }
 }
