@@ -52,7 +52,12 @@ declare namespace sticky {
      * (default), `'x-forwarded-for'` (the right-most untrusted entry), any other request header,
      * or `'proxy-protocol'` (v1/v2; the worker's socket then reports the client as remoteAddress).
      */
-    routeBy?: 'address' | 'x-forwarded-for' | 'proxy-protocol' | (string & {});
+    routeBy?: 'address' | 'sid' | 'x-forwarded-for' | 'proxy-protocol' | (string & {});
+    /**
+     * With `routeBy: 'sid'`: where new Socket.IO sessions go. Default `'least-connection'`
+     * (the ready worker with the fewest open connections, as reported by the workers).
+     */
+    loadBalancingMethod?: 'least-connection' | 'round-robin' | 'random';
     /** Addresses and CIDR ranges whose headers / PROXY data are believed. Required with routeBy. */
     trustedProxies?: string[];
     /** Bytes read at most to find a forwarded key. Default 8192. */
@@ -203,6 +208,27 @@ declare namespace sticky {
    * free one) and `sticky.primary()` is the Primary.
    */
   function listen(server: Server, port: number | string, options?: SessionOptions): boolean;
+
+  interface SocketIoMasterOptions extends Omit<CommonOptions, 'routeBy' | 'trustedProxies' | 'loadBalancingMethod'> {
+    /** Where new sessions go. Default `'least-connection'`. */
+    loadBalancingMethod?: 'least-connection' | 'round-robin' | 'random';
+    /** Most workers that can be adopted at once (a session id encodes at most 4096). Default 64. */
+    maxWorkers?: Count;
+  }
+
+  /**
+   * @socket.io/sticky's setupMaster, in the cluster primary: `httpServer.listen(...)` then starts
+   * the router (routeBy 'sid'); every worker you `cluster.fork()` that calls setupWorker(io)
+   * gets connections. Throws outside the primary.
+   */
+  function setupMaster(httpServer: Server, options?: SocketIoMasterOptions): void;
+
+  /**
+   * @socket.io/sticky's setupWorker, in a worker: the Socket.IO server's session ids name this
+   * worker, and `io.httpServer` (never listening) gets its connections. TypeError for anything
+   * else than a Socket.IO server attached to an http(s).Server.
+   */
+  function setupWorker(io: { engine: unknown; httpServer: Server }): void;
 
   /** The Primary this process started with either API, or null (in workers, or before). */
   function primary(): Primary | null;

@@ -2,7 +2,8 @@
 // sticky-rs: sticky-cluster's and sticky-session's APIs over a native router.
 const cluster = require('node:cluster');
 const { clusterOptions, sessionOptions } = require('./lib/options');
-const { startPrimary } = require('./lib/primary');
+const { startPrimary, startForServer } = require('./lib/primary');
+const socketio = require('./lib/socketio');
 const { prepare, serve } = require('./lib/worker');
 const { prometheus } = require('./lib/metrics');
 const { PRIMARY_PID } = require('./lib/messages');
@@ -29,12 +30,7 @@ function listen(server, port, options) {
     if (prepare(o)) serve(server);
     return true;
   }
-  // Like server.listen(), errors arrive as an 'error' event, after the caller could attach one.
-  const primary = startPrimary(o, (err) => process.nextTick(() => server.emit('error', err)));
-  started = primary;
-  // As Node's would: what the router bound (the port `0` picked), null once shut down.
-  server.address = () => (primary.router && !primary.finished ? primary.address() : null);
-  if (primary.router) process.nextTick(() => server.emit('listening'));
+  started = startForServer(server, o);
   return false;
 }
 
@@ -47,3 +43,10 @@ module.exports = sticky;
 module.exports.listen = listen;
 module.exports.primary = primary;
 module.exports.prometheus = prometheus;
+// @socket.io/sticky's API (setupMaster in the primary, setupWorker in each worker).
+module.exports.setupMaster = (httpServer, opts) => {
+  socketio.setupMaster(httpServer, opts, (primary) => {
+    started = primary;
+  });
+};
+module.exports.setupWorker = socketio.setupWorker;

@@ -2,4 +2,4 @@
 import sticky from './index.js';
 
 export default sticky;
-export const { listen, primary, prometheus } = sticky;
+export const { listen, primary, prometheus, setupMaster, setupWorker } = sticky;

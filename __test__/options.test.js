@@ -35,6 +35,7 @@ const README_DEFAULTS = {
   '`{}`': {},
   "`'djb2'`": 'djb2',
   "`'address'`": 'address',
+  "`'least-connection'`": 'least-connection',
   // 'auto' is the primary's router until kernel dispatch is the default.
   "`'auto'`": 'primary',
   "`'sticky-cluster:'`": 'sticky-cluster:',
@@ -82,6 +83,7 @@ const VALUES = {
   trustedProxies: { valid: [], invalid: [['10.0.0.1', TypeError]] },
   peekLimit: { valid: [], invalid: [] },
   peekTimeout: { valid: [], invalid: [] },
+  loadBalancingMethod: { valid: [], invalid: [['fastest', TypeError], ['random', TypeError]] }, // needs routeBy 'sid': below
   dispatch: { valid: [['primary', 'primary'], ['kernel', 'kernel'], ['auto', 'primary']], invalid: [['fast', TypeError], [3, TypeError]] },
 };
 
@@ -152,6 +154,13 @@ test('behind-a-proxy options: taken with routeBy, refused without it', () => {
     expect(() => clusterOptions(start, { [name]: value, routeBy: 'address' })).toThrow(TypeError);
   }
   expect(() => clusterOptions(start, { ...proxy, peekLimit: 10 })).toThrow(RangeError);
+});
+
+test("routeBy 'sid': any peer, no trustedProxies needed; loadBalancingMethod taken with it", () => {
+  expect(clusterOptions(start, { routeBy: 'sid' })).toMatchObject({ routeBy: 'sid', loadBalancingMethod: 'least-connection', trustedProxies: [] });
+  expect(sessionOptions(http.createServer(), 0, { routeBy: 'sid', loadBalancingMethod: 'round-robin', peekTimeout: 500 }))
+    .toMatchObject({ routeBy: 'sid', loadBalancingMethod: 'round-robin', peekTimeout: 500 });
+  expect(() => clusterOptions(start, { routeBy: 'sid', loadBalancingMethod: 'fastest' })).toThrow(/"loadBalancingMethod" must be one of/);
 });
 
 test('contradictory combinations name both options', () => {

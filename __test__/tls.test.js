@@ -47,13 +47,14 @@ afterEach(async () => {
   await stopAll();
 });
 
-async function start() {
+async function start(env = {}) {
   const port = await freePort();
   const fixture = startFixture('tls-app.js', {
     PORT: String(port),
     WORKERS: String(WORKERS),
     TLS_KEY: keyPath,
     TLS_CERT: certPath,
+    ...env,
   });
   await fixture.next((e) => e.event === 'listening');
   await fixture.count('ready', WORKERS);
@@ -219,5 +220,25 @@ describe('HTTPS with TLS terminated in the workers', () => {
       expectAck(answer, c, k, 'websocket');
     }
     expect(c.errors).toEqual([]);
+  }, TEST_TIMEOUT);
+});
+
+describe("HTTPS with routeBy 'sid'", () => {
+  // The TLS handshake hides the request line: such connections route by the client's address
+  // among the ready workers (README, Socket.IO sessions), so they still stick.
+  test('12 client addresses x 3 HTTPS requests on new TLS connections: each address keeps its worker, both workers serve', async () => {
+    const { port, pidOfSlot } = await start({ ROUTE_BY: 'sid' });
+    const ips = Array.from({ length: 12 }, (_, i) => clientIp(i));
+    const perIp = await pool(ips, 6, async (ip) => {
+      const pids = new Set();
+      for (let k = 0; k < 3; k++) {
+        const { status, body } = await httpsGet(port, ip, `/req/${k}`);
+        expect(status).toBe(200);
+        pids.add(body.pid);
+      }
+      return [...pids];
+    });
+    for (const pids of perIp) expect(pids).toHaveLength(1);
+    expect(new Set(perIp.flat())).toEqual(new Set(Object.values(pidOfSlot)));
   }, TEST_TIMEOUT);
 });

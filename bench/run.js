@@ -38,6 +38,7 @@ const SETUPS = [
   { id: 'sticky-cluster', label: 'sticky-cluster 0.3.5', peer: true },
   { id: 'socketio-sticky', label: '@socket.io/sticky 2.0.1', peer: true },
   { id: 'sticky-rs', label: 'sticky-rs', own: true },
+  { id: 'sticky-rs-sid', label: "sticky-rs setupMaster (routeBy 'sid')", own: true },
   { id: 'sticky-rs-kernel', label: "sticky-rs, dispatch: 'kernel'", own: true },
 ];
 
@@ -133,13 +134,21 @@ function freePort() {
   });
 }
 
-function runChild(cmd, args, timeoutMs) {
+// `onLine` (optional) sees each complete stdout line as it arrives.
+function runChild(cmd, args, timeoutMs, onLine = null) {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     track(child, false);
     let out = '';
     let err = '';
-    child.stdout.on('data', (d) => (out += d));
+    child.stdout.on('data', (d) => {
+      const seen = out.length;
+      out += d;
+      if (!onLine) return;
+      const from = out.lastIndexOf('\n', seen - 1) + 1;
+      const complete = out.slice(from, out.lastIndexOf('\n') + 1);
+      for (const line of complete.split('\n')) if (line) onLine(line);
+    });
     child.stderr.on('data', (d) => (err += d));
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('error', reject);
@@ -273,9 +282,16 @@ async function measureHttp(setup) {
 async function measureSocketIo(setup) {
   const srv = await startSetup(setup, { SOCKETIO: '1' });
   try {
-    const { out } = await runChild(process.execPath, [SESSIONS, '--port', String(srv.port), '--ips', String(SIO_IPS), '--duration', String(DURATION), '--concurrency', SMOKE ? '8' : '32', '--warmup', SMOKE ? '200' : '1000', '--json'], DURATION + 60000);
+    // The primary's CPU from the start of the measured run (after the warm-up) to its end.
+    let cpuAtStart = null;
+    const onLine = (line) => {
+      if (line.includes('"measuring"')) cpuAtStart = cpuNs(srv.pid);
+    };
+    const { out } = await runChild(process.execPath, [SESSIONS, '--port', String(srv.port), '--ips', String(SIO_IPS), '--duration', String(DURATION), '--concurrency', SMOKE ? '8' : '32', '--warmup', SMOKE ? '200' : '1000', '--json'], DURATION + 60000, onLine);
+    const cpuAtEnd = cpuNs(srv.pid);
     const r = JSON.parse(out.trim().split('\n').pop());
     return {
+      sioPrimaryUs: cpuAtStart === null || !r.sessions ? null : (cpuAtEnd - cpuAtStart) / 1000 / r.sessions,
       sioSuccess: 100 * r.success,
       sioRate: r.sessionsPerSec,
       sioSessions: r.sessions,
@@ -323,6 +339,7 @@ const FIGURES = [
   { key: 'sioSuccess', name: 'Socket.IO success', unit: '%', d: 1, better: 'higher' },
   { key: 'sioRate', name: 'Socket.IO sessions/s', unit: '', d: 0, better: 'higher' },
   { key: 'primaryUs', name: 'primary CPU', unit: 'µs/conn', d: 1, better: 'lower' },
+  { key: 'sioPrimaryUs', name: 'primary CPU per Socket.IO session', unit: 'µs', d: 1, better: 'lower' },
   { key: 'workersUs', name: 'workers CPU', unit: 'µs/conn', d: 1, better: 'lower' },
   { key: 'totalUs', name: 'total CPU', unit: 'µs/conn', d: 1, better: 'lower' },
   { key: 'rssMb', name: 'primary RSS', unit: 'MB', d: 1, better: 'lower' },
@@ -375,6 +392,17 @@ function targets(med) {
     const x = best ? ratio(rs.sioRate, med[best.id].sioRate) : null;
     check('Socket.IO sessions/s >= 1.3x the best sticky peer', x == null ? null : x >= 1.3,
       x == null ? 'no data' : `${fmt(rs.sioRate, 0)} vs ${best.id} ${fmt(med[best.id].sioRate, 0)} sessions/s = ${x.toFixed(2)}x`);
+  }
+  {
+    // The third drop-in: setupMaster/setupWorker against @socket.io/sticky, same app code.
+    const sid = med['sticky-rs-sid'] || {};
+    const peer = med['socketio-sticky'] || {};
+    const x = ratio(sid.sioRate, peer.sioRate);
+    check("setupMaster (routeBy 'sid') Socket.IO sessions/s >= 1.5x @socket.io/sticky", x == null ? null : x >= 1.5,
+      x == null ? 'no data' : `${fmt(sid.sioRate, 0)} vs ${fmt(peer.sioRate, 0)} sessions/s = ${x.toFixed(2)}x`);
+    const c = ratio(sid.sioPrimaryUs, peer.sioPrimaryUs);
+    check("setupMaster (routeBy 'sid') primary CPU per session <= 1/3 of @socket.io/sticky's", c == null ? null : c <= 1 / 3,
+      c == null ? 'no data' : `${fmt(sid.sioPrimaryUs, 1)} vs ${fmt(peer.sioPrimaryUs, 1)} µs/session = ${c.toFixed(2)}x`);
   }
   return lines;
 }

@@ -180,7 +180,11 @@ module.exports = { run };
 if (require.main === module) {
   const opts = parseArgs(process.argv.slice(2));
   const warmup = opts.warmup > 0 ? run({ ...opts, duration: opts.warmup, ips: Math.min(opts.ips, 32) }) : Promise.resolve();
-  warmup.then(() => run(opts)).then((r) => {
+  // A line on stdout when the measured run starts, so the caller can sample CPU from there.
+  warmup.then(() => {
+    if (opts.json) console.log(JSON.stringify({ event: 'measuring' }));
+    return run(opts);
+  }).then((r) => {
     if (opts.json) console.log(JSON.stringify(r));
     else {
       console.log(`${r.ok}/${r.sessions} sessions ok (${(100 * r.success).toFixed(1)}%) from ${r.addresses} addresses, ` +

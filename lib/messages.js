@@ -10,6 +10,9 @@ const CHANNEL = 'channel'; // primary -> worker, with the channel's worker end a
 // primary -> worker (kernel dispatch): `listen:<i>`, with the slot's member of listener i's
 // SO_REUSEPORT group as the handle; the worker's server i listens on it.
 const LISTEN = 'listen:';
+// primary -> worker (setupMaster): `place:<slot>`, the slot an adopted worker serves, before its
+// channel; its session ids name it.
+const PLACE = 'place:';
 const SHUTDOWN = 'shutdown'; // primary -> worker: finish what is open and exit
 const CLOSING = 'closing'; // worker -> primary: the user closed the server (sticky-session): replace me
 
@@ -31,4 +34,4 @@ function noticeType(prefix, message) {
   return message.type.startsWith(prefix) ? message.type.slice(prefix.length) : null;
 }
 
-module.exports = { READY, CHANNEL, LISTEN, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_PID, notifyPrimary, noticeType };
+module.exports = { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_PID, notifyPrimary, noticeType };

@@ -16,7 +16,9 @@ const SHARED_KEYS = [
   'host', 'backlog', 'debug', 'prefix', 'queueLimit', 'queueTimeout', 'hash',
   'readyTimeout', 'respawnDelay', 'maxRespawnDelay', 'respawnResetAfter', 'hardShutdownDelay',
   'routeBy', 'trustedProxies', 'peekLimit', 'peekTimeout', 'maxRestarts', 'restartWindow', 'dispatch',
+  'loadBalancingMethod',
 ];
+const BALANCING = ['least-connection', 'round-robin', 'random'];
 const CLUSTER_KEYS = ['concurrency', 'port', 'listeners', 'env', 'errorHandler', ...SHARED_KEYS];
 // An HTTP header name (RFC 9110 token).
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -90,7 +92,7 @@ function backlog(name, value) {
 function routing(o) {
   const routeBy = unset(o.routeBy) ? 'address' : ofType('routeBy', o.routeBy, 'string').toLowerCase();
   if (!HEADER_NAME.test(routeBy)) {
-    throw new TypeError(`sticky-rs: option "routeBy" must be 'address', 'x-forwarded-for', 'proxy-protocol' or a header name, got ${describe(o.routeBy)}`);
+    throw new TypeError(`sticky-rs: option "routeBy" must be 'address', 'sid', 'x-forwarded-for', 'proxy-protocol' or a header name, got ${describe(o.routeBy)}`);
   }
   let trustedProxies = [];
   if (!unset(o.trustedProxies)) {
@@ -103,7 +105,8 @@ function routing(o) {
     }
     trustedProxies = o.trustedProxies;
   }
-  if (routeBy !== 'address' && trustedProxies.length === 0) {
+  // Session ids are read from every client (an id names a worker, it is no claim to believe).
+  if (routeBy !== 'address' && routeBy !== 'sid' && trustedProxies.length === 0) {
     throw new TypeError(`sticky-rs: option "routeBy": ${JSON.stringify(routeBy)} needs "trustedProxies" (the proxies whose ${routeBy} data is believed)`);
   }
   const peek = { peekLimit: count(o, 'peekLimit', 8192, 64, 64 * 1024), peekTimeout: ms(o, 'peekTimeout', 3000) };
@@ -116,7 +119,17 @@ function routing(o) {
       }
     }
   }
-  return { routeBy, trustedProxies, ...peek };
+  let loadBalancingMethod = 'least-connection';
+  if (!unset(o.loadBalancingMethod)) {
+    if (!BALANCING.includes(o.loadBalancingMethod)) {
+      throw new TypeError(`sticky-rs: option "loadBalancingMethod" must be one of ${BALANCING.map((b) => `'${b}'`).join(', ')}, got ${describe(o.loadBalancingMethod)}`);
+    }
+    if (routeBy !== 'sid') {
+      throw new TypeError(`sticky-rs: option "loadBalancingMethod" only places new Socket.IO sessions with "routeBy": 'sid'; set it or remove "loadBalancingMethod"`);
+    }
+    loadBalancingMethod = o.loadBalancingMethod;
+  }
+  return { routeBy, trustedProxies, loadBalancingMethod, ...peek };
 }
 
 /** The addresses to listen on: `listeners: [{ port, host, backlog }]`, or one from port/host. */
@@ -258,4 +271,27 @@ function sessionOptions(server, portValue, options) {
   };
 }
 
-module.exports = { clusterOptions, sessionOptions };
+/**
+ * `setupMaster(httpServer, { loadBalancingMethod })` (@socket.io/sticky): routeBy 'sid'; the
+ * user forks the workers, so the slots are places for up to `maxWorkers` of them (default 64;
+ * a session id encodes at most 4096). The listen arguments come later, with listen().
+ */
+function socketioOptions(httpServer, options) {
+  if (!httpServer || typeof httpServer.listen !== 'function' || typeof httpServer.emit !== 'function') {
+    throw new TypeError(`sticky-rs: setupMaster() needs the primary's http.Server, got ${describe(httpServer)}`);
+  }
+  const o = checkKeys(options, ['maxWorkers', ...SHARED_KEYS]);
+  if (!unset(o.routeBy) && o.routeBy !== 'sid') {
+    throw new TypeError(`sticky-rs: setupMaster() routes by Socket.IO session ("routeBy": 'sid'), got "routeBy": ${describe(o.routeBy)}`);
+  }
+  const shared = common({ ...o, routeBy: 'sid' });
+  return {
+    ...shared,
+    slots: count(o, 'maxWorkers', 64, 1, 4096),
+    adopt: true,
+    env: () => ({}),
+    errorHandler: null,
+  };
+}
+
+module.exports = { clusterOptions, sessionOptions, socketioOptions };

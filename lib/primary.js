@@ -9,7 +9,7 @@ const net = require('node:net');
 const { native } = require('./binding');
 const { listenError } = require('./errors');
 const { log, warn, Warnings } = require('./log');
-const { READY, CHANNEL, LISTEN, SHUTDOWN, CLOSING, WORKER_INDEX, noticeType } = require('./messages');
+const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, noticeType } = require('./messages');
 const { Slot } = require('./slot');
 
 const WATCH_INTERVAL = 1000;
@@ -49,6 +49,7 @@ class Primary extends EventEmitter {
         debug: o.debug,
         dispatch: o.dispatch,
         debugConnections: o.debugConnections,
+        loadBalancingMethod: o.loadBalancingMethod,
       }, (event) => this.onRouterEvent(event));
     } catch (err) {
       onError(listenError(err, o.listeners));
@@ -58,7 +59,13 @@ class Primary extends EventEmitter {
     if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s), ${o.dispatch} dispatch (${o.dispatchWhy})`);
     for (let index = 0; index < o.slots; index++) {
       this.slots.push(new Slot(index, o));
-      this.slots[index].forked(this.fork(index));
+      if (!o.adopt) this.slots[index].forked(this.fork(index));
+    }
+    if (o.adopt) {
+      // setupMaster: the user forks (and re-forks) the workers; each one that ran setupWorker
+      // takes a free slot. No signal handlers: the user's primary owns its lifecycle.
+      for (const worker of Object.values(cluster.workers)) this.adopt(worker);
+      return this;
     }
     this.signals = {
       SIGINT: () => this.exitAfter(this.shutdown()),
@@ -136,6 +143,48 @@ class Primary extends EventEmitter {
     // On the next tick: the first workers are forked inside sticky(), before its caller can listen.
     process.nextTick(() => this.emit('fork', { slot: index, worker }));
     return member;
+  }
+
+  /**
+   * setupMaster: a worker the user forked. Once its setupWorker() handed its server over, it
+   * takes the lowest free slot (a re-forked worker takes the place of the one that died), learns
+   * it (`place:<slot>`, which its session ids encode), and gets its channel. A worker that never
+   * runs setupWorker() gets no connections; `debug` says so after readyTimeout.
+   */
+  adopt(worker) {
+    const o = this.options;
+    if (this.members.has(worker) || this.closing) return;
+    const member = { slot: null, worker, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null, adopted: true };
+    member.whenReady = new Promise((resolve) => {
+      member.settleReady = resolve;
+    });
+    this.members.set(worker, member);
+    member.timer = setTimeout(() => {
+      if (o.debug && !member.handedOver) log('primary', `worker #${worker.id} (pid ${worker.process.pid}) has not called setupWorker(io) within readyTimeout (${o.readyTimeout} ms): it gets no connections`);
+    }, o.readyTimeout);
+    member.timer.unref();
+    worker.on('error', (err) => {
+      if (o.debug) log('primary', `worker #${worker.id}: ${err.message}`);
+    });
+    const place = () => {
+      if (member.slot !== null || this.closing) return;
+      const slot = this.slots.findIndex((s) => s.current === null);
+      if (slot < 0) {
+        warn(`worker pid ${worker.process.pid} ran setupWorker(), but all ${this.slots.length} places are taken (setupMaster option maxWorkers): it gets no connections`);
+        return;
+      }
+      member.slot = slot;
+      this.slots[slot].forked(member);
+      worker.send(o.prefix + PLACE + slot, () => {});
+      this.sendChannel(member);
+    };
+    worker.process.on('internalMessage', (message) => {
+      if (noticeType(o.prefix, message) === READY) place();
+    });
+    worker.on('exit', (code, signal) => this.onExit(member, code, signal));
+    // Its setupWorker() ran before httpServer.listen() started this primary.
+    if (o.readyEarly && o.readyEarly.has(worker)) place();
+    if (o.debug) log('primary', `adopted worker #${worker.id} (pid ${worker.process.pid}), waiting for its setupWorker()`);
   }
 
   /**
@@ -233,6 +282,12 @@ class Primary extends EventEmitter {
       if (this.members.size === 0) this.finish(0);
       return;
     }
+    // An adopted worker's place is free again; the user's own 'exit' handler re-forks.
+    if (member.adopted) {
+      const slot = this.slots[index];
+      if (slot && slot.current === member) slot.current = null;
+      return;
+    }
     const next = this.slots[index].exited(member, Date.now());
     if (next.then === 'nothing') return; // a worker retired by reload, or a failed replacement
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
@@ -288,6 +343,10 @@ class Primary extends EventEmitter {
     // workers never get a connection. Said once; they are ended at shutdown.
     this.onForeignFork = (worker) => {
       if (this.members.has(worker)) return;
+      if (o.adopt) {
+        this.adopt(worker);
+        return;
+      }
       // Ended by us at shutdown, maybe while Node still talks to it: its EPIPE is no one's error.
       worker.on('error', () => {});
       if (this.closing) {
@@ -411,6 +470,15 @@ class Primary extends EventEmitter {
   retire(member) {
     const { worker } = member;
     clearTimeout(member.timer);
+    // Its hello may still be on its way (a reload's old worker that had not said it yet): the
+    // router must not make a retired channel its slot's target, over the newer worker's.
+    if (member.channel) {
+      try {
+        this.router.retire(member.channel.id);
+      } catch {
+        // The router is closed: nothing is routed any more.
+      }
+    }
     if (member.handedOver && worker.isConnected()) worker.send(this.options.prefix + SHUTDOWN, () => {});
     else worker.process.kill('SIGTERM');
     member.timer = setTimeout(() => worker.process.kill('SIGKILL'), this.options.hardShutdownDelay);
@@ -490,4 +558,17 @@ function startPrimary(options, onError) {
   return new Primary(options).start(onError);
 }
 
-module.exports = { startPrimary };
+/**
+ * Starts a primary in place of `server.listen()` (sticky-session's listen(), setupMaster's
+ * listen): errors arrive as an 'error' event on `server` after the caller could attach one,
+ * 'listening' follows a successful bind, and `server.address()` reports what the router bound
+ * (the port 0 picked), null once shut down.
+ */
+function startForServer(server, options) {
+  const primary = startPrimary(options, (err) => process.nextTick(() => server.emit('error', err)));
+  server.address = () => (primary.router && !primary.finished ? primary.address() : null);
+  if (primary.router) process.nextTick(() => server.emit('listening'));
+  return primary;
+}
+
+module.exports = { startPrimary, startForServer };

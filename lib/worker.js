@@ -6,7 +6,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
 const { log } = require('./log');
-const { READY, CHANNEL, LISTEN, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_PID, notifyPrimary } = require('./messages');
+const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_PID, notifyPrimary } = require('./messages');
 
 let state = null;
 
@@ -20,15 +20,17 @@ function describe(value) {
  * `cluster.fork()` in the user's primary): it gets no connections, so the app should not start
  * there; the primary has said so, and ends it at shutdown.
  */
-function prepare(options) {
-  if (process.env[WORKER_INDEX] === undefined) {
+function prepare(options, adopted = false) {
+  // setupWorker() in a worker the user forked: a sticky-rs primary (setupMaster) adopts it.
+  const ours = process.env[WORKER_INDEX] !== undefined || (adopted && process.env[PRIMARY_PID] !== undefined);
+  if (!ours) {
     if (process.env[PRIMARY_PID] === undefined) refuse(notOurCluster());
     return false;
   }
   if (state) return true;
   state = {
     options,
-    role: `worker #${cluster.worker.id} of slot ${process.env[WORKER_INDEX]} (pid ${process.pid})`,
+    role: roleOf(),
     servers: null,
     receiver: null,
     // The channel, if it came before the servers were handed over (a worker may tell the
@@ -50,6 +52,16 @@ function prepare(options) {
   // sends it to the whole process group.
   process.on('SIGHUP', () => {});
   return true;
+}
+
+function roleOf() {
+  const slot = process.env[WORKER_INDEX];
+  return `worker #${cluster.worker.id}${slot === undefined ? '' : ` of slot ${slot}`} (pid ${process.pid})`;
+}
+
+/** Whether sticky()/listen() (or an earlier setupWorker) set this worker up already. */
+function prepared() {
+  return state !== null;
 }
 
 /**
@@ -154,6 +166,10 @@ function onMessage(message, handle) {
     if (state.servers) listenOn(listener, handle);
     else if (!state.shuttingDown) state.earlyMembers.push([listener, handle]);
     else handle.close();
+  } else if (typeof message === 'string' && message.startsWith(prefix + PLACE)) {
+    // Adopted (setupMaster): the slot this worker serves, which its session ids encode.
+    process.env[WORKER_INDEX] = message.slice(prefix.length + PLACE.length);
+    state.role = roleOf();
   } else if (message === prefix + SHUTDOWN) {
     shutdown();
   }
@@ -272,12 +288,34 @@ function adopt(incoming, lost, error) {
   }
 }
 
+/**
+ * routeBy 'sid' (least-connection): tells the primary how many adopted connections closed, one
+ * record per event-loop turn at most; its live count per worker is as fresh as that turn. A full
+ * channel (EAGAIN) keeps the count for the next report.
+ */
+function reportClosed() {
+  state.closedSinceReport = (state.closedSinceReport || 0) + 1;
+  if (state.closedReportDue) return;
+  state.closedReportDue = true;
+  setImmediate(() => {
+    state.closedReportDue = false;
+    if (!state.receiver) return;
+    try {
+      state.receiver.closed(state.closedSinceReport);
+      state.closedSinceReport = 0;
+    } catch {
+      // Sent with the next close.
+    }
+  });
+}
+
 /** Counts `socket` among the open connections until it closes. */
 function track(socket) {
   if (state.sockets.has(socket)) return;
   state.sockets.add(socket);
   socket.once('close', () => {
     state.sockets.delete(socket);
+    if (state.options.routeBy === 'sid') reportClosed();
     if (state.onSocketClosed) state.onSocketClosed();
   });
 }
@@ -333,4 +371,4 @@ function shutdown() {
   })();
 }
 
-module.exports = { prepare, serve };
+module.exports = { prepare, serve, prepared };

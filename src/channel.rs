@@ -31,6 +31,9 @@ pub enum ToPrimary {
     /// The next this many connections never arrived (the worker was out of descriptors and the
     /// kernel dropped them); the primary still has them and sends them again.
     Lost(u32),
+    /// This many adopted connections closed since the last such record (sent once per event
+    /// loop turn at most): the primary's live count per worker for `least-connection`.
+    Closed(u32),
 }
 
 /// The tag of the one record the primary sends: `C n`, `n` connections as the message's
@@ -98,6 +101,7 @@ impl ToPrimary {
             ToPrimary::Hello => (b'H', 0),
             ToPrimary::Ack(n) => (b'A', n),
             ToPrimary::Lost(n) => (b'L', n),
+            ToPrimary::Closed(n) => (b'D', n),
         };
         let a = arg.to_le_bytes();
         [tag, a[0], a[1], a[2], a[3]]
@@ -110,6 +114,7 @@ impl ToPrimary {
             b'H' => Some(ToPrimary::Hello),
             b'A' => Some(ToPrimary::Ack(arg)),
             b'L' => Some(ToPrimary::Lost(arg)),
+            b'D' => Some(ToPrimary::Closed(arg)),
             _ => None,
         }
     }

@@ -18,7 +18,7 @@ use crate::address::AddressText;
 use crate::channel::Meta;
 use crate::hash::Hash;
 use crate::link::{Gone, Held, Link};
-use crate::resolve::{self, Outcome, Rules};
+use crate::resolve::{self, Outcome, RouteBy, Rules};
 use crate::stats::Stats;
 use crate::table::{ChannelId, Table};
 
@@ -45,6 +45,35 @@ pub struct Policy {
     pub debug: bool,
     /// Also log each routing decision and each refused PROXY header.
     pub debug_connections: bool,
+    /// Where new sessions go with `routeBy: 'sid'`.
+    pub balance: Balance,
+}
+
+/// How `routeBy: 'sid'` picks the worker of a new session (`loadBalancingMethod`, as
+/// `@socket.io/sticky` names it), among the slots whose worker is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// The ready slot with the fewest live connections (`@socket.io/sticky`'s default).
+    #[default]
+    LeastConnection,
+    /// The next ready slot in turn.
+    RoundRobin,
+    /// A ready slot at random.
+    Random,
+}
+
+impl std::str::FromStr for Balance {
+    type Err = String;
+
+    /// `least-connection`, `round-robin` or `random`.
+    fn from_str(text: &str) -> Result<Balance, String> {
+        match text {
+            "least-connection" => Ok(Balance::LeastConnection),
+            "round-robin" => Ok(Balance::RoundRobin),
+            "random" => Ok(Balance::Random),
+            other => Err(format!("unknown loadBalancingMethod {other:?}")),
+        }
+    }
 }
 
 /// Connections the router may hold (waiting or unacknowledged) before it stops accepting and
@@ -62,6 +91,15 @@ fn held_limit() -> usize {
             .max(8),
         Err(_) => 4096,
     }
+}
+
+/// A seed for `random` placement: the clock and the address of a stack value.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let local = 0u8;
+    (nanos ^ (&local as *const u8 as u64).rotate_left(32)) | 1
 }
 
 /// What the router tells its owner, from its own thread.
@@ -135,6 +173,11 @@ pub(crate) struct Dispatcher {
     on_event: OnEvent,
     /// After stop_accepting: which slots were said to be drained.
     draining: Option<Vec<bool>>,
+    balance: Balance,
+    /// Where round-robin (and the tie-break of least-connection) looks first.
+    next_turn: usize,
+    /// xorshift64 state for `random` (placement needs spread, not secrecy).
+    random: u64,
     /// Kernel dispatch, stopping: the members still queue connections for the workers.
     kernel_queueing: bool,
 }
@@ -163,6 +206,9 @@ impl Dispatcher {
             debug_connections: policy.debug_connections,
             on_event,
             draining: None,
+            balance: policy.balance,
+            next_turn: 0,
+            random: seed(),
             kernel_queueing: false,
         }
     }
@@ -334,6 +380,10 @@ impl Dispatcher {
         self.reading.remove(&done.id);
         self.resolving = self.resolving.saturating_sub(1);
         Stats::set(&self.stats.resolving, self.resolving as u64);
+        if self.rules.route_by == RouteBy::Sid {
+            self.route_session(done);
+            return;
+        }
         match done.outcome {
             Outcome::Reject => {
                 Stats::add(&self.stats.rejected, 1);
@@ -362,6 +412,119 @@ impl Dispatcher {
                 meta,
             },
         );
+    }
+
+    /// `routeBy: 'sid'`: to the slot the id names if its worker is ready, else (a new session, a
+    /// stale or forged id) to the slot the balancing method picks; TLS by the peer's address.
+    fn route_session(&mut self, done: Resolved) {
+        let live =
+            |d: &Self, slot: usize| slot < d.table.len() && d.table.slot(slot).channel.is_some();
+        let (slot, how) = match done.outcome {
+            Outcome::Place(slot) if live(self, slot) => (slot, "session"),
+            Outcome::Place(_) => (self.pick_for_new_session(), "stale session, new"),
+            Outcome::Fallback => {
+                let ready = self.ready_slots();
+                let text = AddressText::new(&done.peer);
+                let hash = self.table.hash().of(text.as_bytes()) as usize;
+                (ready[hash % ready.len()], "TLS, by address")
+            }
+            _ => (self.pick_for_new_session(), "new session"),
+        };
+        let meta = Meta {
+            listener: done.listener,
+            client: None,
+        };
+        let held = Held {
+            conn: done.conn,
+            since: done.since,
+            meta,
+        };
+        self.table.slot_mut(slot).waiting.push_back(held);
+        Stats::add(&self.stats.slots[slot].accepted, 1);
+        self.touched[slot] = true;
+        if self.debug_connections {
+            eprintln!(
+                "[sticky-rs] primary: connection from {} ({how}) -> slot {slot}",
+                done.peer
+            );
+        }
+    }
+
+    /// The slot of a new session: among slots whose worker is ready (else among all, to wait
+    /// there), by the balancing method.
+    fn pick_for_new_session(&mut self) -> usize {
+        let ready = self.ready_slots();
+        let turn = self.next_turn % ready.len();
+        self.next_turn = self.next_turn.wrapping_add(1);
+        match self.balance {
+            Balance::RoundRobin => ready[turn],
+            Balance::Random => {
+                self.random ^= self.random << 13;
+                self.random ^= self.random >> 7;
+                self.random ^= self.random << 17;
+                ready[(self.random % ready.len() as u64) as usize]
+            }
+            Balance::LeastConnection => {
+                // Closes are reported by workers on their channel; read them now so idle
+                // workers' counts are current (one non-blocking read per ready channel).
+                let ids: Vec<ChannelId> = ready
+                    .iter()
+                    .filter_map(|&s| self.table.slot(s).channel)
+                    .collect();
+                for id in ids {
+                    self.read_channel(id);
+                }
+                // Ties go round in turn, so a burst before any count moved still spreads.
+                (0..ready.len())
+                    .map(|i| ready[(turn + i) % ready.len()])
+                    .min_by_key(|&s| self.live(s))
+                    .unwrap_or(0)
+            }
+        }
+    }
+
+    /// `routeBy: 'sid'`: a slot left without a worker holds no session any more, and an adopted
+    /// worker's replacement may take another place; what waits there is placed again as new
+    /// sessions on the ready slots (a request of a dead session is refused there, as anywhere).
+    fn move_sessions_away(&mut self, slot: usize) {
+        if self.rules.route_by != RouteBy::Sid || self.table.slot(slot).channel.is_some() {
+            return;
+        }
+        if !(0..self.table.len()).any(|s| self.table.slot(s).channel.is_some()) {
+            return;
+        }
+        let waiting: Vec<Held> = self.table.slot_mut(slot).waiting.drain(..).collect();
+        for held in waiting {
+            let to = self.pick_for_new_session();
+            self.table.slot_mut(to).waiting.push_back(held);
+            self.touched[to] = true;
+        }
+        self.update_gauges(slot);
+    }
+
+    /// The slots whose worker is ready, or slot 0 if none is (connections wait where the first
+    /// worker will be: adopted workers take the lowest free place). Never empty.
+    fn ready_slots(&self) -> Vec<usize> {
+        let ready: Vec<usize> = (0..self.table.len())
+            .filter(|&s| self.table.slot(s).channel.is_some())
+            .collect();
+        if ready.is_empty() {
+            vec![0]
+        } else {
+            ready
+        }
+    }
+
+    /// A slot's live connections as far as the router knows: waiting, on their way, and
+    /// adopted but not reported closed, over all its channels.
+    fn live(&self, slot: usize) -> u64 {
+        let links: u64 = self
+            .channels
+            .values()
+            .filter(|c| c.slot() == slot)
+            .map(Link::live)
+            .sum();
+        links + self.table.slot(slot).waiting.len() as u64
     }
 
     fn enqueue(&mut self, key: &[u8], held: Held) {
@@ -569,6 +732,7 @@ impl Dispatcher {
                 "[sticky-rs] primary: slot {slot} channel {id} closed, {returned} connection(s) re-queued"
             );
         }
+        self.move_sessions_away(slot);
         self.deliver(slot);
     }
 
@@ -601,6 +765,7 @@ mod tests {
             hash: Hash::Djb2,
             debug: false,
             debug_connections: false,
+            balance: Balance::default(),
         };
         let stats = Arc::new(Stats::new(1));
         let on_event: OnEvent = Arc::new(|_| {});
@@ -705,6 +870,124 @@ mod tests {
         assert_eq!((s.delivered, s.queued, s.channel), (2, 3, 0));
         let new = worker(&mut d, 2, false)?;
         assert_eq!(received(&new)?, 3);
+        Ok(())
+    }
+
+    /// A `routeBy: 'sid'` dispatcher of `slots` slots placing new sessions by `balance`.
+    fn sessions(slots: usize, balance: Balance) -> Dispatcher {
+        let policy = Policy {
+            rules: Rules {
+                route_by: RouteBy::Sid,
+                trusted: Trusted::default(),
+                limit: 256,
+                timeout: Duration::from_secs(1),
+            },
+            slots,
+            queue_limit: 100,
+            queue_timeout: None,
+            hash: Hash::Djb2,
+            debug: false,
+            debug_connections: false,
+            balance,
+        };
+        Dispatcher::new(&policy, Arc::new(Stats::new(slots)), Arc::new(|_| {}))
+    }
+
+    /// A ready worker on `slot` (channel `id`).
+    fn worker_of(d: &mut Dispatcher, id: ChannelId, slot: usize) -> io::Result<OwnedFd> {
+        let (primary, worker) = channel::pair()?;
+        channel::set_nonblocking(worker.as_fd())?;
+        d.open(id, slot, primary);
+        channel::send(worker.as_fd(), ToPrimary::Hello)?;
+        d.service();
+        Ok(worker)
+    }
+
+    /// A connection whose request line said `outcome`.
+    fn session(d: &mut Dispatcher, outcome: Outcome) -> io::Result<()> {
+        d.resolving += 1;
+        d.resolved(Resolved {
+            id: 0,
+            conn: std::fs::File::open("/dev/null")?.into(),
+            peer: "127.0.0.1:4000".parse().map_err(io::Error::other)?,
+            listener: 0,
+            since: Instant::now(),
+            outcome,
+        });
+        d.service();
+        Ok(())
+    }
+
+    #[test]
+    fn a_live_place_gets_its_sessions_and_the_rest_go_round() -> io::Result<()> {
+        let mut d = sessions(3, Balance::RoundRobin);
+        let zero = worker_of(&mut d, 1, 0)?;
+        let two = worker_of(&mut d, 2, 2)?;
+        for _ in 0..3 {
+            session(&mut d, Outcome::Place(2))?;
+        }
+        assert_eq!((received(&zero)?, received(&two)?), (0, 3));
+        // Slot 1 has no worker, 64 is no slot: new sessions, in turn over the ready slots.
+        for outcome in [
+            Outcome::Place(1),
+            Outcome::Place(64),
+            Outcome::NewSession,
+            Outcome::NewSession,
+        ] {
+            session(&mut d, outcome)?;
+        }
+        assert_eq!((received(&zero)?, received(&two)?), (2, 2));
+        Ok(())
+    }
+
+    #[test]
+    fn least_connection_counts_what_workers_report_closed() -> io::Result<()> {
+        let mut d = sessions(2, Balance::LeastConnection);
+        let zero = worker_of(&mut d, 1, 0)?;
+        let one = worker_of(&mut d, 2, 1)?;
+        // Three sessions on slot 0 (their ids name it), adopted.
+        for _ in 0..3 {
+            session(&mut d, Outcome::Place(0))?;
+        }
+        assert_eq!(received(&zero)?, 3);
+        channel::send(zero.as_fd(), ToPrimary::Ack(3))?;
+        // New sessions fill slot 1 up to the same count.
+        for _ in 0..3 {
+            session(&mut d, Outcome::NewSession)?;
+        }
+        assert_eq!((received(&zero)?, received(&one)?), (0, 3));
+        channel::send(one.as_fd(), ToPrimary::Ack(3))?;
+        // Slot 0's three closed: the next two new sessions go there.
+        channel::send(zero.as_fd(), ToPrimary::Closed(3))?;
+        session(&mut d, Outcome::NewSession)?;
+        session(&mut d, Outcome::NewSession)?;
+        assert_eq!((received(&zero)?, received(&one)?), (2, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn with_nobody_ready_new_sessions_wait_for_the_first_place() -> io::Result<()> {
+        let mut d = sessions(4, Balance::Random);
+        session(&mut d, Outcome::NewSession)?;
+        session(&mut d, Outcome::Place(3))?;
+        let first = worker_of(&mut d, 1, 0)?;
+        assert_eq!(received(&first)?, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_dead_workers_connections_go_to_the_live_ones() -> io::Result<()> {
+        let mut d = sessions(2, Balance::RoundRobin);
+        let zero = worker_of(&mut d, 1, 0)?;
+        let one = worker_of(&mut d, 2, 1)?;
+        for _ in 0..4 {
+            session(&mut d, Outcome::Place(0))?;
+        }
+        assert_eq!(received(&zero)?, 4);
+        drop(zero);
+        d.read_channel(1);
+        d.service();
+        assert_eq!(received(&one)?, 4);
         Ok(())
     }
 }

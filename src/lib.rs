@@ -32,6 +32,7 @@ mod proxy;
 pub mod receiver;
 pub mod resolve;
 pub mod router;
+mod sid;
 pub mod stats;
 mod table;
 pub mod trust;

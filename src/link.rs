@@ -59,6 +59,8 @@ pub(crate) struct Link {
     pub ready: bool,
     /// Its worker is finishing: it must not become the slot's target again.
     pub retired: bool,
+    /// Adopted connections its worker has not reported closed (`Ack`s minus `Closed`s).
+    open: u64,
 }
 
 impl Link {
@@ -72,6 +74,7 @@ impl Link {
             paused_until: None,
             ready: false,
             retired: false,
+            open: 0,
         }
     }
 
@@ -83,6 +86,12 @@ impl Link {
     /// Connections sent and not acknowledged yet.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Connections its worker holds as far as the primary knows: adopted and not reported
+    /// closed, plus those on their way. As fresh as the last read of the channel.
+    pub(crate) fn live(&self) -> u64 {
+        self.open + self.in_flight.len() as u64
     }
 
     /// Whether the worker owes an answer (a hello, or acknowledgements).
@@ -168,12 +177,14 @@ impl Link {
                     let n = (n as usize).min(self.in_flight.len());
                     self.in_flight.drain(..n);
                     answers.acknowledged += n;
+                    self.open += n as u64;
                 }
                 ToPrimary::Lost(n) => {
                     let n = (n as usize).min(self.in_flight.len());
                     lost.extend(self.in_flight.drain(..n));
                     self.paused_until = Some(now + LOST_BACKOFF);
                 }
+                ToPrimary::Closed(n) => self.open = self.open.saturating_sub(u64::from(n)),
             }
         }
         answers

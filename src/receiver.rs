@@ -59,6 +59,14 @@ impl Receiver {
         Ok(())
     }
 
+    /// Tells the primary that `closed` adopted connections closed (for `least-connection`).
+    pub fn closed(&self, closed: u32) -> io::Result<()> {
+        if closed > 0 {
+            channel::send(self.fd.as_fd(), ToPrimary::Closed(closed))?;
+        }
+        Ok(())
+    }
+
     /// Stops the thread and waits for it. Connections already delivered stay with their owner;
     /// unacknowledged ones go back to the primary when the last copy of the end closes.
     pub fn close(&mut self) {

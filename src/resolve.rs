@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::address::AddressText;
 use crate::forwarded::{self, Key};
 use crate::proxy::{self, Header};
+use crate::sid::{self, Sid};
 use crate::trust::Trusted;
 
 /// Where the route key of a connection comes from.
@@ -28,6 +29,9 @@ pub enum RouteBy {
     Header(String),
     /// A PROXY protocol header sent by a trusted proxy.
     ProxyProtocol,
+    /// The engine.io session id in the request line of any peer (see [`crate::sid`]): the
+    /// worker whose place it names, or a new session chosen by the balancing method.
+    Sid,
 }
 
 impl std::str::FromStr for RouteBy {
@@ -39,6 +43,7 @@ impl std::str::FromStr for RouteBy {
         Ok(match text {
             "address" => RouteBy::Address,
             "proxy-protocol" => RouteBy::ProxyProtocol,
+            "sid" => RouteBy::Sid,
             header => RouteBy::Header(header.to_ascii_lowercase()),
         })
     }
@@ -59,8 +64,14 @@ pub struct Rules {
 
 impl Rules {
     /// Whether a connection from `peer` is resolved here rather than routed by its address.
+    /// Session ids are read from every peer: an id only names a worker, it is no claim to
+    /// believe (a forged one reaches a worker that does not know it, as a new session would).
     pub fn applies_to(&self, peer: &SocketAddr) -> bool {
-        self.route_by != RouteBy::Address && self.trusted.contains(peer.ip())
+        match self.route_by {
+            RouteBy::Address => false,
+            RouteBy::Sid => true,
+            _ => self.trusted.contains(peer.ip()),
+        }
     }
 }
 
@@ -77,6 +88,12 @@ pub enum Outcome {
     Fallback,
     /// Close the connection: a trusted proxy sent no valid PROXY header.
     Reject,
+    /// `routeBy: 'sid'`: the request names a session of this place (live or not).
+    Place(usize),
+    /// `routeBy: 'sid'`: no session id (or none readable in time): a new session.
+    NewSession,
+    // With `routeBy: 'sid'`, `Fallback` is a TLS connection: routed by the peer's address among
+    // the ready workers.
 }
 
 /// The most bytes a route key may be looked for in: a head must fit in the socket's receive
@@ -118,6 +135,7 @@ pub async fn resolve(
 fn give_up(rules: &Rules) -> Outcome {
     match rules.route_by {
         RouteBy::ProxyProtocol => Outcome::Reject,
+        RouteBy::Sid => Outcome::NewSession,
         _ => Outcome::Fallback,
     }
 }
@@ -159,6 +177,13 @@ fn decide(conn: &OwnedFd, rules: &Rules, buf: &mut [u8], seen: usize) -> Option<
     let full = seen == buf.len();
     match &rules.route_by {
         RouteBy::Address => Some(Outcome::Fallback),
+        RouteBy::Sid => match sid::from_head(&buf[..seen]) {
+            Sid::Place(place) => Some(Outcome::Place(place)),
+            Sid::New => Some(Outcome::NewSession),
+            Sid::Tls => Some(Outcome::Fallback),
+            Sid::Incomplete if full => Some(Outcome::NewSession),
+            Sid::Incomplete => None,
+        },
         RouteBy::Header(name) => match forwarded::route_key(&buf[..seen], name, &rules.trusted) {
             Key::Text(text) => Some(Outcome::Key(text)),
             Key::Fallback => Some(Outcome::Fallback),
@@ -415,6 +440,45 @@ mod tests {
         ));
         assert_eq!(outcome, Outcome::Reject);
         assert!(started.elapsed() < Duration::from_secs(1));
+        Ok(())
+    }
+
+    /// `routeBy: 'sid'`: a request line whose sid arrives in two segments is read whole, from
+    /// any peer (trusted or not), and nothing is consumed.
+    #[test]
+    fn a_sid_split_across_segments_is_read_whole() -> io::Result<()> {
+        let untrusted: SocketAddr = "10.1.2.3:5".parse().map_err(io::Error::other)?;
+        assert!(rules(RouteBy::Sid, 0).applies_to(&untrusted));
+        let (mut client, server) = pair()?;
+        client.set_nodelay(true)?;
+        client.write_all(b"GET /socket.io/?EIO=4&transport=polling&sid=AF")?;
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            client
+                .write_all(b"abcdefghij-_KLMNOP HTTP/1.1\r\nHost: x\r\n\r\n")
+                .map(|_| client)
+        });
+        let (server, outcome) = run(server, rules(RouteBy::Sid, 2000))?;
+        let _client = writer
+            .join()
+            .map_err(|_| io::Error::other("writer panicked"))??;
+        assert_eq!(outcome, Outcome::Place(5));
+        let mut buf = [0u8; 8];
+        let n = recv(&server, &mut buf, 0)?;
+        assert_eq!(&buf[..n], b"GET /soc");
+        Ok(())
+    }
+
+    /// A request line cut by FIN is final at once: a new session.
+    #[test]
+    fn a_cut_request_line_is_a_new_session() -> io::Result<()> {
+        let (mut client, server) = pair()?;
+        client.write_all(b"GET /socket.io/?EIO=4&sid=AFabc")?;
+        client.shutdown(std::net::Shutdown::Write)?;
+        let started = std::time::Instant::now();
+        let (_, outcome) = run(server, rules(RouteBy::Sid, 10_000))?;
+        assert_eq!(outcome, Outcome::NewSession);
+        assert!(started.elapsed() < Duration::from_secs(2));
         Ok(())
     }
 }

@@ -27,8 +27,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 
 use crate::channel;
+pub use crate::dispatcher::{Balance, Event, OnEvent, Policy};
 use crate::dispatcher::{Dispatcher, TICK};
-pub use crate::dispatcher::{Event, OnEvent, Policy};
 use crate::kernel::group::Group;
 use crate::kernel::program::slot_member;
 use crate::listener;
@@ -131,6 +131,17 @@ impl Router {
     /// are returned here, before anything runs.
     pub fn start(config: Config, on_event: OnEvent) -> io::Result<Router> {
         let slots = config.policy.slots.max(1);
+        if config.policy.rules.route_by == crate::resolve::RouteBy::Sid
+            && slots > crate::sid::MAX_PLACES
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "routeBy 'sid' names at most {} workers, {slots} slots asked",
+                    crate::sid::MAX_PLACES
+                ),
+            ));
+        }
         let groups: Arc<Vec<Group>> = Arc::new(match config.dispatch {
             Dispatch::Primary => Vec::new(),
             Dispatch::Kernel => config
@@ -525,6 +536,7 @@ mod tests {
                 hash: Hash::Djb2,
                 debug: false,
                 debug_connections: false,
+                balance: Balance::default(),
             },
             dispatch: Dispatch::Primary,
         };

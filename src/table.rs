@@ -51,6 +51,11 @@ impl<C> Table<C> {
         }
     }
 
+    /// The route hash.
+    pub(crate) fn hash(&self) -> Hash {
+        self.hash
+    }
+
     /// The number of slots.
     pub(crate) fn len(&self) -> usize {
         self.slots.len()

@@ -98,3 +98,13 @@ if (!sticky.listen(plain, 0, { workers: '2' })) {
 
 // @ts-expect-error: debug is true, false or 'connections'
 sticky((cb) => cb(http.createServer()), { debug: 'yes' });
+
+// @socket.io/sticky's API.
+{
+  const httpServer = http.createServer();
+  sticky.setupMaster(httpServer, { loadBalancingMethod: 'round-robin', maxWorkers: 8 });
+  // @ts-expect-error not a balancing method
+  sticky.setupMaster(httpServer, { loadBalancingMethod: 'fastest' });
+  sticky.setupWorker({ engine: {}, httpServer });
+  sticky.listen(httpServer, 0, { routeBy: 'sid', loadBalancingMethod: 'random' });
+}

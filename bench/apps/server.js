@@ -9,6 +9,8 @@
 //                   needs it; cluster IPC uses serialization: 'advanced')
 //   sticky-rs       this package (the primary's router)
 //   sticky-rs-kernel  this package with dispatch: 'kernel' (the kernel picks the slot, workers accept)
+//   sticky-rs-sid   this package's setupMaster/setupWorker (routeBy 'sid', least-connection),
+//                   the same code as socketio-sticky but the require
 // WORKERS and PORT from env. SOCKETIO=1 attaches a Socket.IO server (polling only matters here)
 // to each worker's HTTP server: every 'msg' event is answered with an 'echo' event.
 // Prints one JSON line {"event":"listening","pid":<primary pid>} once the setup can serve.
@@ -80,8 +82,10 @@ switch (process.env.SETUP) {
     else maybeIo(server);
     break;
   }
-  case 'socketio-sticky': {
-    const { setupMaster, setupWorker } = require('@socket.io/sticky');
+  case 'socketio-sticky':
+  case 'sticky-rs-sid': {
+    const ours = process.env.SETUP === 'sticky-rs-sid';
+    const { setupMaster, setupWorker } = require(ours ? '../..' : '@socket.io/sticky');
     if (cluster.isPrimary) {
       cluster.setupPrimary({ serialization: 'advanced' });
       const httpServer = http.createServer();
@@ -89,16 +93,24 @@ switch (process.env.SETUP) {
       let ready = 0;
       let listening = false;
       const check = () => ready === workers && listening && announce();
-      cluster.on('message', (worker, msg) => {
-        if (msg && msg.bench === 'ready') {
-          ready++;
-          check();
-        }
-      });
       httpServer.listen(port, () => {
         listening = true;
         check();
       });
+      // sticky-rs: a worker serves once the router delivers to it ('ready'), after setupWorker.
+      if (ours) {
+        require('../..').primary().on('ready', () => {
+          ready++;
+          check();
+        });
+      } else {
+        cluster.on('message', (worker, msg) => {
+          if (msg && msg.bench === 'ready') {
+            ready++;
+            check();
+          }
+        });
+      }
       for (let i = 0; i < workers; i++) cluster.fork();
     } else {
       const server = http.createServer(handler);

@@ -56,7 +56,7 @@ pub struct ListenerOptions {
 pub struct RouterOptions {
     /// Where to listen, in order.
     pub listeners: Vec<ListenerOptions>,
-    /// `address`, `proxy-protocol`, or a header name in lower case.
+    /// `address`, `proxy-protocol`, `sid`, or a header name in lower case.
     pub route_by: String,
     /// Addresses and CIDR ranges whose forwarded data is believed.
     pub trusted_proxies: Vec<String>,
@@ -78,6 +78,8 @@ pub struct RouterOptions {
     pub debug_connections: bool,
     /// `primary` or `kernel` (`lib/options.js` resolved `auto`).
     pub dispatch: String,
+    /// `routeBy: 'sid'`: `least-connection` (default), `round-robin` or `random`.
+    pub load_balancing_method: Option<String>,
 }
 
 /// The address a router listens on, shaped like `server.address()`.
@@ -248,6 +250,12 @@ impl Router {
                     .then(|| std::time::Duration::from_millis(u64::from(options.queue_timeout))),
                 debug: options.debug,
                 debug_connections: options.debug_connections,
+                balance: options
+                    .load_balancing_method
+                    .as_deref()
+                    .unwrap_or("least-connection")
+                    .parse()
+                    .map_err(|reason: String| Error::new(Status::InvalidArg, reason))?,
             },
             dispatch: options
                 .dispatch
@@ -493,6 +501,12 @@ impl Receiver {
     #[napi]
     pub fn ack(&self, adopted: u32, lost: u32) -> Result<()> {
         self.inner()?.ack(adopted, lost).map_err(os_error)
+    }
+
+    /// Reports `closed` adopted connections that closed since the last report.
+    #[napi]
+    pub fn closed(&self, closed: u32) -> Result<()> {
+        self.inner()?.closed(closed).map_err(os_error)
     }
 
     /// Stops receiving. Idempotent.

@@ -1,0 +1,85 @@
+'use strict';
+// @socket.io/sticky's API over the native router: setupMaster(httpServer, { loadBalancingMethod })
+// in the primary, setupWorker(io) in each worker the user forks. Routing is by engine.io session
+// id (routeBy 'sid'): each worker's ids encode its slot (src/sid.rs), so the primary keeps no
+// session map and never reads a request body.
+const cluster = require('node:cluster');
+const crypto = require('node:crypto');
+const net = require('node:net');
+const { socketioOptions, sessionOptions } = require('./options');
+const { startForServer } = require('./primary');
+const { prepare, serve, prepared } = require('./worker');
+const { WORKER_INDEX, READY, noticeType } = require('./messages');
+
+// base64url in value order: the two first characters of an id are its slot (src/sid.rs).
+const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+/** A session id of `place`: 2 characters of place, 18 of CSPRNG output (108 bits). */
+function sessionId(place) {
+  const random = crypto.randomBytes(14).toString('base64url').slice(0, 18);
+  return ALPHABET[(place >> 6) & 63] + ALPHABET[place & 63] + random;
+}
+
+function describe(value) {
+  if (value === null || value === undefined) return String(value);
+  if (typeof value !== 'object') return `${typeof value} ${String(value)}`;
+  return `an object of class ${value.constructor ? value.constructor.name : 'null'}`;
+}
+
+/** `listen()`'s argument forms: (port, host, backlog, cb), ({ port, host, backlog }, cb), (cb). */
+function listenArgs(args) {
+  const callback = typeof args[args.length - 1] === 'function' ? args.pop() : null;
+  const [first, ...rest] = args;
+  if (first !== null && typeof first === 'object') return { port: first.port, host: first.host, backlog: first.backlog, callback };
+  const host = typeof rest[0] === 'string' ? rest.shift() : undefined;
+  return { port: first, host, backlog: rest[0], callback };
+}
+
+/**
+ * In the primary: `httpServer.listen(...)` starts the native router instead of Node's listener
+ * ('listening', 'error', `address()` as for a normal server). Workers are the user's: every
+ * `cluster.fork()` that calls setupWorker() takes a free slot. `onStart(primary)` gets the Primary
+ * once listen() started it.
+ */
+function setupMaster(httpServer, opts, onStart = () => {}) {
+  if (!cluster.isPrimary) throw new Error('sticky-rs: setupMaster() must be called in the cluster primary ("not primary")');
+  const o = socketioOptions(httpServer, opts);
+  let primary = null;
+  // Workers forked before listen() may run setupWorker() before it: their 'ready' is kept here.
+  const readyEarly = new Set();
+  const watchEarly = (worker) => worker.process.on('internalMessage', (message) => {
+    if (!primary && noticeType(o.prefix, message) === READY) readyEarly.add(worker);
+  });
+  cluster.on('fork', watchEarly);
+  httpServer.listen = function listen(...args) {
+    if (primary) throw new Error('sticky-rs: this server is already listening');
+    const { port, host, backlog, callback } = listenArgs(args);
+    // Validated as listen() options: a bad port is a RangeError/TypeError naming it.
+    const l = sessionOptions(httpServer, port === undefined ? 0 : port, { host, backlog }).listeners[0];
+    if (callback) httpServer.once('listening', callback);
+    cluster.removeListener('fork', watchEarly);
+    primary = startForServer(httpServer, { ...o, listeners: [l], readyEarly });
+    onStart(primary);
+    return httpServer;
+  };
+}
+
+/**
+ * In a worker: session ids name this worker's slot, and `io.httpServer` is handed over (it gets
+ * the connections the router sends here; it must not listen). Throws a TypeError for anything
+ * but a Socket.IO server attached to a net.Server.
+ */
+function setupWorker(io) {
+  if (!io || !io.engine || typeof io.engine.generateId !== 'function' || !(io.httpServer instanceof net.Server)) {
+    throw new TypeError(`sticky-rs: setupWorker(io) needs a Socket.IO Server attached to an http.Server (new Server(httpServer)), got ${describe(io)}`);
+  }
+  if (cluster.isPrimary) throw new Error('sticky-rs: setupWorker() must be called in a cluster worker ("not worker")');
+  io.engine.generateId = () => sessionId(Number(process.env[WORKER_INDEX]));
+  // A worker of sticky() or listen() (routeBy 'sid'): the server is handed over there (callback
+  // or listen()), before or after this; the ids are all it needs from here.
+  if (prepared()) return;
+  const o = sessionOptions(io.httpServer, 0, { routeBy: 'sid' });
+  if (prepare(o, true)) serve(io.httpServer);
+}
+
+module.exports = { setupMaster, setupWorker, sessionId };
