@@ -136,7 +136,9 @@ class Primary extends EventEmitter {
     });
     worker.process.on('internalMessage', (message) => {
       const type = noticeType(o.prefix, message);
-      if (type === READY && !member.channel && !this.closing) this.sendChannel(member);
+      // A retired worker (a reload's old one whose notice came late) gets no channel: its hello
+      // would take the slot back from its replacement.
+      if (type === READY && !member.channel && !member.retired && !this.closing) this.sendChannel(member);
       if (type === CLOSING) this.onClosing(member);
     });
     worker.on('exit', (code, signal) => this.onExit(member, code, signal));
@@ -469,6 +471,7 @@ class Primary extends EventEmitter {
    */
   retire(member) {
     const { worker } = member;
+    member.retired = true;
     clearTimeout(member.timer);
     // Its hello may still be on its way (a reload's old worker that had not said it yet): the
     // router must not make a retired channel its slot's target, over the newer worker's.

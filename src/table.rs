@@ -108,7 +108,7 @@ impl<C> Table<C> {
     }
 
     /// Makes `channel` the slot's delivery target unless a newer channel (a larger id: ids grow
-    /// with every worker) already is, so a late hello from an older worker never takes the slot
+    /// as channels open) already is, so a late hello from an older worker never takes the slot
     /// back. Returns the channel it replaced, or `Err` with the newer one that stays.
     pub(crate) fn activate(
         &mut self,
