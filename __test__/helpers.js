@@ -215,4 +215,14 @@ function routedByPrimary(stats, n) {
   return stats.dispatch === 'kernel' ? 0 : n;
 }
 
-module.exports = { freePort, clientIp, startFixture, stopAll, get, pool, clientSet, routedByPrimary };
+/** Whether a process with this pid exists. */
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+module.exports = { freePort, clientIp, startFixture, stopAll, get, pool, clientSet, routedByPrimary, alive };

@@ -8,7 +8,7 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const stringHash = require('string-hash');
-const { freePort, clientIp, startFixture, stopAll, get } = require('./helpers');
+const { freePort, clientIp, startFixture, stopAll, get, alive } = require('./helpers');
 
 afterEach(stopAll);
 
@@ -35,15 +35,6 @@ async function waitFor(what, condition, timeout = 5000) {
     await sleep(20);
   }
 }
-
-const alive = (pid) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 /**
  * One `GET path` with `Connection: close` on a raw socket from `ip`, reading everything until the

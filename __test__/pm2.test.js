@@ -7,7 +7,7 @@ const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { freePort, clientIp, get } = require('./helpers');
+const { freePort, clientIp, get, alive } = require('./helpers');
 
 const PM2 = require.resolve('pm2/bin/pm2');
 const APP = path.join(__dirname, 'fixtures', 'ops-app.js');
@@ -26,15 +26,6 @@ function list() {
   const apps = JSON.parse(pm2(['jlist']));
   return Object.fromEntries(apps.map((a) => [a.name, { pid: a.pid, status: a.pm2_env.status, mode: a.pm2_env.exec_mode }]));
 }
-
-const alive = (pid) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 async function until(condition, timeout, what) {
   const deadline = Date.now() + timeout;
