@@ -106,6 +106,19 @@ function startFixture(script, env = {}, { fdLimit } = {}) {
       let n = 0;
       return fixture.next((e) => e.event === 'stats' && ++n > before);
     },
+    /**
+     * The primary's counters once `predicate(stats)` holds, or the last ones after `timeout` ms
+     * (for the caller's assertions to show). With kernel dispatch the workers report what they
+     * accepted themselves every 100 ms at most, so the counters trail the answers.
+     */
+    async statsWhen(predicate, timeout = 5000) {
+      const deadline = Date.now() + timeout;
+      for (;;) {
+        const stats = await fixture.stats();
+        if (predicate(stats) || Date.now() > deadline) return stats;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
     /** CPU time of all the primary's threads so far, in ms. */
     cpuMs() {
       let ns = 0;
@@ -207,12 +220,9 @@ async function pool(items, limit, fn) {
   return results;
 }
 
-/**
- * What the primary's router counts of `n` connections: all of them with dispatch 'primary'; none
- * with 'kernel', where the workers accept themselves (the router sees only link-local peers).
- */
-function routedByPrimary(stats, n) {
-  return stats.dispatch === 'kernel' ? 0 : n;
+/** The sum of one counter over every slot of `stats`. */
+function total(stats, counter) {
+  return stats.slots.reduce((n, s) => n + s[counter], 0);
 }
 
 /** Whether a process with this pid exists. */
@@ -225,4 +235,4 @@ function alive(pid) {
   }
 }
 
-module.exports = { freePort, clientIp, startFixture, stopAll, get, pool, clientSet, routedByPrimary, alive };
+module.exports = { freePort, clientIp, startFixture, stopAll, get, pool, clientSet, total, alive };

@@ -10,6 +10,14 @@ const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_
 
 let state = null;
 
+// Kernel dispatch: how often at most this worker reports the connections it accepted itself (the
+// primary counts them per slot); rarely enough that the primary stays off the connection path.
+const ACCEPTED_REPORT_EVERY = 100;
+// A full channel (the primary is busy): when to try the waiting reports again.
+const FLUSH_RETRY = 10;
+// Connections that came through the channel (the primary counted them already).
+const viaChannel = new WeakSet();
+
 function describe(value) {
   return value === null || typeof value !== 'object' ? String(value) : value.constructor.name;
 }
@@ -45,6 +53,11 @@ function prepare(options, adopted = false) {
     shuttingDown: false,
     onSocketClosed: null,
     holding: null, // test-only, see holdsBeforeAck()
+    // Counts for the primary: connections accepted here (kernel dispatch), and adopted ones
+    // that closed (routeBy 'sid', for least-connection).
+    accepted: new Tally('accepted', ACCEPTED_REPORT_EVERY),
+    closed: new Tally('closed', 0),
+    flushTimer: null,
   };
   process.on('message', onMessage);
   process.on('disconnect', closeReceiver);
@@ -210,7 +223,9 @@ function openChannel(handle) {
     // The receiver holds its own copy; Node's must go before anything is sent on it.
     handle.destroy();
   }
-  state.receiver.hello();
+  send('hello');
+  // What this server accepted on its members before the channel came.
+  state.accepted.report();
   if (state.options.debug) log(state.role, 'channel open, ready for connections');
 }
 
@@ -262,11 +277,12 @@ function adopt(incoming, lost, error) {
     }
     // The client a PROXY protocol header named: what remoteAddress/remotePort report.
     if (address !== undefined) socket._peername = { address, family, port };
+    viaChannel.add(socket);
     adopted.push([socket, listener]);
   }
   // Confirmed before any byte is read: until now the primary could still give them to a
   // replacement if this worker died. `lost` ones never arrived: the primary sends them again.
-  state.receiver.ack(incoming.length, lost);
+  send('ack', incoming.length, lost);
   if (lost && options.debug) log(state.role, `out of descriptors: ${lost} connection(s) will be sent again`);
   for (const [socket, listener] of adopted) {
     const server = servers[listener];
@@ -289,39 +305,76 @@ function adopt(incoming, lost, error) {
 }
 
 /**
- * routeBy 'sid' (least-connection): tells the primary how many adopted connections closed, one
- * record per event-loop turn at most; its live count per worker is as fresh as that turn. A full
- * channel (EAGAIN) keeps the count for the next report.
+ * Calls a report method of the receiver (hello, ack, closed, accepted, flush). A report the
+ * channel cannot take now (full: the primary is busy) waits in the receiver's outbox, in order,
+ * and is sent again shortly; nothing is lost. A closed channel (the primary is gone) drops it.
  */
-function reportClosed() {
-  state.closedSinceReport = (state.closedSinceReport || 0) + 1;
-  if (state.closedReportDue) return;
-  state.closedReportDue = true;
-  setImmediate(() => {
-    state.closedReportDue = false;
-    if (!state.receiver) return;
-    try {
-      state.receiver.closed(state.closedSinceReport);
-      state.closedSinceReport = 0;
-    } catch {
-      // Sent with the next close.
-    }
-  });
+function send(method, ...args) {
+  const { receiver } = state;
+  if (!receiver) return;
+  let sent;
+  try {
+    sent = receiver[method](...args);
+  } catch (err) {
+    if (state.options.debug) log(state.role, `cannot report to the primary (${method}): ${err.message}`);
+    return;
+  }
+  if (sent || state.flushTimer) return;
+  state.flushTimer = setTimeout(() => {
+    state.flushTimer = null;
+    send('flush');
+  }, FLUSH_RETRY);
+}
+
+/**
+ * A count the primary keeps (receiver method `method`), reported at most once per `every` ms
+ * and at the latest `every` ms after it grew: the first growth after a quiet spell goes out on
+ * the next turn of the event loop.
+ */
+class Tally {
+  constructor(method, every) {
+    this.method = method;
+    this.every = every;
+    this.unreported = 0;
+    this.reportedAt = 0;
+    this.timer = null;
+  }
+
+  add(n) {
+    this.unreported += n;
+    if (this.timer) return;
+    this.timer = setTimeout(() => this.report(), Math.max(0, this.reportedAt + this.every - Date.now()));
+    this.timer.unref();
+  }
+
+  /** Reports now; kept for later while there is no channel yet. */
+  report() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (!state.receiver || this.unreported === 0) return;
+    this.reportedAt = Date.now();
+    const n = this.unreported;
+    this.unreported = 0;
+    send(this.method, n);
+  }
 }
 
 /** Counts `socket` among the open connections until it closes. */
 function track(socket) {
   if (state.sockets.has(socket)) return;
   state.sockets.add(socket);
+  if (state.kernel && !viaChannel.has(socket)) state.accepted.add(1);
   socket.once('close', () => {
     state.sockets.delete(socket);
-    if (state.options.routeBy === 'sid') reportClosed();
+    if (state.options.routeBy === 'sid') state.closed.add(1);
     if (state.onSocketClosed) state.onSocketClosed();
   });
 }
 
 function closeReceiver() {
   const { receiver } = state;
+  clearTimeout(state.flushTimer);
+  state.flushTimer = null;
   state.receiver = null;
   if (receiver) receiver.close();
 }
@@ -365,6 +418,9 @@ function shutdown() {
     // Connections already on their way may have been adopted while the hooks ran.
     while (state.sockets.size > 0) await drained();
     clearInterval(idleSweep);
+    // The last counts, before the channel closes.
+    state.accepted.report();
+    state.closed.report();
     closeReceiver();
     if (options.debug) log(state.role, 'done, exiting');
     process.exit(0);

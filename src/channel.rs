@@ -34,6 +34,10 @@ pub enum ToPrimary {
     /// This many adopted connections closed since the last such record (sent once per event
     /// loop turn at most): the primary's live count per worker for `least-connection`.
     Closed(u32),
+    /// Kernel dispatch: this many connections the worker accepted itself, on its slot's member,
+    /// since the last such record (coalesced, a few per second at most): the slot's `accepted`
+    /// and `delivered` counters.
+    Accepted(u32),
 }
 
 /// The tag of the one record the primary sends: `C n`, `n` connections as the message's
@@ -102,6 +106,7 @@ impl ToPrimary {
             ToPrimary::Ack(n) => (b'A', n),
             ToPrimary::Lost(n) => (b'L', n),
             ToPrimary::Closed(n) => (b'D', n),
+            ToPrimary::Accepted(n) => (b'K', n),
         };
         let a = arg.to_le_bytes();
         [tag, a[0], a[1], a[2], a[3]]
@@ -115,6 +120,7 @@ impl ToPrimary {
             b'A' => Some(ToPrimary::Ack(arg)),
             b'L' => Some(ToPrimary::Lost(arg)),
             b'D' => Some(ToPrimary::Closed(arg)),
+            b'K' => Some(ToPrimary::Accepted(arg)),
             _ => None,
         }
     }
@@ -192,11 +198,22 @@ pub fn send_connections(channel: BorrowedFd<'_>, fds: &[RawFd], metas: &[Meta]) 
     Ok(())
 }
 
-/// Sends a worker's record without blocking.
+/// Sends a worker's record without blocking; a full channel is `WouldBlock`.
 pub fn send(channel: BorrowedFd<'_>, message: ToPrimary) -> io::Result<()> {
     // A record this small is sent whole or not at all (EAGAIN).
     socket::send(channel.as_raw_fd(), &message.encode(), send_flags())?;
     Ok(())
+}
+
+/// Whether an error means the other end of a socket is gone.
+pub fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE)
+            | Some(libc::ECONNRESET)
+            | Some(libc::ECONNREFUSED)
+            | Some(libc::ENOTCONN)
+    )
 }
 
 /// `recvmsg` without blocking, appending the descriptors it carried to `fds`.

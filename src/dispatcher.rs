@@ -27,6 +27,10 @@ pub(crate) const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
 /// How often channels are read and queues checked while something is pending: the most an
 /// acknowledgement, a hello or a full channel can wait for attention.
 pub(crate) const TICK: Duration = Duration::from_millis(5);
+/// How often every channel is read for what workers report unasked (connections they accepted
+/// themselves with kernel dispatch, closes for `least-connection`), even when nothing is
+/// pending: the most those counters trail, and the most such records wait in a channel.
+pub(crate) const REPORTS: Duration = Duration::from_millis(100);
 
 /// How connections are routed and bounded.
 #[derive(Debug, Clone)]
@@ -269,6 +273,14 @@ impl Dispatcher {
     }
 
     /// Reads every channel that owes an answer, then delivers to every slot that can take more.
+    /// Reads every channel, owing or not (see [`REPORTS`]).
+    pub(crate) fn read_reports(&mut self) {
+        let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.read_channel(id);
+        }
+    }
+
     pub(crate) fn service(&mut self) {
         let owing: Vec<ChannelId> = self
             .channels
@@ -626,6 +638,12 @@ impl Dispatcher {
                 answers.acknowledged as u64,
             );
             self.touched[slot] = true;
+        }
+        if answers.accepted_itself > 0 {
+            // The kernel picked the slot and its worker accepted: accepted and delivered at once.
+            let counters = &self.stats.slots[slot];
+            Stats::add(&counters.accepted, answers.accepted_itself);
+            Stats::add(&counters.delivered, answers.accepted_itself);
         }
         if !lost.is_empty() {
             let n = lost.len();

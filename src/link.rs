@@ -41,6 +41,8 @@ pub(crate) struct Answers {
     pub hello: bool,
     /// Connections it adopted, in total in this read.
     pub acknowledged: usize,
+    /// Connections its worker accepted itself (kernel dispatch), in total in this read.
+    pub accepted_itself: u64,
     /// Whether the channel is still open.
     pub open: bool,
 }
@@ -136,7 +138,7 @@ impl Link {
             }
             match channel::send_connections(self.fd.as_fd(), &batch[..n], &metas[..n]) {
                 Ok(()) => self.in_flight.extend(waiting.drain(..n)),
-                Err(e) if is_peer_gone(&e) => return Err(Gone),
+                Err(e) if channel::is_peer_gone(&e) => return Err(Gone),
                 // The worker has not read what it was sent: try again after the pause.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.paused_until = Some(now + retry);
@@ -161,7 +163,7 @@ impl Link {
                 Ok(Some(records)) => messages.extend(records),
                 Ok(None) => break false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_peer_gone(&e) => break false,
+                Err(e) if channel::is_peer_gone(&e) => break false,
                 // WouldBlock, or a transient failure (ENOMEM, ENOBUFS): read again later.
                 Err(_) => break true,
             }
@@ -185,6 +187,7 @@ impl Link {
                     self.paused_until = Some(now + LOST_BACKOFF);
                 }
                 ToPrimary::Closed(n) => self.open = self.open.saturating_sub(u64::from(n)),
+                ToPrimary::Accepted(n) => answers.accepted_itself += u64::from(n),
             }
         }
         answers
@@ -194,17 +197,6 @@ impl Link {
     pub(crate) fn into_unacknowledged(self) -> VecDeque<Held> {
         self.in_flight
     }
-}
-
-/// Whether an error means the other end of a socket is gone.
-pub(crate) fn is_peer_gone(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EPIPE)
-            | Some(libc::ECONNRESET)
-            | Some(libc::ECONNREFUSED)
-            | Some(libc::ENOTCONN)
-    )
 }
 
 #[cfg(test)]
@@ -274,6 +266,7 @@ mod tests {
         );
         answer(&worker, ToPrimary::Hello)?;
         answer(&worker, ToPrimary::Ack(60))?;
+        answer(&worker, ToPrimary::Accepted(7))?;
         let mut lost = Vec::new();
         let answers = link.read(Instant::now(), &mut lost);
         assert_eq!(
@@ -281,6 +274,7 @@ mod tests {
             Answers {
                 hello: true,
                 acknowledged: 60,
+                accepted_itself: 7,
                 open: true
             }
         );

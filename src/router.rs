@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::channel;
 pub use crate::dispatcher::{Balance, Event, OnEvent, Policy};
-use crate::dispatcher::{Dispatcher, TICK};
+use crate::dispatcher::{Dispatcher, REPORTS, TICK};
 use crate::kernel::group::Group;
 use crate::kernel::program::slot_member;
 use crate::listener;
@@ -370,6 +370,8 @@ async fn run(
     let mut kernel_drain: Option<Instant> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reports = tokio::time::interval(REPORTS);
+    reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = 0;
     loop {
         let resume_at = paused_until.unwrap_or_else(Instant::now);
@@ -403,6 +405,10 @@ async fn run(
             },
             Some(done) = resolved.recv() => {
                 state.resolved(done);
+                state.service();
+            }
+            _ = reports.tick() => {
+                state.read_reports();
                 state.service();
             }
             _ = tick.tick(), if state.pending() => {

@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Counters of one slot.
 #[derive(Debug, Default)]
 pub struct SlotCounters {
-    /// Connections accepted for this slot.
+    /// Connections accepted for this slot: by the router, or (kernel dispatch) by the slot's
+    /// workers themselves, as they report them.
     pub accepted: AtomicU64,
-    /// Connections a worker confirmed it adopted.
+    /// Connections a worker confirmed it adopted, or accepted itself (kernel dispatch).
     pub delivered: AtomicU64,
     /// Connections waiting in the primary now.
     pub queued: AtomicU64,

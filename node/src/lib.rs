@@ -491,22 +491,37 @@ impl Receiver {
             .ok_or_else(|| Error::new(Status::GenericFailure, "sticky-rs: receiver is closed"))
     }
 
+    // Each report returns true once everything is sent, false if it waits in the outbox for a
+    // full channel (call `flush()` later).
+
     /// Tells the primary this worker is ready for connections.
     #[napi]
-    pub fn hello(&self) -> Result<()> {
+    pub fn hello(&self) -> Result<bool> {
         self.inner()?.hello().map_err(os_error)
     }
 
     /// Confirms `adopted` more connections, then reports `lost` ones for the primary to resend.
     #[napi]
-    pub fn ack(&self, adopted: u32, lost: u32) -> Result<()> {
+    pub fn ack(&self, adopted: u32, lost: u32) -> Result<bool> {
         self.inner()?.ack(adopted, lost).map_err(os_error)
     }
 
     /// Reports `closed` adopted connections that closed since the last report.
     #[napi]
-    pub fn closed(&self, closed: u32) -> Result<()> {
+    pub fn closed(&self, closed: u32) -> Result<bool> {
         self.inner()?.closed(closed).map_err(os_error)
+    }
+
+    /// Reports `accepted` connections this worker accepted itself (kernel dispatch).
+    #[napi]
+    pub fn accepted(&self, accepted: u32) -> Result<bool> {
+        self.inner()?.accepted(accepted).map_err(os_error)
+    }
+
+    /// Sends what waits in the outbox.
+    #[napi]
+    pub fn flush(&self) -> Result<bool> {
+        self.inner()?.flush().map_err(os_error)
     }
 
     /// Stops receiving. Idempotent.
