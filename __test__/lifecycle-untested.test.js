@@ -196,6 +196,9 @@ test('hardShutdownDelay runs out: the primary exits 1 after about that long, the
   expect(elapsed).toBeLessThan(1500 + 2500);
   expect(await within(hanging.closed, 2000)).not.toBe('timeout');
   await waitFor('every worker gone', () => pids.every((pid) => !alive(pid)), 3000);
+  // The operator learns why it exited 1 and which worker held the shutdown up.
+  // (The hanging request is slot 0's.)
+  expect(app.stderr).toMatch(new RegExp(`warning: shutdown: hardShutdownDelay \\(1500 ms\\) ran out with 1 worker\\(s\\) still finishing their connections: slot 0 \\(pid ${pids[0]}\\); killing them, exit code 1`));
 });
 
 test.each([

@@ -65,8 +65,9 @@ test('a scrape shows stats(): per slot (slot label) and process-wide counters, d
   await app.count('ready', 2);
   await app.next((e) => e.event === 'metrics');
   await Promise.all(Array.from({ length: 40 }, (_, i) => get(port, clientIp(i))));
-  // One restart of slot 1.
-  const before = (await app.stats()).slots.map((s) => s.pid);
+  // One restart of slot 1, once its worker reported what it accepted (kernel dispatch: every
+  // 100 ms at most; a worker killed sooner takes its last count with it).
+  const before = (await app.statsWhen((s) => s.slots[0].accepted + s.slots[1].accepted >= 40)).slots.map((s) => s.pid);
   process.kill(before[1], 'SIGKILL');
   await app.next((e) => e.event === 'ready' && e.slot === 1 && e.pid !== before[1]);
   await app.atRest();

@@ -138,11 +138,12 @@ describe('logs', () => {
     });
   }
 
-  test('without debug: dropped connections (queueLimit, queueTimeout) and readyTimeout kills are warned, one line each, rate-limited', async () => {
+  test('without debug (dispatch \'primary\'): dropped connections (queueLimit, queueTimeout) and readyTimeout kills are warned, one line each, rate-limited', async () => {
     const port = await freePort();
+    // The queue bounds are the router's: with kernel dispatch clients wait in the kernel (below).
     const app = startFixture('ops-app.js', {
       STALL: '1',
-      OPTIONS: JSON.stringify({ concurrency: 1, port, queueLimit: 2, queueTimeout: 400, readyTimeout: 600, respawnDelay: 10, maxRestarts: Infinity }),
+      OPTIONS: JSON.stringify({ concurrency: 1, port, dispatch: 'primary', queueLimit: 2, queueTimeout: 400, readyTimeout: 600, respawnDelay: 10, maxRestarts: Infinity }),
     });
     await app.next((e) => e.event === 'fork');
     // 2 wait (then expire after queueTimeout), the other 3 find the queue full.
@@ -161,6 +162,27 @@ describe('logs', () => {
     expect(lines(stderr, /readyTimeout/)).toHaveLength(1);
     // Nothing but warnings without debug.
     expect(stderr.split('\n').filter(Boolean).every((l) => new RegExp(`^${STAMP}`).test(l))).toBe(true);
+  });
+
+  test('without debug (kernel dispatch): clients waiting in the kernel for a slot without a ready worker are warned', async () => {
+    const port = await freePort();
+    const app = startFixture('ops-app.js', {
+      STALL: '1',
+      OPTIONS: JSON.stringify({ concurrency: 1, port, backlog: 8, readyTimeout: 60000 }),
+    });
+    await app.next((e) => e.event === 'fork');
+    // The handshake completes in the kernel: these connect, then wait for a worker that never
+    // comes. Closed by the test once the warning was read.
+    const sockets = [1, 2, 3].map((i) => net.connect({ host: '127.0.0.1', port, localAddress: clientIp(i) }).on('error', () => {}));
+    try {
+      await Promise.all(sockets.map((socket) => new Promise((resolve) => socket.once('connect', resolve))));
+      const deadline = Date.now() + 5000;
+      while (!/accept queue/.test(app.stderr) && Date.now() < deadline) await sleep(50);
+      expect((await app.stats()).dispatch).toBe('kernel');
+      expect(lines(app.stderr, new RegExp(`^${STAMP}slot 0 \\(worker pid \\d+\\): 3 connection\\(s\\) wait in the kernel's accept queue for a ready worker; past backlog \\(8\\) new clients of this slot get no answer and retry$`))).toHaveLength(1);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+    }
   });
 
   test('without debug: a connection from a trusted proxy without a PROXY header is warned', async () => {
@@ -191,10 +213,10 @@ describe('logs', () => {
     expect(elapsed).toBeLessThan(15000);
   });
 
-  test('debug levels: true = lifecycle lines naming slot and pid; \'connections\' and DEBUG=sticky-rs* add a line per connection', async () => {
+  test.each(['kernel', 'primary'])('debug levels (dispatch %s): true = lifecycle lines naming slot and pid; \'connections\' and DEBUG=sticky-rs* add a line per connection', async (dispatch) => {
     const port = await freePort();
     const run = async (env) => {
-      const app = startFixture('ops-app.js', { ...env, OPTIONS: JSON.stringify({ concurrency: 2, port, ...JSON.parse(env.OPTIONS || '{}') }) });
+      const app = startFixture('ops-app.js', { ...env, OPTIONS: JSON.stringify({ concurrency: 2, port, dispatch, ...JSON.parse(env.OPTIONS || '{}') }) });
       await app.count('ready', 2);
       await Promise.all(Array.from({ length: 10 }, (_, i) => get(port, clientIp(i))));
       await app.atRest();
@@ -224,8 +246,11 @@ describe('logs', () => {
     console.log(`debug lines for 10 requests: off ${off.all}, true ${lifecycle.all}, 'connections' ${connections.all}, DEBUG=sticky-rs* ${env.all}`);
     expect(off).toEqual({ lifecycle: 0, connections: 0, all: 0 });
     expect(lifecycle).toMatchObject({ lifecycle: 4, connections: 0 });
-    expect(connections).toMatchObject({ lifecycle: 4, connections: 20 }); // keyed in the primary, adopted in the worker
-    expect(env).toMatchObject({ lifecycle: 4, connections: 20 });
+    // With the router: keyed in the primary, adopted in the worker; with the kernel: accepted in
+    // the worker.
+    const perRequest = dispatch === 'kernel' ? 1 : 2;
+    expect(connections).toMatchObject({ lifecycle: 4, connections: 10 * perRequest });
+    expect(env).toMatchObject({ lifecycle: 4, connections: 10 * perRequest });
     expect(envLifecycle).toMatchObject({ lifecycle: 4, connections: 0 });
   });
 });

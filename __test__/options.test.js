@@ -36,8 +36,8 @@ const README_DEFAULTS = {
   "`'djb2'`": 'djb2',
   "`'address'`": 'address',
   "`'least-connection'`": 'least-connection',
-  // 'auto' is the primary's router until kernel dispatch is the default.
-  "`'auto'`": 'primary',
+  // 'auto' is kernel dispatch on Linux when routing by address (the default routeBy).
+  "`'auto'`": process.platform === 'linux' ? 'kernel' : 'primary',
   "`'sticky-cluster:'`": 'sticky-cluster:',
   false: false,
 };
@@ -84,7 +84,7 @@ const VALUES = {
   peekLimit: { valid: [], invalid: [] },
   peekTimeout: { valid: [], invalid: [] },
   loadBalancingMethod: { valid: [], invalid: [['fastest', TypeError], ['random', TypeError]] }, // needs routeBy 'sid': below
-  dispatch: { valid: [['primary', 'primary'], ['kernel', 'kernel'], ['auto', 'primary']], invalid: [['fast', TypeError], [3, TypeError]] },
+  dispatch: { valid: [['primary', 'primary'], ['kernel', 'kernel'], ['auto', process.platform === 'linux' ? 'kernel' : 'primary']], invalid: [['fast', TypeError], [3, TypeError]] },
 };
 
 function normalize(api, options) {

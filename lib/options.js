@@ -179,10 +179,9 @@ function respawnDelays(o) {
 
 /**
  * Who picks each connection's worker: the kernel (a SO_REUSEPORT group whose program computes
- * the same slot; workers accept themselves) or the primary's router. `kernel` is opt-in for
- * now: `auto` is the primary's router until kernel dispatch matches it at shutdown and reload
- * (connections the kernel queued but no worker accepted yet are reset there, as with Node's own
- * cluster) and in `stats()`.
+ * the same slot; workers accept themselves) or the primary's router. `auto` is the kernel where
+ * it can work (Linux, routing by the connection's own address), the router elsewhere; if the
+ * kernel refuses the group at start (`dispatchFallback`), the router takes over.
  */
 function dispatchOf(o, routeBy) {
   const asked = o.dispatch ? ofType('dispatch', o.dispatch, 'string') : 'auto';
@@ -197,7 +196,8 @@ function dispatchOf(o, routeBy) {
   }
   if (asked === 'kernel') return { dispatch: 'kernel', dispatchWhy: 'asked for' };
   if (asked === 'primary') return { dispatch: 'primary', dispatchWhy: 'asked for' };
-  return { dispatch: 'primary', dispatchWhy: whyNot ? `kernel dispatch cannot work here: ${whyNot}` : 'the default; dispatch: "kernel" is opt-in' };
+  if (whyNot) return { dispatch: 'primary', dispatchWhy: `dispatch "auto": kernel dispatch cannot work here: ${whyNot}` };
+  return { dispatch: 'kernel', dispatchWhy: 'dispatch "auto": Linux, routing by address', dispatchFallback: true };
 }
 
 /** The options both APIs share. */

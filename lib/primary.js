@@ -32,29 +32,48 @@ class Primary extends EventEmitter {
     this.warnings = new Warnings();
   }
 
+  /**
+   * Binds the listeners in the native router. Kernel dispatch chosen by `auto` that the kernel
+   * refuses (an old kernel, a sandbox without SO_ATTACH_REUSEPORT_CBPF) falls back to the
+   * router's own dispatch, and `stats().dispatch` and `debug` say so; a bind error (EADDRINUSE...)
+   * is the same either way and is thrown.
+   */
+  openRouter() {
+    const o = this.options;
+    const open = (dispatch) => new native.Router({
+      listeners: o.listeners,
+      routeBy: o.routeBy,
+      trustedProxies: o.trustedProxies,
+      peekLimit: o.peekLimit,
+      peekTimeout: o.peekTimeout,
+      slots: o.slots,
+      queueLimit: o.queueLimit,
+      queueTimeout: o.queueTimeout,
+      hash: o.hash,
+      debug: o.debug,
+      dispatch,
+      debugConnections: o.debugConnections,
+      loadBalancingMethod: o.loadBalancingMethod,
+    }, (event) => this.onRouterEvent(event));
+    try {
+      return open(o.dispatch);
+    } catch (err) {
+      if (!o.dispatchFallback) throw err;
+      const router = open('primary');
+      this.options = { ...o, dispatch: 'primary', dispatchWhy: `dispatch "auto": the kernel refused the SO_REUSEPORT group (${err.message})` };
+      return router;
+    }
+  }
+
   /** Binds; on a bind error calls `onError` and forks nothing. */
   start(onError) {
-    const o = this.options;
     try {
-      this.router = new native.Router({
-        listeners: o.listeners,
-        routeBy: o.routeBy,
-        trustedProxies: o.trustedProxies,
-        peekLimit: o.peekLimit,
-        peekTimeout: o.peekTimeout,
-        slots: o.slots,
-        queueLimit: o.queueLimit,
-        queueTimeout: o.queueTimeout,
-        hash: o.hash,
-        debug: o.debug,
-        dispatch: o.dispatch,
-        debugConnections: o.debugConnections,
-        loadBalancingMethod: o.loadBalancingMethod,
-      }, (event) => this.onRouterEvent(event));
+      this.router = this.openRouter();
     } catch (err) {
-      onError(listenError(err, o.listeners));
+      onError(listenError(err, this.options.listeners));
       return this;
     }
+    const o = this.options;
     this.watch();
     if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s), ${o.dispatch} dispatch (${o.dispatchWhy})`);
     for (let index = 0; index < o.slots; index++) {
@@ -334,6 +353,13 @@ class Primary extends EventEmitter {
           `${which}: closed ${n} new connection(s) unserved: the slot's queue was full (queueLimit ${o.queueLimit}); its worker is not ready or cannot keep up`);
         this.warnings.note(`expired:${index}`, expired, (n) =>
           `${which}: closed ${n} connection(s) that waited longer than queueTimeout (${o.queueTimeout} ms) for a ready worker`);
+        // Kernel dispatch: clients of a slot without a ready worker wait in its members' accept
+        // queues, where nothing counts what overflows; said once they waited a whole interval.
+        const waiting = now.dispatch === 'kernel' && s.channel === 0 && s.queued > 0;
+        if (waiting && was.channel === 0 && was.queued > 0) {
+          this.warnings.note(`waiting:${index}`, 1, () =>
+            `${which}: ${s.queued} connection(s) wait in the kernel's accept queue for a ready worker; past backlog (${o.listeners.map((l) => l.backlog).join(', ')}) new clients of this slot get no answer and retry`);
+        }
       }
       this.warnings.note('rejected', now.rejected - last.rejected, (n) =>
         `closed ${n} connection(s) from trusted proxies without a valid PROXY header (routeBy 'proxy-protocol'): is the proxy configured to send it (HAProxy send-proxy, nginx proxy_protocol on)?`);
@@ -511,7 +537,12 @@ class Primary extends EventEmitter {
     }
     for (const slot of this.slots) slot.close();
     for (const timer of this.respawnTimers) clearTimeout(timer);
-    this.hardTimer = setTimeout(() => this.finish(1), o.hardShutdownDelay);
+    this.hardTimer = setTimeout(() => {
+      // Said always: the exit code alone does not tell an operator which workers hung.
+      const left = [...this.members.values()].map((m) => `slot ${m.slot} (pid ${m.worker.process.pid})`);
+      warn(`shutdown: hardShutdownDelay (${o.hardShutdownDelay} ms) ran out with ${left.length} worker(s) still finishing their connections: ${left.join(', ')}; killing them, exit code 1`);
+      this.finish(1);
+    }, o.hardShutdownDelay);
     // Each worker is retired once the router says its slot delivered what was accepted for it
     // (or has no ready worker to deliver to; 'drained', after every head still being read from
     // a trusted proxy was resolved): one stuck slot does not hold the others back. At most half

@@ -359,11 +359,29 @@ class Tally {
   }
 }
 
+/**
+ * Kernel dispatch: `socket` was accepted by the server itself, on its member. It is counted for
+ * the primary, logged like an adopted one, and kept out of Node's own count of the server's
+ * connections, as an adopted one is: otherwise `server.close()` would emit 'close' only after the
+ * last connection ended, and engine.io, which closes its clients on 'close', would never end
+ * them (a graceful shutdown with Socket.IO clients would last until hardShutdownDelay). Both
+ * dispatch modes so behave alike.
+ */
+function accepted(socket) {
+  state.accepted.add(1);
+  if (state.options.debugConnections) log(state.role, `connection from ${socket.remoteAddress} (accepted on its member: the kernel picked this slot)`);
+  const server = socket._server;
+  if (server && typeof server._connections === 'number') {
+    server._connections--;
+    socket._server = null;
+  }
+}
+
 /** Counts `socket` among the open connections until it closes. */
 function track(socket) {
   if (state.sockets.has(socket)) return;
   state.sockets.add(socket);
-  if (state.kernel && !viaChannel.has(socket)) state.accepted.add(1);
+  if (state.kernel && !viaChannel.has(socket)) accepted(socket);
   socket.once('close', () => {
     state.sockets.delete(socket);
     if (state.options.routeBy === 'sid') state.closed.add(1);

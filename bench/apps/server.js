@@ -7,8 +7,8 @@
 //   sticky-cluster  sticky-cluster 0.3.5
 //   socketio-sticky @socket.io/sticky 2.0.1 (least-connection; Socket.IO is always attached, it
 //                   needs it; cluster IPC uses serialization: 'advanced')
-//   sticky-rs       this package (the primary's router)
-//   sticky-rs-kernel  this package with dispatch: 'kernel' (the kernel picks the slot, workers accept)
+//   sticky-rs       this package, default options (dispatch "auto": the kernel picks the slot on Linux)
+//   sticky-rs-primary this package with dispatch: 'primary' (the primary's router accepts and passes)
 //   sticky-rs-sid   this package's setupMaster/setupWorker (routeBy 'sid', least-connection),
 //                   the same code as socketio-sticky but the require
 // WORKERS and PORT from env. SOCKETIO=1 attaches a Socket.IO server (polling only matters here)
@@ -60,12 +60,12 @@ switch (process.env.SETUP) {
     }
     break;
   case 'sticky-rs':
-  case 'sticky-rs-kernel':
+  case 'sticky-rs-primary':
     require('../..')((cb) => {
       const server = http.createServer(handler);
       maybeIo(server);
       cb(server);
-    }, { concurrency: workers, port, dispatch: process.env.SETUP === 'sticky-rs-kernel' ? 'kernel' : 'primary' });
+    }, { concurrency: workers, port, dispatch: process.env.SETUP === 'sticky-rs-primary' ? 'primary' : undefined });
     if (cluster.isPrimary) announce();
     break;
   case 'sticky-cluster':
