@@ -148,11 +148,14 @@ test('a worker out of descriptors (MSG_CTRUNC): the connections the kernel dropp
   const results = await Promise.all(ips.slice(1).map((ip, i) => rawGet(port, ip, `/lost-${i}`)));
   const after = await app.stats();
   const redelivered = after.slots[0].redelivered - before.redelivered;
-  console.log(`out of descriptors: ${hogged.count} hogged, slot 0 sent ${redelivered} connection(s) again, all 20 answered in ${Date.now() - started} ms`);
+  console.log(`out of descriptors: ${hogged.count} hogged, slot 0 redelivered ${redelivered} connection(s), all 20 answered in ${Date.now() - started} ms`);
   for (const [i, r] of results.entries()) {
     expect(r).toMatchObject({ answers: 1, status: 200, body: { pid: hog.body.pid, url: `/lost-${i}` } });
   }
+  // Each lost connection counts once, however often it was sent again meanwhile (every 50 ms
+  // while the worker had no descriptor).
   expect(redelivered).toBeGreaterThan(0);
+  expect(redelivered).toBeLessThanOrEqual(20);
   expect(after.slots[0].delivered - before.delivered).toBe(20);
   // Nobody died for it.
   expect(app.events.filter((e) => e.event === 'exit')).toEqual([]);

@@ -384,7 +384,7 @@ impl Dispatcher {
             listener,
             client: None,
         };
-        self.enqueue(key, Held { conn, since, meta });
+        self.enqueue(key, Held::new(conn, since, meta));
     }
 
     /// Routes a connection whose resolution ended.
@@ -416,14 +416,7 @@ impl Dispatcher {
             listener: done.listener,
             client,
         };
-        self.enqueue(
-            key.as_bytes(),
-            Held {
-                conn: done.conn,
-                since: done.since,
-                meta,
-            },
-        );
+        self.enqueue(key.as_bytes(), Held::new(done.conn, done.since, meta));
     }
 
     /// `routeBy: 'sid'`: to the slot the id names if its worker is ready, else (a new session, a
@@ -446,11 +439,7 @@ impl Dispatcher {
             listener: done.listener,
             client: None,
         };
-        let held = Held {
-            conn: done.conn,
-            since: done.since,
-            meta,
-        };
+        let held = Held::new(done.conn, done.since, meta);
         self.table.slot_mut(slot).waiting.push_back(held);
         Stats::add(&self.stats.slots[slot].accepted, 1);
         self.touched[slot] = true;
@@ -647,7 +636,7 @@ impl Dispatcher {
         }
         if !lost.is_empty() {
             let n = lost.len();
-            Stats::add(&self.stats.slots[slot].redelivered, n as u64);
+            self.count_redelivered(slot, lost.iter_mut());
             self.table.requeue_front(slot, lost);
             if self.debug {
                 eprintln!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
@@ -659,6 +648,16 @@ impl Dispatcher {
         if !answers.open {
             self.close_channel(id);
         }
+    }
+
+    /// Counts in the slot's `redelivered` the connections of `returned` not counted before.
+    fn count_redelivered<'a>(&self, slot: usize, returned: impl Iterator<Item = &'a mut Held>) {
+        let mut first_time = 0;
+        for held in returned {
+            first_time += u64::from(!held.resent);
+            held.resent = true;
+        }
+        Stats::add(&self.stats.slots[slot].redelivered, first_time);
     }
 
     /// A worker is ready on channel `id`: its slot delivers to it unless a newer worker's
@@ -741,9 +740,9 @@ impl Dispatcher {
                 self.activate(slot, fallback);
             }
         }
-        let unacknowledged = link.into_unacknowledged();
-        let returned = unacknowledged.len() as u64;
-        Stats::add(&self.stats.slots[slot].redelivered, returned);
+        let mut unacknowledged = link.into_unacknowledged();
+        let returned = unacknowledged.len();
+        self.count_redelivered(slot, unacknowledged.iter_mut());
         self.table.requeue_front(slot, unacknowledged);
         if self.debug {
             eprintln!(
@@ -870,6 +869,27 @@ mod tests {
         assert_eq!(received(&next)?, 0);
         let s = stats.snapshot(0);
         assert_eq!((s.delivered, s.in_flight, s.queued), (10, 0, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn a_connection_lost_again_and_again_is_redelivered_once() -> io::Result<()> {
+        let (mut d, stats) = dispatcher(100, None);
+        let out_of_fds = worker(&mut d, 1, false)?;
+        accept(&mut d, 3)?;
+        for _ in 0..3 {
+            // The worker never gets them: each time it reports all three lost.
+            assert_eq!(received(&out_of_fds)?, 3);
+            channel::send(out_of_fds.as_fd(), ToPrimary::Lost(3))?;
+            d.service();
+            // Sent again after the pause (50 ms).
+            std::thread::sleep(Duration::from_millis(60));
+            d.service();
+        }
+        channel::send(out_of_fds.as_fd(), ToPrimary::Ack(3))?;
+        d.service();
+        let s = stats.snapshot(0);
+        assert_eq!((s.delivered, s.redelivered, s.in_flight), (3, 3, 0));
         Ok(())
     }
 

@@ -28,6 +28,21 @@ pub(crate) struct Held {
     pub since: Instant,
     /// The listener and, for PROXY protocol, the client.
     pub meta: Meta,
+    /// Already counted in `redelivered`: a connection sent again and again (its worker keeps
+    /// losing it) is one redelivered connection.
+    pub resent: bool,
+}
+
+impl Held {
+    /// A connection the primary holds for the first time.
+    pub(crate) fn new(conn: OwnedFd, since: Instant, meta: Meta) -> Held {
+        Held {
+            conn,
+            since,
+            meta,
+            resent: false,
+        }
+    }
 }
 
 /// The channel's worker is gone: its socket says so.
@@ -210,14 +225,14 @@ mod tests {
     fn held(n: usize) -> io::Result<VecDeque<Held>> {
         (0..n)
             .map(|i| {
-                Ok(Held {
-                    conn: std::fs::File::open("/dev/null")?.into(),
-                    since: Instant::now(),
-                    meta: Meta {
+                Ok(Held::new(
+                    std::fs::File::open("/dev/null")?.into(),
+                    Instant::now(),
+                    Meta {
                         listener: (i % 256) as u8,
                         client: None,
                     },
-                })
+                ))
             })
             .collect()
     }

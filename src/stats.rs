@@ -14,7 +14,8 @@ pub struct SlotCounters {
     pub queued: AtomicU64,
     /// Connections sent and not yet confirmed now.
     pub in_flight: AtomicU64,
-    /// Connections put back in the queue because their worker died before confirming them.
+    /// Connections put back in the queue because their worker died before confirming them, or
+    /// never got them (out of descriptors); each counted once, however often it is sent again.
     pub redelivered: AtomicU64,
     /// Connections closed unserved: the slot's queue was full, or they waited too long.
     pub dropped: AtomicU64,
