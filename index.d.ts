@@ -24,11 +24,18 @@ declare namespace sticky {
     debug?: boolean | 'connections';
     /** Prefix of the IPC messages between primary and workers. Default `'sticky-cluster:'`. */
     prefix?: string;
-    /** Connections a slot may hold in the primary while its worker is not ready; beyond, they are closed. Default 1024. */
+    /** (Router only) connections a slot may hold in the primary while its worker is not ready; beyond, they are closed. Default 1024. */
     queueLimit?: Count;
+    /**
+     * Who picks each connection's worker: `'kernel'` (Linux, `routeBy: 'address'`: a SO_REUSEPORT
+     * group whose BPF program computes the slot; the workers accept themselves), `'primary'` (the
+     * router in the primary accepts and passes every connection), or `'auto'` (the default:
+     * `'kernel'` where it can work, else `'primary'`). `'kernel'` where it cannot work throws a RangeError.
+     */
+    dispatch?: 'auto' | 'kernel' | 'primary';
     /** Route hash: `'djb2'` (sticky-cluster's, the default) or `'djb2-mix'` (djb2 + murmur3's fmix32: even for 16 or 32 workers). */
     hash?: 'djb2' | 'djb2-mix';
-    /** ms a connection may wait in the primary for a ready worker. Default 30000. */
+    /** (Router only) ms a connection may wait in the primary for a ready worker. Default 30000. */
     queueTimeout?: Count;
     /** ms a new worker may take to hand its server over before it is replaced. Default 30000. */
     readyTimeout?: Count;
@@ -99,14 +106,15 @@ declare namespace sticky {
   interface SlotStats {
     /** The pid of the slot's current worker, or null between a death and its replacement. */
     pid: number | null;
+    /** Connections for this slot: accepted by the router, or by its workers (kernel dispatch; reported every 100 ms at most). */
     accepted: number;
-    /** Connections the worker confirmed it adopted. */
+    /** Connections the worker confirmed it adopted, or accepted itself (kernel dispatch). */
     delivered: number;
-    /** Waiting in the primary now. */
+    /** Waiting for the slot's worker now: in the primary, and in the kernel's accept queue (kernel dispatch). */
     queued: number;
     /** Sent and not yet confirmed now. */
     inFlight: number;
-    /** Put back in the queue because their worker died before confirming them. */
+    /** Put back in the queue because their worker died before confirming them or never got them; each once. */
     redelivered: number;
     /** Closed unserved: the slot's queue was full or they waited longer than queueTimeout. */
     dropped: number;
@@ -119,6 +127,8 @@ declare namespace sticky {
   }
 
   interface Stats {
+    /** Which dispatch runs (`'auto'` resolved, after any fallback). */
+    dispatch: 'kernel' | 'primary';
     acceptErrors: number;
     /** Connections from trusted proxies closed for a missing or malformed PROXY header. */
     rejected: number;

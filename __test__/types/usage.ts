@@ -25,6 +25,7 @@ const primary = sticky(
     maxRespawnDelay: 10_000,
     respawnResetAfter: 30_000,
     hash: 'djb2',
+    dispatch: 'auto',
   },
 );
 if (primary) {
@@ -32,6 +33,8 @@ if (primary) {
   primary.on('exit', ({ code, signal }) => console.log(code, signal));
   const stats = primary.stats();
   if (stats) console.log(stats.slots[0].delivered, stats.acceptErrors);
+  const dispatch: 'kernel' | 'primary' | undefined = stats?.dispatch;
+  console.log(dispatch);
   void primary.reload().then(() => primary.shutdown()).then((code: number) => code);
   primary.on('respawn', ({ slot, delay }) => console.log(slot, delay));
 }
@@ -52,6 +55,8 @@ sticky((cb) => cb(http.createServer()), { routeBy: 'x-real-ip', trustedProxies: 
 
 // @ts-expect-error: unknown hash
 sticky((cb) => cb(http.createServer()), { hash: 'md5' });
+// @ts-expect-error: unknown dispatch
+sticky((cb) => cb(http.createServer()), { dispatch: 'fast' });
 // @ts-expect-error: env is a function in the sticky-cluster API
 sticky((cb) => cb(http.createServer()), { env: { a: 1 } });
 
