@@ -85,6 +85,18 @@ test('a worker that dies: its connections wait in the kernel for the replacement
   expect(new Set(again.filter((a) => a.body.slot === 0).map((a) => a.body.pid)).size).toBe(1);
 });
 
+test('a worker that exits on its own (server.close(() => process.exit())) reports what it accepted first', async () => {
+  const { app, port } = await start({ WORKERS: 2 });
+  // All of slot 0, answered just before its worker exits: within the 100 ms report interval.
+  const ips = range(400).map((i) => clientIp(6000 + i)).filter((ip) => stringHash(`::ffff:${ip}`) % 2 === 0).slice(0, 30);
+  await pool(ips, 10, (ip) => get(port, ip));
+  const ready = app.events.filter((e) => e.event === 'ready').length;
+  await get(port, ips[0], '/close-and-exit').catch(() => {});
+  await app.count('ready', ready + 1);
+  const stats = await app.statsWhen((s) => s.slots[0].accepted >= 31);
+  expect(stats.slots[0].accepted).toBe(31);
+});
+
 test('a second sticky-rs on the same port gets EADDRINUSE; a process of another user cannot join the group', async () => {
   const { port } = await start({ WORKERS: 2 });
   const second = startFixture('cluster-app.js', { PORT: port, DISPATCH: 'kernel', WORKERS: 2 });

@@ -61,6 +61,9 @@ function prepare(options, adopted = false) {
   };
   process.on('message', onMessage);
   process.on('disconnect', closeReceiver);
+  // However it exits (a user's `server.close(() => process.exit())`, our own shutdown), the
+  // counts not yet reported go first: sending is synchronous.
+  process.on('exit', reportNow);
   // SIGHUP means "reload" to the primary, which replaces this worker gracefully; a terminal
   // sends it to the whole process group.
   process.on('SIGHUP', () => {});
@@ -389,6 +392,12 @@ function track(socket) {
   });
 }
 
+/** Reports the counts the primary has not heard of yet, now. */
+function reportNow() {
+  state.accepted.report();
+  state.closed.report();
+}
+
 function closeReceiver() {
   const { receiver } = state;
   clearTimeout(state.flushTimer);
@@ -437,8 +446,7 @@ function shutdown() {
     while (state.sockets.size > 0) await drained();
     clearInterval(idleSweep);
     // The last counts, before the channel closes.
-    state.accepted.report();
-    state.closed.report();
+    reportNow();
     closeReceiver();
     if (options.debug) log(state.role, 'done, exiting');
     process.exit(0);
