@@ -257,6 +257,29 @@ test.each([
   }
 });
 
+test('SIGHUP during a reload: every slot ends up on a worker forked after the last SIGHUP', async () => {
+  const port = await freePort();
+  // Slow starts: the second SIGHUP lands while the first reload is half done.
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 3, INIT_DELAY: 600 });
+  await app.count('ready', 3);
+  process.kill(app.child.pid, 'SIGHUP');
+  await app.count('ready', 4, 10000); // slot 0 replaced, slots 1 and 2 not yet
+  process.kill(app.child.pid, 'SIGHUP');
+  process.kill(app.child.pid, 'SIGHUP'); // a third joins the second
+  const asked = app.events.length;
+  // 3 + 3 + 3 workers became ready; no more.
+  await app.count('ready', 9, 20000);
+  const forkedAfter = app.events.slice(asked).filter((e) => e.event === 'fork').map((e) => e.pid);
+  const { slots } = await app.stats();
+  for (const s of slots) {
+    expect(s.ready).toBe(true);
+    expect(forkedAfter).toContain(s.pid);
+  }
+  await new Promise((r) => setTimeout(r, 1500));
+  expect(app.events.filter((e) => e.event === 'fork')).toHaveLength(9);
+  expect(app.stderr).not.toMatch(/reload incomplete/);
+});
+
 describe('a second signal during a graceful shutdown', () => {
   test.each([
     ['SIGTERM', 'SIGTERM'],

@@ -413,7 +413,17 @@ class Primary extends EventEmitter {
    */
   reload() {
     if (this.closing) return Promise.reject(new Error('sticky-rs: shutting down'));
-    if (this.reloading) return this.reloading;
+    if (this.reloading) {
+      // Asked again mid-reload (a second deploy): the slots already replaced run code older than
+      // this ask, so one more pass replaces every slot once this one ends. Later asks join it.
+      if (!this.reloadAgain) {
+        this.reloadAgain = this.reloading.catch(() => {}).then(() => {
+          this.reloadAgain = null;
+          return this.reload();
+        });
+      }
+      return this.reloadAgain;
+    }
     const o = this.options;
     this.reloading = (async () => {
       if (o.debug) log('primary', 'reloading');
