@@ -277,6 +277,23 @@ test('several listeners: a client lands on the same worker on every one of them'
   expect(slots.size).toBe(4);
 });
 
+test('several listeners: a worker that closes one of its servers gets no new client on any (sticky-session semantics)', async () => {
+  const { app, ports } = await start({ PORTS_COUNT: 2, WORKERS: 2 });
+  const ips = range(60).map((i) => clientIp(200 + i));
+  const slot0 = ips.filter((ip) => stringHash(`::ffff:${ip}`) % 2 === 0);
+  const old = (await get(ports[0], slot0[0])).body.pid;
+  const ready = app.events.filter((e) => e.event === 'ready').length;
+  expect((await get(ports[0], slot0[0], '/close')).body.pid).toBe(old);
+  await app.count('ready', ready + 1);
+  // From now on every client of slot 0 meets the replacement on both listeners.
+  const answers = await pool(slot0, 10, async (ip) => Promise.all(ports.map((p) => get(p, ip))));
+  for (const [a, b] of answers) {
+    expect([a.status, b.status]).toEqual([200, 200]);
+    expect(a.body.pid).not.toBe(old);
+    expect(b.body.pid).toBe(a.body.pid);
+  }
+});
+
 test('shutdown waits for a connection whose PROXY header is still on its way', async () => {
   const { app, port } = await start({ ROUTE_BY: 'proxy-protocol', TRUSTED: PROXY_IP, PEEK_TIMEOUT: 3000, WORKERS: 2 });
   const socket = net.connect({ port, host: '127.0.0.1', localAddress: PROXY_IP });

@@ -150,6 +150,9 @@ function serve(...servers) {
       if (!state.shuttingDown && !state.closing) {
         state.closing = true;
         notifyPrimary(state.options.prefix, CLOSING);
+        // Kernel dispatch: this worker takes no new connection on any listener from now on (its
+        // other servers keep the connections they have), as the router stops sending it any.
+        for (const other of state.servers) if (other !== this) stopListening(other);
       }
       // Once: a second close would emit 'close' (and engine.io's close) again.
       if (closed) return this;
@@ -189,6 +192,18 @@ function onMessage(message, handle) {
   } else if (message === prefix + SHUTDOWN) {
     shutdown();
   }
+}
+
+/**
+ * Kernel dispatch: `server` stops accepting on its member but is not closed: its connections go
+ * on, and its 'close' comes with the graceful shutdown. The primary keeps the member listening
+ * for the slot's next worker.
+ */
+function stopListening(server) {
+  const handle = server._handle;
+  if (!state.kernel || !handle) return;
+  server._handle = null;
+  handle.close();
 }
 
 /**
