@@ -200,6 +200,27 @@ test('10,000 connect-then-reset and 10,000 normal connections: primary fds and R
   expect(grown).toBeLessThan(5 * 1024);
 });
 
+test.each([
+  ['SIGTERM to the primary', (pid) => process.kill(pid, 'SIGTERM')],
+  ['SIGINT to the process group (Ctrl-C)', (pid) => process.kill(-pid, 'SIGINT')],
+])('%s while a worker is busy for 3 s: the clients waiting for it are served, exit 0', async (_, signal) => {
+  const port = await freePort();
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, HARD_SHUTDOWN_DELAY: 20000 });
+  await app.count('ready', 2);
+  const ips = range(300).map((i) => clientIp(7000 + i)).filter((ip) => stringHash(`::ffff:${ip}`) % 2 === 0).slice(0, 21);
+  const blocker = get(port, ips[0], '/block?ms=3000', { timeout: 15000 });
+  await new Promise((r) => setTimeout(r, 300));
+  // Connected and sent while slot 0's worker cannot accept or read.
+  const waiting = ips.slice(1).map((ip) => get(port, ip, '/', { timeout: 15000 }).then((r) => r.status, (e) => e.code));
+  await new Promise((r) => setTimeout(r, 300));
+  const sent = Date.now();
+  signal(app.child.pid);
+  expect(await Promise.all(waiting)).toEqual(range(20).map(() => 200));
+  expect((await blocker).status).toBe(200);
+  expect(await app.exited).toEqual({ code: 0, signal: null });
+  console.log(`${_} with slot 0 busy: 20/20 waiting clients served, exit 0 after ${Date.now() - sent} ms`);
+});
+
 test('SIGTERM while workers are still starting: everything exits 0 at once, not after hardShutdownDelay', async () => {
   const port = await freePort();
   const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, INIT_DELAY: 5000, HARD_SHUTDOWN_DELAY: 20000 });

@@ -560,7 +560,9 @@ class Primary extends EventEmitter {
     this.drainTimer = setTimeout(() => {
       for (let slot = 0; slot < this.slots.length; slot++) this.onDrained(slot);
     }, o.hardShutdownDelay / 2);
-    if (this.router) this.router.stopAccepting();
+    // Kernel dispatch: a busy worker accepts what its member queued when it is free again; the
+    // members stop listening once every queue is empty, at the latest when the drain timer fires.
+    if (this.router) this.router.stopAccepting(Math.floor(Math.min(o.hardShutdownDelay / 2, 2 ** 31)));
     // Workers forked behind our back have nothing of ours to finish.
     for (const worker of Object.values(cluster.workers)) {
       if (!this.members.has(worker)) worker.process.kill('SIGTERM');

@@ -48,6 +48,7 @@ function prepare(options, adopted = false) {
     // kernel picks the slot); members that came before the hand-over wait here.
     kernel: process.env.STICKY_RS_DISPATCH === 'kernel',
     earlyMembers: [],
+    kept: [], // member handles still accepting during a shutdown, see keepAccepting()
     sockets: new Set(),
     closing: false, // the user closed a server (sticky-session): the primary replaces us
     shuttingDown: false,
@@ -161,8 +162,8 @@ function serve(...servers) {
     };
   }
   // Ctrl-C reaches every process of the group: finish what is open rather than die mid-request.
-  process.once('SIGINT', shutdown);
-  process.once('SIGTERM', shutdown);
+  process.once('SIGINT', () => shutdown(true));
+  process.once('SIGTERM', () => shutdown(true));
   for (const [listener, handle] of state.earlyMembers.splice(0)) listenOn(listener, handle);
   if (state.early) {
     const early = state.early;
@@ -191,6 +192,8 @@ function onMessage(message, handle) {
     state.role = roleOf();
   } else if (message === prefix + SHUTDOWN) {
     shutdown();
+    // The primary's word ends what a signal kept going: its slot has nothing more queued.
+    closeKept();
   }
 }
 
@@ -204,6 +207,29 @@ function stopListening(server) {
   if (!state.kernel || !handle) return;
   server._handle = null;
   handle.close();
+}
+
+/**
+ * Kernel dispatch, a shutdown this worker's own signal started (Ctrl-C reaches every process of
+ * the group): `server` closes (its 'close' comes at once: Socket.IO ends its clients), but its
+ * member's handle goes on accepting, into the closed server, what the kernel queued for the slot
+ * (the primary stops new SYNs meanwhile), as adopted connections go on arriving with the router.
+ * Closed when the worker exits, or when the primary says the slot is drained.
+ */
+function keepAccepting(server) {
+  const handle = server._handle;
+  if (!state.kernel || !handle) return;
+  server._handle = null;
+  // Once the primary stops the member, an accept error is the end of it, not the server's.
+  const onconnection = handle.onconnection;
+  handle.onconnection = function acceptKept(err, client) {
+    if (!err) onconnection.call(this, err, client);
+  };
+  state.kept.push(handle);
+}
+
+function closeKept() {
+  for (const handle of state.kept.splice(0)) handle.close();
 }
 
 /**
@@ -428,7 +454,7 @@ function closeReceiver() {
  * server lets user code delay the exit: `server.on('sticky:shutdown', ({ waitUntil }) =>
  * waitUntil(flush()))`. Before a server is handed over there is nothing to finish.
  */
-function shutdown() {
+function shutdown(ownSignal = false) {
   if (state.shuttingDown) return;
   state.shuttingDown = true;
   if (state.early) {
@@ -443,6 +469,7 @@ function shutdown() {
   const waitUntil = (promise) => hooks.push(Promise.resolve(promise).catch(() => {}));
   for (const server of servers) {
     server.emit('sticky:shutdown', { waitUntil });
+    if (ownSignal) keepAccepting(server);
     server.close();
   }
   // Engine.io answers pending long-polls on 'close', after closeIdleConnections() ran once.
@@ -457,8 +484,14 @@ function shutdown() {
     });
   (async () => {
     await Promise.all([drained(), ...hooks]);
-    // Connections already on their way may have been adopted while the hooks ran.
-    while (state.sockets.size > 0) await drained();
+    for (;;) {
+      // Connections already on their way may have been adopted while the hooks ran.
+      while (state.sockets.size > 0) await drained();
+      // One more turn of the event loop: what a kept member has ready is accepted first.
+      await new Promise((resolve) => setImmediate(resolve));
+      if (state.sockets.size === 0) break;
+    }
+    closeKept();
     clearInterval(idleSweep);
     // The last counts, before the channel closes.
     reportNow();

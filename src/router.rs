@@ -84,10 +84,6 @@ pub struct Config {
     pub dispatch: Dispatch,
 }
 
-/// Kernel dispatch, graceful stop: the longest the workers get to accept what the members had
-/// queued before the members stop listening.
-const KERNEL_DRAIN: Duration = Duration::from_secs(2);
-
 /// How long `close` waits for the router thread before it gives up on it.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -103,7 +99,11 @@ enum Command {
     Retire {
         id: ChannelId,
     },
-    StopAccepting,
+    StopAccepting {
+        /// Kernel dispatch: the longest the workers get to accept what the members had queued
+        /// (a worker may be busy) before the members stop listening.
+        drain: Duration,
+    },
     Close,
     /// Makes the thread panic (tests of what a dead router does).
     #[cfg(any(test, feature = "test-hooks"))]
@@ -315,9 +315,10 @@ impl Router {
     }
 
     /// Closes the listener but keeps delivering what is already accepted (graceful shutdown:
-    /// new clients are refused by the kernel, accepted ones still reach their workers).
-    pub fn stop_accepting(&self) -> io::Result<()> {
-        self.send(Command::StopAccepting)
+    /// new clients are refused by the kernel, accepted ones still reach their workers). With
+    /// kernel dispatch the workers get at most `drain` to accept what the members had queued.
+    pub fn stop_accepting(&self, drain: Duration) -> io::Result<()> {
+        self.send(Command::StopAccepting { drain })
     }
 
     /// Stops accepting, closes the listener, every channel and every queued connection, and
@@ -385,7 +386,7 @@ async fn run(
                     state.close_channel(id);
                 }
                 Some(Command::Retire { id }) => state.retire(id),
-                Some(Command::StopAccepting) => {
+                Some(Command::StopAccepting { drain }) => {
                     listeners.clear();
                     // Kernel dispatch: no new SYN joins the members' queues from now on; the
                     // workers accept what is queued, then the members stop listening (below).
@@ -395,7 +396,7 @@ async fn run(
                                 group.stop();
                             }
                         }
-                        kernel_drain = Some(Instant::now() + KERNEL_DRAIN);
+                        kernel_drain = Some(Instant::now() + drain);
                     }
                     state.stop_accepting(kernel_drain.is_some());
                 }

@@ -331,10 +331,12 @@ impl Router {
         self.unless_closed(|inner| inner.retire(id as u64))
     }
 
-    /// Closes the listener; accepted connections are still delivered.
+    /// Closes the listener; accepted connections are still delivered. Kernel dispatch: the
+    /// workers get at most `drainMs` to accept what the kernel had queued.
     #[napi]
-    pub fn stop_accepting(&self) -> Result<()> {
-        self.unless_closed(|inner| inner.stop_accepting())
+    pub fn stop_accepting(&self, drain_ms: u32) -> Result<()> {
+        let drain = std::time::Duration::from_millis(u64::from(drain_ms));
+        self.unless_closed(|inner| inner.stop_accepting(drain))
     }
 
     /// Releases a channel whose worker is gone; nothing to do once the router is closed.
