@@ -24,9 +24,12 @@ class Primary extends EventEmitter {
     /** Per slot: the pending respawn's timer, and the replacement under way (a promise). */
     this.respawnTimers = [];
     this.replacements = [];
-    // One record per live worker: { slot, worker, channel, handedOver, ready, bornAt, timer,
+    // One record per live worker: { slot, worker, seq, channel, handedOver, ready, bornAt, timer,
     // whenReady }.
     this.members = new Map();
+    // Numbers the workers in the order they start: their channel ids, so that the router prefers
+    // a worker's replacement over it whichever of the two hands its server over first.
+    this.started = 0;
     this.closing = false;
     this.reloading = null;
     this.warnings = new Warnings();
@@ -131,7 +134,7 @@ class Primary extends EventEmitter {
     // WORKER_INDEX marks our own workers (a worker without it was forked by someone else);
     // STICKY_RS_DISPATCH tells the worker how connections reach it, before any message.
     const worker = cluster.fork({ ...o.env(index), [WORKER_INDEX]: index, STICKY_RS_DISPATCH: o.dispatch });
-    const member = { slot: index, worker, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null };
+    const member = { slot: index, worker, seq: ++this.started, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null };
     // Settles true once the router delivers to this worker, false if it exits first.
     member.whenReady = new Promise((resolve) => {
       member.settleReady = resolve;
@@ -175,7 +178,7 @@ class Primary extends EventEmitter {
   adopt(worker) {
     const o = this.options;
     if (this.members.has(worker) || this.closing) return;
-    const member = { slot: null, worker, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null, adopted: true };
+    const member = { slot: null, worker, seq: ++this.started, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null, adopted: true };
     member.whenReady = new Promise((resolve) => {
       member.settleReady = resolve;
     });
@@ -225,7 +228,7 @@ class Primary extends EventEmitter {
     }
     let end;
     try {
-      member.channel = this.router.openChannel(slot);
+      member.channel = this.router.openChannel(slot, member.seq);
       end = new net.Socket({ fd: member.channel.fd, readable: false, writable: false });
     } catch (err) {
       if (member.channel) fs.closeSync(member.channel.fd);

@@ -609,8 +609,19 @@ impl Dispatcher {
         );
     }
 
+    /// Starts serving channel `id`. An id in use already is refused (the new end closes): the
+    /// primary names each worker's channel once.
     pub(crate) fn open(&mut self, id: ChannelId, slot: usize, fd: OwnedFd) {
-        self.channels.insert(id, Link::new(fd, slot));
+        match self.channels.entry(id) {
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(Link::new(fd, slot));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                if self.debug {
+                    eprintln!("[sticky-rs] primary: channel {id} is open already; refused");
+                }
+            }
+        }
     }
 
     /// Reads what a worker sent back, without blocking, and acts on it.

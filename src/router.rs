@@ -14,7 +14,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::thread::JoinHandle;
@@ -120,7 +119,6 @@ pub struct Router {
     stats: Arc<Stats>,
     local_addrs: Vec<SocketAddr>,
     slots: usize,
-    next_id: AtomicU64,
     /// With kernel dispatch, one group per listener: every member stays open here for the
     /// router's life, so the kernel's numbering of the members never changes.
     groups: Arc<Vec<Group>>,
@@ -223,7 +221,6 @@ impl Router {
             stats,
             local_addrs,
             slots,
-            next_id: AtomicU64::new(1),
             groups,
         })
     }
@@ -278,23 +275,28 @@ impl Router {
         &self.stats
     }
 
-    /// Creates a channel for a worker of `slot` and returns its id and the worker's end, to be
-    /// handed to that worker alone. The slot switches to it when the worker says hello.
-    pub fn open_channel(&self, slot: usize) -> io::Result<(ChannelId, OwnedFd)> {
-        if slot >= self.slots {
+    /// Creates channel `id` for a worker of `slot` and returns the worker's end, to be handed to
+    /// that worker alone. The slot switches to it when the worker says hello, unless a channel
+    /// with a larger id serves the slot: ids name the workers in the order they were started
+    /// (never 0, each used once), so a worker's replacement wins over it whichever of the two
+    /// handed its server over first.
+    pub fn open_channel(&self, slot: usize, id: ChannelId) -> io::Result<OwnedFd> {
+        if slot >= self.slots || id == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("slot {slot} out of range 0..{}", self.slots),
+                format!(
+                    "slot {slot} (of 0..{}) or channel id {id} (not 0)",
+                    self.slots
+                ),
             ));
         }
         let (primary, worker) = channel::pair()?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.send(Command::Open {
             id,
             slot,
             fd: primary,
         })?;
-        Ok((id, worker))
+        Ok(worker)
     }
 
     /// Forgets a channel (its worker exited); connections it did not acknowledge are re-queued.
@@ -572,8 +574,8 @@ mod tests {
     /// Returns once the router has read everything written to any channel before this call:
     /// a hello on a fresh channel of `slot` is answered in a later pass than anything before it.
     fn settle(router: &Router, events: &mpsc::Receiver<Event>, slot: usize) -> io::Result<()> {
-        for _ in 0..2 {
-            let (id, worker) = router.open_channel(slot)?;
+        for id in [1000, 1001] {
+            let worker = router.open_channel(slot, id)?;
             hello(&worker)?;
             switched(events, slot, id)?;
             router.release(id)?;
@@ -584,8 +586,9 @@ mod tests {
     #[test]
     fn a_late_hello_from_an_older_worker_does_not_take_the_slot_back() -> io::Result<()> {
         let (router, events) = start(2)?;
-        let (old, old_end) = router.open_channel(0)?;
-        let (new, new_end) = router.open_channel(0)?;
+        let (old, new) = (1, 2);
+        let old_end = router.open_channel(0, old)?;
+        let new_end = router.open_channel(0, new)?;
         hello(&new_end)?;
         switched(&events, 0, new)?;
         hello(&old_end)?;
@@ -600,10 +603,11 @@ mod tests {
     #[test]
     fn a_replaced_worker_saying_hello_again_changes_nothing() -> io::Result<()> {
         let (router, events) = start(2)?;
-        let (old, old_end) = router.open_channel(0)?;
+        let (old, new) = (1, 2);
+        let old_end = router.open_channel(0, old)?;
         hello(&old_end)?;
         switched(&events, 0, old)?;
-        let (new, new_end) = router.open_channel(0)?;
+        let new_end = router.open_channel(0, new)?;
         hello(&new_end)?;
         switched(&events, 0, new)?;
         // Retired by the switch: hostile or buggy, its extra hellos change nothing.
@@ -615,6 +619,39 @@ mod tests {
         router.release(new)?;
         settle(&router, &events, 1)?;
         assert_eq!(router.stats().snapshot(0).channel, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_replacement_that_handed_over_first_still_wins_over_the_worker_it_replaces(
+    ) -> io::Result<()> {
+        // A reload at start-up: the replacement (started second, id 2) hands its server over
+        // before the worker it replaces (id 1), and both hellos are read in one pass.
+        let (router, events) = start(2)?;
+        let (old, new) = (1, 2);
+        let new_end = router.open_channel(0, new)?;
+        let old_end = router.open_channel(0, old)?;
+        hello(&old_end)?;
+        hello(&new_end)?;
+        // The old one may serve the slot for a moment (its hello read first); then the new one.
+        let mut event = next(&events)?;
+        if event
+            == (Event::Switched {
+                slot: 0,
+                channel: old,
+            })
+        {
+            event = next(&events)?;
+        }
+        assert_eq!(
+            event,
+            Event::Switched {
+                slot: 0,
+                channel: new
+            }
+        );
+        settle(&router, &events, 1)?;
+        assert_eq!(router.stats().snapshot(0).channel, new);
         Ok(())
     }
 

@@ -107,9 +107,9 @@ impl<C> Table<C> {
         waiting.drain(..n).collect()
     }
 
-    /// Makes `channel` the slot's delivery target unless a newer channel (a larger id: ids grow
-    /// as channels open) already is, so a late hello from an older worker never takes the slot
-    /// back. Returns the channel it replaced, or `Err` with the newer one that stays.
+    /// Makes `channel` the slot's delivery target unless a newer channel (a larger id: ids
+    /// follow the order the workers were started in) already is, so a hello from an older worker
+    /// never takes the slot from its replacement. Returns the channel it replaced, or `Err` with the newer one that stays.
     pub(crate) fn activate(
         &mut self,
         index: usize,

@@ -301,15 +301,16 @@ impl Router {
             .collect())
     }
 
-    /// Opens a channel for a new worker of `slot`.
+    /// Opens channel `id` for a new worker of `slot`: ids follow the order the workers were
+    /// started in (see the core's `Router::open_channel`).
     #[napi]
-    pub fn open_channel(&self, slot: u32) -> Result<ChannelEnd> {
-        let (id, fd) = self
+    pub fn open_channel(&self, slot: u32, id: u32) -> Result<ChannelEnd> {
+        let fd = self
             .inner()?
-            .open_channel(slot as usize)
+            .open_channel(slot as usize, u64::from(id))
             .map_err(os_error)?;
         Ok(ChannelEnd {
-            id: id as i64,
+            id: i64::from(id),
             fd: fd.into_raw_fd(),
         })
     }
