@@ -4,6 +4,7 @@
 // processes, real sockets, distinct client addresses.
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
+const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const stringHash = require('string-hash');
@@ -95,6 +96,25 @@ test('a worker that exits on its own (server.close(() => process.exit())) report
   await app.count('ready', ready + 1);
   const stats = await app.statsWhen((s) => s.slots[0].accepted >= 31);
   expect(stats.slots[0].accepted).toBe(31);
+});
+
+test('shutdown does not wait for clients queued for a slot that has no worker', async () => {
+  const port = await freePort();
+  // Slot 1's worker never hands its server over: its clients wait in its member's queue.
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, DISPATCH: 'kernel', STALL_SLOT: 1, HARD_SHUTDOWN_DELAY: 20000 });
+  await app.count('ready', 1);
+  const ips = range(300).map((i) => clientIp(9000 + i));
+  const stranded = ips.filter((ip) => stringHash(`::ffff:${ip}`) % 2 === 1).slice(0, 3).map((ip) => net.connect({ port, host: '127.0.0.1', localAddress: ip }).on('error', () => {}));
+  try {
+    await app.statsWhen((s) => s.slots[1].queued >= 3);
+    const sent = Date.now();
+    app.child.kill('SIGTERM');
+    expect(await app.exited).toEqual({ code: 0, signal: null });
+    // Not hardShutdownDelay / 2 (10 s): nothing could ever accept those.
+    expect(Date.now() - sent).toBeLessThan(3000);
+  } finally {
+    for (const socket of stranded) socket.destroy();
+  }
 });
 
 test('a second sticky-rs on the same port gets EADDRINUSE; a process of another user cannot join the group', async () => {

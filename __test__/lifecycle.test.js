@@ -221,6 +221,44 @@ test.each([
   console.log(`${_} with slot 0 busy: 20/20 waiting clients served, exit 0 after ${Date.now() - sent} ms`);
 });
 
+test('SIGTERM to one worker under steady load on its slot: it is replaced at once, exits 0, no request fails', async () => {
+  const port = await freePort();
+  // Each answer takes 200 ms and 8 clients overlap: the worker is never without connections.
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, SLOW_MS: 200 });
+  await app.count('ready', 2);
+  const ips = range(300).map((i) => clientIp(8000 + i)).filter((ip) => stringHash(`::ffff:${ip}`) % 2 === 0).slice(0, 20);
+  const old = (await get(port, ips[0])).body.pid;
+  let running = true;
+  const failures = [];
+  const servedBy = new Set();
+  const loaders = range(8).map(async (k) => {
+    for (let i = k; running; i += 8) {
+      const r = await get(port, ips[i % ips.length]).catch((err) => ({ status: 0, error: err.code || err.message }));
+      if (r.status === 200) servedBy.add(r.body.pid);
+      else failures.push(r.error || r.status);
+    }
+  });
+  try {
+    await new Promise((r) => setTimeout(r, 300));
+    const sent = Date.now();
+    process.kill(old, 'SIGTERM');
+    // Without the replacement taking the slot's new clients, its drain never ends under load.
+    const exit = await app.next((e) => e.event === 'exit' && e.pid === old, 10000);
+    const exitedAfter = Date.now() - sent;
+    await new Promise((r) => setTimeout(r, 300));
+    running = false;
+    await Promise.all(loaders);
+    console.log(`SIGTERM to one worker under load: exited ${JSON.stringify({ code: exit.code, signal: exit.signal })} after ${exitedAfter} ms, ${failures.length} failed`);
+    expect(exit).toMatchObject({ code: 0, signal: null });
+    expect(failures).toEqual([]);
+    const { slots } = await app.stats();
+    expect(slots[0].pid).not.toBe(old);
+    expect(servedBy).toContain(slots[0].pid);
+  } finally {
+    running = false;
+  }
+});
+
 test('SIGTERM while workers are still starting: everything exits 0 at once, not after hardShutdownDelay', async () => {
   const port = await freePort();
   const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, INIT_DELAY: 5000, HARD_SHUTDOWN_DELAY: 20000 });

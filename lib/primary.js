@@ -494,7 +494,7 @@ class Primary extends EventEmitter {
   onClosing(member) {
     const slot = this.slots[member.slot];
     if (this.closing || slot.current !== member || !member.channel) return;
-    if (this.options.debug) log('primary', `slot ${member.slot}: worker #${member.worker.id} closed its server, replacing it`);
+    if (this.options.debug) log('primary', `slot ${member.slot}: worker #${member.worker.id} is stopping (it closed its server, or got a signal of its own): replacing it`);
     this.router.retire(member.channel.id);
     this.replace(member.slot).catch((err) => {
       warn(err.message);

@@ -214,7 +214,8 @@ function stopListening(server) {
  * the group): `server` closes (its 'close' comes at once: Socket.IO ends its clients), but its
  * member's handle goes on accepting, into the closed server, what the kernel queued for the slot
  * (the primary stops new SYNs meanwhile), as adopted connections go on arriving with the router.
- * Closed when the worker exits, or when the primary says the slot is drained.
+ * Closed when the worker exits, or when the primary sends `shutdown`: the slot drained, or (a
+ * signal to this worker alone) its replacement is ready.
  */
 function keepAccepting(server) {
   const handle = server._handle;
@@ -443,6 +444,9 @@ function closeReceiver() {
   const { receiver } = state;
   clearTimeout(state.flushTimer);
   state.flushTimer = null;
+  // Reports still in the outbox (a full channel) go now, as far as the channel takes them: an
+  // acknowledgement lost here would make the primary hand served connections to another worker.
+  send('flush');
   state.receiver = null;
   if (receiver) receiver.close();
 }
@@ -472,6 +476,10 @@ function shutdown(ownSignal = false) {
     if (ownSignal) keepAccepting(server);
     server.close();
   }
+  // A signal to this worker alone (or to the whole group, when the primary stops too and
+  // ignores this): the primary replaces it at once, as if it had closed its server, so that new
+  // clients of its slot go to the replacement and this worker's drain ends.
+  if (ownSignal) notifyPrimary(options.prefix, CLOSING);
   // Engine.io answers pending long-polls on 'close', after closeIdleConnections() ran once.
   const idleSweep = setInterval(() => {
     for (const server of servers) if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();

@@ -239,6 +239,11 @@ impl Dispatcher {
         self.report_drained();
     }
 
+    /// The slots that have a ready worker now (which can still take connections).
+    pub(crate) fn served_slots(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.table.len()).filter(|&slot| self.table.slot(slot).channel.is_some())
+    }
+
     /// Kernel dispatch: the members stopped listening; nothing more waits there.
     pub(crate) fn kernel_stopped(&mut self) {
         self.kernel_queueing = false;
@@ -272,7 +277,6 @@ impl Dispatcher {
         }
     }
 
-    /// Reads every channel that owes an answer, then delivers to every slot that can take more.
     /// Reads every channel, owing or not (see [`REPORTS`]).
     pub(crate) fn read_reports(&mut self) {
         let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
@@ -281,6 +285,7 @@ impl Dispatcher {
         }
     }
 
+    /// Reads every channel that owes an answer, then delivers to every slot that can take more.
     pub(crate) fn service(&mut self) {
         let owing: Vec<ChannelId> = self
             .channels

@@ -416,7 +416,15 @@ async fn run(
             }
             _ = tick.tick(), if state.pending() => {
                 if let Some(deadline) = kernel_drain {
-                    if groups.iter().all(|g| g.queued_total() == 0) || Instant::now() >= deadline {
+                    // Only slots with a ready worker can still take what their members hold: a
+                    // slot without one (dead, given up) and the fallback, which the router no
+                    // longer accepts on, must not hold the others' shutdown back.
+                    let waiting = state.served_slots().any(|slot| {
+                        groups
+                            .iter()
+                            .any(|g| g.queued(slot_member(slot)).is_ok_and(|n| n > 0))
+                    });
+                    if !waiting || Instant::now() >= deadline {
                         for group in groups {
                             group.stop();
                         }

@@ -144,14 +144,6 @@ impl Group {
         Ok(())
     }
 
-    /// Connections waiting in every member's accept queue (see [`Group::queued`]).
-    pub fn queued_total(&self) -> u64 {
-        (0..self.members.len())
-            .filter_map(|m| self.queued(m).ok())
-            .map(u64::from)
-            .sum()
-    }
-
     /// The members stop listening, for every process that holds them: new clients are refused.
     /// Connections already accepted go on; any still queued are reset.
     pub fn stop(&self) {

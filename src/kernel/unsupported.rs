@@ -48,11 +48,6 @@ impl Group {
     }
 
     /// See the Linux group.
-    pub fn queued_total(&self) -> u64 {
-        match self.never {}
-    }
-
-    /// See the Linux group.
     pub fn stop(&self) {
         match self.never {}
     }
