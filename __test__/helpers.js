@@ -7,6 +7,7 @@ const http = require('node:http');
 const net = require('node:net');
 const path = require('node:path');
 const readline = require('node:readline');
+const stringHash = require('string-hash');
 
 const FIXTURES = path.join(__dirname, 'fixtures');
 const running = new Set();
@@ -131,13 +132,9 @@ function startFixture(script, env = {}, { fdLimit } = {}) {
     },
     /** Resolves once the router holds no connection (none queued, none unacknowledged). */
     async atRest(timeout = 5000) {
-      const deadline = Date.now() + timeout;
-      for (;;) {
-        const { slots } = await fixture.stats();
-        if (slots.every((s) => s.queued === 0 && s.inFlight === 0)) return;
-        if (Date.now() > deadline) throw new Error(`router not at rest after ${timeout} ms: ${JSON.stringify(slots)}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      const rest = ({ slots }) => slots.every((s) => s.queued === 0 && s.inFlight === 0);
+      const stats = await fixture.statsWhen(rest, timeout);
+      if (!rest(stats)) throw new Error(`router not at rest after ${timeout} ms: ${JSON.stringify(stats.slots)}`);
     },
     /** The primary's open descriptors. */
     fdCount() {
@@ -220,6 +217,18 @@ async function pool(items, limit, fn) {
   return results;
 }
 
+/** The slot sticky-cluster gives client `ip` on the default dual-stack listener. */
+function slotOf(ip, slots) {
+  return stringHash(`::ffff:${ip}`) % slots;
+}
+
+/** The first `n` client addresses from clientIp(from) on that land on `slot` of `slots`. */
+function ipsOf(slot, slots, n, from = 0) {
+  const ips = [];
+  for (let i = from; ips.length < n; i++) if (slotOf(clientIp(i), slots) === slot) ips.push(clientIp(i));
+  return ips;
+}
+
 /** The sum of one counter over every slot of `stats`. */
 function total(stats, counter) {
   return stats.slots.reduce((n, s) => n + s[counter], 0);
@@ -235,4 +244,4 @@ function alive(pid) {
   }
 }
 
-module.exports = { freePort, clientIp, startFixture, stopAll, get, pool, clientSet, total, alive };
+module.exports = { freePort, clientIp, startFixture, stopAll, get, pool, clientSet, slotOf, ipsOf, total, alive };

@@ -9,7 +9,7 @@ const os = require('node:os');
 const path = require('node:path');
 const stringHash = require('string-hash');
 const sticky = require('..');
-const { freePort, clientIp, startFixture, stopAll, get, pool, total } = require('./helpers');
+const { freePort, clientIp, startFixture, stopAll, get, pool, total, ipsOf } = require('./helpers');
 
 afterEach(stopAll);
 
@@ -89,7 +89,7 @@ test('a worker that dies: its connections wait in the kernel for the replacement
 test('a worker that exits on its own (server.close(() => process.exit())) reports what it accepted first', async () => {
   const { app, port } = await start({ WORKERS: 2 });
   // All of slot 0, answered just before its worker exits: within the 100 ms report interval.
-  const ips = range(400).map((i) => clientIp(6000 + i)).filter((ip) => stringHash(`::ffff:${ip}`) % 2 === 0).slice(0, 30);
+  const ips = ipsOf(0, 2, 30, 6000);
   await pool(ips, 10, (ip) => get(port, ip));
   const ready = app.events.filter((e) => e.event === 'ready').length;
   await get(port, ips[0], '/close-and-exit').catch(() => {});
@@ -103,8 +103,7 @@ test('shutdown does not wait for clients queued for a slot that has no worker', 
   // Slot 1's worker never hands its server over: its clients wait in its member's queue.
   const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, DISPATCH: 'kernel', STALL_SLOT: 1, HARD_SHUTDOWN_DELAY: 20000 });
   await app.count('ready', 1);
-  const ips = range(300).map((i) => clientIp(9000 + i));
-  const stranded = ips.filter((ip) => stringHash(`::ffff:${ip}`) % 2 === 1).slice(0, 3).map((ip) => net.connect({ port, host: '127.0.0.1', localAddress: ip }).on('error', () => {}));
+  const stranded = ipsOf(1, 2, 3, 9000).map((ip) => net.connect({ port, host: '127.0.0.1', localAddress: ip }).on('error', () => {}));
   try {
     await app.statsWhen((s) => s.slots[1].queued >= 3);
     const sent = Date.now();

@@ -7,16 +7,12 @@ const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
-const stringHash = require('string-hash');
-const { freePort, clientIp, startFixture, stopAll, get, alive } = require('./helpers');
+const { freePort, clientIp, startFixture, stopAll, get, alive, ipsOf } = require('./helpers');
 
 afterEach(stopAll);
 
 const range = (n) => Array.from({ length: n }, (_, i) => i);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const slotOf = (ip, slots) => stringHash(`::ffff:${ip}`) % slots;
-/** The first `n` client addresses that hash to `slot` of `slots`. */
-const ipsOf = (slot, slots, n) => range(1000).map(clientIp).filter((ip) => slotOf(ip, slots) === slot).slice(0, n);
 
 /** `promise`'s value, or 'timeout' after `ms` (the timer does not outlive the race). */
 function within(promise, ms) {

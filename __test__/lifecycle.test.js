@@ -4,14 +4,12 @@
 const fs = require('node:fs');
 const http = require('node:http');
 const net = require('node:net');
-const stringHash = require('string-hash');
-const { freePort, clientIp, startFixture, stopAll, get, pool } = require('./helpers');
+const { freePort, clientIp, startFixture, stopAll, get, pool, slotOf, ipsOf } = require('./helpers');
 
 afterEach(stopAll);
 
 const range = (n) => Array.from({ length: n }, (_, i) => i);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const slotOf = (ip, slots) => stringHash(`::ffff:${ip}`) % slots;
 // One request; never rejects: { status, body, ms } or { status: 0, error, ms }.
 const attempt = (port, ip, options) => {
   const started = Date.now();
@@ -207,7 +205,7 @@ test.each([
   const port = await freePort();
   const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, HARD_SHUTDOWN_DELAY: 20000 });
   await app.count('ready', 2);
-  const ips = range(300).map((i) => clientIp(7000 + i)).filter((ip) => stringHash(`::ffff:${ip}`) % 2 === 0).slice(0, 21);
+  const ips = ipsOf(0, 2, 21, 7000);
   const blocker = get(port, ips[0], '/block?ms=3000', { timeout: 15000 });
   await new Promise((r) => setTimeout(r, 300));
   // Connected and sent while slot 0's worker cannot accept or read.
@@ -226,7 +224,7 @@ test('SIGTERM to one worker under steady load on its slot: it is replaced at onc
   // Each answer takes 200 ms and 8 clients overlap: the worker is never without connections.
   const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, SLOW_MS: 200 });
   await app.count('ready', 2);
-  const ips = range(300).map((i) => clientIp(8000 + i)).filter((ip) => stringHash(`::ffff:${ip}`) % 2 === 0).slice(0, 20);
+  const ips = ipsOf(0, 2, 20, 8000);
   const old = (await get(port, ips[0])).body.pid;
   let running = true;
   const failures = [];

@@ -8,7 +8,7 @@ const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
 const stringHash = require('string-hash');
-const { freePort, clientIp, startFixture, stopAll, get } = require('./helpers');
+const { freePort, clientIp, startFixture, stopAll, get, total } = require('./helpers');
 const { startReadyExample, stopAllExamples } = require('./fixtures/example-harness');
 
 const IN_CI = process.env.CI === 'true';
@@ -67,7 +67,7 @@ test('a scrape shows stats(): per slot (slot label) and process-wide counters, d
   await Promise.all(Array.from({ length: 40 }, (_, i) => get(port, clientIp(i))));
   // One restart of slot 1, once its worker reported what it accepted (kernel dispatch: every
   // 100 ms at most; a worker killed sooner takes its last count with it).
-  const before = (await app.statsWhen((s) => s.slots[0].accepted + s.slots[1].accepted >= 40)).slots.map((s) => s.pid);
+  const before = (await app.statsWhen((s) => total(s, 'accepted') >= 40)).slots.map((s) => s.pid);
   process.kill(before[1], 'SIGKILL');
   await app.next((e) => e.event === 'ready' && e.slot === 1 && e.pid !== before[1]);
   await app.atRest();

@@ -5,7 +5,7 @@ const net = require('node:net');
 const http = require('node:http');
 const stringHash = require('string-hash');
 const { io: ioClient } = require('socket.io-client');
-const { freePort, clientIp, startFixture, stopAll, get, pool } = require('./helpers');
+const { freePort, clientIp, startFixture, stopAll, get, pool, slotOf } = require('./helpers');
 
 afterEach(stopAll);
 
@@ -280,7 +280,7 @@ test('several listeners: a client lands on the same worker on every one of them'
 test('several listeners: a worker that closes one of its servers gets no new client on any (sticky-session semantics)', async () => {
   const { app, ports } = await start({ PORTS_COUNT: 2, WORKERS: 2 });
   const ips = range(60).map((i) => clientIp(200 + i));
-  const slot0 = ips.filter((ip) => stringHash(`::ffff:${ip}`) % 2 === 0);
+  const slot0 = ips.filter((ip) => slotOf(ip, 2) === 0);
   const old = (await get(ports[0], slot0[0])).body.pid;
   const ready = app.events.filter((e) => e.event === 'ready').length;
   expect((await get(ports[0], slot0[0], '/close')).body.pid).toBe(old);

@@ -358,8 +358,8 @@ class Primary extends EventEmitter {
           `${which}: closed ${n} connection(s) that waited longer than queueTimeout (${o.queueTimeout} ms) for a ready worker`);
         // Kernel dispatch: clients of a slot without a ready worker wait in its members' accept
         // queues, where nothing counts what overflows; said once they waited a whole interval.
-        const waiting = now.dispatch === 'kernel' && s.channel === 0 && s.queued > 0;
-        if (waiting && was.channel === 0 && was.queued > 0) {
+        const waits = (counters) => now.dispatch === 'kernel' && counters.channel === 0 && counters.queued > 0;
+        if (waits(s) && waits(was)) {
           this.warnings.note(`waiting:${index}`, 1, () =>
             `${which}: ${s.queued} connection(s) wait in the kernel's accept queue for a ready worker; past backlog (${o.listeners.map((l) => l.backlog).join(', ')}) new clients of this slot get no answer and retry`);
         }
@@ -560,12 +560,13 @@ class Primary extends EventEmitter {
     // (or has no ready worker to deliver to; 'drained', after every head still being read from
     // a trusted proxy was resolved): one stuck slot does not hold the others back. At most half
     // of hardShutdownDelay.
+    const drainMs = Math.floor(o.hardShutdownDelay / 2);
     this.drainTimer = setTimeout(() => {
       for (let slot = 0; slot < this.slots.length; slot++) this.onDrained(slot);
-    }, o.hardShutdownDelay / 2);
+    }, drainMs);
     // Kernel dispatch: a busy worker accepts what its member queued when it is free again; the
-    // members stop listening once every queue is empty, at the latest when the drain timer fires.
-    if (this.router) this.router.stopAccepting(Math.floor(Math.min(o.hardShutdownDelay / 2, 2 ** 31)));
+    // members stop listening once the queues of ready slots are empty, at the latest by then.
+    if (this.router) this.router.stopAccepting(drainMs);
     // Workers forked behind our back have nothing of ours to finish.
     for (const worker of Object.values(cluster.workers)) {
       if (!this.members.has(worker)) worker.process.kill('SIGTERM');

@@ -198,15 +198,24 @@ function onMessage(message, handle) {
 }
 
 /**
- * Kernel dispatch: `server` stops accepting on its member but is not closed: its connections go
- * on, and its 'close' comes with the graceful shutdown. The primary keeps the member listening
- * for the slot's next worker.
+ * Kernel dispatch: takes `server`'s listening handle (its copy of the slot's member) away from it,
+ * so the server no longer listens; null if it has none. The primary keeps the member itself
+ * listening for the slot's next worker.
+ */
+function takeListener(server) {
+  const handle = server._handle;
+  if (!state.kernel || !handle) return null;
+  server._handle = null;
+  return handle;
+}
+
+/**
+ * `server` stops accepting but is not closed: its connections go on, and its 'close' comes with
+ * the graceful shutdown.
  */
 function stopListening(server) {
-  const handle = server._handle;
-  if (!state.kernel || !handle) return;
-  server._handle = null;
-  handle.close();
+  const handle = takeListener(server);
+  if (handle) handle.close();
 }
 
 /**
@@ -218,9 +227,8 @@ function stopListening(server) {
  * signal to this worker alone) its replacement is ready.
  */
 function keepAccepting(server) {
-  const handle = server._handle;
-  if (!state.kernel || !handle) return;
-  server._handle = null;
+  const handle = takeListener(server);
+  if (!handle) return;
   // Once the primary stops the member, an accept error is the end of it, not the server's.
   const onconnection = handle.onconnection;
   handle.onconnection = function acceptKept(err, client) {
@@ -441,6 +449,8 @@ function reportNow() {
 }
 
 function closeReceiver() {
+  // The last counts, before the channel closes.
+  reportNow();
   const { receiver } = state;
   clearTimeout(state.flushTimer);
   state.flushTimer = null;
@@ -501,8 +511,6 @@ function shutdown(ownSignal = false) {
     }
     closeKept();
     clearInterval(idleSweep);
-    // The last counts, before the channel closes.
-    reportNow();
     closeReceiver();
     if (options.debug) log(state.role, 'done, exiting');
     process.exit(0);

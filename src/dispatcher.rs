@@ -817,9 +817,19 @@ mod tests {
 
     /// Opens channel `id`; the worker end says hello unless `silent`.
     fn worker(d: &mut Dispatcher, id: ChannelId, silent: bool) -> io::Result<OwnedFd> {
+        worker_in(d, id, 0, silent)
+    }
+
+    /// Opens channel `id` for a worker of `slot`; its end says hello unless `silent`.
+    fn worker_in(
+        d: &mut Dispatcher,
+        id: ChannelId,
+        slot: usize,
+        silent: bool,
+    ) -> io::Result<OwnedFd> {
         let (primary, worker) = channel::pair()?;
         channel::set_nonblocking(worker.as_fd())?;
-        d.open(id, 0, primary);
+        d.open(id, slot, primary);
         if !silent {
             channel::send(worker.as_fd(), ToPrimary::Hello)?;
         }
@@ -947,16 +957,6 @@ mod tests {
         Dispatcher::new(&policy, Arc::new(Stats::new(slots)), Arc::new(|_| {}))
     }
 
-    /// A ready worker on `slot` (channel `id`).
-    fn worker_of(d: &mut Dispatcher, id: ChannelId, slot: usize) -> io::Result<OwnedFd> {
-        let (primary, worker) = channel::pair()?;
-        channel::set_nonblocking(worker.as_fd())?;
-        d.open(id, slot, primary);
-        channel::send(worker.as_fd(), ToPrimary::Hello)?;
-        d.service();
-        Ok(worker)
-    }
-
     /// A connection whose request line said `outcome`.
     fn session(d: &mut Dispatcher, outcome: Outcome) -> io::Result<()> {
         d.resolving += 1;
@@ -975,8 +975,8 @@ mod tests {
     #[test]
     fn a_live_place_gets_its_sessions_and_the_rest_go_round() -> io::Result<()> {
         let mut d = sessions(3, Balance::RoundRobin);
-        let zero = worker_of(&mut d, 1, 0)?;
-        let two = worker_of(&mut d, 2, 2)?;
+        let zero = worker_in(&mut d, 1, 0, false)?;
+        let two = worker_in(&mut d, 2, 2, false)?;
         for _ in 0..3 {
             session(&mut d, Outcome::Place(2))?;
         }
@@ -997,8 +997,8 @@ mod tests {
     #[test]
     fn least_connection_counts_what_workers_report_closed() -> io::Result<()> {
         let mut d = sessions(2, Balance::LeastConnection);
-        let zero = worker_of(&mut d, 1, 0)?;
-        let one = worker_of(&mut d, 2, 1)?;
+        let zero = worker_in(&mut d, 1, 0, false)?;
+        let one = worker_in(&mut d, 2, 1, false)?;
         // Three sessions on slot 0 (their ids name it), adopted.
         for _ in 0..3 {
             session(&mut d, Outcome::Place(0))?;
@@ -1024,7 +1024,7 @@ mod tests {
         let mut d = sessions(4, Balance::Random);
         session(&mut d, Outcome::NewSession)?;
         session(&mut d, Outcome::Place(3))?;
-        let first = worker_of(&mut d, 1, 0)?;
+        let first = worker_in(&mut d, 1, 0, false)?;
         assert_eq!(received(&first)?, 2);
         Ok(())
     }
@@ -1032,8 +1032,8 @@ mod tests {
     #[test]
     fn a_dead_workers_connections_go_to_the_live_ones() -> io::Result<()> {
         let mut d = sessions(2, Balance::RoundRobin);
-        let zero = worker_of(&mut d, 1, 0)?;
-        let one = worker_of(&mut d, 2, 1)?;
+        let zero = worker_in(&mut d, 1, 0, false)?;
+        let one = worker_in(&mut d, 2, 1, false)?;
         for _ in 0..4 {
             session(&mut d, Outcome::Place(0))?;
         }
