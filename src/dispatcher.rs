@@ -326,7 +326,7 @@ impl Dispatcher {
                 Stats::add(&self.stats.slots[slot].expired, expired.len() as u64);
                 self.update_gauges(slot);
                 if self.debug {
-                    eprintln!(
+                    debug_line!(
                         "[sticky-rs] primary: slot {slot}: closed {} connection(s) that waited {timeout:?}",
                         expired.len()
                     );
@@ -405,7 +405,7 @@ impl Dispatcher {
             Outcome::Reject => {
                 Stats::add(&self.stats.rejected, 1);
                 if self.debug_connections {
-                    eprintln!("[sticky-rs] primary: closed a connection from {} without a valid PROXY header", done.peer);
+                    debug_line!("[sticky-rs] primary: closed a connection from {} without a valid PROXY header", done.peer);
                 }
                 return;
             }
@@ -449,7 +449,7 @@ impl Dispatcher {
         Stats::add(&self.stats.slots[slot].accepted, 1);
         self.touched[slot] = true;
         if self.debug_connections {
-            eprintln!(
+            debug_line!(
                 "[sticky-rs] primary: connection from {} ({how}) -> slot {slot}",
                 done.peer
             );
@@ -539,7 +539,7 @@ impl Dispatcher {
         self.touched[slot] = true;
         if self.debug_connections {
             let key = String::from_utf8_lossy(key);
-            eprintln!("[sticky-rs] primary: connection keyed {key:?} -> slot {slot}");
+            debug_line!("[sticky-rs] primary: connection keyed {key:?} -> slot {slot}");
         }
     }
 
@@ -551,7 +551,7 @@ impl Dispatcher {
             Some(code) => {
                 Stats::add(&self.stats.accept_errors, 1);
                 if self.debug {
-                    eprintln!("[sticky-rs] primary: accept failed: {e}");
+                    debug_line!("[sticky-rs] primary: accept failed: {e}");
                 }
                 let exhausted = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
                 Some(if exhausted.contains(&code) {
@@ -575,7 +575,7 @@ impl Dispatcher {
                     Ok(Some(e)) => {
                         Stats::add(&self.stats.send_errors, 1);
                         if self.debug {
-                            eprintln!("[sticky-rs] primary: slot {slot}: sending to channel {id} failed ({e}), retrying");
+                            debug_line!("[sticky-rs] primary: slot {slot}: sending to channel {id} failed ({e}), retrying");
                         }
                     }
                     Err(Gone) => {
@@ -589,7 +589,7 @@ impl Dispatcher {
         if !dropped.is_empty() {
             Stats::add(&self.stats.slots[slot].dropped, dropped.len() as u64);
             if self.debug {
-                eprintln!(
+                debug_line!(
                     "[sticky-rs] primary: slot {slot} queue full, closed {} connection(s)",
                     dropped.len()
                 );
@@ -623,7 +623,7 @@ impl Dispatcher {
             }
             std::collections::hash_map::Entry::Occupied(_) => {
                 if self.debug {
-                    eprintln!("[sticky-rs] primary: channel {id} is open already; refused");
+                    debug_line!("[sticky-rs] primary: channel {id} is open already; refused");
                 }
             }
         }
@@ -655,7 +655,7 @@ impl Dispatcher {
             self.count_redelivered(slot, lost.iter_mut());
             self.table.requeue_front(slot, lost);
             if self.debug {
-                eprintln!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
+                debug_line!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
             }
         }
         if answers.hello {
@@ -698,7 +698,7 @@ impl Dispatcher {
         match self.table.activate(slot, id) {
             Err(newer) => {
                 if self.debug {
-                    eprintln!("[sticky-rs] primary: slot {slot}: late hello on channel {id} ignored, channel {newer} is newer");
+                    debug_line!("[sticky-rs] primary: slot {slot}: late hello on channel {id} ignored, channel {newer} is newer");
                 }
             }
             Ok(previous) => {
@@ -708,7 +708,7 @@ impl Dispatcher {
                 self.touched[slot] = true;
                 self.update_gauges(slot);
                 if self.debug {
-                    eprintln!("[sticky-rs] primary: slot {slot} ready (channel {id})");
+                    debug_line!("[sticky-rs] primary: slot {slot} ready (channel {id})");
                 }
                 (self.on_event)(Event::Switched { slot, channel: id });
             }
@@ -731,7 +731,7 @@ impl Dispatcher {
             self.table.deactivate(slot, id);
             self.update_gauges(slot);
             if self.debug {
-                eprintln!("[sticky-rs] primary: slot {slot}: channel {id} retired");
+                debug_line!("[sticky-rs] primary: slot {slot}: channel {id} retired");
             }
         }
     }
@@ -761,7 +761,7 @@ impl Dispatcher {
         self.count_redelivered(slot, unacknowledged.iter_mut());
         self.table.requeue_front(slot, unacknowledged);
         if self.debug {
-            eprintln!(
+            debug_line!(
                 "[sticky-rs] primary: slot {slot} channel {id} closed, {returned} connection(s) re-queued"
             );
         }

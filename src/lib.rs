@@ -8,7 +8,7 @@
 //! primary, [`receiver`] is
 //! the worker's end; [`trust`], [`forwarded`] and [`proxy`] read route keys that trusted proxies
 //! forward; [`kernel`] builds the classic BPF program and the `SO_REUSEPORT` group of kernel
-//! dispatch (not wired into the router yet).
+//! dispatch, which the router sets up when it is asked for (the default on Linux).
 //!
 //! This crate knows nothing of JavaScript: the napi binding is its own crate (`node/`), which
 //! only converts values and errors. Modules the binding needs are public; the rest is
@@ -19,6 +19,17 @@
     unreachable_pub,
     rust_2018_idioms
 )]
+
+/// Writes one line to stderr with a single `write`: the workers write to the same stream, and a
+/// line written in pieces (as `eprintln!` does, one piece per argument) can have theirs land
+/// inside it.
+macro_rules! debug_line {
+    ($($arg:tt)*) => {{
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    }};
+}
 
 pub mod address;
 pub mod channel;

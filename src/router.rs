@@ -354,7 +354,7 @@ impl Router {
 impl Drop for Router {
     fn drop(&mut self) {
         if let Err(e) = self.close() {
-            eprintln!("sticky-rs: {e}");
+            debug_line!("sticky-rs: {e}");
         }
     }
 }
