@@ -45,11 +45,39 @@ afterAll(async () => {
   }
 }, 30000);
 
-/** Opens the chat in a new context; page errors are collected, never ignored. */
-async function openChat(url, label) {
-  const context = await browser.newContext({ viewport: { width: 900, height: 700 } });
-  const page = await context.newPage();
+/** Chromium, started once for the file. */
+async function launch() {
+  if (browser) return browser;
+  const { chromium } = require('playwright-core');
+  const before = new Set(chromiumChildren());
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    timeout: 30000,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+      '--disable-quic',
+    ],
+  });
+  browserPids = chromiumChildren().filter((pid) => !before.has(pid));
+  return browser;
+}
+
+/**
+ * Opens the chat in a new page (of `context`, else of a new context); page errors and Socket.IO
+ * answers other than 200 are collected, never ignored.
+ */
+async function openChat(url, label, context = null) {
+  const page = await (context || (await browser.newContext({ viewport: { width: 900, height: 700 } }))).newPage();
   const problems = [];
+  page.on('response', (res) => {
+    if (res.url().includes('/socket.io/?') && res.status() !== 200 && res.status() !== 101) problems.push(`${res.status()} ${res.url()}`);
+  });
   page.on('pageerror', (err) => problems.push(`pageerror: ${err.message}`));
   page.on('console', (msg) => {
     // The app has no favicon.ico: the 404 Chromium logs for it is not a problem of the page.
@@ -58,7 +86,7 @@ async function openChat(url, label) {
   await page.goto(url, { timeout: STEP });
   // Connected: the page shows the worker that holds its Socket.IO session.
   await page.waitForFunction(() => /^pid \d+, slot \d+$/.test(document.getElementById('io-worker').textContent), null, { timeout: STEP });
-  return { label, context, page, problems };
+  return { label, context: page.context(), page, problems };
 }
 
 async function join(chat, name) {
@@ -107,25 +135,9 @@ if (!fs.existsSync(CHROMIUM) && IN_CI) {
   test(
     'two browsers (websocket and polling) join a room through the page and talk',
     async () => {
-      const { chromium } = require('playwright-core');
       const port = await freePort();
       const { url } = await startReadyExample({ PORT: String(port), WORKERS: String(WORKERS) });
-      const before = new Set(chromiumChildren());
-      browser = await chromium.launch({
-        executablePath: CHROMIUM,
-        timeout: 30000,
-        args: [
-          '--headless',
-          '--no-sandbox',
-          '--disable-gpu',
-          '--disable-background-networking',
-          '--disable-component-update',
-          '--disable-sync',
-          '--no-first-run',
-          '--disable-quic',
-        ],
-      });
-      browserPids = chromiumChildren().filter((pid) => !before.has(pid));
+      await launch();
 
       const ws = await openChat(`${url}/`, 'websocket');
       const polling = await openChat(`${url}/?transport=polling`, 'polling');
@@ -161,6 +173,36 @@ if (!fs.existsSync(CHROMIUM) && IN_CI) {
       }
       expect({ websocket: ws.problems, polling: polling.problems }).toEqual({ websocket: [], polling: [] });
       console.log(`browser: ${JSON.stringify(shown)}; screenshots: ${shots.join(', ')}`);
+    },
+    120000,
+  );
+
+  // routeBy 'sid': the page, its script and style, /health and the Socket.IO session share the
+  // browser's pool of 6 keep-alive connections, which the router placed as new sessions on any
+  // worker. 4 polling-only tabs in one context (one pool, several sessions) and 2 that upgrade.
+  test(
+    "ROUTE_BY=sid: 4 polling-only tabs sharing one browser's pool and 2 websocket pages keep their sessions",
+    async () => {
+      const port = await freePort();
+      const { url } = await startReadyExample({ PORT: String(port), WORKERS: '4', ROUTE_BY: 'sid' });
+      await launch();
+      const shared = await browser.newContext({ viewport: { width: 900, height: 700 } });
+      const chats = [];
+      for (let i = 0; i < 4; i++) chats.push(await openChat(`${url}/?transport=polling`, `polling-${i}`, shared));
+      for (let i = 0; i < 2; i++) chats.push(await openChat(`${url}/`, `websocket-${i}`));
+      for (const [i, chat] of chats.entries()) await join(chat, `user${i}`);
+      for (const chat of chats) await say(chat, `hello from ${chat.name}`);
+      for (const chat of chats) for (const other of chats) await sees(chat, other.name, `hello from ${other.name}`);
+      for (const chat of chats.slice(4)) {
+        await chat.page.waitForFunction(() => document.getElementById('transport').textContent === 'websocket', null, { timeout: STEP });
+      }
+      const shown = await Promise.all(chats.map(status));
+      for (const [i, s] of shown.entries()) {
+        expect(s.io).toMatch(/^pid \d+, slot \d+$/);
+        expect(s.transport).toBe(i < 4 ? 'polling' : 'websocket');
+      }
+      expect(Object.fromEntries(chats.map((c) => [c.label, c.problems]))).toEqual(Object.fromEntries(chats.map((c) => [c.label, []])));
+      console.log(`browser, ROUTE_BY=sid: ${JSON.stringify(shown)}`);
     },
     120000,
   );

@@ -7,10 +7,11 @@
 //   WORKERS  number of workers (default: one per CPU)
 //   REDIS_URL Redis to share rooms and broadcasts with other machines (e.g. redis://127.0.0.1:6379).
 //            Without it, the workers of this machine share them through the primary.
-//   ROUTE_BY  behind a proxy: 'x-forwarded-for', 'proxy-protocol' or a header name to pick the
+//   ROUTE_BY  'sid': by Socket.IO session (clients behind one address spread over the workers);
+//            behind a proxy: 'x-forwarded-for', 'proxy-protocol' or a header name to pick the
 //            worker by (sticky-rs `routeBy`; default: the TCP peer's address)
 //   TRUSTED_PROXIES comma-separated addresses/CIDR ranges of those proxies (sticky-rs
-//            `trustedProxies`; required with ROUTE_BY). See docs/LOAD-BALANCER.md.
+//            `trustedProxies`; required with a proxy's ROUTE_BY). See docs/LOAD-BALANCER.md.
 //   METRICS_PORT  serve Prometheus metrics (sticky-rs's, through prom-client) on
 //            http://HOST:METRICS_PORT/metrics from the primary; off by default.
 //
@@ -50,7 +51,8 @@ const WORKERS = positiveInt('WORKERS', os.availableParallelism());
 const REDIS_URL = process.env.REDIS_URL || '';
 const ROUTE_BY = process.env.ROUTE_BY || undefined;
 const TRUSTED_PROXIES = (process.env.TRUSTED_PROXIES || '').split(',').map((s) => s.trim()).filter(Boolean);
-if (ROUTE_BY && ROUTE_BY.toLowerCase() !== 'address' && TRUSTED_PROXIES.length === 0) {
+const BY_PROXY = ROUTE_BY !== undefined && !['address', 'sid'].includes(ROUTE_BY.toLowerCase());
+if (BY_PROXY && TRUSTED_PROXIES.length === 0) {
   console.error(`ROUTE_BY=${JSON.stringify(ROUTE_BY)} needs TRUSTED_PROXIES (comma-separated addresses or CIDR ranges of the proxies)`);
   process.exit(1);
 }
@@ -114,6 +116,8 @@ async function startWorker(callback) {
   const io = new Server(server, { maxHttpBufferSize: 16 * 1024 });
   // Async start-up work (here: connecting to Redis, if used). Connections that arrive meanwhile
   // wait in the primary and are served once the server is handed over.
+  // routeBy 'sid': the session ids name this worker, so the router finds it from the id alone.
+  if (ROUTE_BY === 'sid') sticky.setupWorker(io);
   io.adapter(await createSocketAdapter(self));
   io.on('connection', (socket) => chat(io, socket, self));
   callback(server);
@@ -207,7 +211,8 @@ if (cluster.isPrimary) {
       ? `${WORKERS} worker(s), Socket.IO adapter: @socket.io/redis-streams-adapter (Redis ${redactUrl(REDIS_URL)}, shared by every machine using it)`
       : `${WORKERS} worker(s), Socket.IO adapter: @socket.io/cluster-adapter (through this primary, one machine)`,
   );
-  if (ROUTE_BY) console.log(`Routing by ${ROUTE_BY} from trusted proxies ${TRUSTED_PROXIES.join(', ')}`);
+  if (BY_PROXY) console.log(`Routing by ${ROUTE_BY} from trusted proxies ${TRUSTED_PROXIES.join(', ')}`);
+  else if (ROUTE_BY === 'sid') console.log('Routing by Socket.IO session id (each response closes its connection)');
 
   // Set on Ctrl-C: workers exiting after that are the shutdown working, not news.
   let stopping = false;

@@ -4,21 +4,13 @@
 // id (routeBy 'sid'): each worker's ids encode its slot (src/sid.rs), so the primary keeps no
 // session map and never reads a request body.
 const cluster = require('node:cluster');
-const crypto = require('node:crypto');
 const net = require('node:net');
 const { socketioOptions, sessionOptions } = require('./options');
 const { startForServer } = require('./primary');
-const { prepare, serve, prepared } = require('./worker');
+const { prepare, serve, prepared, sessionIdsNameSlot } = require('./worker');
 const { WORKER_INDEX, READY, noticeType } = require('./messages');
+const { sessionId } = require('./sid');
 
-// base64url in value order: the two first characters of an id are its slot (src/sid.rs).
-const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
-
-/** A session id of `place`: 2 characters of place, 18 of CSPRNG output (108 bits). */
-function sessionId(place) {
-  const random = crypto.randomBytes(14).toString('base64url').slice(0, 18);
-  return ALPHABET[(place >> 6) & 63] + ALPHABET[place & 63] + random;
-}
 
 function describe(value) {
   if (value === null || value === undefined) return String(value);
@@ -77,9 +69,12 @@ function setupWorker(io) {
   io.engine.generateId = () => sessionId(Number(process.env[WORKER_INDEX]));
   // A worker of sticky() or listen() (routeBy 'sid'): the server is handed over there (callback
   // or listen()), before or after this; the ids are all it needs from here.
-  if (prepared()) return;
-  const o = sessionOptions(io.httpServer, 0, { routeBy: 'sid' });
-  if (prepare(o, true)) serve(io.httpServer);
+  if (!prepared()) {
+    const o = sessionOptions(io.httpServer, 0, { routeBy: 'sid' });
+    if (!prepare(o, true)) return;
+    serve(io.httpServer);
+  }
+  sessionIdsNameSlot();
 }
 
 module.exports = { setupMaster, setupWorker, sessionId };

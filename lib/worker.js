@@ -5,7 +5,8 @@ const cluster = require('node:cluster');
 const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
-const { log } = require('./log');
+const { log, Warnings } = require('./log');
+const { placeInUrl } = require('./sid');
 const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_PID, notifyPrimary } = require('./messages');
 
 let state = null;
@@ -59,6 +60,9 @@ function prepare(options, adopted = false) {
     accepted: new Tally('accepted', ACCEPTED_REPORT_EVERY),
     closed: new Tally('closed', 0),
     flushTimer: null,
+    warnings: new Warnings(),
+    sessionIdsNameSlot: false, // setupWorker(io) ran: engine.io ids name this slot
+    warningsTimer: null,
   };
   process.on('message', onMessage);
   process.on('disconnect', closeReceiver);
@@ -74,6 +78,11 @@ function prepare(options, adopted = false) {
 function roleOf() {
   const slot = process.env[WORKER_INDEX];
   return `worker #${cluster.worker.id}${slot === undefined ? '' : ` of slot ${slot}`} (pid ${process.pid})`;
+}
+
+/** setupWorker(io) ran: this worker's Socket.IO session ids name its slot. */
+function sessionIdsNameSlot() {
+  state.sessionIdsNameSlot = true;
 }
 
 /** Whether sticky()/listen() (or an earlier setupWorker) set this worker up already. */
@@ -137,6 +146,7 @@ function serve(...servers) {
     // channel, or accepted by the server itself on its member (kernel dispatch). First, so that
     // a throwing user listener cannot skip it.
     server.prependListener('connection', track);
+    if (state.options.routeBy === 'sid') closeAfterEachResponse(server);
     server.listen = () => {
       throw new Error(`sticky-rs: this server was handed over to sticky-rs and must not listen: ${LISTEN_TRAP}`);
     };
@@ -430,6 +440,57 @@ function accepted(socket) {
   }
 }
 
+/**
+ * routeBy 'sid': every response closes its connection (`Connection: close`), as
+ * `@socket.io/sticky` does. A connection serves only the worker the router gave it to, by its
+ * first request; a browser's keep-alive pool (6 connections per origin) sends any later request
+ * on any of them, so a session's poll would reach a worker that holds an asset's connection and
+ * be answered 400 "Session ID unknown". Each request on a new connection goes through the router,
+ * which reads its sid. Websockets are not affected (an upgrade is not a response). A request for
+ * another slot's session that still arrives on a connection that served one (a client or proxy
+ * that ignores `Connection: close`, a pipelined request) is warned about: its session breaks.
+ */
+function closeAfterEachResponse(server) {
+  const seen = new WeakSet();
+  const requestsOn = new WeakMap();
+  const onRequest = (req, res) => {
+    if (seen.has(req)) return;
+    seen.add(req);
+    res.shouldKeepAlive = false;
+    const n = (requestsOn.get(req.socket) || 0) + 1;
+    requestsOn.set(req.socket, n);
+    if (!state.sessionIdsNameSlot && req.url.includes('EIO=')) {
+      state.warnings.note('ids', 1, () =>
+        `${state.role}: routeBy 'sid', but the Socket.IO session ids of this worker do not name it, so every session after ` +
+        'the handshake breaks ("Session ID unknown"): call setupWorker(io) from sticky-rs in the worker, after new Server(httpServer)');
+    }
+    const place = placeInUrl(req.url);
+    if (n > 1 && place !== -1 && String(place) !== process.env[WORKER_INDEX]) {
+      state.warnings.note('reused', 1, (k) =>
+        `${state.role}: ${k} request${k === 1 ? '' : 's'} for a Socket.IO session of another slot came on a connection it already served ` +
+        '(a client or proxy reused a keep-alive connection despite "Connection: close", or pipelined requests); ' +
+        'the session is answered 400 "Session ID unknown" here. Let the proxy close server connections (HAProxy: http-reuse never; nginx: no upstream keepalive)');
+      flushWarningsLater();
+    }
+  };
+  server.prependListener('request', onRequest);
+  // engine.io's attach() (a Socket.IO server attached after the hand-over) takes the 'request'
+  // listeners it finds and calls them for its other paths only: this one comes first again.
+  server.on('removeListener', (event, listener) => {
+    if (event === 'request' && listener === onRequest) process.nextTick(() => server.prependListener('request', onRequest));
+  });
+}
+
+/** Says the warnings held back (at most one line per kind per interval) once they are due. */
+function flushWarningsLater() {
+  if (state.warningsTimer) return;
+  state.warningsTimer = setTimeout(() => {
+    state.warningsTimer = null;
+    state.warnings.flush();
+  }, state.warnings.interval);
+  state.warningsTimer.unref();
+}
+
 /** Counts `socket` among the open connections until it closes. */
 function track(socket) {
   if (state.sockets.has(socket)) return;
@@ -517,4 +578,4 @@ function shutdown(ownSignal = false) {
   })();
 }
 
-module.exports = { prepare, serve, prepared };
+module.exports = { prepare, serve, prepared, sessionIdsNameSlot };
