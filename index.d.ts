@@ -65,6 +65,12 @@ declare namespace sticky {
      * (the ready worker with the fewest open connections, as reported by the workers).
      */
     loadBalancingMethod?: 'least-connection' | 'round-robin' | 'random';
+    /**
+     * With `routeBy: 'sid'`, several hosts behind one balancer: this host's name, 1 to 16
+     * characters `[a-z0-9]`. Every session id then starts with `<node>.`, so the balancer can
+     * route each request by the id alone; a request for another node's session is answered 400.
+     */
+    node?: string;
     /** Addresses and CIDR ranges whose headers / PROXY data are believed. Required with routeBy. */
     trustedProxies?: string[];
     /** Bytes read at most to find a forwarded key. Default 8192. */
@@ -134,6 +140,8 @@ declare namespace sticky {
     rejected: number;
     /** Connections from trusted proxies routed by their own address for lack of a usable key. */
     fallbacks: number;
+    /** (`routeBy: 'sid'` with `node`) Requests for another node's sessions, answered 400 here. */
+    otherNode: number;
     /** Connections from trusted proxies whose route key is being read now. */
     resolving: number;
     /** Slow heads from trusted proxies given up for newer connections (their share was full). */

@@ -40,6 +40,7 @@ const README_DEFAULTS = {
   "`'auto'`": process.platform === 'linux' ? 'kernel' : 'primary',
   "`'sticky-cluster:'`": 'sticky-cluster:',
   false: false,
+  none: null,
 };
 const normalized = {
   concurrency: (o) => o.slots,
@@ -84,6 +85,7 @@ const VALUES = {
   peekLimit: { valid: [], invalid: [] },
   peekTimeout: { valid: [], invalid: [] },
   loadBalancingMethod: { valid: [], invalid: [['fastest', TypeError], ['random', TypeError]] }, // needs routeBy 'sid': below
+  node: { valid: [], invalid: [['web-1', RangeError], ['a'.repeat(17), RangeError], [7, TypeError], ['web1', TypeError]] }, // needs routeBy 'sid': below
   dispatch: { valid: [['primary', 'primary'], ['kernel', 'kernel'], ['auto', process.platform === 'linux' ? 'kernel' : 'primary']], invalid: [['fast', TypeError], [3, TypeError]] },
 };
 
@@ -161,6 +163,21 @@ test("routeBy 'sid': any peer, no trustedProxies needed; loadBalancingMethod tak
   expect(sessionOptions(http.createServer(), 0, { routeBy: 'sid', loadBalancingMethod: 'round-robin', peekTimeout: 500 }))
     .toMatchObject({ routeBy: 'sid', loadBalancingMethod: 'round-robin', peekTimeout: 500 });
   expect(() => clusterOptions(start, { routeBy: 'sid', loadBalancingMethod: 'fastest' })).toThrow(/"loadBalancingMethod" must be one of/);
+});
+
+test("node: with routeBy 'sid' (and setupMaster), a name of 1-16 characters [a-z0-9]; else refused before anything starts", () => {
+  expect(clusterOptions(start, { routeBy: 'sid', node: 'web1' })).toMatchObject({ routeBy: 'sid', node: 'web1' });
+  expect(sessionOptions(http.createServer(), 0, { routeBy: 'sid', node: '0123456789abcdef' })).toMatchObject({ node: '0123456789abcdef' });
+  expect(clusterOptions(start, { routeBy: 'sid' }).node).toBe(null);
+  for (const bad of ['Web1', 'web.1', 'a'.repeat(17), ' web1']) {
+    expect(() => sticky(start, { routeBy: 'sid', node: bad })).toThrow(RangeError);
+    expect(() => sticky(start, { routeBy: 'sid', node: bad })).toThrow(`option "node" must be 1 to 16 characters [a-z0-9], got ${JSON.stringify(bad)}`);
+  }
+  expect(() => sticky(start, { routeBy: 'sid', node: ['web1'] })).toThrow(TypeError);
+  expect(() => sticky(start, { node: 'web1' })).toThrow(/option "node" names this server in Socket.IO session ids, which only "routeBy": 'sid' routes by/);
+  expect(() => sticky.listen(http.createServer(), 0, { routeBy: 'x-forwarded-for', trustedProxies: ['10.0.0.1'], node: 'web1' })).toThrow(TypeError);
+  expect(() => sticky.setupMaster(http.createServer(), { node: 'Web1' })).toThrow(RangeError);
+  expect(Object.keys(cluster.workers)).toHaveLength(0);
 });
 
 test('contradictory combinations name both options', () => {

@@ -10,8 +10,8 @@ const CHANNEL = 'channel'; // primary -> worker, with the channel's worker end a
 // primary -> worker (kernel dispatch): `listen:<i>`, with the slot's member of listener i's
 // SO_REUSEPORT group as the handle; the worker's server i listens on it.
 const LISTEN = 'listen:';
-// primary -> worker (setupMaster): `place:<slot>`, the slot an adopted worker serves, before its
-// channel; its session ids name it.
+// primary -> worker (setupMaster): `place:<slot>` (with the `node` option `place:<slot>.<node>`),
+// the slot an adopted worker serves, before its channel; its session ids name it (and the node).
 const PLACE = 'place:';
 const SHUTDOWN = 'shutdown'; // primary -> worker: finish what is open and exit
 const CLOSING = 'closing'; // worker -> primary: the user closed the server (sticky-session): replace me
@@ -20,6 +20,8 @@ const INTERNAL = 'NODE_STICKY_RS';
 
 /** The environment variable that tells each of our workers its slot (both APIs). */
 const WORKER_INDEX = 'STICKY_RS_WORKER_INDEX';
+/** The environment variable that tells a worker its node name (`node` option), if any. */
+const NODE_NAME = 'STICKY_RS_NODE';
 /** Set in a sticky-rs primary (its pid), so every process it forks knows who forked it. */
 const PRIMARY_PID = 'STICKY_RS_PRIMARY_PID';
 
@@ -34,4 +36,4 @@ function noticeType(prefix, message) {
   return message.type.startsWith(prefix) ? message.type.slice(prefix.length) : null;
 }
 
-module.exports = { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_PID, notifyPrimary, noticeType };
+module.exports = { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, NODE_NAME, PRIMARY_PID, notifyPrimary, noticeType };

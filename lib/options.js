@@ -16,7 +16,7 @@ const SHARED_KEYS = [
   'host', 'backlog', 'debug', 'prefix', 'queueLimit', 'queueTimeout', 'hash',
   'readyTimeout', 'respawnDelay', 'maxRespawnDelay', 'respawnResetAfter', 'hardShutdownDelay',
   'routeBy', 'trustedProxies', 'peekLimit', 'peekTimeout', 'maxRestarts', 'restartWindow', 'dispatch',
-  'loadBalancingMethod',
+  'loadBalancingMethod', 'node',
 ];
 const BALANCING = ['least-connection', 'round-robin', 'random'];
 const CLUSTER_KEYS = ['concurrency', 'port', 'listeners', 'env', 'errorHandler', ...SHARED_KEYS];
@@ -129,7 +129,22 @@ function routing(o) {
     }
     loadBalancingMethod = o.loadBalancingMethod;
   }
-  return { routeBy, trustedProxies, loadBalancingMethod, ...peek };
+  return { routeBy, trustedProxies, loadBalancingMethod, node: nodeName(o, routeBy), ...peek };
+}
+
+/** `node`: this server's name in its Socket.IO session ids (several hosts behind a balancer). */
+function nodeName(o, routeBy) {
+  if (unset(o.node)) return null;
+  if (typeof o.node !== 'string') {
+    throw new TypeError(`sticky-rs: option "node" must be a string of 1 to 16 characters [a-z0-9], got ${describe(o.node)}`);
+  }
+  if (!/^[a-z0-9]{1,16}$/.test(o.node)) {
+    throw new RangeError(`sticky-rs: option "node" must be 1 to 16 characters [a-z0-9], got ${describe(o.node)}`);
+  }
+  if (routeBy !== 'sid') {
+    throw new TypeError(`sticky-rs: option "node" names this server in Socket.IO session ids, which only "routeBy": 'sid' routes by; set "routeBy": 'sid' or remove "node"`);
+  }
+  return o.node;
 }
 
 /** The addresses to listen on: `listeners: [{ port, host, backlog }]`, or one from port/host. */

@@ -9,7 +9,7 @@ const net = require('node:net');
 const { native } = require('./binding');
 const { listenError } = require('./errors');
 const { log, warn, Warnings } = require('./log');
-const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, noticeType } = require('./messages');
+const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, NODE_NAME, noticeType } = require('./messages');
 const { Slot } = require('./slot');
 
 const WATCH_INTERVAL = 1000;
@@ -57,6 +57,7 @@ class Primary extends EventEmitter {
       dispatch,
       debugConnections: o.debugConnections,
       loadBalancingMethod: o.loadBalancingMethod,
+      node: o.node || undefined,
     }, (event) => this.onRouterEvent(event));
     try {
       return open(o.dispatch);
@@ -118,6 +119,7 @@ class Primary extends EventEmitter {
       acceptErrors: counters.acceptErrors,
       rejected: counters.rejected,
       fallbacks: counters.fallbacks,
+      otherNode: counters.otherNode,
       resolving: counters.resolving,
       givenUp: counters.givenUp,
       listenerFailures: counters.listenerFailures,
@@ -133,7 +135,7 @@ class Primary extends EventEmitter {
     const o = this.options;
     // WORKER_INDEX marks our own workers (a worker without it was forked by someone else);
     // STICKY_RS_DISPATCH tells the worker how connections reach it, before any message.
-    const worker = cluster.fork({ ...o.env(index), [WORKER_INDEX]: index, STICKY_RS_DISPATCH: o.dispatch });
+    const worker = cluster.fork({ ...o.env(index), [WORKER_INDEX]: index, STICKY_RS_DISPATCH: o.dispatch, ...(o.node ? { [NODE_NAME]: o.node } : {}) });
     const member = { slot: index, worker, seq: ++this.started, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null };
     // Settles true once the router delivers to this worker, false if it exits first.
     member.whenReady = new Promise((resolve) => {
@@ -199,7 +201,7 @@ class Primary extends EventEmitter {
       }
       member.slot = slot;
       this.slots[slot].forked(member);
-      worker.send(o.prefix + PLACE + slot, () => {});
+      worker.send(o.prefix + PLACE + slot + (o.node ? `.${o.node}` : ''), () => {});
       this.sendChannel(member);
     };
     worker.process.on('internalMessage', (message) => {
@@ -366,6 +368,8 @@ class Primary extends EventEmitter {
       }
       this.warnings.note('rejected', now.rejected - last.rejected, (n) =>
         `closed ${n} connection(s) from trusted proxies without a valid PROXY header (routeBy 'proxy-protocol'): is the proxy configured to send it (HAProxy send-proxy, nginx proxy_protocol on)?`);
+      this.warnings.note('otherNode', now.otherNode - last.otherNode, (n) =>
+        `answered ${n} request(s) for Socket.IO sessions of other nodes 400 "Session ID unknown" (this is node "${o.node}"): the balancer must send every request with a sid to the node its prefix names (docs: "Many machines")`);
       last = now;
       this.warnings.flush();
     }, WATCH_INTERVAL);

@@ -8,7 +8,7 @@ const net = require('node:net');
 const { socketioOptions, sessionOptions } = require('./options');
 const { startForServer } = require('./primary');
 const { prepare, serve, prepared, sessionIdsNameSlot } = require('./worker');
-const { WORKER_INDEX, READY, noticeType } = require('./messages');
+const { WORKER_INDEX, NODE_NAME, READY, noticeType } = require('./messages');
 const { sessionId } = require('./sid');
 
 
@@ -66,7 +66,7 @@ function setupWorker(io) {
     throw new TypeError(`sticky-rs: setupWorker(io) needs a Socket.IO Server attached to an http.Server (new Server(httpServer)), got ${describe(io)}`);
   }
   if (cluster.isPrimary) throw new Error('sticky-rs: setupWorker() must be called in a cluster worker ("not worker")');
-  io.engine.generateId = () => sessionId(Number(process.env[WORKER_INDEX]));
+  io.engine.generateId = () => sessionId(Number(process.env[WORKER_INDEX]), process.env[NODE_NAME]);
   // A worker of sticky() or listen() (routeBy 'sid'): the server is handed over there (callback
   // or listen()), before or after this; the ids are all it needs from here.
   if (!prepared()) {

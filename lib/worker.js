@@ -6,8 +6,8 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
 const { log, Warnings } = require('./log');
-const { placeInUrl } = require('./sid');
-const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_PID, notifyPrimary } = require('./messages');
+const { sessionInUrl } = require('./sid');
+const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, NODE_NAME, PRIMARY_PID, notifyPrimary } = require('./messages');
 
 let state = null;
 
@@ -197,8 +197,10 @@ function onMessage(message, handle) {
     else if (!state.shuttingDown) state.earlyMembers.push([listener, handle]);
     else handle.close();
   } else if (typeof message === 'string' && message.startsWith(prefix + PLACE)) {
-    // Adopted (setupMaster): the slot this worker serves, which its session ids encode.
-    process.env[WORKER_INDEX] = message.slice(prefix.length + PLACE.length);
+    // Adopted (setupMaster): the slot this worker serves (and the node), which its session ids encode.
+    const [slot, node] = message.slice(prefix.length + PLACE.length).split('.');
+    process.env[WORKER_INDEX] = slot;
+    if (node) process.env[NODE_NAME] = node;
     state.role = roleOf();
   } else if (message === prefix + SHUTDOWN) {
     shutdown();
@@ -464,8 +466,9 @@ function closeAfterEachResponse(server) {
         `${state.role}: routeBy 'sid', but the Socket.IO session ids of this worker do not name it, so every session after ` +
         'the handshake breaks ("Session ID unknown"): call setupWorker(io) from sticky-rs in the worker, after new Server(httpServer)');
     }
-    const place = placeInUrl(req.url);
-    if (n > 1 && place !== -1 && String(place) !== process.env[WORKER_INDEX]) {
+    const session = sessionInUrl(req.url);
+    const ours = session && String(session.place) === process.env[WORKER_INDEX] && session.node === (process.env[NODE_NAME] || null);
+    if (n > 1 && session && !ours) {
       state.warnings.note('reused', 1, (k) =>
         `${state.role}: ${k} request${k === 1 ? '' : 's'} for a Socket.IO session of another slot came on a connection it already served ` +
         '(a client or proxy reused a keep-alive connection despite "Connection: close", or pipelined requests); ' +

@@ -430,6 +430,13 @@ impl Dispatcher {
         let live =
             |d: &Self, slot: usize| slot < d.table.len() && d.table.slot(slot).channel.is_some();
         let (slot, how) = match done.outcome {
+            Outcome::OtherNode(node) => {
+                Stats::add(&self.stats.other_node, 1);
+                if self.debug_connections {
+                    debug_line!("[sticky-rs] primary: a request from {} for a session of node {node:?}, not this one: answered 400 \"Session ID unknown\" (is the balancer routing by the sid's node prefix?)", done.peer);
+                }
+                return;
+            }
             Outcome::Place(slot) if live(self, slot) => (slot, "session"),
             Outcome::Place(_) => (self.pick_for_new_session(), "stale session, new"),
             Outcome::Fallback => {
@@ -791,6 +798,7 @@ mod tests {
                 trusted: Trusted::default(),
                 limit: 256,
                 timeout: Duration::from_secs(1),
+                node: None,
             },
             slots: 1,
             queue_limit,
@@ -945,6 +953,7 @@ mod tests {
                 trusted: Trusted::default(),
                 limit: 256,
                 timeout: Duration::from_secs(1),
+                node: None,
             },
             slots,
             queue_limit: 100,

@@ -60,6 +60,9 @@ pub struct Rules {
     pub limit: usize,
     /// The longest wait for them.
     pub timeout: Duration,
+    /// `routeBy: 'sid'` with the `node` option: this server's node name (ids of other nodes
+    /// are answered here, see [`Outcome::OtherNode`]).
+    pub node: Option<Box<[u8]>>,
 }
 
 impl Rules {
@@ -92,6 +95,10 @@ pub enum Outcome {
     Place(usize),
     /// `routeBy: 'sid'`: no session id (or none readable in time): a new session.
     NewSession,
+    /// `routeBy: 'sid'`: the id names a session of another node (its name). No worker here
+    /// knows it, so the router answered engine.io's 400 "Session ID unknown" itself and the
+    /// connection is only to be closed.
+    OtherNode(String),
     // With `routeBy: 'sid'`, `Fallback` is a TLS connection: routed by the peer's address among
     // the ready workers.
 }
@@ -127,7 +134,49 @@ pub async fn resolve(
         }
         _ = give_up_now => give_up(&rules),
     };
+    if let Outcome::OtherNode(_) = outcome {
+        answer_unknown_session(&watched).await;
+    }
     (watched.into_inner(), outcome)
+}
+
+/// engine.io's answer to a request for a session it does not know, closing the connection.
+pub(crate) const UNKNOWN_SESSION: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: application/json\r\nContent-Length: 41\r\nConnection: close\r\n\r\n\
+{\"code\":1,\"message\":\"Session ID unknown\"}";
+
+/// How long the client is given to read [`UNKNOWN_SESSION`] and close its side.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Writes [`UNKNOWN_SESSION`] and ends the sending side, then reads (and drops) what the client
+/// sends until it closes, for at most [`LINGER`]: a socket closed with unread bytes (the request
+/// itself, a body) is reset, and a reset can destroy the answer before the client reads it.
+async fn answer_unknown_session(watched: &AsyncFd<OwnedFd>) {
+    let fd = watched.get_ref().as_raw_fd();
+    // SAFETY: a valid buffer and an open descriptor. A new connection's send buffer takes the
+    // answer whole; a failure (a reset client) leaves nothing to answer. Node ignores SIGPIPE.
+    unsafe {
+        libc::send(
+            fd,
+            UNKNOWN_SESSION.as_ptr().cast(),
+            UNKNOWN_SESSION.len(),
+            0,
+        );
+        libc::shutdown(fd, libc::SHUT_WR);
+    }
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        loop {
+            let Ok(mut guard) = watched.readable().await else {
+                return;
+            };
+            match guard.try_io(|fd| recv(fd.get_ref(), &mut sink, 0)) {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) | Err(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Without a key: header routing falls back to the address; a trusted proxy that speaks PROXY
@@ -177,8 +226,9 @@ fn decide(conn: &OwnedFd, rules: &Rules, buf: &mut [u8], seen: usize) -> Option<
     let full = seen == buf.len();
     match &rules.route_by {
         RouteBy::Address => Some(Outcome::Fallback),
-        RouteBy::Sid => match sid::from_head(&buf[..seen]) {
+        RouteBy::Sid => match sid::from_head(&buf[..seen], rules.node.as_deref()) {
             Sid::Place(place) => Some(Outcome::Place(place)),
+            Sid::OtherNode(name) => Some(Outcome::OtherNode(name)),
             Sid::New => Some(Outcome::NewSession),
             Sid::Tls => Some(Outcome::Fallback),
             Sid::Incomplete if full => Some(Outcome::NewSession),
@@ -256,7 +306,7 @@ pub fn key_of(outcome: &Outcome, peer: Option<&SocketAddr>) -> String {
 mod tests {
     use super::*;
     use std::cell::Cell;
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
     thread_local! {
@@ -270,6 +320,7 @@ mod tests {
             trusted: Trusted::parse(&["127.0.0.0/8"]).unwrap_or_default(),
             limit: 256,
             timeout: Duration::from_millis(timeout_ms),
+            node: None,
         })
     }
 
@@ -479,6 +530,44 @@ mod tests {
         let (_, outcome) = run(server, rules(RouteBy::Sid, 10_000))?;
         assert_eq!(outcome, Outcome::NewSession);
         assert!(started.elapsed() < Duration::from_secs(2));
+        Ok(())
+    }
+
+    /// `routeBy: 'sid'` with a node name: an id of another node is answered 400 by the router
+    /// (engine.io's body, `Connection: close`), and the client reads all of it although it
+    /// sent a body the router never read.
+    #[test]
+    fn another_nodes_session_is_answered_here() -> io::Result<()> {
+        let (mut client, server) = pair()?;
+        let body = "x".repeat(3000);
+        client.write_all(
+            format!(
+                "POST /socket.io/?EIO=4&transport=polling&sid=web2.AFabcdefghij-_KLMNOP HTTP/1.1\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )?;
+        let rules = Arc::new(Rules {
+            node: Some(b"web1".to_vec().into_boxed_slice()),
+            ..(*rules(RouteBy::Sid, 2000)).clone()
+        });
+        let reader = std::thread::spawn(move || {
+            let mut answer = Vec::new();
+            client.set_read_timeout(Some(Duration::from_secs(5)))?;
+            client.read_to_end(&mut answer)?;
+            Ok::<_, io::Error>(answer)
+        });
+        let (server, outcome) = run(server, rules)?;
+        assert_eq!(outcome, Outcome::OtherNode("web2".into()));
+        drop(server);
+        let answer = reader
+            .join()
+            .map_err(|_| io::Error::other("reader panicked"))??;
+        assert_eq!(answer, UNKNOWN_SESSION);
+        let text = String::from_utf8_lossy(UNKNOWN_SESSION);
+        let (_, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
         Ok(())
     }
 }

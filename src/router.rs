@@ -546,6 +546,7 @@ mod tests {
                     trusted: Trusted::default(),
                     limit: 256,
                     timeout: Duration::from_secs(1),
+                    node: None,
                 },
                 slots,
                 queue_limit: 16,

@@ -8,6 +8,10 @@
 //! only reaches a worker that answers "Session ID unknown", as any worker would; the randomness
 //! (108 bits, more than the 96 asked for) is what keeps sessions unguessable.
 //!
+//! With the `node` option (several hosts behind one balancer) an id is `<node>.` followed by the
+//! id above: the node's name, 1 to [`MAX_NODE_LEN`] characters `[a-z0-9]`, lets the balancer pick
+//! the host by the id alone. An id that names another node is never routed to a worker here.
+//!
 //! The router reads the id from the request line only (`GET /socket.io/?EIO=4&transport=polling&sid=…
 //! HTTP/1.1`): engine.io sends it in the query of every request after the handshake, polling and
 //! websocket alike, so headers are never parsed.
@@ -20,11 +24,16 @@ pub(crate) const ID_LEN: usize = 20;
 /// Places (slots) an id can name: two base64url characters.
 pub(crate) const MAX_PLACES: usize = 64 * 64;
 
+/// The longest node name (`[a-z0-9]`).
+pub(crate) const MAX_NODE_LEN: usize = 16;
+
 /// What the request line of a connection says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Sid {
     /// A well-formed id naming this place (which may or may not be live).
     Place(usize),
+    /// A well-formed id of another node (its name): no worker here knows the session.
+    OtherNode(String),
     /// No id, or a malformed one, or not an HTTP request line: a new session.
     New,
     /// The request line is not complete yet.
@@ -56,8 +65,32 @@ fn place_chars(place: usize) -> [u8; 2] {
     [ALPHABET[(place >> 6) & 63], ALPHABET[place & 63]]
 }
 
-/// Reads the `sid` query parameter of the request line at the start of `head`.
-pub(crate) fn from_head(head: &[u8]) -> Sid {
+/// Whether `name` is a node name: 1 to [`MAX_NODE_LEN`] characters `[a-z0-9]`.
+pub(crate) fn valid_node(name: &[u8]) -> bool {
+    (1..=MAX_NODE_LEN).contains(&name.len())
+        && name
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+/// What an id says to the server of node `node` (`None`: ids carry no node name).
+fn of_id(id: &[u8], node: Option<&[u8]>) -> Sid {
+    let Some(dot) = id.iter().position(|&b| b == b'.') else {
+        return place_of(id).map_or(Sid::New, Sid::Place);
+    };
+    let (name, rest) = (&id[..dot], &id[dot + 1..]);
+    match (node, place_of(rest)) {
+        (Some(own), Some(place)) if own == name => Sid::Place(place),
+        (Some(_), Some(_)) if valid_node(name) => {
+            Sid::OtherNode(String::from_utf8_lossy(name).into_owned())
+        }
+        _ => Sid::New,
+    }
+}
+
+/// Reads the `sid` query parameter of the request line at the start of `head`, for the server
+/// of node `node` (`None`: no `node` option).
+pub(crate) fn from_head(head: &[u8], node: Option<&[u8]>) -> Sid {
     if head.first() == Some(&TLS_HANDSHAKE) {
         return Sid::Tls;
     }
@@ -84,18 +117,18 @@ pub(crate) fn from_head(head: &[u8]) -> Sid {
             continue;
         }
         // The first sid decides (a repeated one is an array to engine.io, which refuses it).
-        return match decoded(val).as_deref().and_then(place_of) {
-            Some(place) => Sid::Place(place),
-            None => Sid::New,
-        };
+        return decoded(val).map_or(Sid::New, |id| of_id(&id, node));
     }
     Sid::New
 }
 
+/// The longest id: a node name, its dot and the id proper.
+pub(crate) const MAX_ID_LEN: usize = MAX_NODE_LEN + 1 + ID_LEN;
+
 /// Percent-decodes a query component (`+` is left as is: it is not in an id anyway); `None` for
 /// a malformed escape or one longer than an id could be.
 fn decoded(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() > ID_LEN * 3 {
+    if text.len() > MAX_ID_LEN * 3 {
         return None;
     }
     let mut out = Vec::with_capacity(text.len());
@@ -125,6 +158,11 @@ mod tests {
         String::from_utf8(id).unwrap_or_default()
     }
 
+    /// What a head says to a server without the `node` option.
+    fn head(h: &[u8]) -> Sid {
+        from_head(h, None)
+    }
+
     fn line(target: &str) -> Vec<u8> {
         format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
     }
@@ -148,14 +186,14 @@ mod tests {
             format!("/socket.io/?sid={sid}&EIO=4&transport=websocket"),
             format!("/custom/path/?b64=1&EIO=3&sid={sid}"),
         ] {
-            assert_eq!(from_head(&line(&target)), Sid::Place(3), "{target}");
+            assert_eq!(head(&line(&target)), Sid::Place(3), "{target}");
         }
         // POST with a body after the head: only the line counts.
         let post = format!("POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nContent-Length: 2\r\n\r\n40");
-        assert_eq!(from_head(post.as_bytes()), Sid::Place(3));
+        assert_eq!(head(post.as_bytes()), Sid::Place(3));
         // A bare LF line end.
         let lf = format!("GET /socket.io/?EIO=4&sid={sid} HTTP/1.1\nHost: x\n\n");
-        assert_eq!(from_head(lf.as_bytes()), Sid::Place(3));
+        assert_eq!(head(lf.as_bytes()), Sid::Place(3));
     }
 
     #[test]
@@ -163,19 +201,19 @@ mod tests {
         let sid = id(70);
         let encoded: String = sid.bytes().map(|b| format!("%{b:02X}")).collect();
         assert_eq!(
-            from_head(&line(&format!("/socket.io/?EIO=4&sid={encoded}"))),
+            head(&line(&format!("/socket.io/?EIO=4&sid={encoded}"))),
             Sid::Place(70)
         );
         assert_eq!(
-            from_head(&line(&format!("/socket.io/?EIO=4&%73id={sid}"))),
+            head(&line(&format!("/socket.io/?EIO=4&%73id={sid}"))),
             Sid::Place(70)
         );
         // Broken escapes: no id.
         assert_eq!(
-            from_head(&line("/socket.io/?EIO=4&sid=%G1bcdefghijklmnopqrs")),
+            head(&line("/socket.io/?EIO=4&sid=%G1bcdefghijklmnopqrs")),
             Sid::New
         );
-        assert_eq!(from_head(&line("/socket.io/?EIO=4&sid=%")), Sid::New);
+        assert_eq!(head(&line("/socket.io/?EIO=4&sid=%")), Sid::New);
     }
 
     #[test]
@@ -190,7 +228,7 @@ mod tests {
             "/?sidx=AAAAAAAAAAAAAAAAAAAA",
             "/index.html#?sid=AAAAAAAAAAAAAAAAAAAA",
         ] {
-            assert_eq!(from_head(&line(target)), Sid::New, "{target}");
+            assert_eq!(head(&line(target)), Sid::New, "{target}");
         }
         // Too short, too long, foreign characters.
         for bad in [
@@ -200,21 +238,21 @@ mod tests {
             "AAAAAAAAAAAAAAAAAA%00",
         ] {
             assert_eq!(
-                from_head(&line(&format!("/socket.io/?sid={bad}"))),
+                head(&line(&format!("/socket.io/?sid={bad}"))),
                 Sid::New,
                 "{bad}"
             );
         }
-        assert_eq!(from_head(b"\r\n"), Sid::New);
-        assert_eq!(from_head(b"garbage\r\n"), Sid::New);
-        assert_eq!(from_head(b"\x00\x03\x01\n"), Sid::New);
+        assert_eq!(head(b"\r\n"), Sid::New);
+        assert_eq!(head(b"garbage\r\n"), Sid::New);
+        assert_eq!(head(b"\x00\x03\x01\n"), Sid::New);
     }
 
     #[test]
     fn tls_is_seen_from_its_first_byte() {
-        assert_eq!(from_head(b"\x16"), Sid::Tls);
+        assert_eq!(head(b"\x16"), Sid::Tls);
         assert_eq!(
-            from_head(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            head(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
             Sid::Tls
         );
     }
@@ -227,8 +265,60 @@ mod tests {
         ));
         let end = full.iter().position(|&b| b == b'\n').unwrap_or(full.len());
         for cut in 0..end {
-            assert_eq!(from_head(&full[..cut]), Sid::Incomplete, "cut at {cut}");
+            assert_eq!(head(&full[..cut]), Sid::Incomplete, "cut at {cut}");
         }
-        assert_eq!(from_head(&full[..=end]), Sid::Place(9));
+        assert_eq!(head(&full[..=end]), Sid::Place(9));
+    }
+
+    #[test]
+    fn ids_with_a_node_name() {
+        let own = Some(&b"web1"[..]);
+        let at = |target: String| from_head(&line(&target), own);
+        assert_eq!(
+            at(format!("/socket.io/?EIO=4&sid=web1.{}", id(7))),
+            Sid::Place(7)
+        );
+        assert_eq!(
+            at(format!("/socket.io/?EIO=4&sid=web2.{}", id(7))),
+            Sid::OtherNode("web2".into())
+        );
+        // The longest name, percent-encoded: still read whole.
+        let long = format!("{}.{}", "a".repeat(MAX_NODE_LEN), id(1));
+        let encoded: String = long.bytes().map(|b| format!("%{b:02X}")).collect();
+        assert_eq!(
+            at(format!("/socket.io/?EIO=4&sid={encoded}")),
+            Sid::OtherNode("a".repeat(MAX_NODE_LEN))
+        );
+        // Ids without a name are as before; a name that is not one, or a malformed id after
+        // it, is a new session, never another node's.
+        assert_eq!(at(format!("/?sid={}", id(3))), Sid::Place(3));
+        for bad in [
+            format!("{}.{}", "a".repeat(MAX_NODE_LEN + 1), id(1)),
+            format!("Web2.{}", id(1)),
+            format!(".{}", id(1)),
+            "web2.short".to_owned(),
+            format!("web2.{}.x", id(1)),
+        ] {
+            assert_eq!(at(format!("/?sid={bad}")), Sid::New, "{bad}");
+        }
+        // A server without a node name reads a named id as no id (ids are as they were).
+        assert_eq!(head(&line(&format!("/?sid=web1.{}", id(7)))), Sid::New);
+    }
+
+    #[test]
+    fn node_names() {
+        assert!(valid_node(b"a"));
+        assert!(valid_node(b"web1"));
+        assert!(valid_node(b"0123456789abcdef"));
+        for bad in [
+            &b""[..],
+            b"0123456789abcdefg",
+            b"Web",
+            b"w-1",
+            b"w.1",
+            b"w_1",
+        ] {
+            assert!(!valid_node(bad), "{bad:?}");
+        }
     }
 }

@@ -57,6 +57,9 @@ pub struct Stats {
     pub rejected: AtomicU64,
     /// Connections from trusted proxies routed by their address for lack of a usable header.
     pub fallbacks: AtomicU64,
+    /// (`routeBy: 'sid'` with `node`) Requests for a session of another node, answered 400
+    /// "Session ID unknown" by the router and closed: a balancer sent them to the wrong host.
+    pub other_node: AtomicU64,
     /// Connections from trusted proxies whose route key is being read now.
     pub resolving: AtomicU64,
     /// Connections from trusted proxies whose head was given up unread for a newer one (the
@@ -76,6 +79,7 @@ impl Stats {
             slots: (0..slots).map(|_| SlotCounters::default()).collect(),
             accept_errors: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            other_node: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             resolving: AtomicU64::new(0),
             given_up: AtomicU64::new(0),
@@ -119,6 +123,11 @@ impl Stats {
     /// See [`Stats::rejected`].
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Relaxed)
+    }
+
+    /// See [`Stats::other_node`].
+    pub fn other_node(&self) -> u64 {
+        self.other_node.load(Relaxed)
     }
 
     /// See [`Stats::fallbacks`].

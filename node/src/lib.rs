@@ -80,6 +80,8 @@ pub struct RouterOptions {
     pub dispatch: String,
     /// `routeBy: 'sid'`: `least-connection` (default), `round-robin` or `random`.
     pub load_balancing_method: Option<String>,
+    /// `routeBy: 'sid'`: this server's node name, which its session ids start with.
+    pub node: Option<String>,
 }
 
 /// The address a router listens on, shaped like `server.address()`.
@@ -136,6 +138,8 @@ pub struct RouterStats {
     pub rejected: f64,
     /// From trusted proxies without a usable header: routed by their address.
     pub fallbacks: f64,
+    /// `routeBy: 'sid'` with `node`: requests for another node's sessions, answered 400 here.
+    pub other_node: f64,
     /// From trusted proxies, route key being read now.
     pub resolving: f64,
     /// From trusted proxies, given up unread for newer ones (the share of slow heads was full).
@@ -242,6 +246,9 @@ impl Router {
                     trusted,
                     limit: (options.peek_limit as usize).clamp(16, MAX_PEEK_LIMIT),
                     timeout: std::time::Duration::from_millis(u64::from(options.peek_timeout)),
+                    node: options
+                        .node
+                        .map(|name| name.into_bytes().into_boxed_slice()),
                 },
                 slots: options.slots as usize,
                 hash: hash_named(&options.hash)?,
@@ -375,6 +382,7 @@ impl Router {
             accept_errors: stats.accept_errors() as f64,
             rejected: stats.rejected() as f64,
             fallbacks: stats.fallbacks() as f64,
+            other_node: stats.other_node() as f64,
             resolving: stats.resolving() as f64,
             given_up: stats.given_up() as f64,
             listener_failures: stats.listener_failures() as f64,
