@@ -11,9 +11,8 @@
 // assets between), then the websocket upgrade, all over one http.Agent with keepAlive and
 // maxSockets 6. A session is lost on any answer but 200, any connection error, or an upgrade
 // that does not complete.
-const http = require('node:http');
 const net = require('node:net');
-const WebSocket = require('ws');
+const { browser, request } = require('./fixtures/browser-like');
 const { freePort, clientIp, startFixture, stopAll, pool, clientSet } = require('./helpers');
 
 const TEST_TIMEOUT = 120000;
@@ -26,90 +25,11 @@ afterEach(async () => {
   await stopAll();
 });
 
-/** One request on `agent`: resolves { status, body, headers }; rejects on error or after 10 s. */
-function request(agent, port, method, path, body) {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, method, path, agent, headers: body ? { 'content-type': 'text/plain;charset=UTF-8' } : {} }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c) => (text += c));
-      res.on('end', () => resolve({ status: res.statusCode, body: text, headers: res.headers }));
-    });
-    req.setTimeout(10000, () => req.destroy(new Error(`${method} ${path}: no answer in 10 s`)));
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
 const ASSETS = ['/', '/app.js', '/style.css', '/socket.io/socket.io.js', '/logo.svg', '/favicon.ico'];
-
-/**
- * One browser from `ip`: resolves null if its session went through, else what broke it
- * (the first non-200 answer, connection error or failed upgrade).
- */
-async function browser(port, ip) {
-  const agent = track(new http.Agent({ keepAlive: true, maxSockets: 6, localAddress: ip }));
-  const base = '/socket.io/?EIO=4&transport=polling';
-  const ok = async (method, path, body) => {
-    const res = await request(agent, port, method, path, body);
-    if (res.status !== 200) throw new Error(`${method} ${path}: ${res.status} ${res.body}`);
-    return res.body;
-  };
-  try {
-    await Promise.all(ASSETS.map((a) => ok('GET', a)));
-    const open = await ok('GET', `${base}&t=h`);
-    const { sid } = JSON.parse(open.slice(1));
-    const session = `${base}&sid=${sid}`;
-    await ok('POST', session, '40');
-    const connected = await ok('GET', `${session}&t=c`);
-    if (!connected.startsWith('40')) throw new Error(`no namespace connect: ${connected}`);
-    for (let round = 0; round < 3; round++) {
-      // A poll pending while the event and its acknowledgement go through, and the page's
-      // lazy assets on the other connections meanwhile.
-      const poll = ok('GET', `${session}&t=p${round}`);
-      await ok('POST', session, `42${round}["echo",{"round":${round}}]`);
-      await Promise.all([ok('GET', `/lazy-${round}.png`), ok('GET', `/lazy-${round}.js`)]);
-      const answer = await poll;
-      if (!answer.includes(`43${round}[`)) throw new Error(`round ${round}: no acknowledgement in ${answer}`);
-    }
-    await upgrade(port, ip, sid);
-    return null;
-  } catch (err) {
-    return err.message;
-  } finally {
-    agent.destroy();
-  }
-}
-
-/** The websocket upgrade of session `sid` (engine.io's probe), then one event over it. */
-function upgrade(port, ip, sid) {
-  return new Promise((resolve, reject) => {
-    const ws = track(new WebSocket(`ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket&sid=${sid}`, { localAddress: ip }));
-    const timer = setTimeout(() => fail(new Error('websocket upgrade: no answer in 10 s')), 10000);
-    const fail = (err) => {
-      clearTimeout(timer);
-      ws.terminate();
-      reject(err);
-    };
-    ws.on('error', (err) => fail(new Error(`websocket upgrade: ${err.message}`)));
-    ws.on('unexpected-response', (_, res) => fail(new Error(`websocket upgrade: ${res.statusCode}`)));
-    ws.on('open', () => ws.send('2probe'));
-    ws.on('message', (data) => {
-      const text = data.toString();
-      if (text === '3probe') {
-        ws.send('5');
-        ws.send('429["echo",{"over":"websocket"}]');
-      } else if (text.startsWith('439[')) {
-        clearTimeout(timer);
-        ws.close();
-        resolve();
-      }
-    });
-  });
-}
+const LAZY = (round) => [`/lazy-${round}.png`, `/lazy-${round}.js`];
 
 async function browsers(port) {
-  const failures = await pool([...Array(BROWSERS).keys()], 20, (i) => browser(port, clientIp(i)));
+  const failures = await pool([...Array(BROWSERS).keys()], 20, (i) => browser(port, clientIp(i), { assets: ASSETS, lazy: LAZY, event: 'echo', track }));
   return failures.filter((f) => f !== null);
 }
 

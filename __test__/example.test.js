@@ -49,7 +49,7 @@ test(
     }
     expect(new Set(clients.map((c) => c.whoami.slot)).size).toBe(WORKERS);
     expect(new Set(clients.map((c) => c.whoami.pid)).size).toBe(WORKERS);
-    for (const c of clients) expect(c.health).toEqual({ pid: c.whoami.pid, slot: c.whoami.slot });
+    for (const c of clients) expect(c.health).toEqual({ pid: c.whoami.pid, slot: c.whoami.slot, address: c.whoami.address });
 
     // Every client sends its messages one after the other, each after the previous one's ack;
     // all clients at once. The 'end' marker comes last: once every member has every sender's

@@ -17,7 +17,7 @@ afterEach(async () => {
 
 async function start(env = {}) {
   const port = await freePort();
-  const fixture = startFixture('socketio-app.js', { PORT: String(port), WORKERS: '2', ROUTE_BY: 'sid', NODE: 'web1', ...env });
+  const fixture = startFixture('socketio-app.js', { PORT: String(port), WORKERS: '2', ROUTE_BY: 'sid', STICKY_NODE: 'web1', ...env });
   await fixture.count('ready', 2);
   return { fixture, port, url: `http://127.0.0.1:${port}` };
 }
@@ -112,7 +112,7 @@ test('ids of this node, and ids without a node name, still reach their worker', 
 for (const [api, env] of [['setupMaster (workers the user forks, adopted)', {}], ["listen() with routeBy 'sid'", { LISTEN_ROUTE_BY: 'sid' }]]) {
   test(`${api}: workers learn the node name from their primary`, async () => {
     const port = await freePort();
-    const fixture = startFixture('socketio-guide.js', { PORT: String(port), WORKERS: '2', NODE: 'n7', ...env });
+    const fixture = startFixture('socketio-guide.js', { PORT: String(port), WORKERS: '2', STICKY_NODE: 'n7', ...env });
     await fixture.count('ready', 2);
     const ids = [];
     for (let i = 0; i < 4; i++) {

@@ -10,6 +10,8 @@
 //   ROUTE_BY  'sid': by Socket.IO session (clients behind one address spread over the workers);
 //            behind a proxy: 'x-forwarded-for', 'proxy-protocol' or a header name to pick the
 //            worker by (sticky-rs `routeBy`; default: the TCP peer's address)
+//   STICKY_NODE with ROUTE_BY=sid, this host's name among several behind one balancer (sticky-rs
+//            `node`: every session id starts with `<name>.`). See README "Many machines".
 //   TRUSTED_PROXIES comma-separated addresses/CIDR ranges of those proxies (sticky-rs
 //            `trustedProxies`; required with a proxy's ROUTE_BY). See docs/LOAD-BALANCER.md.
 //   METRICS_PORT  serve Prometheus metrics (sticky-rs's, through prom-client) on
@@ -50,6 +52,7 @@ const HOST = process.env.HOST || undefined;
 const WORKERS = positiveInt('WORKERS', os.availableParallelism());
 const REDIS_URL = process.env.REDIS_URL || '';
 const ROUTE_BY = process.env.ROUTE_BY || undefined;
+const STICKY_NODE = process.env.STICKY_NODE || undefined;
 const TRUSTED_PROXIES = (process.env.TRUSTED_PROXIES || '').split(',').map((s) => s.trim()).filter(Boolean);
 const BY_PROXY = ROUTE_BY !== undefined && !['address', 'sid'].includes(ROUTE_BY.toLowerCase());
 if (BY_PROXY && TRUSTED_PROXIES.length === 0) {
@@ -108,7 +111,8 @@ async function startWorker(callback) {
   const self = { pid: process.pid, slot: Number(process.env.stickycluster_worker_index) };
 
   const app = express();
-  app.get('/health', (req, res) => res.json(self));
+  // `address`: the client as this worker sees it (with PROXY protocol, the client the proxy named).
+  app.get('/health', (req, res) => res.json({ ...self, address: req.socket.remoteAddress }));
   app.use(express.static(path.join(__dirname, 'public')));
 
   const server = http.createServer(app);
@@ -184,6 +188,7 @@ try {
     port: PORT,
     host: HOST,
     routeBy: ROUTE_BY,
+    node: STICKY_NODE,
     trustedProxies: TRUSTED_PROXIES.length > 0 ? TRUSTED_PROXIES : undefined,
     // Bounds how long Ctrl-C can wait for connections that do not close.
     hardShutdownDelay: 10_000,
@@ -212,7 +217,7 @@ if (cluster.isPrimary) {
       : `${WORKERS} worker(s), Socket.IO adapter: @socket.io/cluster-adapter (through this primary, one machine)`,
   );
   if (BY_PROXY) console.log(`Routing by ${ROUTE_BY} from trusted proxies ${TRUSTED_PROXIES.join(', ')}`);
-  else if (ROUTE_BY === 'sid') console.log('Routing by Socket.IO session id (each response closes its connection)');
+  else if (ROUTE_BY === 'sid') console.log(`Routing by Socket.IO session id (each response closes its connection)${STICKY_NODE ? `; node ${STICKY_NODE}` : ''}`);
 
   // Set on Ctrl-C: workers exiting after that are the shutdown working, not news.
   let stopping = false;
