@@ -7,15 +7,13 @@
 // ::ffff:127.0.0.1, which matches). Clients come from distinct loopback addresses, long-polling
 // only, so every request of a session is a new TCP connection through nginx that must reach the
 // same worker again. See docs/LOAD-BALANCER.md.
-const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
-const readline = require('node:readline');
 const stringHash = require('string-hash');
 const { freePort, clientIp, pool } = require('./helpers');
 const { startReadyExample, connectClient, upgraded, stopAllExamples, closeAllClients, within } = require('./fixtures/example-harness');
+const { nginx, streamModule, redisPath, startRedis, startNginx } = require('./fixtures/balancers');
 
 const WORKERS = 2;
 const CLIENTS = 100; // long-polling sessions per mode
@@ -25,166 +23,16 @@ const POOLED_CLIENTS = 40; // sessions through an nginx with an upstream keepali
 const CONCURRENCY = 20; // sessions in flight at once (the machine is shared)
 const ROOM = 'behind-nginx';
 const IN_CI = process.env.CI === 'true';
-const TEMPLATES = path.join(__dirname, '..', 'example', 'nginx');
-const NOBODY = 65534; // nginx never runs as root here: as root, the test starts it as nobody
 
 const MODES = [
   { name: 'http + X-Forwarded-For', context: 'http', template: 'sticky-rs-http.conf', routeBy: 'x-forwarded-for' },
   { name: 'stream + PROXY protocol', context: 'stream', template: 'sticky-rs-stream.conf', routeBy: 'proxy-protocol' },
 ];
 
-/** The nginx binary and its `nginx -V` text, or null. */
-const nginx = (() => {
-  for (const bin of [process.env.NGINX, 'nginx', '/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx']) {
-    if (!bin) continue;
-    const r = spawnSync(bin, ['-V'], { encoding: 'utf8' });
-    if (r.status === 0) return { bin, info: `${r.stderr}${r.stdout}` };
-  }
-  return null;
-})();
-
-/** How this nginx gets its stream module: { load: '' | 'load_module ...;' } or { missing }. */
-const streamModule = (() => {
-  if (!nginx) return null;
-  if (/--with-stream(?=\s|$)/.test(nginx.info)) return { load: '' };
-  if (/--with-stream=dynamic/.test(nginx.info)) {
-    const prefix = (nginx.info.match(/--prefix=(\S+)/) || [])[1] || '/usr/local/nginx';
-    const dir = (nginx.info.match(/--modules-path=(\S+)/) || [])[1] || path.join(prefix, 'modules');
-    const file = [dir, '/usr/lib/nginx/modules', path.join(prefix, 'modules')]
-      .map((d) => path.join(d, 'ngx_stream_module.so'))
-      .find((f) => fs.existsSync(f));
-    if (file) return { load: `load_module ${file};` };
-    return { missing: `nginx's stream module is dynamic and ${path.join(dir, 'ngx_stream_module.so')} is missing (Debian/Ubuntu: apt-get install libnginx-mod-stream)` };
-  }
-  return { missing: 'nginx was built without the stream module (--with-stream)' };
-})();
-
 function unavailable(mode) {
   if (!nginx) return 'nginx was not found in PATH nor /usr/sbin (Debian/Ubuntu: apt-get install nginx)';
   if (mode.context === 'stream' && streamModule.missing) return streamModule.missing;
   return null;
-}
-
-const redisPath = spawnSync('redis-server', ['--version']).status === 0 ? 'redis-server' : null;
-
-// ---------------------------------------------------------------------------------------------
-// Processes of one mode, all killed (process groups) in its afterAll, even after a failure.
-
-/** Kills a detached child's process group and waits for it. */
-function killGroup(proc) {
-  if (proc.exitInfo === null) {
-    try {
-      process.kill(-proc.child.pid, 'SIGKILL');
-    } catch {}
-  }
-  return within(proc.exited, 5000, `exit of ${proc.name}`).catch(() => {});
-}
-
-/** Spawns `command` as its own process group; `output` collects stdout and stderr. */
-function spawnGroup(name, command, args, options = {}) {
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, ...options });
-  const proc = { name, child, output: '', exitInfo: null };
-  child.stdout.on('data', (d) => (proc.output += d));
-  child.stderr.on('data', (d) => (proc.output += d));
-  proc.exited = new Promise((resolve) =>
-    child.once('exit', (code, signal) => {
-      proc.exitInfo = { code, signal };
-      resolve(proc.exitInfo);
-    }),
-  );
-  proc.stop = () => killGroup(proc);
-  return proc;
-}
-
-/** Resolves once 127.0.0.1:`port` accepts a connection; rejects if `proc` exits first. */
-async function listening(proc, port, ms, describe) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    if (proc.exitInfo) throw new Error(`${proc.name} exited (${JSON.stringify(proc.exitInfo)}) before listening on ${port}\n${describe()}`);
-    const ok = await new Promise((resolve) => {
-      const s = net.connect({ host: '127.0.0.1', port }, () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`${proc.name}: not listening on ${port} in ${ms} ms\n${describe()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function startRedis(port, dir) {
-  const redis = spawnGroup('redis-server', redisPath, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir]);
-  redis.ready = new Promise((resolve, reject) => {
-    readline.createInterface({ input: redis.child.stdout }).on('line', (line) => {
-      if (/Ready to accept connections/.test(line)) resolve();
-    });
-    redis.exited.then((e) => reject(new Error(`redis-server exited (${JSON.stringify(e)}) before it was ready:\n${redis.output}`)));
-  });
-  return redis;
-}
-
-/** An example/nginx template with its ${NAME} placeholders filled in (as envsubst would). */
-function render(template, values, edit = (text) => text) {
-  return edit(fs.readFileSync(path.join(TEMPLATES, template), 'utf8')).replace(/\$\{([A-Z0-9_]+)\}/g, (_, name) => {
-    if (!(name in values)) throw new Error(`${template}: no value for \${${name}}`);
-    return values[name];
-  });
-}
-
-/**
- * nginx in the foreground, unprivileged, everything under `dir`: the template, rendered, is
- * included in the `http` or `stream` block of a minimal nginx.conf, as on a real server.
- */
-async function startNginx(mode, dir, values, edit) {
-  fs.writeFileSync(path.join(dir, 'sticky-rs.conf'), render(mode.template, values, edit));
-  const http = [
-    `    access_log ${dir}/access.log;`,
-    ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `    ${t}_temp_path ${dir}/${t}_temp;`),
-  ];
-  const conf = [
-    'worker_processes 1;',
-    mode.context === 'stream' ? streamModule.load : '',
-    'events { worker_connections 2048; }',
-    `${mode.context} {`,
-    ...(mode.context === 'http' ? http : []),
-    `    include ${dir}/sticky-rs.conf;`,
-    '}',
-    '',
-  ].join('\n');
-  fs.writeFileSync(path.join(dir, 'nginx.conf'), conf);
-  const asRoot = process.getuid() === 0;
-  if (asRoot) for (const f of ['', ...fs.readdirSync(dir)]) fs.chownSync(path.join(dir, f), NOBODY, NOBODY);
-  const proc = spawnGroup(
-    'nginx',
-    nginx.bin,
-    ['-p', dir, '-c', path.join(dir, 'nginx.conf'), '-g', `daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log;`],
-    asRoot ? { uid: NOBODY, gid: NOBODY } : {},
-  );
-  const read = (file) => {
-    try {
-      return fs.readFileSync(path.join(dir, file), 'utf8');
-    } catch {
-      return '';
-    }
-  };
-  proc.errorLog = () => read('error.log');
-  proc.accessLog = () => (mode.context === 'http' ? read('access.log') : '');
-  // SIGTERM first: the master stops and reaps its worker (a killed master leaves a zombie
-  // worker behind); then the group, whatever is left.
-  proc.stop = async () => {
-    if (proc.exitInfo === null) {
-      try {
-        process.kill(proc.child.pid, 'SIGTERM');
-      } catch {}
-      await within(proc.exited, 3000, 'nginx exit').catch(() => {});
-    }
-    return killGroup(proc);
-  };
-  proc.describe = () => `nginx output:\n${proc.output}\nerror.log:\n${proc.errorLog().slice(-4000)}\nnginx.conf:\n${conf}\nsticky-rs.conf:\n${fs.readFileSync(path.join(dir, 'sticky-rs.conf'), 'utf8')}`;
-  await listening(proc, Number(values.LISTEN.split(':').pop()), 10000, proc.describe);
-  return proc;
 }
 
 // ---------------------------------------------------------------------------------------------
