@@ -29,7 +29,7 @@ const ASSETS = ['/', '/app.js', '/style.css', '/socket.io/socket.io.js', '/logo.
 const LAZY = (round) => [`/lazy-${round}.png`, `/lazy-${round}.js`];
 
 async function browsers(port) {
-  const failures = await pool([...Array(BROWSERS).keys()], 20, (i) => browser(port, clientIp(i), { assets: ASSETS, lazy: LAZY, event: 'echo', track }));
+  const failures = await pool([...Array(BROWSERS).keys()], 20, (i) => browser(port, clientIp(i), { assets: ASSETS, lazy: LAZY, emit: (round) => ['echo', { round }], track }));
   return failures.filter((f) => f !== null);
 }
 
