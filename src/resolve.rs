@@ -121,7 +121,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(32);
 pub async fn resolve(
     conn: OwnedFd,
     rules: Arc<Rules>,
-    give_up_now: oneshot::Receiver<()>,
+    mut give_up_now: oneshot::Receiver<()>,
 ) -> (OwnedFd, Outcome) {
     // SAFETY: `conn` is owned and moved in; it stays open until into_inner gives it back.
     let watched = match unsafe { AsyncFd::register_with_interest(conn, Interest::READABLE) } {
@@ -132,10 +132,14 @@ pub async fn resolve(
         outcome = tokio::time::timeout(rules.timeout, read(&watched, &rules)) => {
             outcome.unwrap_or_else(|_elapsed| give_up(&rules))
         }
-        _ = give_up_now => give_up(&rules),
+        _ = &mut give_up_now => give_up(&rules),
     };
     if let Outcome::OtherNode(_) = outcome {
-        answer_unknown_session(&watched).await;
+        // Giving up also ends the wait for the client to close: the answer is written by then.
+        tokio::select! {
+            () = answer_unknown_session(&watched) => {}
+            _ = &mut give_up_now => {}
+        }
     }
     (watched.into_inner(), outcome)
 }
@@ -568,6 +572,35 @@ mod tests {
         let text = String::from_utf8_lossy(UNKNOWN_SESSION);
         let (_, body) = text.split_once("\r\n\r\n").unwrap_or_default();
         assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
+        Ok(())
+    }
+
+    /// A client that never closes after the answer holds the task at most until it is given
+    /// up (the router needs the room), not for the whole linger.
+    #[test]
+    fn giving_up_ends_the_linger_after_the_answer() -> io::Result<()> {
+        let (mut client, server) = pair()?;
+        client.write_all(b"GET /?sid=web2.AFabcdefghij-_KLMNOP HTTP/1.1\r\n\r\n")?;
+        let rules = Arc::new(Rules {
+            node: Some(b"web1".to_vec().into_boxed_slice()),
+            ..(*rules(RouteBy::Sid, 2000)).clone()
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (now, give_up_now) = oneshot::channel();
+        let started = std::time::Instant::now();
+        let (_, outcome) = rt.block_on(async {
+            let task = tokio::spawn(resolve(server, rules, give_up_now));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = now.send(());
+            task.await
+        })?;
+        assert_eq!(outcome, Outcome::OtherNode("web2".into()));
+        assert!(started.elapsed() < LINGER, "{:?}", started.elapsed());
+        let mut answer = vec![0; UNKNOWN_SESSION.len()];
+        client.read_exact(&mut answer)?;
+        assert_eq!(answer, UNKNOWN_SESSION);
         Ok(())
     }
 }
