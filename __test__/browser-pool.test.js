@@ -11,6 +11,7 @@
 // assets between), then the websocket upgrade, all over one http.Agent with keepAlive and
 // maxSockets 6. A session is lost on any answer but 200, any connection error, or an upgrade
 // that does not complete.
+const http = require('node:http');
 const net = require('node:net');
 const { browser, request } = require('./fixtures/browser-like');
 const { freePort, clientIp, startFixture, stopAll, pool, clientSet } = require('./helpers');
@@ -88,4 +89,16 @@ test("routeBy 'sid' without setupWorker(io): every session breaks, and an always
   const deadline = Date.now() + 5000;
   while (!/setupWorker/.test(fixture.stderr) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   expect(fixture.stderr).toMatch(/warning: worker #\d+ of slot \d \(pid \d+\): routeBy 'sid', but the Socket\.IO session ids of this worker do not name it.*call setupWorker\(io\) from sticky-rs/);
+}, TEST_TIMEOUT);
+
+test('Socket.IO attached after listen() handed the server over: its responses close their connections too', async () => {
+  const port = await freePort();
+  const fixture = startFixture('sid-late-io.js', { PORT: String(port) });
+  await fixture.count('ready', WORKERS);
+  const agent = track(new http.Agent({ keepAlive: true }));
+  for (const path of ['/socket.io/?EIO=4&transport=polling', '/asset']) {
+    const res = await request(agent, port, 'GET', path);
+    expect(res.status).toBe(200);
+    expect(res.headers.connection).toBe('close');
+  }
 }, TEST_TIMEOUT);
