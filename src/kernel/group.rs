@@ -331,7 +331,12 @@ impl Group {
             }
         }
         if h.no_probes {
-            // Nothing to measure with: the program, with the numbering last known, once more.
+            // Nothing to measure with: once a member left and joined again, the numbering is
+            // unknown and every slot goes to the fallback; the program is attached again.
+            if renumbered && !h.unknown_order {
+                h.unknown_order = true;
+                h.note("the kernel's numbering of the group's sockets changed and cannot be measured on this address (probes are IPv4): every slot goes to the fallback member, where the primary routes it".into());
+            }
             let _ = self.reattach(&h);
             return h.repairs - before;
         }
