@@ -33,8 +33,10 @@ const MEMINFO_WORDS: usize = 9;
 const PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 /// What a group remembers of what it repaired, newest last.
 const RECENT: usize = 16;
-/// Members whose index one check verifies (all of them in a group up to this size).
-const VERIFY_PER_CHECK: usize = 64;
+/// Members whose index one check verifies (all of them in a group up to this size; in a larger
+/// one the first, the last, which catches any single member that left and joined again, and a
+/// window that moves on).
+const VERIFY_PER_CHECK: usize = 16;
 /// Probes one check sends at least: a group of two sockets without a program passes them all
 /// by chance once in 2^12.
 const MIN_PROBES: usize = 12;
@@ -1160,16 +1162,20 @@ mod tests {
 
     #[test]
     fn a_check_costs_little() -> io::Result<()> {
-        for slots in [2, 16] {
+        for slots in [2, 16, 64, 1024] {
             let group = Group::bind(addr("127.0.0.1:0"), slots, Hash::Djb2, 64)?;
-            let rounds = 200;
+            let rounds = if slots > 64 { 10 } else { 100 };
             let started = std::time::Instant::now();
             for _ in 0..rounds {
                 group.check();
             }
             let each = started.elapsed() / rounds;
             println!("{slots} slots: one check of an intact group takes {each:?}");
-            assert!(each < std::time::Duration::from_millis(5), "{each:?}");
+            // Debug builds are several times slower than the addon's release build.
+            assert!(
+                each < std::time::Duration::from_millis(if slots > 64 { 100 } else { 20 }),
+                "{each:?}"
+            );
         }
         Ok(())
     }
