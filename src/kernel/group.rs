@@ -327,8 +327,8 @@ impl Group {
                     ));
                 } else if m != FALLBACK_MEMBER && !h.detoured[m - 1] {
                     h.detoured[m - 1] = true;
+                    // The program attached at the end of the check applies the detour.
                     h.note(format!("{who} carries a socket filter locked with SO_LOCK_FILTER, which no one can remove: its clients go to the fallback member, where the primary routes them"));
-                    renumbered = true;
                 }
             }
         }
@@ -1158,6 +1158,37 @@ mod tests {
         check_routing(&group, group.local_addr(), &clients, Hash::Djb2, |ip| {
             ip.to_string()
         })
+    }
+
+    #[test]
+    fn an_ipv6_address_that_cannot_be_probed_detours_every_slot_once_renumbered() -> io::Result<()>
+    {
+        let group = Group::bind(addr("[::1]:0"), 3, Hash::Djb2, 64)?;
+        let local = group.local_addr();
+        let text = |_| "::1".to_owned();
+        // A foreign program is undone blindly: the program is attached at every check.
+        attack(&group, 2, Attack::ForeignProgram)?;
+        group.check();
+        check_routing(
+            &group,
+            local,
+            &[Ipv6Addr::LOCALHOST.into()],
+            Hash::Djb2,
+            text,
+        )?;
+        assert_eq!(group.health().damage, Vec::<String>::new());
+        // A member that left and came back: the numbering is unknown, the router takes all.
+        attack(&group, 1, Attack::Shutdown)?;
+        assert!(group.check() > 0);
+        assert_eq!(group.health().damage.len(), 1, "{:?}", group.health());
+        check_routing_detoured(
+            &group,
+            local,
+            &[Ipv6Addr::LOCALHOST.into()],
+            Hash::Djb2,
+            text,
+            &[0, 1, 2],
+        )
     }
 
     #[test]
