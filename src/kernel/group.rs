@@ -88,7 +88,8 @@ struct Health {
     repairs: u64,
     /// What was found and done, newest last (at most [`RECENT`]).
     recent: std::collections::VecDeque<String>,
-    /// Probes could not be made (an IPv6-only address): the program is re-attached blindly.
+    /// Probes cannot be made (an IPv6-only address, a kernel without TCP MD5 or `SO_MEMINFO`):
+    /// the program is re-attached blindly.
     no_probes: bool,
 }
 
@@ -135,6 +136,10 @@ impl Group {
         // Attached once every member listens: a program attached to a member that does not
         // listen yet is dropped.
         attach(group.fallback(), &steer)?;
+        // Probes need TCP MD5 (CONFIG_TCP_MD5SIG) and SO_MEMINFO (Linux 4.12): without them,
+        // every probe would look lost and the checks would detour every slot.
+        let probes_work = (0..3).any(|_| group.probe(FALLBACK_MEMBER) == Some(FALLBACK_MEMBER));
+        group.lock().no_probes |= !probes_work;
         Ok(group)
     }
 
@@ -337,7 +342,7 @@ impl Group {
             // unknown and every slot goes to the fallback; the program is attached again.
             if renumbered && !h.unknown_order {
                 h.unknown_order = true;
-                h.note("the kernel's numbering of the group's sockets changed and cannot be measured on this address (probes are IPv4): every slot goes to the fallback member, where the primary routes it".into());
+                h.note("the kernel's numbering of the group's sockets changed and cannot be measured here (probes are IPv4 SYNs with a TCP MD5 option, counted by SO_MEMINFO; an IPv6-only address or a kernel without them has none): every slot goes to the fallback member, where the primary routes it".into());
             }
             let _ = self.reattach(&h);
             return h.repairs - before;
