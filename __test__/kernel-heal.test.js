@@ -8,7 +8,7 @@
 const { spawn, spawnSync } = require('node:child_process');
 const http = require('node:http');
 const path = require('node:path');
-const { freePort, clientIp, startFixture, stopAll, get, pool, slotOf, ipsOf } = require('./helpers');
+const { freePort, clientIp, startFixture, stopAll, get, pool, slotOf, ipsOf, refusingSockopt } = require('./helpers');
 
 const WORKERS = 3;
 const ATTACKER = 1;
@@ -25,9 +25,9 @@ afterEach(async () => {
 const range = (n) => Array.from({ length: n }, (_, i) => i);
 const ips = range(200).map((i) => clientIp(3000 + i));
 
-async function start() {
+async function start(env = {}) {
   const port = await freePort();
-  const app = startFixture('cluster-app.js', { PORT: port, WORKERS, DISPATCH: 'kernel' });
+  const app = startFixture('cluster-app.js', { PORT: port, WORKERS, DISPATCH: 'kernel', ...env });
   await app.count('ready', WORKERS);
   return { app, port };
 }
@@ -165,5 +165,23 @@ maybe('kernel dispatch heals its SO_REUSEPORT group after hostile code in a work
     await healedBy(port, left);
     const after = await app.stats();
     expect(after.kernel[0].damage).toEqual([]);
+  });
+
+  test('a kernel without TCP MD5: no probes, no false alarm; a foreign program is still undone, a renumbered group goes through the primary', async () => {
+    // TCP_MD5SIG answers ENOPROTOOPT in the primary, as on a kernel built without it.
+    const shim = refusingSockopt('IPPROTO_TCP', '14 /* TCP_MD5SIG */');
+    try {
+      const { app, port } = await start({ LD_PRELOAD: shim.path });
+      expect(await census(port)).toEqual({ wrong: [], failed: [] });
+      expect((await app.stats()).kernel[0]).toMatchObject({ repairs: 0, damage: [] });
+      await healedBy(port, await attack(port, 'program'));
+      expect((await app.stats()).kernel[0].damage).toEqual([]);
+      await healedBy(port, await attack(port, 'shutdown'));
+      const stats = await app.stats();
+      expect(stats.kernel[0].damage).toEqual(["the kernel's numbering of the group could not be measured: every slot is routed by the primary"]);
+      expect(stats.kernel[0].recent.join('\n')).toMatch(/cannot be measured here .*every slot goes to the fallback member/);
+    } finally {
+      shim.remove();
+    }
   });
 });
