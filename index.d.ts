@@ -150,7 +150,21 @@ declare namespace sticky {
     listenerFailures: number;
     /** Sends to workers that failed for another reason than a full socket (retried). */
     sendErrors: number;
+    /** Kernel dispatch: per listener, what the primary's checks of its SO_REUSEPORT group found (empty with the router). */
+    kernel: KernelHealth[];
     slots: SlotStats[];
+  }
+
+  /** What code holding a member of a kernel-dispatch group (a worker, a process of the same user) changed, and what lasts. */
+  interface KernelHealth {
+    /** Repairs made since the group was bound. */
+    repairs: number;
+    /** What was found and done, newest last (the last 16). */
+    recent: string[];
+    /** Slots whose socket cannot be repaired (a locked socket filter): the primary routes their clients. */
+    detoured: number[];
+    /** Damage that lasts, now; empty when the group is whole. */
+    damage: string[];
   }
 
   interface WorkerEvent {

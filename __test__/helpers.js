@@ -234,6 +234,36 @@ function total(stats, counter) {
   return stats.slots.reduce((n, s) => n + s[counter], 0);
 }
 
+/**
+ * Builds a library for LD_PRELOAD whose setsockopt() fails with ENOPROTOOPT for one option, as a
+ * kernel or sandbox without it answers (`level` is C text: 'SOL_SOCKET', 'IPPROTO_TCP'). Returns
+ * its path and `remove()`, which deletes it.
+ */
+function refusingSockopt(level, name) {
+  const os = require('node:os');
+  const { spawnSync } = require('node:child_process');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sticky-rs-shim-'));
+  const remove = () => fs.rmSync(dir, { recursive: true, force: true });
+  fs.writeFileSync(path.join(dir, 'shim.c'), `#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+int setsockopt(int fd, int level, int name, const void *value, socklen_t len) {
+  static int (*real)(int, int, int, const void *, socklen_t);
+  if (level == ${level} && name == ${name}) { errno = ENOPROTOOPT; return -1; }
+  if (!real) real = (int (*)(int, int, int, const void *, socklen_t))dlsym(RTLD_NEXT, "setsockopt");
+  return real(fd, level, name, value, len);
+}
+`);
+  const built = spawnSync('cc', ['-shared', '-fPIC', '-o', path.join(dir, 'shim.so'), path.join(dir, 'shim.c'), '-ldl'], { encoding: 'utf8' });
+  if (built.status !== 0 || built.stderr) {
+    remove();
+    throw new Error(`building the setsockopt shim failed: ${built.stderr || built.error}`);
+  }
+  return { path: path.join(dir, 'shim.so'), remove };
+}
+
 /** Whether a process with this pid exists. */
 function alive(pid) {
   try {
@@ -244,4 +274,4 @@ function alive(pid) {
   }
 }
 
-module.exports = { freePort, clientIp, startFixture, stopAll, get, pool, clientSet, slotOf, ipsOf, total, alive };
+module.exports = { freePort, clientIp, startFixture, stopAll, get, pool, clientSet, slotOf, ipsOf, total, alive, refusingSockopt };

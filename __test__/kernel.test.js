@@ -3,13 +3,10 @@
 // program computes sticky-cluster's slot from the SYN; workers accept themselves. Real
 // processes, real sockets, distinct client addresses.
 const { spawnSync } = require('node:child_process');
-const fs = require('node:fs');
 const net = require('node:net');
-const os = require('node:os');
-const path = require('node:path');
 const stringHash = require('string-hash');
 const sticky = require('..');
-const { freePort, clientIp, startFixture, stopAll, get, pool, total, ipsOf } = require('./helpers');
+const { freePort, clientIp, startFixture, stopAll, get, pool, total, ipsOf, refusingSockopt } = require('./helpers');
 
 afterEach(stopAll);
 
@@ -149,23 +146,10 @@ test('graceful shutdown: in-flight requests finish, new clients are refused, exi
 test('dispatch "auto" (the default) where the kernel refuses the program: the router takes over and says why', async () => {
   // An old kernel or a sandbox without SO_ATTACH_REUSEPORT_CBPF answers ENOPROTOOPT; a shim
   // preloaded into the primary makes this kernel answer the same, for that option only.
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sticky-rs-nocbpf-'));
+  const shim = refusingSockopt('SOL_SOCKET', '51 /* SO_ATTACH_REUSEPORT_CBPF */');
   try {
-    fs.writeFileSync(path.join(dir, 'shim.c'), `#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <errno.h>
-#include <sys/socket.h>
-int setsockopt(int fd, int level, int name, const void *value, socklen_t len) {
-  static int (*real)(int, int, int, const void *, socklen_t);
-  if (level == SOL_SOCKET && name == 51 /* SO_ATTACH_REUSEPORT_CBPF */) { errno = ENOPROTOOPT; return -1; }
-  if (!real) real = (int (*)(int, int, int, const void *, socklen_t))dlsym(RTLD_NEXT, "setsockopt");
-  return real(fd, level, name, value, len);
-}
-`);
-    const built = spawnSync('cc', ['-shared', '-fPIC', '-o', path.join(dir, 'shim.so'), path.join(dir, 'shim.c'), '-ldl'], { encoding: 'utf8' });
-    expect(built.stderr).toBe('');
     const port = await freePort();
-    const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, DEBUG: '1', DISPATCH: '', LD_PRELOAD: path.join(dir, 'shim.so') });
+    const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, DEBUG: '1', DISPATCH: '', LD_PRELOAD: shim.path });
     await app.count('ready', 2);
     const ips = range(20).map((i) => clientIp(5000 + i));
     for (const { status, body } of await pool(ips, 5, (ip) => get(port, ip))) {
@@ -177,7 +161,7 @@ int setsockopt(int fd, int level, int name, const void *value, socklen_t len) {
     expect(total(stats, 'accepted')).toBe(20);
     expect(app.stderr).toMatch(/primary dispatch \(dispatch "auto": the kernel refused the SO_REUSEPORT group \(.*(Protocol not available|ENOPROTOOPT)/);
   } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
+    shim.remove();
   }
 });
 

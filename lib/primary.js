@@ -124,6 +124,9 @@ class Primary extends EventEmitter {
       givenUp: counters.givenUp,
       listenerFailures: counters.listenerFailures,
       sendErrors: counters.sendErrors,
+      // Kernel dispatch: per listener, what the checks of its SO_REUSEPORT group repaired and
+      // what is damaged now (see warnKernel).
+      kernel: counters.kernel,
       slots: counters.slots.map(({ channel, ...c }, i) => {
         const current = this.slots[i].current;
         return { pid: current ? current.worker.process.pid : null, ready: channel > 0, ...c, restarts: this.slots[i].restarts };
@@ -366,6 +369,7 @@ class Primary extends EventEmitter {
             `${which}: ${s.queued} connection(s) wait in the kernel's accept queue for a ready worker; past backlog (${o.listeners.map((l) => l.backlog).join(', ')}) new clients of this slot get no answer and retry`);
         }
       }
+      this.warnKernel(last, now);
       this.warnings.note('rejected', now.rejected - last.rejected, (n) =>
         `closed ${n} connection(s) from trusted proxies without a valid PROXY header (routeBy 'proxy-protocol'): is the proxy configured to send it (HAProxy send-proxy, nginx proxy_protocol on)?`);
       this.warnings.note('otherNode', now.otherNode - last.otherNode, (n) =>
@@ -393,6 +397,24 @@ class Primary extends EventEmitter {
       warn(`a worker (pid ${worker.process.pid}) was forked outside sticky-rs, probably by a leftover cluster.fork() (e.g. in cluster.on('exit', ...)): sticky-rs forks and respawns its own workers, so it never routes a connection to such workers; remove that code`);
     };
     cluster.on('fork', this.onForeignFork);
+  }
+
+  /**
+   * Kernel dispatch: code holding a member of a listener's SO_REUSEPORT group (a worker, or a
+   * process of the same user) changed it and the router's checks repaired it, or cannot: said
+   * always, with what was found.
+   */
+  warnKernel(last, now) {
+    for (const [listener, health] of now.kernel.entries()) {
+      const was = last.kernel[listener];
+      const found = health.repairs - (was ? was.repairs : 0);
+      const latest = health.recent.slice(-Math.min(found, 3)).join('; ');
+      this.warnings.note(`kernel:${listener}`, found, (n) =>
+        `kernel dispatch, listener ${listener}: its SO_REUSEPORT group was tampered with, by code in a worker or a process of the same user (${n} repair(s)): ${latest}`);
+      for (const damage of health.damage) {
+        this.warnings.note(`kernel-damage:${listener}:${damage}`, 1, () => `kernel dispatch, listener ${listener}: damaged: ${damage}`);
+      }
+    }
   }
 
   /** Forks a new worker for an empty slot after `delay` ms (the slot's back-off). */

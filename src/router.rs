@@ -36,6 +36,9 @@ use crate::table::ChannelId;
 
 /// Connections accepted per wake-up before delivering, so batches form under load.
 const ACCEPT_BURST: usize = 256;
+/// Kernel dispatch: how often every group is checked for what code holding a member changed
+/// (see [`Group::check`]), and repaired.
+pub const HEAL_INTERVAL: Duration = Duration::from_millis(250);
 /// One address to listen on.
 #[derive(Debug, Clone)]
 pub struct Listen {
@@ -235,8 +238,13 @@ impl Router {
     }
 
     /// With kernel dispatch: a copy (close-on-exec) of the member of `listener`'s group that
-    /// serves `slot`, for that slot's worker to listen on. The router keeps its own.
+    /// serves `slot`, for that slot's worker to listen on. The router keeps its own. The group
+    /// is checked and repaired first, so that a new worker (e.g. the replacement of one that
+    /// damaged it) never starts on a damaged group.
     pub fn member(&self, listener: usize, slot: usize) -> io::Result<OwnedFd> {
+        if let Some(group) = self.groups.get(listener) {
+            group.check();
+        }
         let member = self
             .groups
             .get(listener)
@@ -258,6 +266,12 @@ impl Router {
             .filter_map(|g| g.queued(slot_member(slot)).ok())
             .map(u64::from)
             .sum()
+    }
+
+    /// With kernel dispatch: per listener, what the checks of its group repaired and what is
+    /// damaged now; empty otherwise.
+    pub fn kernel_health(&self) -> Vec<crate::kernel::group::HealthReport> {
+        self.groups.iter().map(Group::health).collect()
     }
 
     /// The bound addresses, in the order of the configuration (the real port when 0 was asked for).
@@ -375,6 +389,8 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reports = tokio::time::interval(REPORTS);
     reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heal = tokio::time::interval(HEAL_INTERVAL);
+    heal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = 0;
     loop {
         let resume_at = paused_until.unwrap_or_else(Instant::now);
@@ -409,6 +425,11 @@ async fn run(
             Some(done) = resolved.recv() => {
                 state.resolved(done);
                 state.service();
+            }
+            _ = heal.tick(), if !groups.is_empty() && !listeners.is_empty() => {
+                for group in groups {
+                    group.check();
+                }
             }
             _ = reports.tick() => {
                 state.read_reports();

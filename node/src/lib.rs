@@ -125,9 +125,24 @@ pub struct SlotStats {
     pub channel: f64,
 }
 
+/// Kernel dispatch: what the primary's checks of one listener's `SO_REUSEPORT` group found.
+#[napi(object)]
+pub struct KernelHealth {
+    /// Repairs made since the group was bound (code holding a member changed it).
+    pub repairs: f64,
+    /// What was found and done, newest last (the last 16).
+    pub recent: Vec<String>,
+    /// Slots whose socket cannot be repaired: the primary routes their clients.
+    pub detoured: Vec<u32>,
+    /// Damage that lasts, now; empty when the group is whole.
+    pub damage: Vec<String>,
+}
+
 /// Counters of a router.
 #[napi(object)]
 pub struct RouterStats {
+    /// Kernel dispatch: per listener, its group's health; empty otherwise.
+    pub kernel: Vec<KernelHealth>,
     /// `primary` or `kernel`: who picks each connection's worker.
     pub dispatch: String,
     /// One entry per slot.
@@ -377,6 +392,16 @@ impl Router {
                         expired: s.expired as f64,
                         channel: s.channel as f64,
                     }
+                })
+                .collect(),
+            kernel: inner
+                .kernel_health()
+                .into_iter()
+                .map(|h| KernelHealth {
+                    repairs: h.repairs as f64,
+                    recent: h.recent,
+                    detoured: h.detoured.into_iter().map(|s| s as u32).collect(),
+                    damage: h.damage,
                 })
                 .collect(),
             accept_errors: stats.accept_errors() as f64,

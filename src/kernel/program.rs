@@ -107,15 +107,51 @@ const NO_RUN: u32 = 9;
 const IPV4_SOURCE: u32 = 12;
 const IPV6_SOURCE: u32 = 8;
 
+/// Health probes of the primary: IPv4 SYNs from `127.255.248.0/21` that carry a TCP MD5 option
+/// go to the member whose index is the low 11 bits of the source address. No member has an MD5
+/// key, so the kernel drops the SYN on that member and counts it in its `SO_MEMINFO` drops: the
+/// primary learns which socket holds an index without a connection ever being made. A real client
+/// never matches (its SYN would be dropped by any member anyway).
+pub const PROBE_NET: u32 = 0x7fff_f800;
+/// The mask of [`PROBE_NET`].
+pub const PROBE_MASK: u32 = 0xffff_f800;
+/// The bits of a probe's source address that name the member index.
+pub const PROBE_INDEX: u32 = 0x7ff;
+/// The first word of a TCP header's options on Linux when the MD5 option is present (NOP, NOP,
+/// kind 19, length 18), at offset 20 of the TCP header.
+const MD5_OPTION: u32 = 0x0101_1312;
+/// Where that word is after a 20-byte IPv4 header.
+const IPV4_MD5_OPTION: u32 = 40;
+
+/// The source address of a probe for member index `index` (`None` past the probe range).
+pub fn probe_source(index: usize) -> Option<std::net::Ipv4Addr> {
+    let index = u32::try_from(index).ok().filter(|&i| i <= PROBE_INDEX)?;
+    Some(std::net::Ipv4Addr::from(PROBE_NET | index))
+}
+
 /// The program for `slots` slots behind a `family` listener hashing with `hash`. It returns
 /// `slot_member(hash(text) % slots)`, or [`FALLBACK_MEMBER`] for link-local IPv6 peers.
 pub fn program(family: Family, hash: Hash, slots: usize) -> Result<Vec<Insn>, ProgramError> {
-    if !(1..=MAX_SLOTS).contains(&slots) {
+    let identity: Vec<u32> = (0..slots).map(|s| slot_member(s) as u32).collect();
+    steering(family, hash, slots, &identity)
+}
+
+/// [`program`] when the kernel's numbering of the members is not the one they were formed in:
+/// slot `s` goes to member index `table[s]` (which may be [`FALLBACK_MEMBER`], for a slot the
+/// router serves). Also answers the primary's health probes (see [`PROBE_NET`]).
+pub fn steering(
+    family: Family,
+    hash: Hash,
+    slots: usize,
+    table: &[u32],
+) -> Result<Vec<Insn>, ProgramError> {
+    if !(1..=MAX_SLOTS).contains(&slots) || table.len() != slots {
         return Err(ProgramError::Slots(slots));
     }
     let slots = u32::try_from(slots).map_err(|_| ProgramError::Slots(slots))?;
     let mut a = Asm::new();
     let fallback = a.label();
+    let done = a.label();
     a.ld_imm(5381);
     a.st(H);
     a.ldb_net(0);
@@ -123,9 +159,9 @@ pub fn program(family: Family, hash: Hash, slots: usize) -> Result<Vec<Insn>, Pr
     match family {
         Family::V4 => {
             a.jeq(4, Next, To(fallback));
+            probe(&mut a);
             copy_octets(&mut a, IPV4_SOURCE);
             ipv4_reversed(&mut a);
-            finish(&mut a, hash, slots);
         }
         Family::V6 => {
             // Classic BPF only jumps forward: the IPv6 checks come first and jump ahead into
@@ -135,32 +171,63 @@ pub fn program(family: Family, hash: Hash, slots: usize) -> Result<Vec<Insn>, Pr
             a.jeq(6, Next, To(fallback));
             ipv6_embedded_ipv4(&mut a, ipv4_text, ipv6_general, fallback);
             a.bind(ipv4);
+            probe(&mut a);
             copy_octets(&mut a, IPV4_SOURCE);
             a.ld_imm(MAPPED);
             a.st(PREFIX);
             a.bind(ipv4_text);
             ipv4_reversed(&mut a);
             embedded_ipv4_prefix(&mut a);
-            finish(&mut a, hash, slots);
+            a.ja(done);
             a.bind(ipv6_general);
             ipv6_reversed(&mut a);
-            finish(&mut a, hash, slots);
         }
     }
+    a.bind(done);
+    finish(&mut a, hash, slots, table);
     a.bind(fallback);
     a.ret_k(FALLBACK_MEMBER as u32);
     a.assemble().map_err(ProgramError::Asm)
 }
 
-/// Returns `slot_member(hash % slots)` for the djb2 in H.
-fn finish(a: &mut Asm, hash: Hash, slots: u32) {
+/// Returns `table[hash % slots]` for the djb2 in H: one test per slot whose member is not at
+/// `slot_member(slot)`, then `slot_member(hash % slots)`.
+fn finish(a: &mut Asm, hash: Hash, slots: u32, table: &[u32]) {
     a.ld_mem(H);
     if hash == Hash::Djb2Mix {
         fmix32(a);
     }
     a.alu(op::MOD, slots);
+    for (slot, &index) in (0u32..).zip(table) {
+        if index != slot + slot_member(0) as u32 {
+            let other = a.label();
+            a.jeq(slot, Next, To(other));
+            a.ret_k(index);
+            a.bind(other);
+        }
+    }
     a.alu(op::ADD, slot_member(0) as u32);
     a.ret_a();
+}
+
+/// An IPv4 SYN from the probe range with an MD5 option returns the index its source names.
+/// Costs real clients two instructions.
+fn probe(a: &mut Asm) {
+    let not_probe = a.label();
+    a.insn(op::LD | op::W | op::ABS, net_offset(IPV4_SOURCE));
+    a.alu(op::AND, PROBE_MASK);
+    a.jeq(PROBE_NET, Next, To(not_probe));
+    a.insn(op::LD | op::W | op::ABS, net_offset(IPV4_MD5_OPTION));
+    a.jeq(MD5_OPTION, Next, To(not_probe));
+    a.insn(op::LD | op::W | op::ABS, net_offset(IPV4_SOURCE));
+    a.alu(op::AND, PROBE_INDEX);
+    a.ret_a();
+    a.bind(not_probe);
+}
+
+/// `k` of a load from byte `offset` of the network header.
+fn net_offset(offset: u32) -> u32 {
+    super::asm::NET_OFF.wrapping_add(offset as i32) as u32
 }
 
 /// Hashes the character in A: `h = h * 33 ^ A`.
@@ -702,5 +769,70 @@ mod tests {
             let v6 = build(Family::V6, Hash::Djb2, slots);
             prop_assert_eq!(run(&v6, &ipv6_syn(ip)), expected_v6(ip, Hash::Djb2, slots));
         }
+    }
+
+    /// A SYN from `source` whose TCP header has `options` (as the program sees it, the packet
+    /// ends there).
+    fn ipv4_syn_with(source: Ipv4Addr, options: &[u8]) -> Vec<u8> {
+        let mut packet = ipv4_syn(source);
+        packet.extend_from_slice(&[0u8; 20]);
+        packet.extend_from_slice(options);
+        packet
+    }
+
+    /// Linux puts the MD5 option first.
+    fn ipv4_md5_syn(source: Ipv4Addr) -> Vec<u8> {
+        let mut options = vec![1, 1, 19, 18];
+        options.extend_from_slice(&[0; 16]);
+        ipv4_syn_with(source, &options)
+    }
+
+    #[test]
+    fn probes_name_their_member_index_and_nothing_else_does() {
+        for family in [Family::V4, Family::V6] {
+            let prog = build(family, Hash::Djb2, 4);
+            for index in [0, 1, 4, 9, 2047] {
+                let source = probe_source(index).expect("in range");
+                assert_eq!(run(&prog, &ipv4_md5_syn(source)), index as u32);
+                // Without the MD5 option, the probe range routes as any client.
+                let text = AddressText::from_ip(&match family {
+                    Family::V4 => IpAddr::V4(source),
+                    Family::V6 => IpAddr::V6(source.to_ipv6_mapped()),
+                });
+                let mss = ipv4_syn_with(source, &[2, 4, 5, 180]);
+                assert_eq!(run(&prog, &mss), member_for(&text, Hash::Djb2, 4));
+            }
+            // The MD5 option from any other source changes nothing either.
+            let other = Ipv4Addr::new(10, 1, 2, 3);
+            assert_eq!(
+                run(&prog, &ipv4_md5_syn(other)),
+                run(&prog, &ipv4_syn(other))
+            );
+        }
+        assert_eq!(probe_source(2048), None);
+    }
+
+    #[test]
+    fn a_table_sends_each_slot_to_its_member_index() {
+        let slots = 5;
+        // Slot 1's member moved to index 5, slot 4's to index 2, slot 3 goes to the fallback.
+        let table = [1, 5, 3, 0, 2];
+        for family in [Family::V4, Family::V6] {
+            let prog = steering(family, Hash::Djb2Mix, slots, &table).expect("assembles");
+            for i in 0..500u32 {
+                let ip = Ipv4Addr::from(0x0a00_0000 | i.wrapping_mul(2_654_435_761) >> 8);
+                let text = AddressText::from_ip(&match family {
+                    Family::V4 => IpAddr::V4(ip),
+                    Family::V6 => IpAddr::V6(ip.to_ipv6_mapped()),
+                });
+                let slot = Hash::Djb2Mix.of(text.as_bytes()) as usize % slots;
+                assert_eq!(run(&prog, &ipv4_syn(ip)), table[slot], "{text:?}");
+            }
+        }
+        assert!(steering(Family::V4, Hash::Djb2, 3, &[1, 2]).is_err());
+        // The largest table fits the kernel's limit.
+        let reversed: Vec<u32> = (0..MAX_SLOTS as u32).rev().map(|s| s + 1).collect();
+        let prog = steering(Family::V6, Hash::Djb2Mix, MAX_SLOTS, &reversed).expect("fits");
+        assert!(prog.len() <= MAX_INSNS, "{}", prog.len());
     }
 }
