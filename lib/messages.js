@@ -15,6 +15,9 @@ const LISTEN = 'listen:';
 const PLACE = 'place:';
 const SHUTDOWN = 'shutdown'; // primary -> worker: finish what is open and exit
 const CLOSING = 'closing'; // worker -> primary: the user closed the server (sticky-session): replace me
+// worker -> primary: it got SIGINT/SIGTERM of its own and is stopping: replace me, unless the
+// primary is being stopped too (Ctrl-C reaches the whole group; the primary holds it briefly).
+const STOPPING = 'stopping';
 
 const INTERNAL = 'NODE_STICKY_RS';
 
@@ -34,4 +37,4 @@ function noticeType(prefix, message) {
   return message.type.startsWith(prefix) ? message.type.slice(prefix.length) : null;
 }
 
-module.exports = { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_PID, notifyPrimary, noticeType };
+module.exports = { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, WORKER_INDEX, PRIMARY_PID, notifyPrimary, noticeType };

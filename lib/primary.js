@@ -9,10 +9,15 @@ const net = require('node:net');
 const { native } = require('./binding');
 const { listenError } = require('./errors');
 const { log, warn, Warnings } = require('./log');
-const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, noticeType } = require('./messages');
+const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, WORKER_INDEX, noticeType } = require('./messages');
 const { Slot } = require('./slot');
 
 const WATCH_INTERVAL = 1000;
+// A worker stopping on a signal of its own: how long the primary waits before it replaces it.
+// Ctrl-C signals the whole group, and the worker's notice can arrive before the primary's own
+// SIGINT (Node does not say who sent a signal): if the primary is signalled meanwhile, nothing
+// is forked.
+const SIGNAL_HOLD = 100;
 
 class Primary extends EventEmitter {
   constructor(options) {
@@ -161,7 +166,17 @@ class Primary extends EventEmitter {
       // A retired worker (a reload's old one whose notice came late) gets no channel: its hello
       // would take the slot back from its replacement.
       if (type === READY && !member.channel && !member.retired && !this.closing) this.sendChannel(member);
-      if (type === CLOSING) this.onClosing(member);
+      if (type === CLOSING) {
+        member.notice = true;
+        this.onClosing(member);
+      }
+      if (type === STOPPING) {
+        member.notice = true;
+        member.stoppingAt = Date.now();
+        setTimeout(() => {
+          if (!this.closing) this.onClosing(member);
+        }, SIGNAL_HOLD).unref();
+      }
     });
     worker.on('exit', (code, signal) => this.onExit(member, code, signal));
     // On the next tick: the first workers are forked inside sticky(), before its caller can listen.
@@ -312,8 +327,30 @@ class Primary extends EventEmitter {
       if (slot && slot.current === member) slot.current = null;
       return;
     }
-    const next = this.slots[index].exited(member, Date.now());
+    const asked = Slot.exitAsked(member, code, signal);
+    // Stopped by a signal: maybe Ctrl-C, whose SIGINT to the primary may still be on its way.
+    const held = asked && (member.stoppingAt !== undefined || signal) ? (member.stoppingAt || Date.now()) + SIGNAL_HOLD - Date.now() : 0;
+    if (held > 0) {
+      setTimeout(() => {
+        if (!this.closing) this.afterExit(member, code, signal, asked);
+      }, held).unref();
+      return;
+    }
+    this.afterExit(member, code, signal, asked);
+  }
+
+  /** What the exit of our own `member` means for its slot: nothing, a respawn, or giving up. */
+  afterExit(member, code, signal, asked) {
+    const o = this.options;
+    const { slot: index, worker } = member;
+    const next = this.slots[index].exited(member, Date.now(), asked);
     if (next.then === 'nothing') return; // a worker retired by reload, or a failed replacement
+    // Asked to go: replaced at once, not counted, nothing to warn about.
+    if (next.asked) {
+      if (o.debug) log('primary', `slot ${index}: worker #${worker.id} stopped as asked (${signal || `code ${code}`}); replacing it at once`);
+      if (next.then === 'respawn') this.respawn(index, next.delay);
+      return;
+    }
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
     if (next.then === 'give-up') {
       // A supervisor (systemd, Kubernetes, PM2) must see the failure: exit 1.
@@ -493,7 +530,7 @@ class Primary extends EventEmitter {
    */
   onClosing(member) {
     const slot = this.slots[member.slot];
-    if (this.closing || slot.current !== member || !member.channel) return;
+    if (this.closing || slot.current !== member || !member.channel || !this.members.has(member.worker)) return;
     if (this.options.debug) log('primary', `slot ${member.slot}: worker #${member.worker.id} is stopping (it closed its server, or got a signal of its own): replacing it`);
     this.router.retire(member.channel.id);
     this.replace(member.slot).catch((err) => {

@@ -6,7 +6,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
 const { log } = require('./log');
-const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, PRIMARY_PID, notifyPrimary } = require('./messages');
+const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, WORKER_INDEX, PRIMARY_PID, notifyPrimary } = require('./messages');
 
 let state = null;
 
@@ -478,7 +478,7 @@ function shutdown(ownSignal = false) {
   for (const [, handle] of state.earlyMembers.splice(0)) handle.close();
   const { servers, options } = state;
   if (options.debug) log(state.role, 'shutting down');
-  if (!servers) process.exit(0);
+  if (!servers) exit();
   const hooks = [];
   const waitUntil = (promise) => hooks.push(Promise.resolve(promise).catch(() => {}));
   for (const server of servers) {

@@ -1,0 +1,90 @@
+'use strict';
+// What operators do every day (issue 19), with real primaries: retiring a worker on purpose
+// (a signal, server.close()) is no crash, Ctrl-C forks nothing.
+// Runs in the default dispatch mode and with DISPATCH=primary (the router).
+const { freePort, startFixture, stopAll, get, ipsOf, total, alive } = require('./helpers');
+
+afterEach(stopAll);
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const DISPATCH = process.env.DISPATCH ? { DISPATCH: process.env.DISPATCH } : {};
+
+async function startApp(env = {}) {
+  const port = await freePort();
+  const app = startFixture('cluster-app.js', { PORT: String(port), ...DISPATCH, ...env });
+  await app.next((e) => e.event === 'listening');
+  return { app, port };
+}
+
+/** Resolves with what `fn` returns once truthy, polled every 20 ms; throws after `timeout` ms. */
+async function until(fn, timeout, what) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`not within ${timeout} ms: ${what}`);
+    await sleep(20);
+  }
+}
+
+test('30 workers retired on purpose within a minute (SIGINT, SIGTERM, server.close()): each replaced at once, no restart counted, no warning, the service stays up', async () => {
+  const { app, port } = await startApp({ WORKERS: '2' });
+  await app.count('ready', 2);
+  const ips = [ipsOf(0, 2, 1)[0], ipsOf(1, 2, 1)[0]];
+  const ways = ['SIGINT', 'SIGTERM', 'close'];
+  const switchMs = [];
+  for (let i = 0; i < 30; i++) {
+    const slot = i % 2;
+    const way = ways[Math.floor(i / 2) % 3];
+    const old = (await app.stats()).slots[slot].pid;
+    const started = Date.now();
+    if (way === 'close') get(port, ips[slot], '/close-and-exit').catch(() => {});
+    else process.kill(old, way);
+    const seen = app.events.length;
+    const ready = await app.next((e) => e.event === 'ready' && e.slot === slot && app.events.indexOf(e) >= seen, 10000);
+    // Serving: a request of the slot reaches the replacement.
+    const answer = await until(async () => {
+      const r = await get(port, ips[slot]).catch(() => null);
+      return r && r.status === 200 && r.body.pid === ready.pid && r;
+    }, 10000, `slot ${slot} served by the replacement of pid ${old}`);
+    expect(answer.body.slot).toBe(slot);
+    switchMs.push(Date.now() - started);
+    await until(() => !alive(old), 10000, `pid ${old} gone`);
+  }
+  const stats = await app.stats();
+  console.log(`30 retirements: serving again after ${Math.min(...switchMs)}-${Math.max(...switchMs)} ms; restarts counted ${JSON.stringify(stats.slots.map((s) => s.restarts))}`);
+  expect(app.child.exitCode).toBe(null);
+  expect(total(stats, 'restarts')).toBe(0);
+  expect(Math.max(...switchMs)).toBeLessThan(2000);
+  expect(app.stderr).not.toMatch(/respawning|giving up/);
+  // One fork per retirement, none more.
+  expect(app.events.filter((e) => e.event === 'fork')).toHaveLength(2 + 30);
+}, 120000);
+
+test('a worker that exits with an error is still counted and backs off', async () => {
+  const { app, port } = await startApp({ WORKERS: '2', RESPAWN_DELAY: '200' });
+  await app.count('ready', 2);
+  const ip = ipsOf(1, 2, 1)[0];
+  const old = (await app.stats()).slots[1].pid;
+  await get(port, ip, '/crash').catch(() => null);
+  const respawn = await app.next((e) => e.event === 'respawn' && e.slot === 1);
+  expect(respawn.delay).toBe(200);
+  await app.next((e) => e.event === 'ready' && e.slot === 1 && e.pid !== old);
+  const stats = await app.stats();
+  expect(stats.slots.map((s) => s.restarts)).toEqual([0, 1]);
+  await until(() => /slot 1: worker pid \d+ exited with code 1 .*respawning with back-off/.test(app.stderr), 3000, 'the crash warning');
+});
+
+test('Ctrl-C (SIGINT to the process group) forks no replacement, 3 rounds of 4 workers', async () => {
+  const extra = [];
+  for (let round = 0; round < 3; round++) {
+    const { app } = await startApp({ WORKERS: '4' });
+    await app.count('ready', 4);
+    process.kill(-app.child.pid, 'SIGINT');
+    expect(await app.exited).toEqual({ code: 0, signal: null });
+    extra.push(app.events.filter((e) => e.event === 'fork').length - 4);
+    await app.stop();
+  }
+  console.log(`Ctrl-C: forks after the signal per round ${JSON.stringify(extra)}`);
+  expect(extra).toEqual([0, 0, 0]);
+}, 60000);
