@@ -1,6 +1,7 @@
 'use strict';
 // What operators do every day (issue 19), with real primaries: retiring a worker on purpose
-// (a signal, server.close()) is no crash, Ctrl-C forks nothing.
+// (a signal, server.close()) is no crash, Ctrl-C forks nothing, a reload switches every slot
+// without waiting for the old workers' long requests.
 // Runs in the default dispatch mode and with DISPATCH=primary (the router).
 const { freePort, startFixture, stopAll, get, ipsOf, total, alive } = require('./helpers');
 
@@ -87,4 +88,25 @@ test('Ctrl-C (SIGINT to the process group) forks no replacement, 3 rounds of 4 w
   }
   console.log(`Ctrl-C: forks after the signal per round ${JSON.stringify(extra)}`);
   expect(extra).toEqual([0, 0, 0]);
+}, 60000);
+
+test('a reload switches every slot while the old workers drain in parallel: 4 slots each with a 6 s request, all switched in < 3 s, every request answered', async () => {
+  const { app, port } = await startApp({ WORKERS: '4' });
+  await app.count('ready', 4);
+  const before = (await app.stats()).slots.map((s) => s.pid);
+  const requests = [0, 1, 2, 3].map((slot) => get(port, ipsOf(slot, 4, 1)[0], '/slow?ms=6000', { timeout: 30000 }));
+  // Every request is in its worker's hands before the reload starts.
+  await app.statsWhen((s) => total(s, 'accepted') >= 4);
+  const started = Date.now();
+  app.command('reload');
+  const outcome = await app.next((e) => e.event === 'reloaded' || e.event === 'reload-failed', 30000);
+  const reloadMs = Date.now() - started;
+  const switched = (await app.stats()).slots.map((s) => s.pid);
+  const answers = await Promise.all(requests);
+  console.log(`reload with a 6 s request per slot: every slot switched in ${reloadMs} ms; requests answered ${Date.now() - started} ms after the reload`);
+  expect(outcome.event).toBe('reloaded');
+  expect(reloadMs).toBeLessThan(3000);
+  for (let slot = 0; slot < 4; slot++) expect(switched[slot]).not.toBe(before[slot]);
+  expect(answers.map((a) => [a.status, a.body.pid])).toEqual(before.map((pid) => [200, pid]));
+  for (const pid of before) await until(() => !alive(pid), 10000, `old worker ${pid} gone`);
 }, 60000);

@@ -447,9 +447,11 @@ class Primary extends EventEmitter {
   }
 
   /**
-   * Replaces every worker, one slot at a time: fork, wait until the new one is ready and the
-   * slot delivers to it, then let the old one finish its connections and exit. Resolves when
-   * every old worker is gone.
+   * Replaces every worker, one slot after the other: fork, wait until the new one is ready and
+   * the slot delivers to it, retire the old one, and go on with the next slot at once: the old
+   * workers finish their connections in parallel (a websocket may hold one for up to
+   * hardShutdownDelay). Resolves once every slot runs a new worker, with `{ drained }`: a
+   * promise that resolves once every old worker is gone.
    */
   reload() {
     if (this.closing) return Promise.reject(new Error('sticky-rs: shutting down'));
@@ -467,20 +469,25 @@ class Primary extends EventEmitter {
     const o = this.options;
     this.reloading = (async () => {
       if (o.debug) log('primary', 'reloading');
-      const retired = [];
+      const started = Date.now();
+      const exits = [];
       const failed = [];
       for (let index = 0; index < this.slots.length && !this.closing; index++) {
         try {
-          retired.push(await this.replace(index));
+          exits.push((await this.replace(index)).exited);
         } catch (err) {
           // Said always: an operator who sent SIGHUP must learn which slots still run old code.
           warn(err.message);
           failed.push(index);
         }
       }
-      await Promise.all(retired);
+      // The old workers drain on their own, in parallel: the reload does not wait for them.
+      const drained = Promise.all(exits).then(() => {
+        if (o.debug && !this.closing) log('primary', `reload: the ${exits.length} old worker(s) finished their connections and exited, ${Date.now() - started} ms after the reload began`);
+      });
       if (failed.length > 0) throw new Error(`sticky-rs: reload incomplete: slot(s) ${failed.join(', ')} still run their previous worker`);
-      if (o.debug) log('primary', this.closing ? 'reload cut short by shutdown' : 'reload done');
+      if (o.debug) log('primary', this.closing ? 'reload cut short by shutdown' : `reload: every slot switched to a new worker in ${Date.now() - started} ms; the old ones finish their connections meanwhile`);
+      return { drained };
     })().finally(() => {
       this.reloading = null;
     });
@@ -490,7 +497,7 @@ class Primary extends EventEmitter {
   /**
    * Replaces the worker of one slot without losing a connection: fork, wait until the new one
    * is ready and the slot delivers to it, then retire the old one. Resolves, once switched, with
-   * a promise of the old worker's exit.
+   * `{ exited }`, a promise of the old worker's exit (wrapped: the switch must not wait for it).
    */
   replace(index) {
     if (this.replacements[index]) return this.replacements[index];
@@ -506,16 +513,16 @@ class Primary extends EventEmitter {
       // readyTimeout).
       const ok = await next.whenReady;
       // A shutdown meanwhile retires every worker gracefully, this one included.
-      if (this.closing) return Promise.resolve();
+      if (this.closing) return { exited: Promise.resolve() };
       if (!ok) {
         if (this.members.has(next.worker)) next.worker.process.kill('SIGKILL');
         throw new Error(`sticky-rs: replacing slot ${index} failed: the new worker did not become ready within readyTimeout (${o.readyTimeout} ms)`);
       }
       const previous = slot.replaced(next);
-      if (!previous || !this.members.has(previous.worker)) return Promise.resolve();
+      if (!previous || !this.members.has(previous.worker)) return { exited: Promise.resolve() };
       const exited = new Promise((resolve) => previous.worker.once('exit', resolve));
       this.retire(previous);
-      return exited;
+      return { exited };
     })().finally(() => {
       this.replacements[index] = null;
       // Whatever happened, the slot must end up with a worker.
