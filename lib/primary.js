@@ -8,7 +8,8 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
 const { listenError } = require('./errors');
-const { log, warn, Warnings } = require('./log');
+const { log, warn, notice, Warnings } = require('./log');
+const { startedOnTerminal, terminalAlive, ignoreDeadTerminal, exitHungUp } = require('./terminal');
 const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, WORKER_INDEX, noticeType } = require('./messages');
 const { Slot } = require('./slot');
 
@@ -94,14 +95,33 @@ class Primary extends EventEmitter {
       for (const worker of Object.values(cluster.workers)) this.adopt(worker);
       return this;
     }
+    // SIGHUP: a hang-up if started from a terminal that is gone now, else a reload.
+    this.terminal = startedOnTerminal();
     this.signals = {
       SIGINT: () => this.exitAfter(this.shutdown()),
       SIGTERM: () => this.exitAfter(this.shutdown()),
-      // reload() logs each slot it could not replace.
-      SIGHUP: () => this.reload().catch(() => {}),
+      SIGHUP: () => this.onSighup(),
     };
     for (const [signal, handler] of Object.entries(this.signals)) process.on(signal, handler);
     return this;
+  }
+
+  /**
+   * SIGHUP. Its terminal closed (the primary ran in it, and /dev/tty can no longer be opened):
+   * the app ends, as a plain Node server does, once its workers finished what they have;
+   * writes to the dead terminal fail (EIO) and are ignored. Otherwise (`kill -HUP`, systemd,
+   * PM2 fork mode, Docker, nohup) it asks for a reload; reload() warns about each slot it could
+   * not replace. Either way one line says which.
+   */
+  onSighup() {
+    if (this.terminal && !terminalAlive()) {
+      ignoreDeadTerminal();
+      notice('SIGHUP: the terminal this app was started from is gone (hang-up): shutting down');
+      this.shutdown().then(exitHungUp);
+      return;
+    }
+    notice(`SIGHUP: reloading every worker (${this.terminal ? 'its terminal is still open: a deliberate kill -HUP' : 'not started from a terminal'})`);
+    this.reload().catch(() => {});
   }
 
   /** The (first) address the router listens on, like `server.address()`. */

@@ -6,6 +6,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
 const { log } = require('./log');
+const { startedOnTerminal, terminalAlive, ignoreDeadTerminal, exitHungUp } = require('./terminal');
 const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, WORKER_INDEX, PRIMARY_PID, notifyPrimary } = require('./messages');
 
 let state = null;
@@ -66,8 +67,14 @@ function prepare(options, adopted = false) {
   // counts not yet reported go first: sending is synchronous.
   process.on('exit', reportNow);
   // SIGHUP means "reload" to the primary, which replaces this worker gracefully; a terminal
-  // sends it to the whole process group.
-  process.on('SIGHUP', () => {});
+  // sends it to the whole process group. A terminal that hung up: the primary shuts down, and
+  // this worker must neither die writing to it (EIO) nor abort at exit (see exitHungUp).
+  const onTerminal = startedOnTerminal();
+  process.on('SIGHUP', () => {
+    if (!onTerminal || state.hungUp || terminalAlive()) return;
+    state.hungUp = true;
+    ignoreDeadTerminal();
+  });
   return true;
 }
 
@@ -489,7 +496,7 @@ function shutdown(ownSignal = false) {
   // A signal to this worker alone (or to the whole group, when the primary stops too and
   // ignores this): the primary replaces it at once, as if it had closed its server, so that new
   // clients of its slot go to the replacement and this worker's drain ends.
-  if (ownSignal) notifyPrimary(options.prefix, CLOSING);
+  if (ownSignal) notifyPrimary(options.prefix, STOPPING);
   // Engine.io answers pending long-polls on 'close', after closeIdleConnections() ran once.
   const idleSweep = setInterval(() => {
     for (const server of servers) if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
@@ -513,8 +520,14 @@ function shutdown(ownSignal = false) {
     clearInterval(idleSweep);
     closeReceiver();
     if (options.debug) log(state.role, 'done, exiting');
-    process.exit(0);
+    exit();
   })();
+}
+
+/** Exits with 0 when done; on a terminal that hung up, as the hang-up would have ended it. */
+function exit() {
+  if (state.hungUp) exitHungUp();
+  else process.exit(0);
 }
 
 module.exports = { prepare, serve, prepared };
