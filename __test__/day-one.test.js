@@ -1,8 +1,9 @@
 'use strict';
 // What operators do every day (issue 19), with real primaries: retiring a worker on purpose
 // (a signal, server.close()) is no crash, Ctrl-C forks nothing, a reload switches every slot
-// without waiting for the old workers' long requests.
+// without waiting for the old workers' long requests, a shutdown that has to wait says so.
 // Runs in the default dispatch mode and with DISPATCH=primary (the router).
+const net = require('node:net');
 const { freePort, startFixture, stopAll, get, ipsOf, total, alive } = require('./helpers');
 
 afterEach(stopAll);
@@ -110,3 +111,27 @@ test('a reload switches every slot while the old workers drain in parallel: 4 sl
   expect(answers.map((a) => [a.status, a.body.pid])).toEqual(before.map((pid) => [200, pid]));
   for (const pid of before) await until(() => !alive(pid), 10000, `old worker ${pid} gone`);
 }, 60000);
+
+test('a shutdown that has to wait (SSE and an upgraded connection open) says so within 1 s; the connections ending lets it finish, exit 0', async () => {
+  const { app, port } = await startApp({ WORKERS: '2' });
+  await app.count('ready', 2);
+  const open = (ip, head) => new Promise((resolve, reject) => {
+    const socket = net.connect({ host: '127.0.0.1', port, localAddress: ip }, () => socket.write(head));
+    socket.once('data', () => resolve(socket));
+    socket.on('error', reject);
+  });
+  const sse = await open(ipsOf(0, 2, 1)[0], 'GET /sse HTTP/1.1\r\nHost: x\r\n\r\n');
+  const upgraded = await open(ipsOf(1, 2, 1)[0], 'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n');
+  try {
+    const started = Date.now();
+    process.kill(-app.child.pid, 'SIGINT');
+    const line = await until(() => app.stderr.split('\n').find((l) => /waiting/.test(l)), 1000, 'a line saying the shutdown waits');
+    console.log(`shutdown with SSE + upgrade open: after ${Date.now() - started} ms: ${line}`);
+    expect(line).toMatch(/waiting for 2 connection\(s\) on 2 worker\(s\), up to 60 s \(hardShutdownDelay\); Ctrl-C again to force/);
+    expect(app.child.exitCode).toBe(null);
+  } finally {
+    sse.destroy();
+    upgraded.destroy();
+  }
+  expect(await app.exited).toEqual({ code: 0, signal: null });
+}, 30000);

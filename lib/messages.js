@@ -18,6 +18,9 @@ const CLOSING = 'closing'; // worker -> primary: the user closed the server (sti
 // worker -> primary: it got SIGINT/SIGTERM of its own and is stopping: replace me, unless the
 // primary is being stopped too (Ctrl-C reaches the whole group; the primary holds it briefly).
 const STOPPING = 'stopping';
+// worker -> primary: `open:<n>`, a shutting-down worker still has n connections open 300 ms in
+// (websockets, Server-Sent Events, long requests): the primary says what the shutdown waits for.
+const OPEN = 'open:';
 
 const INTERNAL = 'NODE_STICKY_RS';
 
@@ -37,4 +40,4 @@ function noticeType(prefix, message) {
   return message.type.startsWith(prefix) ? message.type.slice(prefix.length) : null;
 }
 
-module.exports = { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, WORKER_INDEX, PRIMARY_PID, notifyPrimary, noticeType };
+module.exports = { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, PRIMARY_PID, notifyPrimary, noticeType };

@@ -10,7 +10,7 @@ const { native } = require('./binding');
 const { listenError } = require('./errors');
 const { log, warn, notice, Warnings } = require('./log');
 const { startedOnTerminal, terminalAlive, ignoreDeadTerminal, exitHungUp } = require('./terminal');
-const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, WORKER_INDEX, noticeType } = require('./messages');
+const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, noticeType } = require('./messages');
 const { Slot } = require('./slot');
 
 const WATCH_INTERVAL = 1000;
@@ -19,6 +19,8 @@ const WATCH_INTERVAL = 1000;
 // SIGINT (Node does not say who sent a signal): if the primary is signalled meanwhile, nothing
 // is forked.
 const SIGNAL_HOLD = 100;
+// A shutdown still waiting for connections this long after it began says so (within 1 s).
+const WAITING_AFTER = 700;
 
 class Primary extends EventEmitter {
   constructor(options) {
@@ -190,6 +192,7 @@ class Primary extends EventEmitter {
         member.notice = true;
         this.onClosing(member);
       }
+      if (type && type.startsWith(OPEN)) member.open = Number(type.slice(OPEN.length)) || 0;
       if (type === STOPPING) {
         member.notice = true;
         member.stoppingAt = Date.now();
@@ -635,14 +638,29 @@ class Primary extends EventEmitter {
     for (const worker of Object.values(cluster.workers)) {
       if (!this.members.has(worker)) worker.process.kill('SIGTERM');
     }
+    // Connections that never end on their own (websockets, Server-Sent Events) keep it waiting:
+    // an operator who pressed Ctrl-C must learn why nothing happens, and how to force it.
+    this.waitingTimer = setTimeout(() => this.sayWaiting(), WAITING_AFTER);
+    this.waitingTimer.unref();
     if (this.members.size === 0) this.finish(0);
     return this.closed;
+  }
+
+  /** During shutdown: one line on what it waits for, from the workers' `open:<n>` notices. */
+  sayWaiting() {
+    if (this.finished) return;
+    const busy = [...this.members.values()].filter((m) => m.open > 0);
+    const connections = busy.reduce((n, m) => n + m.open, 0);
+    if (connections === 0) return;
+    const seconds = Math.round(this.options.hardShutdownDelay / 1000);
+    warn(`shutdown: waiting for ${connections} connection(s) on ${busy.length} worker(s), up to ${seconds} s (hardShutdownDelay); Ctrl-C again to force`);
   }
 
   finish(code) {
     if (this.finished) return;
     this.finished = true;
     clearTimeout(this.hardTimer);
+    clearTimeout(this.waitingTimer);
     clearInterval(this.watchTimer);
     // Not at once: the leftover exit handler forks right after our last worker's exit, and a
     // process that starts after the primary exited dies of EPIPE with a stack trace.

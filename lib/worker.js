@@ -7,13 +7,15 @@ const net = require('node:net');
 const { native } = require('./binding');
 const { log } = require('./log');
 const { startedOnTerminal, terminalAlive, ignoreDeadTerminal, exitHungUp } = require('./terminal');
-const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, WORKER_INDEX, PRIMARY_PID, notifyPrimary } = require('./messages');
+const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, PRIMARY_PID, notifyPrimary } = require('./messages');
 
 let state = null;
 
 // Kernel dispatch: how often at most this worker reports the connections it accepted itself (the
 // primary counts them per slot); rarely enough that the primary stays off the connection path.
 const ACCEPTED_REPORT_EVERY = 100;
+// A shutting-down worker tells the primary how many connections it still has this late.
+const OPEN_REPORT_AFTER = 300;
 // A full channel (the primary is busy): when to try the waiting reports again.
 const FLUSH_RETRY = 10;
 // Connections that came through the channel (the primary counted them already).
@@ -497,6 +499,11 @@ function shutdown(ownSignal = false) {
   // ignores this): the primary replaces it at once, as if it had closed its server, so that new
   // clients of its slot go to the replacement and this worker's drain ends.
   if (ownSignal) notifyPrimary(options.prefix, STOPPING);
+  // What keeps this worker from exiting, for the primary's "waiting" line; idle keep-alive
+  // connections are closed by then.
+  setTimeout(() => {
+    if (state.sockets.size > 0) notifyPrimary(options.prefix, OPEN + state.sockets.size);
+  }, OPEN_REPORT_AFTER).unref();
   // Engine.io answers pending long-polls on 'close', after closeIdleConnections() ran once.
   const idleSweep = setInterval(() => {
     for (const server of servers) if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
