@@ -135,3 +135,13 @@ test('a shutdown that has to wait (SSE and an upgraded connection open) says so 
   }
   expect(await app.exited).toEqual({ code: 0, signal: null });
 }, 30000);
+
+test("a half-migrated @socket.io/sticky app (setupMaster from sticky-rs, setupWorker still from @socket.io/sticky) is warned about, naming the cause, without debug", async () => {
+  const port = await freePort();
+  const app = startFixture('socketio-guide.js', { PORT: String(port), WORKERS: '2', HALF_MIGRATED: '1' });
+  await app.next((e) => e.event === 'listening');
+  const started = Date.now();
+  const line = await until(() => app.stderr.split('\n').find((l) => /without calling sticky-rs's setupWorker/.test(l)), 8000, 'the warning');
+  console.log(`half-migrated app: warned after ${Date.now() - started} ms: ${line}`);
+  expect(line).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z \[sticky-rs\] warning: worker pid \d+ (\(and 1 more\) )?has run for 5000 ms without calling sticky-rs's setupWorker\(io\): it gets no connections.*@socket\.io\/sticky/);
+}, 30000);

@@ -19,6 +19,9 @@ const WATCH_INTERVAL = 1000;
 // SIGINT (Node does not say who sent a signal): if the primary is signalled meanwhile, nothing
 // is forked.
 const SIGNAL_HOLD = 100;
+// setupMaster: a worker of the user's still without setupWorker() this long after it started is
+// warned about (at most readyTimeout): its clients are waiting meanwhile.
+const ADOPT_WARN_AFTER = 5000;
 // A shutdown still waiting for connections this long after it began says so (within 1 s).
 const WAITING_AFTER = 700;
 
@@ -221,9 +224,15 @@ class Primary extends EventEmitter {
       member.settleReady = resolve;
     });
     this.members.set(worker, member);
+    // Said always: clients of the sessions it would take wait, and nothing else tells why (a
+    // half-done migration from @socket.io/sticky hangs every client otherwise).
+    const after = Math.min(ADOPT_WARN_AFTER, o.readyTimeout);
     member.timer = setTimeout(() => {
-      if (o.debug && !member.handedOver) log('primary', `worker #${worker.id} (pid ${worker.process.pid}) has not called setupWorker(io) within readyTimeout (${o.readyTimeout} ms): it gets no connections`);
-    }, o.readyTimeout);
+      if (member.slot !== null || this.closing) return;
+      this.warnings.note('not-adopted', 1, (n) =>
+        `worker pid ${worker.process.pid}${n > 1 ? ` (and ${n - 1} more)` : ''} has run for ${after} ms without calling sticky-rs's setupWorker(io): it gets no connections, and clients wait for a worker. ` +
+        "Likely cause: setupWorker still comes from @socket.io/sticky (require('@socket.io/sticky')); take setupMaster and setupWorker both from sticky-rs");
+    }, after);
     member.timer.unref();
     worker.on('error', (err) => {
       if (o.debug) log('primary', `worker #${worker.id}: ${err.message}`);
