@@ -145,3 +145,24 @@ test("a half-migrated @socket.io/sticky app (setupMaster from sticky-rs, setupWo
   console.log(`half-migrated app: warned after ${Date.now() - started} ms: ${line}`);
   expect(line).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z \[sticky-rs\] warning: worker pid \d+ (\(and 1 more\) )?has run for 5000 ms without calling sticky-rs's setupWorker\(io\): it gets no connections.*@socket\.io\/sticky/);
 }, 30000);
+
+test('a start that works prints one line with the port and the number of workers', async () => {
+  const { spawn } = require('node:child_process');
+  const path = require('node:path');
+  const port = await freePort();
+  const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'cluster-app.js')], { env: { ...process.env, ...DISPATCH, PORT: String(port), WORKERS: '3' }, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  try {
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    const lines = await until(() => {
+      const found = out.split('\n').filter((l) => l.startsWith('sticky-rs: '));
+      return found.length > 0 && out.split('\n').filter((l) => l.includes('"event":"ready"')).length === 3 && found;
+    }, 20000, 'the start-up line');
+    expect(lines).toEqual([`sticky-rs: listening on port ${port} (all addresses) with 3 worker(s) (primary pid ${child.pid})`]);
+    // After every worker is ready, so that it means "serving".
+    const all = out.split('\n');
+    expect(all.findIndex((l) => l.startsWith('sticky-rs: '))).toBeGreaterThan(Math.max(...all.map((l, i) => (l.includes('"event":"ready"') ? i : -1))));
+  } finally {
+    process.kill(-child.pid, 'SIGKILL');
+  }
+});

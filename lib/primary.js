@@ -336,6 +336,20 @@ class Primary extends EventEmitter {
     this.slots[member.slot].ready(member);
     member.settleReady(true);
     if (!this.closing) this.emit('ready', { slot: member.slot, worker: member.worker });
+    this.announce();
+  }
+
+  /**
+   * Once, when every slot first has a ready worker: one line on stdout with the address and the
+   * number of workers, as most servers print (not with setupMaster, whose workers are the app's).
+   */
+  announce() {
+    const o = this.options;
+    if (this.announced || this.closing || o.adopt || !this.slots.every((s) => s.current && s.current.ready)) return;
+    this.announced = true;
+    const where = this.addresses().map(({ address, port }) => (address === '::' || address === '0.0.0.0' ? `port ${port} (all addresses)` : `${address.includes(':') ? `[${address}]` : address}:${port}`));
+    // console.log: a closed stdout is no error here.
+    console.log(`sticky-rs: listening on ${where.join(', ')} with ${o.slots} worker(s) (primary pid ${process.pid})`);
   }
 
   onExit(member, code, signal) {
