@@ -23,6 +23,10 @@ const STOPPING = 'stopping';
 const OPEN = 'open:';
 
 const INTERNAL = 'NODE_STICKY_RS';
+// worker -> primary, without the prefix (sent before the options are known): `{ cmd: INTERNAL,
+// type: FAILED, error }`, the uncaught error that ends a worker before it was ready; the primary
+// reports each distinct one once.
+const FAILED = 'sticky-rs:failed';
 
 /** The environment variable that tells each of our workers its slot (both APIs). */
 const WORKER_INDEX = 'STICKY_RS_WORKER_INDEX';
@@ -40,4 +44,4 @@ function noticeType(prefix, message) {
   return message.type.startsWith(prefix) ? message.type.slice(prefix.length) : null;
 }
 
-module.exports = { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, PRIMARY_PID, notifyPrimary, noticeType };
+module.exports = { INTERNAL, FAILED, READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, PRIMARY_PID, notifyPrimary, noticeType };

@@ -10,7 +10,7 @@ const { native } = require('./binding');
 const { listenError } = require('./errors');
 const { log, warn, notice, Warnings } = require('./log');
 const { startedOnTerminal, terminalAlive, ignoreDeadTerminal, exitHungUp } = require('./terminal');
-const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, noticeType } = require('./messages');
+const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, INTERNAL, FAILED, noticeType } = require('./messages');
 const { Slot } = require('./slot');
 
 const WATCH_INTERVAL = 1000;
@@ -88,6 +88,9 @@ class Primary extends EventEmitter {
       return this;
     }
     const o = this.options;
+    this.startedAt = Date.now();
+    /** Start-up failures already printed (their first lines), with how often each came. */
+    this.failures = new Map();
     this.watch();
     if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s), ${o.dispatch} dispatch (${o.dispatchWhy})`);
     for (let index = 0; index < o.slots; index++) {
@@ -187,6 +190,7 @@ class Primary extends EventEmitter {
       if (worker.process.pid === undefined) this.onExit(member, null, null);
     });
     worker.process.on('internalMessage', (message) => {
+      if (message && message.cmd === INTERNAL && message.type === FAILED) member.failure = String(message.error);
       const type = noticeType(o.prefix, message);
       // A retired worker (a reload's old one whose notice came late) gets no channel: its hello
       // would take the slot back from its replacement.
@@ -332,6 +336,7 @@ class Primary extends EventEmitter {
   onReady(member) {
     if (member.ready) return;
     member.ready = true;
+    this.everReady = true;
     clearTimeout(member.timer);
     this.slots[member.slot].ready(member);
     member.settleReady(true);
@@ -398,19 +403,42 @@ class Primary extends EventEmitter {
       return;
     }
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+    const seen = member.failure ? this.sayFailure(member, index) : '';
+    if (next.then !== 'give-up' && Slot.givesUpNeverReady(o, { startedAt: this.startedAt, now: Date.now(), anyReady: this.everReady })) {
+      warn(`no worker became ready within ${Math.min(o.queueTimeout, o.readyTimeout)} ms of the start (the shorter of queueTimeout and readyTimeout: clients waiting for a worker would wait longer); the last, slot ${index} pid ${worker.process.pid}, ${how}${seen}: giving up, shutting down with exit code 1`);
+      this.exitAfter(this.shutdown().then(() => 1));
+      return;
+    }
     if (next.then === 'give-up') {
       // A supervisor (systemd, Kubernetes, PM2) must see the failure: exit 1.
-      warn(`slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms, ${next.exits} exits within restartWindow (${o.restartWindow} ms), more than maxRestarts (${o.maxRestarts}): giving up, shutting down with exit code 1`);
+      warn(`slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms${seen}, ${next.exits} exits within restartWindow (${o.restartWindow} ms), more than maxRestarts (${o.maxRestarts}): giving up, shutting down with exit code 1`);
       this.exitAfter(this.shutdown().then(() => 1));
       return;
     }
     if (next.lived < o.respawnResetAfter && !member.killedNotReady) {
       this.warnings.note(`crash:${index}`, 1, (n) =>
-        `slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms; ${next.exits} exit(s) within ${o.restartWindow} ms` +
+        `slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms${seen}; ${next.exits} exit(s) within ${o.restartWindow} ms` +
         (n > 1 ? ` (${n} since the last warning)` : '') + `; respawning with back-off (gives up after ${o.maxRestarts})`);
     }
     // 'replacement': the replacement under way takes the slot.
     if (next.then === 'respawn') this.respawn(index, next.delay);
+  }
+
+  /**
+   * A worker's uncaught error before it was ready: printed in full the first time (with a
+   * warning's stamp; its lines indented), then only named. Returns what the exit line adds.
+   */
+  sayFailure(member, index) {
+    const { failure, worker } = member;
+    const key = failure.split('\n').slice(0, 2).join('\n');
+    const times = (this.failures.get(key) || 0) + 1;
+    this.failures.set(key, times);
+    const first = failure.split('\n')[0];
+    if (times === 1) {
+      warn(`slot ${index}: worker pid ${worker.process.pid} failed before it was ready (the same error from later workers is not printed again):\n    ${failure.split('\n').join('\n    ')}`);
+      return ` (${first})`;
+    }
+    return ` (${first}: the same error as printed before, ${times} times so far)`;
   }
 
   /**

@@ -130,6 +130,18 @@ class Slot {
     return notice === true && code === 0;
   }
 
+  /**
+   * A service none of whose workers ever became ready (every one fails at start-up: a bad
+   * deploy) gives up once it has tried for the longest a client may wait for a worker
+   * (min(queueTimeout, readyTimeout) since the start), not only past maxRestarts: with kernel
+   * dispatch the kernel keeps accepting for the slots meanwhile, and those clients would hang
+   * until the give-up. `maxRestarts: Infinity` never gives up.
+   */
+  static givesUpNeverReady(policy, { startedAt, now, anyReady }) {
+    if (anyReady || policy.maxRestarts === Infinity) return false;
+    return now - startedAt >= Math.min(policy.queueTimeout, policy.readyTimeout);
+  }
+
   /** The primary shuts down. */
   close() {
     this.state = 'closed';

@@ -7,7 +7,7 @@ const net = require('node:net');
 const { native } = require('./binding');
 const { log } = require('./log');
 const { startedOnTerminal, terminalAlive, ignoreDeadTerminal, exitHungUp } = require('./terminal');
-const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, PRIMARY_PID, notifyPrimary } = require('./messages');
+const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, PRIMARY_PID, INTERNAL, FAILED, notifyPrimary } = require('./messages');
 
 let state = null;
 
@@ -20,6 +20,26 @@ const OPEN_REPORT_AFTER = 300;
 const FLUSH_RETRY = 10;
 // Connections that came through the channel (the primary counted them already).
 const viaChannel = new WeakSet();
+
+/**
+ * Until this worker is ready, an uncaught error (a ReferenceError at load, a leftover listen(),
+ * a rejected async start-up) goes to the primary, which prints each distinct one once rather than
+ * once per respawn, and the worker exits 1 as Node would. Unless the app handles uncaught errors
+ * itself. Set when sticky-rs is loaded in a worker it forked.
+ */
+function failedAtStart(err) {
+  if (process.listenerCount('uncaughtException') > 1) return;
+  const error = err instanceof Error && err.stack ? err.stack : `Uncaught ${String(err)}`;
+  const exit = () => process.exit(1);
+  setTimeout(exit, 1000);
+  try {
+    process.send({ cmd: INTERNAL, type: FAILED, error: error.slice(0, 8000) }, exit);
+  } catch {
+    process.stderr.write(`${error}\n`);
+    exit();
+  }
+}
+if (cluster.isWorker && process.env[WORKER_INDEX] !== undefined) process.on('uncaughtException', failedAtStart);
 
 function describe(value) {
   return value === null || typeof value !== 'object' ? String(value) : value.constructor.name;
@@ -286,6 +306,8 @@ function openChannel(handle) {
     handle.destroy();
   }
   send('hello');
+  // Ready: from now on an uncaught error is Node's (or the app's) to report.
+  process.removeListener('uncaughtException', failedAtStart);
   // What this server accepted on its members before the channel came.
   state.accepted.report();
   if (state.options.debug) log(state.role, 'channel open, ready for connections');
