@@ -144,8 +144,10 @@ test('which exits were asked for', () => {
   expect(asked({ retired: true }, null, 'SIGKILL')).toBe(true); // hardShutdownDelay after a retire
 });
 
-test('a service that never had a ready worker gives up after min(queueTimeout, readyTimeout); one that served, or maxRestarts Infinity, does not', () => {
-  const p = { ...policy, queueTimeout: 2000, readyTimeout: 5000 };
+test('kernel dispatch: a service that never had a ready worker gives up after min(queueTimeout, readyTimeout); one that served, or maxRestarts Infinity, does not', () => {
+  const p = { ...policy, queueTimeout: 2000, readyTimeout: 5000, dispatch: 'kernel' };
+  // The router times waiting clients out itself (queueTimeout): maxRestarts decides there.
+  expect(Slot.givesUpNeverReady({ ...p, dispatch: 'primary' }, { startedAt: 0, now: 60000, anyReady: false })).toBe(false);
   expect(Slot.givesUpNeverReady(p, { startedAt: 0, now: 1999, anyReady: false })).toBe(false);
   expect(Slot.givesUpNeverReady(p, { startedAt: 0, now: 2000, anyReady: false })).toBe(true);
   expect(Slot.givesUpNeverReady({ ...p, readyTimeout: 1000 }, { startedAt: 0, now: 1000, anyReady: false })).toBe(true);

@@ -404,7 +404,8 @@ class Primary extends EventEmitter {
     }
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
     const seen = member.failure ? this.sayFailure(member, index) : '';
-    if (next.then !== 'give-up' && Slot.givesUpNeverReady(o, { startedAt: this.startedAt, now: Date.now(), anyReady: this.everReady })) {
+    // As of the respawn this exit would wait for: a client must not wait for it past the bound.
+    if (next.then !== 'give-up' && Slot.givesUpNeverReady(o, { startedAt: this.startedAt, now: Date.now() + (next.delay || 0), anyReady: this.everReady })) {
       warn(`no worker became ready within ${Math.min(o.queueTimeout, o.readyTimeout)} ms of the start (the shorter of queueTimeout and readyTimeout: clients waiting for a worker would wait longer); the last, slot ${index} pid ${worker.process.pid}, ${how}${seen}: giving up, shutting down with exit code 1`);
       this.exitAfter(this.shutdown().then(() => 1));
       return;

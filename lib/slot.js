@@ -131,14 +131,14 @@ class Slot {
   }
 
   /**
-   * A service none of whose workers ever became ready (every one fails at start-up: a bad
-   * deploy) gives up once it has tried for the longest a client may wait for a worker
-   * (min(queueTimeout, readyTimeout) since the start), not only past maxRestarts: with kernel
-   * dispatch the kernel keeps accepting for the slots meanwhile, and those clients would hang
-   * until the give-up. `maxRestarts: Infinity` never gives up.
+   * Kernel dispatch: a service none of whose workers ever became ready (every one fails at
+   * start-up: a bad deploy) gives up once it has tried for the longest a client may wait for a
+   * worker (min(queueTimeout, readyTimeout) since the start), not only past maxRestarts: the
+   * kernel keeps accepting for the slots meanwhile, and nothing times those clients out (the
+   * router's queueTimeout does with dispatch 'primary'). `maxRestarts: Infinity` never gives up.
    */
   static givesUpNeverReady(policy, { startedAt, now, anyReady }) {
-    if (anyReady || policy.maxRestarts === Infinity) return false;
+    if (anyReady || policy.maxRestarts === Infinity || policy.dispatch !== 'kernel') return false;
     return now - startedAt >= Math.min(policy.queueTimeout, policy.readyTimeout);
   }
 
