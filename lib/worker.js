@@ -31,12 +31,16 @@ function failedAtStart(err) {
   if (process.listenerCount('uncaughtException') > 1) return;
   const error = err instanceof Error && err.stack ? err.stack : `Uncaught ${String(err)}`;
   const exit = () => process.exit(1);
-  setTimeout(exit, 1000);
-  try {
-    process.send({ cmd: INTERNAL, type: FAILED, error: error.slice(0, 8000) }, exit);
-  } catch {
+  // Said here if the primary cannot say it (its channel is gone).
+  const fallback = () => {
     process.stderr.write(`${error}\n`);
     exit();
+  };
+  setTimeout(fallback, 1000);
+  try {
+    process.send({ cmd: INTERNAL, type: FAILED, error: error.slice(0, 8000) }, (err) => (err ? fallback() : exit()));
+  } catch {
+    fallback();
   }
 }
 if (cluster.isWorker && process.env[WORKER_INDEX] !== undefined) process.on('uncaughtException', failedAtStart);
