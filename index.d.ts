@@ -217,8 +217,12 @@ declare namespace sticky {
     stats(): Stats | null;
     /** Stops accepting, delivers what was accepted, asks every worker to finish; resolves with 0, or 1 if hardShutdownDelay ran out. */
     shutdown(): Promise<number>;
-    /** Replaces every worker, one slot at a time, without dropping a connection. */
-    reload(): Promise<void>;
+    /**
+     * Replaces every worker, slot after slot, without dropping a connection; resolves once every
+     * slot runs a new worker. The old workers finish their connections in parallel: `drained`
+     * resolves once they are all gone.
+     */
+    reload(): Promise<{ drained: Promise<void> }>;
     on<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;
     once<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;
     off<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;

@@ -7,6 +7,16 @@ const socketio = require('./lib/socketio');
 const { prepare, serve } = require('./lib/worker');
 const { prometheus } = require('./lib/metrics');
 const { PRIMARY_PID } = require('./lib/messages');
+const { withoutOwnFrames } = require('./lib/errors');
+
+/** Validated options; an invalid one throws from the caller's frame, not ours. */
+function checked(validate, ...args) {
+  try {
+    return validate(...args);
+  } catch (err) {
+    throw withoutOwnFrames(err); // sticky-rs: an invalid option; the error below says which and why
+  }
+}
 
 // Every process this primary forks, by sticky-rs or by leftover code of the app (even before
 // sticky() runs), can tell that its primary runs sticky-rs.
@@ -17,7 +27,7 @@ let started = null;
 
 /** sticky-cluster: `startFn(callback)` runs in workers and calls `callback(server)`. */
 function sticky(startFn, options) {
-  const o = clusterOptions(startFn, options);
+  const o = checked(clusterOptions, startFn, options);
   if (cluster.isPrimary) return (started = startPrimary(o, o.errorHandler));
   // A worker forked by someone else gets no connections: the app does not start there.
   if (prepare(o)) startFn(serve);
@@ -25,7 +35,7 @@ function sticky(startFn, options) {
 
 /** sticky-session: false in the primary, true in a worker, where `server` gets connections. */
 function listen(server, port, options) {
-  const o = sessionOptions(server, port, options);
+  const o = checked(sessionOptions, server, port, options);
   if (!cluster.isPrimary) {
     if (prepare(o)) serve(server);
     return true;

@@ -75,6 +75,10 @@ test('fork mode, one instance: sticky, `pm2 reload` is graceful (SIGINT, exit 0)
   console.log(`pm2 fork mode: ${exits.map((l) => l.replace(/^.*App/, 'App')).join('; ')}`);
   expect(exits).toHaveLength(2);
   for (const line of exits) expect(line).toMatch(/exited with code \[0\] via signal \[SIGINT\]/);
+  // pm2 signals the whole process tree: the workers' own SIGINT is no crash, and no worker is
+  // forked while the primary stops (issue 19, items 2 and 6).
+  const errors = fs.readdirSync(path.join(home, 'logs')).filter((f) => f.startsWith('sticky-fork-error')).map((f) => fs.readFileSync(path.join(home, 'logs', f), 'utf8')).join('');
+  expect(errors).not.toMatch(/respawning|exited with code/);
   pm2(['delete', 'sticky-fork']);
 });
 

@@ -104,3 +104,53 @@ test('closed: exits change nothing and no replacement starts', () => {
   expect(slot.replaceStarted()).toBe(false);
   expect(slot.state).toBe('closed');
 });
+
+test('a worker asked to go (signal, server.close(), retire) is not counted: replaced at once, or by the replacement under way', () => {
+  const slot = new Slot(0, { ...policy, maxRestarts: 3 });
+  for (let i = 0; i < 30; i++) {
+    const w = worker(i * 10);
+    slot.forked(w);
+    w.ready = slot.ready(w);
+    if (i % 2) {
+      expect(slot.replaceStarted()).toBe(true);
+      expect(slot.exited(w, i * 10 + 5, true)).toMatchObject({ then: 'replacement', asked: true });
+      const next = worker(i * 10 + 6);
+      expect(slot.replaced(next)).toBe(null);
+      slot.exited(next, i * 10 + 7, true);
+    } else {
+      expect(slot.exited(w, i * 10 + 5, true)).toMatchObject({ then: 'respawn', delay: 0, asked: true });
+      expect(slot.state).toBe('backoff');
+    }
+  }
+  expect(slot.restarts).toBe(0);
+  expect(slot.exits).toEqual([]);
+  // The back-off of real crashes is untouched by them.
+  const w = worker(1000);
+  slot.forked(w);
+  expect(slot.exited(w, 1010)).toMatchObject({ then: 'respawn', delay: 100 });
+  expect(slot.restarts).toBe(1);
+});
+
+test('which exits were asked for', () => {
+  const asked = (member, code, signal) => Slot.exitAsked(member, code, signal);
+  expect(asked({ notice: true }, 0, null)).toBe(true); // closed its server, or its own signal
+  expect(asked({ notice: true }, 1, null)).toBe(false); // ...but then failed
+  expect(asked({}, 0, null)).toBe(false); // process.exit(0) out of the blue
+  expect(asked({}, 1, null)).toBe(false);
+  expect(asked({}, null, 'SIGTERM')).toBe(true); // before its handlers were set up
+  expect(asked({}, null, 'SIGINT')).toBe(true);
+  expect(asked({}, null, 'SIGKILL')).toBe(false); // readyTimeout, the OOM killer
+  expect(asked({}, null, 'SIGSEGV')).toBe(false);
+  expect(asked({ retired: true }, null, 'SIGKILL')).toBe(true); // hardShutdownDelay after a retire
+});
+
+test('kernel dispatch: a service that never had a ready worker gives up after min(queueTimeout, readyTimeout); one that served, or maxRestarts Infinity, does not', () => {
+  const p = { ...policy, queueTimeout: 2000, readyTimeout: 5000, dispatch: 'kernel' };
+  // The router times waiting clients out itself (queueTimeout): maxRestarts decides there.
+  expect(Slot.givesUpNeverReady({ ...p, dispatch: 'primary' }, { startedAt: 0, now: 60000, anyReady: false })).toBe(false);
+  expect(Slot.givesUpNeverReady(p, { startedAt: 0, now: 1999, anyReady: false })).toBe(false);
+  expect(Slot.givesUpNeverReady(p, { startedAt: 0, now: 2000, anyReady: false })).toBe(true);
+  expect(Slot.givesUpNeverReady({ ...p, readyTimeout: 1000 }, { startedAt: 0, now: 1000, anyReady: false })).toBe(true);
+  expect(Slot.givesUpNeverReady(p, { startedAt: 0, now: 60000, anyReady: true })).toBe(false);
+  expect(Slot.givesUpNeverReady({ ...p, maxRestarts: Infinity }, { startedAt: 0, now: 60000, anyReady: false })).toBe(false);
+});

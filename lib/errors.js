@@ -1,6 +1,21 @@
 'use strict';
-// Errors of the primary's listen step, shaped like Node's own.
+// Errors of the primary's listen step, shaped like Node's own, and user errors without
+// sticky-rs's own stack frames.
+const path = require('node:path');
 const { nodeError } = require('./binding');
+
+const OWN = [path.join(__dirname, path.sep), path.join(__dirname, '..', 'index.js'), path.join(__dirname, '..', 'index.mjs')];
+
+/**
+ * An expected user error (an invalid option, a port in use) reads like Node's own: the message,
+ * then the caller's frames, none of sticky-rs's internals (nor Node's). Returns `err`.
+ */
+function withoutOwnFrames(err) {
+  if (!err || typeof err.stack !== 'string') return err;
+  const ours = (line) => /^\s+at /.test(line) && (OWN.some((p) => line.includes(p)) || /node:internal\//.test(line));
+  err.stack = err.stack.split('\n').filter((line) => !ours(line)).join('\n');
+  return err;
+}
 
 // libuv's UV_EAI_NONAME / UV_EAI_AGAIN, the errno Node gives these codes.
 const LOOKUP_ERRNO = { ENOTFOUND: -3008, EAI_AGAIN: -3001 };
@@ -11,10 +26,10 @@ const LOOKUP_ERRNO = { ENOTFOUND: -3008, EAI_AGAIN: -3001 };
  */
 function listenError(err, listeners) {
   const lookup = /^(ENOTFOUND|EAI_AGAIN) getaddrinfo (.*)$/s.exec(err.message);
-  if (!lookup) return nodeError(err, 'listen', listeners);
+  if (!lookup) return withoutOwnFrames(nodeError(err, 'listen', listeners));
   const [, code, hostname] = lookup;
   const out = new Error(`getaddrinfo ${code} ${hostname}`);
-  return Object.assign(out, { errno: LOOKUP_ERRNO[code], code, syscall: 'getaddrinfo', hostname });
+  return withoutOwnFrames(Object.assign(out, { errno: LOOKUP_ERRNO[code], code, syscall: 'getaddrinfo', hostname }));
 }
 
-module.exports = { listenError };
+module.exports = { listenError, withoutOwnFrames };

@@ -35,6 +35,11 @@ function warn(message) {
   process.stderr.write(`${new Date().toISOString()} [sticky-rs] warning: ${message.replace(/^sticky-rs: /, '')}\n`);
 }
 
+/** A line about what the primary does on an operator's signal (SIGHUP's meaning), always written. */
+function notice(message) {
+  process.stderr.write(`${new Date().toISOString()} [sticky-rs] ${message.replace(/^sticky-rs: /, '')}\n`);
+}
+
 /**
  * Rate-limited warnings: `note(key, n, say)` counts `n` occurrences of `key`; `say(total)` makes
  * the line. The first occurrence is said at once, later ones at most once per WARN_INTERVAL
@@ -68,4 +73,4 @@ class Warnings {
   }
 }
 
-module.exports = { log, warn, Warnings, debugEnabled, WARN_INTERVAL };
+module.exports = { log, warn, notice, Warnings, debugEnabled, WARN_INTERVAL };

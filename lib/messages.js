@@ -15,8 +15,18 @@ const LISTEN = 'listen:';
 const PLACE = 'place:';
 const SHUTDOWN = 'shutdown'; // primary -> worker: finish what is open and exit
 const CLOSING = 'closing'; // worker -> primary: the user closed the server (sticky-session): replace me
+// worker -> primary: it got SIGINT/SIGTERM of its own and is stopping: replace me, unless the
+// primary is being stopped too (Ctrl-C reaches the whole group; the primary holds it briefly).
+const STOPPING = 'stopping';
+// worker -> primary: `open:<n>`, a shutting-down worker still has n connections open 300 ms in
+// (websockets, Server-Sent Events, long requests): the primary says what the shutdown waits for.
+const OPEN = 'open:';
 
 const INTERNAL = 'NODE_STICKY_RS';
+// worker -> primary, without the prefix (sent before the options are known): `{ cmd: INTERNAL,
+// type: FAILED, error }`, the uncaught error that ends a worker before it was ready; the primary
+// reports each distinct one once.
+const FAILED = 'sticky-rs:failed';
 
 /** The environment variable that tells each of our workers its slot (both APIs). */
 const WORKER_INDEX = 'STICKY_RS_WORKER_INDEX';
@@ -36,4 +46,4 @@ function noticeType(prefix, message) {
   return message.type.startsWith(prefix) ? message.type.slice(prefix.length) : null;
 }
 
-module.exports = { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, NODE_NAME, PRIMARY_PID, notifyPrimary, noticeType };
+module.exports = { INTERNAL, FAILED, READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, NODE_NAME, PRIMARY_PID, notifyPrimary, noticeType };

@@ -67,6 +67,40 @@ function ofType(name, value, type) {
   return value;
 }
 
+// The same option under another API's name: sticky() says concurrency, listen() workers,
+// setupMaster() maxWorkers.
+const SYNONYMS = { concurrency: ['workers', 'maxWorkers'], workers: ['concurrency', 'maxWorkers'], maxWorkers: ['workers', 'concurrency'] };
+
+/** Edit distance (insert, delete, substitute, swap two neighbours), case-insensitive. */
+function distance(a, b) {
+  a = a.toLowerCase();
+  b = b.toLowerCase();
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/** The known option `key` was probably meant to be (a typo, another API's name), or null. */
+function suggestion(key, known) {
+  let best = null;
+  let bestDistance = Math.min(3, Math.max(1, Math.floor(key.length / 4)));
+  for (const name of new Set([...known, ...Object.keys(SYNONYMS)])) {
+    const d = distance(key, name);
+    if (d <= bestDistance && (best === null || d < bestDistance)) {
+      best = name;
+      bestDistance = d;
+    }
+  }
+  if (best === null || known.includes(best)) return best;
+  return SYNONYMS[best].find((name) => known.includes(name)) || null;
+}
+
 function checkKeys(options, known) {
   if (options === undefined || options === null) return {};
   if (typeof options !== 'object' || Array.isArray(options)) {
@@ -74,7 +108,10 @@ function checkKeys(options, known) {
   }
   for (const key of Object.keys(options)) {
     if (!known.includes(key)) {
-      throw new TypeError(`sticky-rs: unknown option "${key}" (known: ${known.join(', ')})`);
+      const meant = suggestion(key, known);
+      throw new TypeError(meant
+        ? `sticky-rs: unknown option "${key}": did you mean "${meant}"?`
+        : `sticky-rs: unknown option "${key}" (known: ${known.join(', ')})`);
     }
   }
   return options;
@@ -245,6 +282,7 @@ function common(o) {
 }
 
 function defaultErrorHandler(err) {
+  // sticky-cluster's handler; the error's stack holds no frame of sticky-rs (see errors.js).
   console.log(err);
   process.exit(1);
 }

@@ -8,11 +8,22 @@ const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
 const { listenError } = require('./errors');
-const { log, warn, Warnings } = require('./log');
-const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, NODE_NAME, noticeType } = require('./messages');
+const { log, warn, notice, Warnings } = require('./log');
+const { startedOnTerminal, terminalAlive, ignoreDeadTerminal, exitHungUp } = require('./terminal');
+const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, NODE_NAME, INTERNAL, FAILED, noticeType } = require('./messages');
 const { Slot } = require('./slot');
 
 const WATCH_INTERVAL = 1000;
+// A worker stopping on a signal of its own: how long the primary waits before it replaces it.
+// Ctrl-C signals the whole group, and the worker's notice can arrive before the primary's own
+// SIGINT (Node does not say who sent a signal): if the primary is signalled meanwhile, nothing
+// is forked.
+const SIGNAL_HOLD = 100;
+// setupMaster: a worker of the user's still without setupWorker() this long after it started is
+// warned about (at most readyTimeout): its clients are waiting meanwhile.
+const ADOPT_WARN_AFTER = 5000;
+// A shutdown still waiting for connections this long after it began says so (within 1 s).
+const WAITING_AFTER = 700;
 
 class Primary extends EventEmitter {
   constructor(options) {
@@ -78,6 +89,9 @@ class Primary extends EventEmitter {
       return this;
     }
     const o = this.options;
+    this.startedAt = Date.now();
+    /** Start-up failures already printed (their first lines), with how often each came. */
+    this.failures = new Map();
     this.watch();
     if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s), ${o.dispatch} dispatch (${o.dispatchWhy})`);
     for (let index = 0; index < o.slots; index++) {
@@ -90,14 +104,33 @@ class Primary extends EventEmitter {
       for (const worker of Object.values(cluster.workers)) this.adopt(worker);
       return this;
     }
+    // SIGHUP: a hang-up if started from a terminal that is gone now, else a reload.
+    this.terminal = startedOnTerminal();
     this.signals = {
       SIGINT: () => this.exitAfter(this.shutdown()),
       SIGTERM: () => this.exitAfter(this.shutdown()),
-      // reload() logs each slot it could not replace.
-      SIGHUP: () => this.reload().catch(() => {}),
+      SIGHUP: () => this.onSighup(),
     };
     for (const [signal, handler] of Object.entries(this.signals)) process.on(signal, handler);
     return this;
+  }
+
+  /**
+   * SIGHUP. Its terminal closed (the primary ran in it, and /dev/tty can no longer be opened):
+   * the app ends, as a plain Node server does, once its workers finished what they have;
+   * writes to the dead terminal fail (EIO) and are ignored. Otherwise (`kill -HUP`, systemd,
+   * PM2 fork mode, Docker, nohup) it asks for a reload; reload() warns about each slot it could
+   * not replace. Either way one line says which.
+   */
+  onSighup() {
+    if (this.terminal && !terminalAlive()) {
+      ignoreDeadTerminal();
+      notice('SIGHUP: the terminal this app was started from is gone (hang-up): shutting down');
+      this.shutdown().then(exitHungUp);
+      return;
+    }
+    notice(`SIGHUP: reloading every worker (${this.terminal ? 'its terminal is still open: a deliberate kill -HUP' : 'not started from a terminal'})`);
+    this.reload().catch(() => {});
   }
 
   /** The (first) address the router listens on, like `server.address()`. */
@@ -162,11 +195,23 @@ class Primary extends EventEmitter {
       if (worker.process.pid === undefined) this.onExit(member, null, null);
     });
     worker.process.on('internalMessage', (message) => {
+      if (message && message.cmd === INTERNAL && message.type === FAILED) member.failure = String(message.error);
       const type = noticeType(o.prefix, message);
       // A retired worker (a reload's old one whose notice came late) gets no channel: its hello
       // would take the slot back from its replacement.
       if (type === READY && !member.channel && !member.retired && !this.closing) this.sendChannel(member);
-      if (type === CLOSING) this.onClosing(member);
+      if (type === CLOSING) {
+        member.notice = true;
+        this.onClosing(member);
+      }
+      if (type && type.startsWith(OPEN)) member.open = Number(type.slice(OPEN.length)) || 0;
+      if (type === STOPPING) {
+        member.notice = true;
+        member.stoppingAt = Date.now();
+        setTimeout(() => {
+          if (!this.closing) this.onClosing(member);
+        }, SIGNAL_HOLD).unref();
+      }
     });
     worker.on('exit', (code, signal) => this.onExit(member, code, signal));
     // On the next tick: the first workers are forked inside sticky(), before its caller can listen.
@@ -188,9 +233,15 @@ class Primary extends EventEmitter {
       member.settleReady = resolve;
     });
     this.members.set(worker, member);
+    // Said always: clients of the sessions it would take wait, and nothing else tells why (a
+    // half-done migration from @socket.io/sticky hangs every client otherwise).
+    const after = Math.min(ADOPT_WARN_AFTER, o.readyTimeout);
     member.timer = setTimeout(() => {
-      if (o.debug && !member.handedOver) log('primary', `worker #${worker.id} (pid ${worker.process.pid}) has not called setupWorker(io) within readyTimeout (${o.readyTimeout} ms): it gets no connections`);
-    }, o.readyTimeout);
+      if (member.slot !== null || this.closing) return;
+      this.warnings.note('not-adopted', 1, (n) =>
+        `worker pid ${worker.process.pid}${n > 1 ? ` (and ${n - 1} more)` : ''} has run for ${after} ms without calling sticky-rs's setupWorker(io): it gets no connections, and clients wait for a worker. ` +
+        "Likely cause: setupWorker still comes from @socket.io/sticky (require('@socket.io/sticky')); take setupMaster and setupWorker both from sticky-rs");
+    }, after);
     member.timer.unref();
     worker.on('error', (err) => {
       if (o.debug) log('primary', `worker #${worker.id}: ${err.message}`);
@@ -290,10 +341,25 @@ class Primary extends EventEmitter {
   onReady(member) {
     if (member.ready) return;
     member.ready = true;
+    this.everReady = true;
     clearTimeout(member.timer);
     this.slots[member.slot].ready(member);
     member.settleReady(true);
     if (!this.closing) this.emit('ready', { slot: member.slot, worker: member.worker });
+    this.announce();
+  }
+
+  /**
+   * Once, when every slot first has a ready worker: one line on stdout with the address and the
+   * number of workers, as most servers print (not with setupMaster, whose workers are the app's).
+   */
+  announce() {
+    const o = this.options;
+    if (this.announced || this.closing || o.adopt || !this.slots.every((s) => s.current && s.current.ready)) return;
+    this.announced = true;
+    const where = this.addresses().map(({ address, port }) => (address === '::' || address === '0.0.0.0' ? `port ${port} (all addresses)` : `${address.includes(':') ? `[${address}]` : address}:${port}`));
+    // console.log: a closed stdout is no error here.
+    console.log(`sticky-rs: listening on ${where.join(', ')} with ${o.slots} worker(s) (primary pid ${process.pid})`);
   }
 
   onExit(member, code, signal) {
@@ -317,22 +383,68 @@ class Primary extends EventEmitter {
       if (slot && slot.current === member) slot.current = null;
       return;
     }
-    const next = this.slots[index].exited(member, Date.now());
+    const asked = Slot.exitAsked(member, code, signal);
+    // Stopped by a signal: maybe Ctrl-C, whose SIGINT to the primary may still be on its way.
+    const held = asked && (member.stoppingAt !== undefined || signal) ? (member.stoppingAt || Date.now()) + SIGNAL_HOLD - Date.now() : 0;
+    if (held > 0) {
+      setTimeout(() => {
+        if (!this.closing) this.afterExit(member, code, signal, asked);
+      }, held).unref();
+      return;
+    }
+    this.afterExit(member, code, signal, asked);
+  }
+
+  /** What the exit of our own `member` means for its slot: nothing, a respawn, or giving up. */
+  afterExit(member, code, signal, asked) {
+    const o = this.options;
+    const { slot: index, worker } = member;
+    const next = this.slots[index].exited(member, Date.now(), asked);
     if (next.then === 'nothing') return; // a worker retired by reload, or a failed replacement
+    // Asked to go: replaced at once, not counted, nothing to warn about.
+    if (next.asked) {
+      if (o.debug) log('primary', `slot ${index}: worker #${worker.id} stopped as asked (${signal || `code ${code}`}); replacing it at once`);
+      if (next.then === 'respawn') this.respawn(index, next.delay);
+      return;
+    }
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+    const seen = member.failure ? this.sayFailure(member, index) : '';
+    // As of the respawn this exit would wait for: a client must not wait for it past the bound.
+    if (next.then !== 'give-up' && Slot.givesUpNeverReady(o, { startedAt: this.startedAt, now: Date.now() + (next.delay || 0), anyReady: this.everReady })) {
+      warn(`no worker became ready within ${Math.min(o.queueTimeout, o.readyTimeout)} ms of the start (the shorter of queueTimeout and readyTimeout: clients waiting for a worker would wait longer); the last, slot ${index} pid ${worker.process.pid}, ${how}${seen}: giving up, shutting down with exit code 1`);
+      this.exitAfter(this.shutdown().then(() => 1));
+      return;
+    }
     if (next.then === 'give-up') {
       // A supervisor (systemd, Kubernetes, PM2) must see the failure: exit 1.
-      warn(`slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms, ${next.exits} exits within restartWindow (${o.restartWindow} ms), more than maxRestarts (${o.maxRestarts}): giving up, shutting down with exit code 1`);
+      warn(`slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms${seen}, ${next.exits} exits within restartWindow (${o.restartWindow} ms), more than maxRestarts (${o.maxRestarts}): giving up, shutting down with exit code 1`);
       this.exitAfter(this.shutdown().then(() => 1));
       return;
     }
     if (next.lived < o.respawnResetAfter && !member.killedNotReady) {
       this.warnings.note(`crash:${index}`, 1, (n) =>
-        `slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms; ${next.exits} exit(s) within ${o.restartWindow} ms` +
+        `slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms${seen}; ${next.exits} exit(s) within ${o.restartWindow} ms` +
         (n > 1 ? ` (${n} since the last warning)` : '') + `; respawning with back-off (gives up after ${o.maxRestarts})`);
     }
     // 'replacement': the replacement under way takes the slot.
     if (next.then === 'respawn') this.respawn(index, next.delay);
+  }
+
+  /**
+   * A worker's uncaught error before it was ready: printed in full the first time (with a
+   * warning's stamp; its lines indented), then only named. Returns what the exit line adds.
+   */
+  sayFailure(member, index) {
+    const { failure, worker } = member;
+    const key = failure.split('\n').slice(0, 2).join('\n');
+    const times = (this.failures.get(key) || 0) + 1;
+    this.failures.set(key, times);
+    const first = failure.split('\n')[0];
+    if (times === 1) {
+      warn(`slot ${index}: worker pid ${worker.process.pid} failed before it was ready (the same error from later workers is not printed again):\n    ${failure.split('\n').join('\n    ')}`);
+      return ` (${first})`;
+    }
+    return ` (${first}: the same error as printed before, ${times} times so far)`;
   }
 
   /**
@@ -436,9 +548,11 @@ class Primary extends EventEmitter {
   }
 
   /**
-   * Replaces every worker, one slot at a time: fork, wait until the new one is ready and the
-   * slot delivers to it, then let the old one finish its connections and exit. Resolves when
-   * every old worker is gone.
+   * Replaces every worker, one slot after the other: fork, wait until the new one is ready and
+   * the slot delivers to it, retire the old one, and go on with the next slot at once: the old
+   * workers finish their connections in parallel (a websocket may hold one for up to
+   * hardShutdownDelay). Resolves once every slot runs a new worker, with `{ drained }`: a
+   * promise that resolves once every old worker is gone.
    */
   reload() {
     if (this.closing) return Promise.reject(new Error('sticky-rs: shutting down'));
@@ -456,20 +570,25 @@ class Primary extends EventEmitter {
     const o = this.options;
     this.reloading = (async () => {
       if (o.debug) log('primary', 'reloading');
-      const retired = [];
+      const started = Date.now();
+      const exits = [];
       const failed = [];
       for (let index = 0; index < this.slots.length && !this.closing; index++) {
         try {
-          retired.push(await this.replace(index));
+          exits.push((await this.replace(index)).exited);
         } catch (err) {
           // Said always: an operator who sent SIGHUP must learn which slots still run old code.
           warn(err.message);
           failed.push(index);
         }
       }
-      await Promise.all(retired);
+      // The old workers drain on their own, in parallel: the reload does not wait for them.
+      const drained = Promise.all(exits).then(() => {
+        if (o.debug && !this.closing) log('primary', `reload: the ${exits.length} old worker(s) finished their connections and exited, ${Date.now() - started} ms after the reload began`);
+      });
       if (failed.length > 0) throw new Error(`sticky-rs: reload incomplete: slot(s) ${failed.join(', ')} still run their previous worker`);
-      if (o.debug) log('primary', this.closing ? 'reload cut short by shutdown' : 'reload done');
+      if (o.debug) log('primary', this.closing ? 'reload cut short by shutdown' : `reload: every slot switched to a new worker in ${Date.now() - started} ms; the old ones finish their connections meanwhile`);
+      return { drained };
     })().finally(() => {
       this.reloading = null;
     });
@@ -479,7 +598,7 @@ class Primary extends EventEmitter {
   /**
    * Replaces the worker of one slot without losing a connection: fork, wait until the new one
    * is ready and the slot delivers to it, then retire the old one. Resolves, once switched, with
-   * a promise of the old worker's exit.
+   * `{ exited }`, a promise of the old worker's exit (wrapped: the switch must not wait for it).
    */
   replace(index) {
     if (this.replacements[index]) return this.replacements[index];
@@ -495,16 +614,16 @@ class Primary extends EventEmitter {
       // readyTimeout).
       const ok = await next.whenReady;
       // A shutdown meanwhile retires every worker gracefully, this one included.
-      if (this.closing) return Promise.resolve();
+      if (this.closing) return { exited: Promise.resolve() };
       if (!ok) {
         if (this.members.has(next.worker)) next.worker.process.kill('SIGKILL');
         throw new Error(`sticky-rs: replacing slot ${index} failed: the new worker did not become ready within readyTimeout (${o.readyTimeout} ms)`);
       }
       const previous = slot.replaced(next);
-      if (!previous || !this.members.has(previous.worker)) return Promise.resolve();
+      if (!previous || !this.members.has(previous.worker)) return { exited: Promise.resolve() };
       const exited = new Promise((resolve) => previous.worker.once('exit', resolve));
       this.retire(previous);
-      return exited;
+      return { exited };
     })().finally(() => {
       this.replacements[index] = null;
       // Whatever happened, the slot must end up with a worker.
@@ -519,7 +638,7 @@ class Primary extends EventEmitter {
    */
   onClosing(member) {
     const slot = this.slots[member.slot];
-    if (this.closing || slot.current !== member || !member.channel) return;
+    if (this.closing || slot.current !== member || !member.channel || !this.members.has(member.worker)) return;
     if (this.options.debug) log('primary', `slot ${member.slot}: worker #${member.worker.id} is stopping (it closed its server, or got a signal of its own): replacing it`);
     this.router.retire(member.channel.id);
     this.replace(member.slot).catch((err) => {
@@ -597,14 +716,29 @@ class Primary extends EventEmitter {
     for (const worker of Object.values(cluster.workers)) {
       if (!this.members.has(worker)) worker.process.kill('SIGTERM');
     }
+    // Connections that never end on their own (websockets, Server-Sent Events) keep it waiting:
+    // an operator who pressed Ctrl-C must learn why nothing happens, and how to force it.
+    this.waitingTimer = setTimeout(() => this.sayWaiting(), WAITING_AFTER);
+    this.waitingTimer.unref();
     if (this.members.size === 0) this.finish(0);
     return this.closed;
+  }
+
+  /** During shutdown: one line on what it waits for, from the workers' `open:<n>` notices. */
+  sayWaiting() {
+    if (this.finished) return;
+    const busy = [...this.members.values()].filter((m) => m.open > 0);
+    const connections = busy.reduce((n, m) => n + m.open, 0);
+    if (connections === 0) return;
+    const seconds = Math.round(this.options.hardShutdownDelay / 1000);
+    warn(`shutdown: waiting for ${connections} connection(s) on ${busy.length} worker(s), up to ${seconds} s (hardShutdownDelay); Ctrl-C again to force`);
   }
 
   finish(code) {
     if (this.finished) return;
     this.finished = true;
     clearTimeout(this.hardTimer);
+    clearTimeout(this.waitingTimer);
     clearInterval(this.watchTimer);
     // Not at once: the leftover exit handler forks right after our last worker's exit, and a
     // process that starts after the primary exited dies of EPIPE with a stack trace.

@@ -10,6 +10,9 @@
 //   backoff    the slot has no worker; a respawn waits `delay` ms           (exited)
 //   closed     the primary shuts down: nothing is forked for it any more     (close)
 
+// Signals that ask a process to stop (a person, a supervisor), not a fault.
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
 class Slot {
   /**
    * @param {number} index
@@ -78,18 +81,26 @@ class Slot {
   }
 
   /**
-   * `member` exited at `now`. Returns what follows:
+   * `member` exited at `now`; `asked` if it was asked to (see exitAsked). Returns what follows:
    * - `{ then: 'nothing' }`: it was not the slot's worker (retired by a reload), or closed;
    * - `{ then: 'replacement' }`: a replacement under way takes the slot;
    * - `{ then: 'respawn', delay }`: fork again after `delay` ms (growing while workers crash);
    * - `{ then: 'give-up' }`: more than maxRestarts exits within restartWindow.
-   * With `exits` (within the window) and `lived` (ms) for the caller's warnings.
+   * With `exits` (within the window) and `lived` (ms) for the caller's warnings. An asked-for
+   * exit is never counted: `respawn` at once (delay 0) or `replacement`, with `asked`.
    */
-  exited(member, now) {
+  exited(member, now, asked = false) {
     if (this.state === 'closed' || member !== this.current) return { then: 'nothing' };
-    // The slot's own worker: nobody asked it to go (retired workers are no longer current).
     this.current = null;
     const lived = now - member.bornAt;
+    // Asked to go (a signal of its own, server.close(), sticky-session's retire): no failure, so
+    // not counted toward maxRestarts, and its slot gets a worker again at once.
+    if (asked) {
+      if (this.state === 'replacing') return { then: 'replacement', asked, lived };
+      this.state = 'backoff';
+      return { then: 'respawn', delay: 0, asked, lived };
+    }
+    // The slot's own worker went without being asked (retired workers are no longer current).
     this.exits = this.exits.filter((at) => now - at < this.policy.restartWindow);
     this.exits.push(now);
     this.restarts += 1;
@@ -105,6 +116,30 @@ class Slot {
     const delay = this.delay;
     this.delay = Math.min(this.delay * 2, this.policy.maxRespawnDelay);
     return delay;
+  }
+
+  /**
+   * Whether a worker's exit was asked for: it told the primary it was stopping (it closed its
+   * server, or got SIGINT/SIGTERM of its own: `notice`), the primary retired it, or a stop
+   * signal's default action ended it before it set up its handlers. Not: a crash (exit code
+   * other than 0 without a notice), SIGKILL (readyTimeout, the OOM killer), SIGSEGV...
+   */
+  static exitAsked({ notice, retired }, code, signal) {
+    if (retired) return true;
+    if (signal) return STOP_SIGNALS.includes(signal);
+    return notice === true && code === 0;
+  }
+
+  /**
+   * Kernel dispatch: a service none of whose workers ever became ready (every one fails at
+   * start-up: a bad deploy) gives up once it has tried for the longest a client may wait for a
+   * worker (min(queueTimeout, readyTimeout) since the start), not only past maxRestarts: the
+   * kernel keeps accepting for the slots meanwhile, and nothing times those clients out (the
+   * router's queueTimeout does with dispatch 'primary'). `maxRestarts: Infinity` never gives up.
+   */
+  static givesUpNeverReady(policy, { startedAt, now, anyReady }) {
+    if (anyReady || policy.maxRestarts === Infinity || policy.dispatch !== 'kernel') return false;
+    return now - startedAt >= Math.min(policy.queueTimeout, policy.readyTimeout);
   }
 
   /** The primary shuts down. */

@@ -7,17 +7,44 @@ const net = require('node:net');
 const { native } = require('./binding');
 const { log, Warnings } = require('./log');
 const { sessionInUrl } = require('./sid');
-const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, NODE_NAME, PRIMARY_PID, notifyPrimary } = require('./messages');
+const { startedOnTerminal, terminalAlive, ignoreDeadTerminal, exitHungUp } = require('./terminal');
+const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, NODE_NAME, PRIMARY_PID, INTERNAL, FAILED, notifyPrimary } = require('./messages');
 
 let state = null;
 
 // Kernel dispatch: how often at most this worker reports the connections it accepted itself (the
 // primary counts them per slot); rarely enough that the primary stays off the connection path.
 const ACCEPTED_REPORT_EVERY = 100;
+// A shutting-down worker tells the primary how many connections it still has this late.
+const OPEN_REPORT_AFTER = 300;
 // A full channel (the primary is busy): when to try the waiting reports again.
 const FLUSH_RETRY = 10;
 // Connections that came through the channel (the primary counted them already).
 const viaChannel = new WeakSet();
+
+/**
+ * Until this worker is ready, an uncaught error (a ReferenceError at load, a leftover listen(),
+ * a rejected async start-up) goes to the primary, which prints each distinct one once rather than
+ * once per respawn, and the worker exits 1 as Node would. Unless the app handles uncaught errors
+ * itself. Set when sticky-rs is loaded in a worker it forked.
+ */
+function failedAtStart(err) {
+  if (process.listenerCount('uncaughtException') > 1) return;
+  const error = err instanceof Error && err.stack ? err.stack : `Uncaught ${String(err)}`;
+  const exit = () => process.exit(1);
+  // Said here if the primary cannot say it (its channel is gone).
+  const fallback = () => {
+    process.stderr.write(`${error}\n`);
+    exit();
+  };
+  setTimeout(fallback, 1000);
+  try {
+    process.send({ cmd: INTERNAL, type: FAILED, error: error.slice(0, 8000) }, (err) => (err ? fallback() : exit()));
+  } catch {
+    fallback();
+  }
+}
+if (cluster.isWorker && process.env[WORKER_INDEX] !== undefined) process.on('uncaughtException', failedAtStart);
 
 function describe(value) {
   return value === null || typeof value !== 'object' ? String(value) : value.constructor.name;
@@ -70,8 +97,14 @@ function prepare(options, adopted = false) {
   // counts not yet reported go first: sending is synchronous.
   process.on('exit', reportNow);
   // SIGHUP means "reload" to the primary, which replaces this worker gracefully; a terminal
-  // sends it to the whole process group.
-  process.on('SIGHUP', () => {});
+  // sends it to the whole process group. A terminal that hung up: the primary shuts down, and
+  // this worker must neither die writing to it (EIO) nor abort at exit (see exitHungUp).
+  const onTerminal = startedOnTerminal();
+  process.on('SIGHUP', () => {
+    if (!onTerminal || state.hungUp || terminalAlive()) return;
+    state.hungUp = true;
+    ignoreDeadTerminal();
+  });
   return true;
 }
 
@@ -289,6 +322,8 @@ function openChannel(handle) {
     handle.destroy();
   }
   send('hello');
+  // Ready: from now on an uncaught error is Node's (or the app's) to report.
+  process.removeListener('uncaughtException', failedAtStart);
   // What this server accepted on its members before the channel came.
   state.accepted.report();
   if (state.options.debug) log(state.role, 'channel open, ready for connections');
@@ -542,7 +577,7 @@ function shutdown(ownSignal = false) {
   for (const [, handle] of state.earlyMembers.splice(0)) handle.close();
   const { servers, options } = state;
   if (options.debug) log(state.role, 'shutting down');
-  if (!servers) process.exit(0);
+  if (!servers) exit();
   const hooks = [];
   const waitUntil = (promise) => hooks.push(Promise.resolve(promise).catch(() => {}));
   for (const server of servers) {
@@ -553,7 +588,12 @@ function shutdown(ownSignal = false) {
   // A signal to this worker alone (or to the whole group, when the primary stops too and
   // ignores this): the primary replaces it at once, as if it had closed its server, so that new
   // clients of its slot go to the replacement and this worker's drain ends.
-  if (ownSignal) notifyPrimary(options.prefix, CLOSING);
+  if (ownSignal) notifyPrimary(options.prefix, STOPPING);
+  // What keeps this worker from exiting, for the primary's "waiting" line; idle keep-alive
+  // connections are closed by then.
+  setTimeout(() => {
+    if (state.sockets.size > 0) notifyPrimary(options.prefix, OPEN + state.sockets.size);
+  }, OPEN_REPORT_AFTER).unref();
   // Engine.io answers pending long-polls on 'close', after closeIdleConnections() ran once.
   const idleSweep = setInterval(() => {
     for (const server of servers) if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
@@ -577,8 +617,14 @@ function shutdown(ownSignal = false) {
     clearInterval(idleSweep);
     closeReceiver();
     if (options.debug) log(state.role, 'done, exiting');
-    process.exit(0);
+    exit();
   })();
+}
+
+/** Exits with 0 when done; on a terminal that hung up, as the hang-up would have ended it. */
+function exit() {
+  if (state.hungUp) exitHungUp();
+  else process.exit(0);
 }
 
 module.exports = { prepare, serve, prepared, sessionIdsNameSlot };
