@@ -8,9 +8,15 @@ const { prepare, serve } = require('./lib/worker');
 const { prometheus } = require('./lib/metrics');
 const { PRIMARY_PID } = require('./lib/messages');
 
-// Every process this primary forks, by sticky-rs or by leftover code of the app (even before
-// sticky() runs), can tell that its primary runs sticky-rs.
-if (cluster.isPrimary) process.env[PRIMARY_PID] = String(process.pid);
+// Every worker this primary forks, by sticky-rs or by leftover code of the app (even before
+// sticky() runs), can tell that its primary runs sticky-rs. Only cluster workers: the primary's
+// own environment, which every child process inherits, is left alone.
+if (cluster.isPrimary) {
+  const fork = cluster.fork;
+  cluster.fork = function (env) {
+    return fork.call(this, { [PRIMARY_PID]: String(process.pid), ...env });
+  };
+}
 
 // The Primary this process started (either API), for primary().
 let started = null;
