@@ -1,3 +1,4 @@
+/// <reference types="node" />
 import type { EventEmitter } from 'node:events';
 import type { Server } from 'node:net';
 import type { Worker } from 'node:cluster';

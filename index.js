@@ -18,9 +18,15 @@ function checked(validate, ...args) {
   }
 }
 
-// Every process this primary forks, by sticky-rs or by leftover code of the app (even before
-// sticky() runs), can tell that its primary runs sticky-rs.
-if (cluster.isPrimary) process.env[PRIMARY_PID] = String(process.pid);
+// Every worker this primary forks, by sticky-rs or by leftover code of the app (even before
+// sticky() runs), can tell that its primary runs sticky-rs. Only cluster workers: the primary's
+// own environment, which every child process inherits, is left alone.
+if (cluster.isPrimary) {
+  const fork = cluster.fork;
+  cluster.fork = function (env) {
+    return fork.call(this, { [PRIMARY_PID]: String(process.pid), ...env });
+  };
+}
 
 // The Primary this process started (either API), for primary().
 let started = null;

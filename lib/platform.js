@@ -1,7 +1,8 @@
 'use strict';
 // Which prebuilt package fits this machine, how to load it, and what to tell the user when
-// nothing loads. Shared by the loader (lib/binding.js), the install script (scripts/build.js)
+// nothing loads. Shared by the loader (lib/binding.js), the source build (scripts/build.js)
 // and the packer (scripts/pack-dist.js), so the three agree on names.
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 
@@ -10,6 +11,14 @@ const { name: PACKAGE, version: VERSION } = require('../package.json');
 
 /** The addon built from source, at the package root (development and the install fallback). */
 const LOCAL_ADDON = path.join(root, 'sticky_rs.node');
+
+/**
+ * `{ <key>: <sha256 hex of the addon> }`, written into the main package by `npm run pack:dist`.
+ * A platform package loads only if its addon has that hash: anyone could publish a package of
+ * that name (until ours are published, npm fetches whatever holds it), and a version says nothing.
+ * Absent in a git checkout, where platform packages are not installed and nothing is loaded from them.
+ */
+const ADDON_HASHES = path.join(__dirname, 'addons.sha256.json');
 
 /**
  * Every platform package: `sticky-rs-<key>`, holding only `sticky-rs.<key>.node`. `os`, `cpu` and
@@ -23,6 +32,9 @@ const PLATFORMS = [
   { key: 'darwin-x64', os: 'darwin', cpu: 'x64', rustTarget: 'x86_64-apple-darwin' },
   { key: 'darwin-arm64', os: 'darwin', cpu: 'arm64', rustTarget: 'aarch64-apple-darwin' },
 ];
+
+/** The package's `bin` that builds the addon from source (scripts/build.js; there is no install script). */
+const BUILD_COMMAND = `${PACKAGE}-build`;
 
 /** npm name of the platform package for `key`. */
 const packageName = (key) => `${PACKAGE}-${key}`;
@@ -58,45 +70,59 @@ function loadPlatformPackage(key = currentKey()) {
   }
   const { version } = JSON.parse(fs.readFileSync(manifest, 'utf8'));
   if (version !== VERSION) return { reason: `${name} is version ${version}, ${PACKAGE} needs ${VERSION}` };
+  const file = path.join(path.dirname(manifest), addonFile(key));
+  let expected;
   try {
-    return { addon: require(path.join(path.dirname(manifest), addonFile(key))) };
+    expected = JSON.parse(fs.readFileSync(ADDON_HASHES, 'utf8'))[key];
+  } catch {}
+  if (!expected) return { reason: `${name} is installed, but ${PACKAGE} records no sha256 for it (a git checkout?): not loaded` };
+  let actual;
+  try {
+    actual = crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+  } catch (err) {
+    return { reason: `${name} has no readable ${addonFile(key)}: ${err.code ?? err.message}` };
+  }
+  if (actual !== expected) {
+    return { reason: `${name}'s addon is not the one released with ${PACKAGE}@${VERSION} (sha256 ${actual.slice(0, 16)}…, expected ${expected.slice(0, 16)}…): refused` };
+  }
+  try {
+    return { addon: require(file) };
   } catch (err) {
     return { reason: `${name} did not load: ${err.message.split('\n')[0]}` };
   }
 }
 
 /**
- * The one error text for "no native addon": the platform, what was tried (`tried`: lines), and
- * the fixes for each package manager. Used by the loader and by the install script.
+ * The one error text for "no native addon": the platform, the fix first (install the platform
+ * package, or build from source), then what was tried (`tried`: lines). Used by the loader and
+ * by the source build (scripts/build.js).
  */
 function notInstalledMessage(key, tried) {
   const prebuilt = PLATFORMS.some((p) => p.key === key);
   const lines = [
     `${PACKAGE}: no native addon for ${key} (Node ${process.version}).`,
-    'Tried:',
-    ...tried.map((t) => `  - ${t}`),
     'Fix:',
   ];
   if (prebuilt) {
     lines.push(
-      `  The prebuilt addon is the optional dependency ${packageName(key)}@${VERSION}; install it:`,
-      '  - npm: do not pass --omit=optional / --no-optional. A package-lock.json written on another',
-      '    OS or CPU can lack it (npm/cli#4828): `rm -rf node_modules package-lock.json && npm install`.',
-      '  - pnpm, yarn, bun: do not ignore optional dependencies; yarn 2+ installs only the',
-      '    `supportedArchitectures` of .yarnrc.yml (this machine by default).',
+      `  Install the platform package next to ${PACKAGE}, at the same version:`,
+      `    npm install ./${packageName(key)}-${VERSION}.tgz   (the tarball \`npm run pack:dist\` writes to dist/,`,
+      `    until ${PACKAGE} is published; then \`npm install ${packageName(key)}@${VERSION}\`)`,
+      '  It is an optional dependency: npm skips it with --omit=optional / --no-optional, and a',
+      '  package-lock.json written on another OS or CPU can lack it (npm/cli#4828):',
+      '  `rm -rf node_modules package-lock.json && npm install`. yarn 2+ installs only the',
+      '  `supportedArchitectures` of .yarnrc.yml (this machine by default).',
       '  Or build from source:',
     );
   } else {
     lines.push('  Build from source:');
   }
   lines.push(
-    `  - install Rust (https://rustup.rs: cargo and a C linker, \`cc\`), then run the install script of ${PACKAGE} again:`,
-    `  - npm: \`npm rebuild ${PACKAGE}\`; if npm says its install script is not allowed:`,
-    `    \`npm install-scripts approve ${PACKAGE}\``,
-    `  - pnpm 10 runs no install scripts of dependencies unless allowed: \`pnpm approve-builds\`, or add`,
-    `    "${PACKAGE}" to onlyBuiltDependencies (pnpm-workspace.yaml), then \`pnpm rebuild ${PACKAGE}\``,
-    `  - yarn: \`yarn rebuild ${PACKAGE}\` (yarn 2+; not with dependenciesMeta built: false), \`yarn install --force\` (yarn 1)`,
-    `  - bun runs scripts only of trusted dependencies: \`bun pm trust ${PACKAGE}\``,
+    `  - install Rust (https://rustup.rs: cargo and a C linker, \`cc\`), then, in your project:`,
+    `    \`npx ${BUILD_COMMAND}\` (pnpm: \`pnpm exec ${BUILD_COMMAND}\`, yarn: \`yarn ${BUILD_COMMAND}\`, bun: \`bunx ${BUILD_COMMAND}\`);`,
+    `    it writes sticky_rs.node into the installed ${PACKAGE}, which loads it first`,
+    'Tried:',
+    ...tried.map((t) => `  - ${t}`),
   );
   return lines.join('\n');
 }
@@ -106,6 +132,8 @@ module.exports = {
   VERSION,
   PLATFORMS,
   LOCAL_ADDON,
+  ADDON_HASHES,
+  BUILD_COMMAND,
   packageName,
   addonFile,
   currentKey,

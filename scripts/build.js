@@ -1,45 +1,37 @@
+#!/usr/bin/env node
 'use strict';
-// The install script (`npm run build` too). When the prebuilt platform package loads, it does
-// nothing. Otherwise (or with STICKY_RS_BUILD_FROM_SOURCE=1) it builds the addon from source with
-// cargo into sticky_rs.node; if that is impossible it fails the install with what to do.
+// Builds the addon from source with cargo into sticky_rs.node, which the loader prefers to the
+// prebuilt platform package. In a git checkout it is the repository's `install` script (and
+// `npm run build`); the published package has no install script (pack:dist removes it), so there
+// it runs only when asked: `npx sticky-rs-build` (the package's bin) in the user's project.
+// If the build is impossible it exits 1 with what to do.
 //
-// Target directory: in a git checkout of this repository, ./target (incremental rebuilds, always
-// built: the local build is what the loader prefers). In an installed package, a fresh directory
-// under the OS temp dir, removed afterwards, so node_modules holds only the addon (not ~130 MB).
+// Target directory: in a git checkout of this repository, ./target (incremental rebuilds). In an
+// installed package, a fresh directory under the OS temp dir, removed afterwards, so
+// node_modules holds only the addon (not ~130 MB).
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { LOCAL_ADDON, PACKAGE, currentKey, loadPlatformPackage, notInstalledMessage } = require('../lib/platform');
+const { LOCAL_ADDON, PACKAGE, currentKey, notInstalledMessage } = require('../lib/platform');
 const { buildAddon } = require('./cargo');
 
 const root = path.resolve(__dirname, '..');
 const checkout = fs.existsSync(path.join(root, '.git'));
-const forced = process.env.STICKY_RS_BUILD_FROM_SOURCE === '1';
-const key = currentKey();
-const tried = [];
-
-if (!checkout && !forced) {
-  const prebuilt = loadPlatformPackage(key);
-  if (prebuilt.addon) process.exit(0);
-  tried.push(prebuilt.reason);
-}
-
 const targetDir = checkout ? path.join(root, 'target') : fs.mkdtempSync(path.join(os.tmpdir(), `${PACKAGE}-build-`));
 if (!checkout) process.on('exit', () => fs.rmSync(targetDir, { recursive: true, force: true }));
 // Ctrl-C reaches cargo too; exit through the cleanup instead of dying with the directory left behind.
 for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(1));
 
 try {
-  const why = checkout ? 'a git checkout' : forced ? 'STICKY_RS_BUILD_FROM_SOURCE=1' : tried[0];
-  console.error(`${PACKAGE}: building the native addon from source (${why}) in ${checkout ? './target' : targetDir}`);
+  console.error(`${PACKAGE}: building the native addon from source in ${checkout ? './target' : targetDir}`);
   const artifact = buildAddon({ targetDir });
   // Copy then rename: overwriting the file in place could crash processes that have it loaded.
   const staged = `${LOCAL_ADDON}.${process.pid}.tmp`;
   fs.copyFileSync(artifact, staged);
   fs.renameSync(staged, LOCAL_ADDON);
   require(LOCAL_ADDON);
+  console.error(`${PACKAGE}: built ${path.relative(process.cwd(), LOCAL_ADDON) || LOCAL_ADDON}`);
 } catch (err) {
-  tried.push(`building from source: ${err.message.split('\n')[0]}`);
-  console.error(`\n${notInstalledMessage(key, tried)}\n`);
+  console.error(`\n${notInstalledMessage(currentKey(), [`building from source: ${err.message.split('\n')[0]}`])}\n`);
   process.exit(1);
 }
