@@ -349,11 +349,14 @@ class Primary extends EventEmitter {
       for (const [index, s] of now.slots.entries()) {
         const was = last.slots[index];
         const expired = s.expired - was.expired;
-        const full = s.dropped - was.dropped - expired;
+        const overShare = s.overShare - was.overShare;
+        const full = s.dropped - was.dropped - expired - overShare;
         const current = this.slots[index] && this.slots[index].current;
         const which = `slot ${index} (${current ? `worker pid ${current.worker.process.pid}` : 'no worker'})`;
         this.warnings.note(`full:${index}`, full, (n) =>
           `${which}: closed ${n} new connection(s) unserved: the slot's queue was full (queueLimit ${o.queueLimit}); its worker is not ready or cannot keep up`);
+        this.warnings.note(`share:${index}`, overShare, (n) =>
+          `${which}: closed ${n} new connection(s) unserved: the slot holds its share of the connections the primary may hold (half its free file descriptors); its worker is not ready, stuck, or out of descriptors. Other slots are not affected; raise ulimit -n for more room`);
         this.warnings.note(`expired:${index}`, expired, (n) =>
           `${which}: closed ${n} connection(s) that waited longer than queueTimeout (${o.queueTimeout} ms) for a ready worker`);
         // Kernel dispatch: clients of a slot without a ready worker wait in its members' accept

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -41,6 +41,70 @@ impl Held {
             since,
             meta,
             resent: false,
+        }
+    }
+}
+
+/// Removes from `waiting` the connections whose client hung up: reset (an error or hang-up is
+/// pending), or closed its side before sending a byte (nothing to read but the end of the
+/// stream). A client that sent a request and then half-closed still waits for its answer and
+/// stays. One `poll` over all of them; the few it flags are looked at once more. Returns how many
+/// were removed (their descriptors are closed).
+pub(crate) fn remove_hung_up(waiting: &mut VecDeque<Held>) -> usize {
+    // Linux says a peer's FIN apart from readable data; elsewhere every readable one is looked at.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const EVENTS: libc::c_short = libc::POLLRDHUP;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const EVENTS: libc::c_short = libc::POLLIN;
+    let mut fds: Vec<libc::pollfd> = waiting
+        .iter()
+        .map(|held| libc::pollfd {
+            fd: held.conn.as_raw_fd(),
+            events: EVENTS,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd entries for the duration of the call,
+    // and every descriptor in it is open (owned by `waiting`).
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+    if n <= 0 {
+        return 0;
+    }
+    let mut position = 0;
+    let before = waiting.len();
+    waiting.retain(|held| {
+        let revents = fds[position].revents;
+        position += 1;
+        revents == 0 || !hung_up(held.conn.as_fd(), revents)
+    });
+    before - waiting.len()
+}
+
+/// Whether a connection whose `poll` said `revents` was given up by its client.
+fn hung_up(conn: BorrowedFd<'_>, revents: libc::c_short) -> bool {
+    if revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+        return true;
+    }
+    // The end of the stream with nothing before it: the peer closed without a request.
+    let mut byte = [0u8; 1];
+    // SAFETY: `byte` is a valid buffer of 1 byte; MSG_PEEK leaves the stream as it is.
+    let n = unsafe {
+        libc::recv(
+            conn.as_raw_fd(),
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => {
+            let e = io::Error::last_os_error();
+            !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            )
         }
     }
 }

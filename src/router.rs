@@ -432,6 +432,7 @@ async fn run(
                         state.kernel_stopped();
                     }
                 }
+                state.release_hung_up();
                 state.service();
                 state.expire();
             }
