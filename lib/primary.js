@@ -266,6 +266,8 @@ class Primary extends EventEmitter {
       const err = new Error(`sticky-rs: listener ${event.listener} (${address.address}:${address.port}) failed and accepts no more: ${event.message}`);
       warn(err.message);
       if (this.listenerCount('error') > 0) this.emit('error', err);
+    } else if (event.kind === 'misbehaved') {
+      this.onMisbehaved(event);
     } else if (event.kind === 'stopped') {
       // Never keep running without accepting: a supervisor restarts a process that exits.
       warn(`the router stopped (${event.message}); nothing is accepted any more, exiting with code 1`);
@@ -488,6 +490,26 @@ class Primary extends EventEmitter {
       if (slot.replaceEnded() && !this.closing) this.respawn(index, slot.backoff(Infinity));
     });
     return this.replacements[index];
+  }
+
+  /**
+   * A worker sent its channel a count it cannot have (forged or garbage records): the router
+   * believes none of its counts any more and sends it nothing new. Said always; the worker is
+   * replaced like one that closes its server (setupMaster: retired, the user's fork replaces it).
+   */
+  onMisbehaved({ slot: index, channel, message }) {
+    const member = [...this.members.values()].find((m) => m.channel && m.channel.id === channel);
+    const pid = member ? member.worker.process.pid : 'gone';
+    warn(`slot ${index}: worker pid ${pid} sent a record it cannot have sent honestly (${message}); its counts are ignored and it is ${this.options.adopt ? 'asked to exit' : 'replaced'}`);
+    if (!member || member.retired || this.closing) return;
+    if (this.options.adopt || this.slots[index].current !== member) {
+      this.retire(member);
+      return;
+    }
+    this.replace(index).catch((err) => {
+      warn(err.message);
+      if (this.members.has(member.worker)) this.retire(member);
+    });
   }
 
   /**

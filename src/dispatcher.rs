@@ -130,6 +130,17 @@ pub enum Event {
         /// The slot.
         slot: usize,
     },
+    /// A channel's worker sent a record it cannot have sent honestly (a count beyond what it
+    /// was given or can have accepted): its counts are ignored from now on and it gets no new
+    /// connections; it should be replaced.
+    Misbehaved {
+        /// The slot.
+        slot: usize,
+        /// The worker's channel.
+        channel: ChannelId,
+        /// What it claimed.
+        reason: String,
+    },
     /// The router thread ended on its own (a bug): nothing is accepted or delivered any more.
     Stopped {
         /// Why.
@@ -718,6 +729,15 @@ impl Dispatcher {
             if self.debug {
                 debug_line!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
             }
+        }
+        if let Some(reason) = answers.impossible {
+            // Its counts are not believed any more; it gets nothing new, and its owner replaces it.
+            self.retire(id);
+            (self.on_event)(Event::Misbehaved {
+                slot,
+                channel: id,
+                reason,
+            });
         }
         if answers.hello {
             self.hello(id);

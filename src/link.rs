@@ -17,6 +17,13 @@ use crate::channel::{self, Meta, PrimaryReader, ToPrimary, MAX_BATCH};
 pub(crate) const WINDOW: usize = 1024;
 /// Pause before sending again to a worker that was out of descriptors.
 const LOST_BACKOFF: Duration = Duration::from_millis(50);
+/// Connections a worker may say it accepted itself (kernel dispatch), per second of its
+/// channel's life: far above what one process can accept (tens of thousands a second here), far
+/// below what a forged count claims.
+const MAX_ACCEPT_RATE: u64 = 1_000_000;
+/// What a worker may say it accepted itself beyond that rate: its members' accept queues full
+/// at the largest backlog, once per listener.
+const ACCEPT_ALLOWANCE: u64 = 1 << 20;
 
 /// A connection the primary holds, with the time it was accepted (for `queue_timeout`) and what
 /// its worker needs to know.
@@ -124,6 +131,9 @@ pub(crate) struct Answers {
     pub accepted_itself: u64,
     /// Whether the channel is still open.
     pub open: bool,
+    /// The first record the worker cannot have sent honestly, if it came in this read (see
+    /// [`Link::read`]); the link believes none of its counts from then on. Said once per link.
+    pub impossible: Option<String>,
 }
 
 /// One worker channel, primary side.
@@ -142,6 +152,12 @@ pub(crate) struct Link {
     pub retired: bool,
     /// Adopted connections its worker has not reported closed (`Ack`s minus `Closed`s).
     open: u64,
+    /// When the link was made: what its worker can have accepted itself grows with it.
+    since: Instant,
+    /// What its worker said it accepted itself (kernel dispatch), in all.
+    accepted_itself: u64,
+    /// It sent an impossible record: its counts (`K`, `D`) are not believed any more.
+    distrusted: bool,
 }
 
 impl Link {
@@ -156,6 +172,9 @@ impl Link {
             ready: false,
             retired: false,
             open: 0,
+            since: Instant::now(),
+            accepted_itself: 0,
+            distrusted: false,
         }
     }
 
@@ -235,6 +254,13 @@ impl Link {
     /// Reads what the worker sent, without blocking, and applies acknowledgements (the
     /// primary's copies close). Lost connections come back through `lost`, oldest first, for
     /// the front of the slot's queue; sending then pauses briefly.
+    ///
+    /// Counts are checked against what the worker can have: acknowledged or lost at most what
+    /// is in flight, closed at most what it adopted and did not close, accepted itself at most
+    /// [`MAX_ACCEPT_RATE`] a second since the link was made (plus [`ACCEPT_ALLOWANCE`]). The
+    /// first record that is not is reported in [`Answers::impossible`] and not applied; the
+    /// worker's counts (`Closed`, `Accepted`) are ignored from then on, while its
+    /// acknowledgements, bounded by what is in flight, still close the primary's copies.
     pub(crate) fn read(&mut self, now: Instant, lost: &mut Vec<Held>) -> Answers {
         let mut messages = Vec::new();
         let open = loop {
@@ -252,6 +278,12 @@ impl Link {
             ..Answers::default()
         };
         for message in messages {
+            if !self.distrusted {
+                if let Some(why) = self.impossible(message, now) {
+                    self.distrusted = true;
+                    answers.impossible = Some(why);
+                }
+            }
             match message {
                 ToPrimary::Hello => answers.hello = true,
                 ToPrimary::Ack(n) => {
@@ -265,11 +297,42 @@ impl Link {
                     lost.extend(self.in_flight.drain(..n));
                     self.paused_until = Some(now + LOST_BACKOFF);
                 }
-                ToPrimary::Closed(n) => self.open = self.open.saturating_sub(u64::from(n)),
-                ToPrimary::Accepted(n) => answers.accepted_itself += u64::from(n),
+                _ if self.distrusted => {}
+                ToPrimary::Closed(n) => self.open -= u64::from(n),
+                ToPrimary::Accepted(n) => {
+                    self.accepted_itself += u64::from(n);
+                    answers.accepted_itself += u64::from(n);
+                }
             }
         }
         answers
+    }
+
+    /// Why `record` cannot come from an honest worker now, if it cannot.
+    fn impossible(&self, record: ToPrimary, now: Instant) -> Option<String> {
+        let in_flight = self.in_flight.len() as u64;
+        match record {
+            ToPrimary::Hello => None,
+            ToPrimary::Ack(n) if u64::from(n) > in_flight => Some(format!(
+                "acknowledged {n} connection(s), {in_flight} were sent to it"
+            )),
+            ToPrimary::Lost(n) if u64::from(n) > in_flight => Some(format!(
+                "reported {n} connection(s) lost, {in_flight} were sent to it"
+            )),
+            ToPrimary::Closed(n) if u64::from(n) > self.open => Some(format!(
+                "reported {n} connection(s) closed, it had {} open",
+                self.open
+            )),
+            ToPrimary::Accepted(n) => {
+                let seconds = now.saturating_duration_since(self.since).as_secs_f64();
+                let bound = (seconds * MAX_ACCEPT_RATE as f64) as u64 + ACCEPT_ALLOWANCE;
+                let claimed = self.accepted_itself.saturating_add(u64::from(n));
+                (claimed > bound).then(|| {
+                    format!("reported {claimed} connection(s) accepted in {seconds:.1} s, more than {bound} are possible")
+                })
+            }
+            _ => None,
+        }
     }
 
     /// Closes the channel; returns what the worker never acknowledged, oldest first.
@@ -329,6 +392,15 @@ mod tests {
         Ok((Link::new(primary, 3), worker))
     }
 
+    /// A link that sent `n` connections to its worker, and the worker's end.
+    fn sent(n: usize) -> io::Result<(Link, OwnedFd)> {
+        let (mut link, worker) = pair()?;
+        let mut waiting = held(n)?;
+        link.send_from(&mut waiting, Instant::now(), RETRY)
+            .map_err(|_| io::Error::other("gone"))?;
+        Ok((link, worker))
+    }
+
     #[test]
     fn sends_in_order_and_acknowledgements_close_the_copies() -> io::Result<()> {
         let (mut link, worker) = pair()?;
@@ -354,10 +426,73 @@ mod tests {
                 hello: true,
                 acknowledged: 60,
                 accepted_itself: 7,
-                open: true
+                open: true,
+                impossible: None,
             }
         );
         assert_eq!(link.in_flight(), 40);
+        Ok(())
+    }
+
+    #[test]
+    fn impossible_counts_are_reported_once_and_not_believed() -> io::Result<()> {
+        let (mut link, worker) = sent(5)?;
+        answer(&worker, ToPrimary::Ack(3))?;
+        answer(&worker, ToPrimary::Closed(2))?;
+        // Honest so far: 3 adopted, 2 closed. Then a forged close of 1,000.
+        answer(&worker, ToPrimary::Closed(1000))?;
+        answer(&worker, ToPrimary::Accepted(4_000_000_000))?;
+        let answers = link.read(Instant::now(), &mut Vec::new());
+        let why = answers.impossible.unwrap_or_default();
+        assert!(
+            why.contains("1000 connection(s) closed, it had 1 open"),
+            "{why}"
+        );
+        // Neither count is believed; acknowledgements still close the copies, within bounds.
+        assert_eq!((answers.accepted_itself, link.live()), (0, 1 + 2));
+        answer(&worker, ToPrimary::Ack(1000))?;
+        answer(&worker, ToPrimary::Accepted(1))?;
+        let answers = link.read(Instant::now(), &mut Vec::new());
+        assert_eq!(
+            (
+                answers.impossible,
+                answers.acknowledged,
+                answers.accepted_itself
+            ),
+            (None, 2, 0)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn counts_beyond_what_was_sent_or_can_be_accepted_are_impossible() -> io::Result<()> {
+        for (record, expected) in [
+            (
+                ToPrimary::Ack(1),
+                "acknowledged 1 connection(s), 0 were sent",
+            ),
+            (
+                ToPrimary::Lost(2),
+                "reported 2 connection(s) lost, 0 were sent",
+            ),
+            (
+                ToPrimary::Closed(1),
+                "reported 1 connection(s) closed, it had 0 open",
+            ),
+            (
+                ToPrimary::Accepted(u32::MAX),
+                "accepted in 0.0 s, more than",
+            ),
+        ] {
+            let (mut link, worker) = pair()?;
+            // What an honest worker with kernel dispatch reports is believed.
+            answer(&worker, ToPrimary::Accepted(1000))?;
+            answer(&worker, record)?;
+            let answers = link.read(Instant::now(), &mut Vec::new());
+            let why = answers.impossible.unwrap_or_default();
+            assert!(why.contains(expected), "{why}");
+            assert_eq!(answers.accepted_itself, 1000);
+        }
         Ok(())
     }
 
@@ -394,10 +529,7 @@ mod tests {
 
     #[test]
     fn lost_connections_come_back_in_order_and_sending_pauses() -> io::Result<()> {
-        let (mut link, worker) = pair()?;
-        let mut waiting = held(10)?;
-        link.send_from(&mut waiting, Instant::now(), RETRY)
-            .map_err(|_| io::Error::other("gone"))?;
+        let (mut link, worker) = sent(10)?;
         // Adopted 4, the kernel dropped the next 3 (MSG_CTRUNC on the worker's side).
         answer(&worker, ToPrimary::Ack(4))?;
         answer(&worker, ToPrimary::Lost(3))?;
@@ -417,10 +549,7 @@ mod tests {
 
     #[test]
     fn a_closed_channel_gives_back_exactly_what_was_not_acknowledged() -> io::Result<()> {
-        let (mut link, worker) = pair()?;
-        let mut waiting = held(20)?;
-        link.send_from(&mut waiting, Instant::now(), RETRY)
-            .map_err(|_| io::Error::other("gone"))?;
+        let (mut link, worker) = sent(20)?;
         answer(&worker, ToPrimary::Ack(5))?;
         drop(worker);
         let answers = link.read(Instant::now(), &mut Vec::new());
@@ -436,10 +565,7 @@ mod tests {
 
     #[test]
     fn released_before_any_ack_everything_comes_back() -> io::Result<()> {
-        let (mut link, worker) = pair()?;
-        let mut waiting = held(7)?;
-        link.send_from(&mut waiting, Instant::now(), RETRY)
-            .map_err(|_| io::Error::other("gone"))?;
+        let (link, worker) = sent(7)?;
         drop(worker);
         assert_eq!(link.into_unacknowledged().len(), 7);
         Ok(())

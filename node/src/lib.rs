@@ -192,6 +192,17 @@ impl From<router::Event> for RouterEvent {
                 message: Some(error),
                 ..empty
             },
+            router::Event::Misbehaved {
+                slot,
+                channel,
+                reason,
+            } => RouterEvent {
+                kind: "misbehaved".into(),
+                slot: Some(slot as u32),
+                channel: Some(channel as i64),
+                message: Some(reason),
+                ..empty
+            },
             router::Event::Stopped { reason } => RouterEvent {
                 kind: "stopped".into(),
                 message: Some(reason),
