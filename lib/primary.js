@@ -237,9 +237,7 @@ class Primary extends EventEmitter {
       return;
     }
     // Node closes our copy of the worker's end once the worker has it.
-    worker.send(o.prefix + CHANNEL, end, (err) => {
-      if (err) end.destroy();
-    });
+    this.sendHandle(member, o.prefix + CHANNEL, end);
     member.handedOver = true;
     if (o.debug) log('primary', `slot ${slot}: worker #${worker.id} handed its server over, channel ${member.channel.id} sent`);
   }
@@ -250,8 +248,26 @@ class Primary extends EventEmitter {
     for (let listener = 0; listener < o.listeners.length; listener++) {
       // Never read here (readable: false): the primary must not accept on it.
       const wrap = new net.Socket({ fd: this.router.member(listener, member.slot), readable: false, writable: false });
-      member.worker.send(o.prefix + LISTEN + listener, wrap._handle, () => wrap.destroy());
+      this.sendHandle(member, o.prefix + LISTEN + listener, wrap, { handleOnly: true });
     }
+  }
+
+  /**
+   * Sends `socket`'s handle with `message` (`handleOnly`: the bare handle, so that the worker
+   * gets a handle to listen on). The handle is closed once the worker acknowledged it (by Node;
+   * by us for a bare one), or when the worker exits (onExit): Node keeps a handle the worker
+   * did not acknowledge before dying, and those queued behind it, open for ever.
+   */
+  sendHandle(member, message, socket, { handleOnly = false } = {}) {
+    const handle = socket._handle;
+    member.sent = member.sent || [];
+    member.sent.push({ close: () => {
+      socket.destroy();
+      if (handle) handle.close();
+    } });
+    member.worker.send(message, handleOnly ? handle : socket, (err) => {
+      if (err || handleOnly) socket.destroy();
+    });
   }
 
   /** What the router thread reports. */
@@ -300,6 +316,10 @@ class Primary extends EventEmitter {
     clearTimeout(member.timer);
     this.members.delete(worker);
     member.settleReady(false);
+    // Node closes a handle it sent once the worker acknowledges it, but never one whose worker
+    // died first, nor one still queued behind it: close whatever we sent here (closing a closed
+    // handle does nothing).
+    for (const sent of member.sent || []) sent.close();
     // Connections it had not confirmed go back to the slot, for the next worker.
     if (member.channel) this.router.release(member.channel.id);
     if (o.debug) log('primary', `slot ${index}: worker #${worker.id} (pid ${worker.process.pid}) exited (${signal || code})`);
