@@ -11,6 +11,7 @@ const { listenError } = require('./errors');
 const { log, warn, Warnings } = require('./log');
 const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, WORKER_INDEX, noticeType } = require('./messages');
 const { Slot } = require('./slot');
+const strays = require('./strays');
 
 const WATCH_INTERVAL = 1000;
 
@@ -134,6 +135,7 @@ class Primary extends EventEmitter {
     // WORKER_INDEX marks our own workers (a worker without it was forked by someone else);
     // STICKY_RS_DISPATCH tells the worker how connections reach it, before any message.
     const worker = cluster.fork({ ...o.env(index), [WORKER_INDEX]: index, STICKY_RS_DISPATCH: o.dispatch });
+    strays.ours.add(worker);
     const member = { slot: index, worker, seq: ++this.started, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null };
     // Settles true once the router delivers to this worker, false if it exits first.
     member.whenReady = new Promise((resolve) => {
@@ -414,6 +416,12 @@ class Primary extends EventEmitter {
       warn(`a worker (pid ${worker.process.pid}) was forked outside sticky-rs, probably by a leftover cluster.fork() (e.g. in cluster.on('exit', ...)): sticky-rs forks and respawns its own workers, so it never routes a connection to such workers; remove that code`);
     };
     cluster.on('fork', this.onForeignFork);
+    // The leftover handler's worker forked on each exit of ours: ended at once, unseen by it.
+    if (!o.adopt) {
+      this.stopEndingStrays = strays.endStrays((stray, dead) => this.warnings.note('stray', 1, (n) =>
+        `ended worker pid ${stray.process.pid}${n > 1 ? ` and ${n - 1} more` : ''}: a cluster 'exit' listener forked it when worker pid ${dead.process.pid} exited (a leftover cluster.on('exit', () => cluster.fork())?). ` +
+        'sticky-rs respawns its own workers; such a worker would start nothing and idle until shutdown. Remove that listener'));
+    }
   }
 
   /** Forks a new worker for an empty slot after `delay` ms (the slot's back-off). */
@@ -628,6 +636,7 @@ class Primary extends EventEmitter {
     // Not at once: the leftover exit handler forks right after our last worker's exit, and a
     // process that starts after the primary exited dies of EPIPE with a stack trace.
     if (this.onForeignFork) setImmediate(() => cluster.removeListener('fork', this.onForeignFork));
+    if (this.stopEndingStrays) setImmediate(this.stopEndingStrays);
     clearTimeout(this.drainTimer);
     for (const { worker, timer } of this.members.values()) {
       clearTimeout(timer);

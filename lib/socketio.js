@@ -8,11 +8,44 @@ const crypto = require('node:crypto');
 const net = require('node:net');
 const { socketioOptions, sessionOptions } = require('./options');
 const { startForServer } = require('./primary');
-const { prepare, serve, prepared } = require('./worker');
+const { prepare, serve, prepared, current } = require('./worker');
+const { log } = require('./log');
 const { WORKER_INDEX, READY, noticeType } = require('./messages');
 
 // base64url in value order: the two first characters of an id are its slot (src/sid.rs).
 const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+/** The place (slot) a session id names, or -1 if it names none. */
+function placeOf(sid) {
+  const high = ALPHABET.indexOf(sid[0]);
+  const low = ALPHABET.indexOf(sid[1]);
+  return sid.length === 20 && high >= 0 && low >= 0 ? high * 64 + low : -1;
+}
+
+/**
+ * Why engine.io answered 400 "Session ID unknown" to `req` in the worker of `slot`, for its
+ * debug line: the request line was longer than the primary reads before the sid (so it placed
+ * the connection as a new session), the sid names another slot, or none at all, or this
+ * worker does not know it (an earlier worker of the slot, or forged).
+ */
+function unknownSessionWhy(req, slot, peekLimit) {
+  const url = req.url || '';
+  const match = /[?&]sid=([^&]*)/.exec(url);
+  if (!match) return 'the request has no sid';
+  const sid = decodeURIComponent(match[1]);
+  // The request line as the primary peeked it: "GET " + the URL up to the end of the sid.
+  const end = Buffer.byteLength(`${req.method} ${url.slice(0, match.index + match[0].length)}`);
+  if (end > peekLimit) {
+    return `its sid ends at byte ${end} of the request line, after the ${peekLimit} bytes the primary reads (peekLimit): ` +
+      'the primary could not see it and placed the connection as a new session; put sid first in the query, or raise peekLimit';
+  }
+  const place = placeOf(sid);
+  if (place < 0) return `its sid ${JSON.stringify(sid)} names no worker (forged or not from sticky-rs)`;
+  if (place !== slot) {
+    return `its sid names slot ${place}, this is slot ${slot}: the connection was placed by an earlier request on it (a keep-alive connection reused for another session), or slot ${place} had no ready worker`;
+  }
+  return "its sid names this slot, but this worker does not know it (a session of this slot's earlier worker, or a forged id)";
+}
 
 /** A session id of `place`: 2 characters of place, 18 of CSPRNG output (108 bits). */
 function sessionId(place) {
@@ -75,6 +108,13 @@ function setupWorker(io) {
   }
   if (cluster.isPrimary) throw new Error('sticky-rs: setupWorker() must be called in a cluster worker ("not worker")');
   io.engine.generateId = () => sessionId(Number(process.env[WORKER_INDEX]));
+  // engine.io's 400 "Session ID unknown" (code 1) says nothing of why: the debug line does.
+  io.engine.on('connection_error', (err) => {
+    const worker = current();
+    if (!worker || !worker.options.debug || !err || err.code !== 1 || !err.req) return;
+    const why = unknownSessionWhy(err.req, Number(process.env[WORKER_INDEX]), worker.options.peekLimit);
+    log(worker.role, `400 Session ID unknown for ${err.req.method} ${err.req.url.length > 120 ? `${err.req.url.slice(0, 120)}...` : err.req.url}: ${why}`);
+  });
   // A worker of sticky() or listen() (routeBy 'sid'): the server is handed over there (callback
   // or listen()), before or after this; the ids are all it needs from here.
   if (prepared()) return;
