@@ -197,6 +197,8 @@ pub(crate) struct Dispatcher {
     random: u64,
     /// Kernel dispatch, stopping: the members still queue connections for the workers.
     kernel_queueing: bool,
+    /// Kernel dispatch: workers accept connections themselves (and report them, `K`).
+    kernel: bool,
 }
 
 impl Dispatcher {
@@ -241,7 +243,14 @@ impl Dispatcher {
             next_turn: 0,
             random: seed(),
             kernel_queueing: false,
+            kernel: false,
         }
+    }
+
+    /// With kernel dispatch: workers accept connections themselves, and their counts of them
+    /// are believed (within bounds). Without, every such count is impossible.
+    pub(crate) fn kernel_dispatch(&mut self) {
+        self.kernel = true;
     }
 
     /// Whether the tick has work: a channel owes an answer, waits to send, or connections wait.
@@ -690,7 +699,7 @@ impl Dispatcher {
     pub(crate) fn open(&mut self, id: ChannelId, slot: usize, fd: OwnedFd) {
         match self.channels.entry(id) {
             std::collections::hash_map::Entry::Vacant(entry) => {
-                entry.insert(Link::new(fd, slot));
+                entry.insert(Link::new(fd, slot, self.kernel));
             }
             std::collections::hash_map::Entry::Occupied(_) => {
                 if self.debug {

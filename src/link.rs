@@ -158,11 +158,14 @@ pub(crate) struct Link {
     accepted_itself: u64,
     /// It sent an impossible record: its counts (`K`, `D`) are not believed any more.
     distrusted: bool,
+    /// Its worker accepts connections itself (kernel dispatch); else every `K` is impossible.
+    accepts_itself: bool,
 }
 
 impl Link {
-    /// A link over the primary's end of a channel to a worker of `slot`.
-    pub(crate) fn new(fd: OwnedFd, slot: usize) -> Link {
+    /// A link over the primary's end of a channel to a worker of `slot`, which accepts
+    /// connections itself (`accepts_itself`, kernel dispatch) or gets every one from the router.
+    pub(crate) fn new(fd: OwnedFd, slot: usize, accepts_itself: bool) -> Link {
         Link {
             fd,
             slot,
@@ -175,6 +178,7 @@ impl Link {
             since: Instant::now(),
             accepted_itself: 0,
             distrusted: false,
+            accepts_itself,
         }
     }
 
@@ -256,8 +260,9 @@ impl Link {
     /// the front of the slot's queue; sending then pauses briefly.
     ///
     /// Counts are checked against what the worker can have: acknowledged or lost at most what
-    /// is in flight, closed at most what it adopted and did not close, accepted itself at most
-    /// [`MAX_ACCEPT_RATE`] a second since the link was made (plus [`ACCEPT_ALLOWANCE`]). The
+    /// is in flight, closed at most what it adopted and did not close, accepted itself nothing
+    /// with the router, and with kernel dispatch at most [`MAX_ACCEPT_RATE`] a second since the
+    /// link was made (plus [`ACCEPT_ALLOWANCE`]). The
     /// first record that is not is reported in [`Answers::impossible`] and not applied; the
     /// worker's counts (`Closed`, `Accepted`) are ignored from then on, while its
     /// acknowledgements, bounded by what is in flight, still close the primary's copies.
@@ -322,6 +327,9 @@ impl Link {
             ToPrimary::Closed(n) if u64::from(n) > self.open => Some(format!(
                 "reported {n} connection(s) closed, it had {} open",
                 self.open
+            )),
+            ToPrimary::Accepted(n) if !self.accepts_itself => Some(format!(
+                "reported {n} connection(s) accepted itself, but the router gives it every connection"
             )),
             ToPrimary::Accepted(n) => {
                 let seconds = now.saturating_duration_since(self.since).as_secs_f64();
@@ -389,7 +397,7 @@ mod tests {
     fn pair() -> io::Result<(Link, OwnedFd)> {
         let (primary, worker) = channel::pair()?;
         channel::set_nonblocking(worker.as_fd())?;
-        Ok((Link::new(primary, 3), worker))
+        Ok((Link::new(primary, 3, true), worker))
     }
 
     /// A link that sent `n` connections to its worker, and the worker's end.
@@ -493,6 +501,14 @@ mod tests {
             assert!(why.contains(expected), "{why}");
             assert_eq!(answers.accepted_itself, 1000);
         }
+        // With the router, a worker accepts nothing itself.
+        let (primary, worker) = channel::pair()?;
+        let mut link = Link::new(primary, 0, false);
+        answer(&worker, ToPrimary::Accepted(1))?;
+        let why = link.read(Instant::now(), &mut Vec::new()).impossible;
+        assert!(why
+            .unwrap_or_default()
+            .contains("the router gives it every connection"));
         Ok(())
     }
 
