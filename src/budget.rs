@@ -8,7 +8,8 @@
 //! while taking it leaves enough unheld to cover every other slot's unused reserve. A connection
 //! of a slot that can take no more is closed at once (counted in `dropped` and `overShare`), so
 //! the accept loop never stops because one slot is full: it stops only when the slots holding
-//! everything are all at their reserve, each of them full.
+//! everything are all at their reserve, each of them full. A single slot takes whatever the
+//! room allows (there is no one to leave room for), as before.
 //!
 //! No I/O and no descriptors: the dispatcher says what it takes and what it releases.
 
@@ -66,7 +67,8 @@ impl Budget {
     /// slots hold then leaves every other slot's unused reserve free.
     pub(crate) fn admits(&self, slot: usize) -> bool {
         let own = self.held[slot];
-        if own < self.reserve {
+        // A single slot has no one to leave room for: the accept loop's room bounds it.
+        if own < self.reserve || self.held.len() == 1 {
             return true;
         }
         // `slot` uses its whole reserve: what is unused belongs to the others.
@@ -141,15 +143,21 @@ mod tests {
     }
 
     #[test]
-    fn one_slot_may_hold_everything_and_heads_keep_their_share() {
-        let mut b = Budget::new(50, 0, 1);
-        assert_eq!(fill(&mut b, 0, 1000), 50);
-        assert_eq!(b.room(0), 0);
+    fn heads_being_read_keep_their_share() {
         // With heads being read, the slots hold at most what the heads leave, and the router
         // can still accept a head (the oldest is given up for it).
         let mut b = Budget::new(100, 50, 2);
         assert_eq!(fill(&mut b, 0, 1000) + fill(&mut b, 1, 1000), 50);
         assert_eq!(b.room(49), 1);
+    }
+
+    #[test]
+    fn a_single_slot_is_bounded_by_the_room_alone() {
+        // Heads being read keep their share of the room, not of the slot: nothing is closed
+        // on arrival, the accept loop stops when the room is gone.
+        let mut b = Budget::new(100, 50, 1);
+        assert_eq!(fill(&mut b, 0, 80), 80);
+        assert_eq!(b.room(20), 0);
     }
 
     #[test]
