@@ -123,10 +123,14 @@ declare namespace sticky {
     inFlight: number;
     /** Put back in the queue because their worker died before confirming them or never got them; each once. */
     redelivered: number;
-    /** Closed unserved: the slot's queue was full or they waited longer than queueTimeout. */
+    /** Closed unserved: the slot's queue was full, it held its share of the primary's connections, or they waited longer than queueTimeout. */
     dropped: number;
     /** The part of `dropped` that waited longer than queueTimeout. */
     expired: number;
+    /** The part of `dropped` closed on arrival because the slot held its share of the connections the primary may hold (router only). */
+    overShare: number;
+    /** Waiting connections closed because their client hung up (router only; not in `dropped`). */
+    abandoned: number;
     /** Times the slot's worker exited unasked and was replaced. */
     restarts: number;
     /** Whether the slot delivers to a ready worker now. */

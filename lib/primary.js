@@ -12,6 +12,7 @@ const { log, warn, notice, Warnings } = require('./log');
 const { startedOnTerminal, terminalAlive, ignoreDeadTerminal, exitHungUp } = require('./terminal');
 const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, NODE_NAME, INTERNAL, FAILED, noticeType } = require('./messages');
 const { Slot } = require('./slot');
+const strays = require('./strays');
 
 const WATCH_INTERVAL = 1000;
 // A worker stopping on a signal of its own: how long the primary waits before it replaces it.
@@ -172,6 +173,7 @@ class Primary extends EventEmitter {
     // WORKER_INDEX marks our own workers (a worker without it was forked by someone else);
     // STICKY_RS_DISPATCH tells the worker how connections reach it, before any message.
     const worker = cluster.fork({ ...o.env(index), [WORKER_INDEX]: index, STICKY_RS_DISPATCH: o.dispatch, ...(o.node ? { [NODE_NAME]: o.node } : {}) });
+    strays.ours.add(worker);
     const member = { slot: index, worker, seq: ++this.started, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null };
     // Settles true once the router delivers to this worker, false if it exits first.
     member.whenReady = new Promise((resolve) => {
@@ -293,9 +295,7 @@ class Primary extends EventEmitter {
       return;
     }
     // Node closes our copy of the worker's end once the worker has it.
-    worker.send(o.prefix + CHANNEL, end, (err) => {
-      if (err) end.destroy();
-    });
+    this.sendHandle(member, o.prefix + CHANNEL, end);
     member.handedOver = true;
     if (o.debug) log('primary', `slot ${slot}: worker #${worker.id} handed its server over, channel ${member.channel.id} sent`);
   }
@@ -306,8 +306,26 @@ class Primary extends EventEmitter {
     for (let listener = 0; listener < o.listeners.length; listener++) {
       // Never read here (readable: false): the primary must not accept on it.
       const wrap = new net.Socket({ fd: this.router.member(listener, member.slot), readable: false, writable: false });
-      member.worker.send(o.prefix + LISTEN + listener, wrap._handle, () => wrap.destroy());
+      this.sendHandle(member, o.prefix + LISTEN + listener, wrap, { handleOnly: true });
     }
+  }
+
+  /**
+   * Sends `socket`'s handle with `message` (`handleOnly`: the bare handle, so that the worker
+   * gets a handle to listen on). The handle is closed once the worker acknowledged it (by Node;
+   * by us for a bare one), or when the worker exits (onExit): Node keeps a handle the worker
+   * did not acknowledge before dying, and those queued behind it, open for ever.
+   */
+  sendHandle(member, message, socket, { handleOnly = false } = {}) {
+    const handle = socket._handle;
+    member.sent = member.sent || [];
+    member.sent.push({ close: () => {
+      socket.destroy();
+      if (handle) handle.close();
+    } });
+    member.worker.send(message, handleOnly ? handle : socket, (err) => {
+      if (err || handleOnly) socket.destroy();
+    });
   }
 
   /** What the router thread reports. */
@@ -322,6 +340,8 @@ class Primary extends EventEmitter {
       const err = new Error(`sticky-rs: listener ${event.listener} (${address.address}:${address.port}) failed and accepts no more: ${event.message}`);
       warn(err.message);
       if (this.listenerCount('error') > 0) this.emit('error', err);
+    } else if (event.kind === 'misbehaved') {
+      this.onMisbehaved(event);
     } else if (event.kind === 'stopped') {
       // Never keep running without accepting: a supervisor restarts a process that exits.
       warn(`the router stopped (${event.message}); nothing is accepted any more, exiting with code 1`);
@@ -369,6 +389,10 @@ class Primary extends EventEmitter {
     clearTimeout(member.timer);
     this.members.delete(worker);
     member.settleReady(false);
+    // Node closes a handle it sent once the worker acknowledges it, but never one whose worker
+    // died first, nor one still queued behind it: close whatever we sent here (closing a closed
+    // handle does nothing).
+    for (const sent of member.sent || []) sent.close();
     // Connections it had not confirmed go back to the slot, for the next worker.
     if (member.channel) this.router.release(member.channel.id);
     if (o.debug) log('primary', `slot ${index}: worker #${worker.id} (pid ${worker.process.pid}) exited (${signal || code})`);
@@ -466,11 +490,14 @@ class Primary extends EventEmitter {
       for (const [index, s] of now.slots.entries()) {
         const was = last.slots[index];
         const expired = s.expired - was.expired;
-        const full = s.dropped - was.dropped - expired;
+        const overShare = s.overShare - was.overShare;
+        const full = s.dropped - was.dropped - expired - overShare;
         const current = this.slots[index] && this.slots[index].current;
         const which = `slot ${index} (${current ? `worker pid ${current.worker.process.pid}` : 'no worker'})`;
         this.warnings.note(`full:${index}`, full, (n) =>
           `${which}: closed ${n} new connection(s) unserved: the slot's queue was full (queueLimit ${o.queueLimit}); its worker is not ready or cannot keep up`);
+        this.warnings.note(`share:${index}`, overShare, (n) =>
+          `${which}: closed ${n} new connection(s) unserved: the slot holds its share of the connections the primary may hold (half its free file descriptors); its worker is not ready, stuck, or out of descriptors. Other slots are not affected; raise ulimit -n for more room`);
         this.warnings.note(`expired:${index}`, expired, (n) =>
           `${which}: closed ${n} connection(s) that waited longer than queueTimeout (${o.queueTimeout} ms) for a ready worker`);
         // Kernel dispatch: clients of a slot without a ready worker wait in its members' accept
@@ -509,6 +536,12 @@ class Primary extends EventEmitter {
       warn(`a worker (pid ${worker.process.pid}) was forked outside sticky-rs, probably by a leftover cluster.fork() (e.g. in cluster.on('exit', ...)): sticky-rs forks and respawns its own workers, so it never routes a connection to such workers; remove that code`);
     };
     cluster.on('fork', this.onForeignFork);
+    // The leftover handler's worker forked on each exit of ours: ended at once, unseen by it.
+    if (!o.adopt) {
+      this.stopEndingStrays = strays.endStrays((stray, dead) => this.warnings.note('stray', 1, (n) =>
+        `ended worker pid ${stray.process.pid}${n > 1 ? ` and ${n - 1} more` : ''}: a cluster 'exit' listener forked it when worker pid ${dead.process.pid} exited (a leftover cluster.on('exit', () => cluster.fork())?). ` +
+        'sticky-rs respawns its own workers; such a worker would start nothing and idle until shutdown. Remove that listener'));
+    }
   }
 
   /**
@@ -633,6 +666,26 @@ class Primary extends EventEmitter {
   }
 
   /**
+   * A worker sent its channel a count it cannot have (forged or garbage records): the router
+   * believes none of its counts any more and sends it nothing new. Said always; the worker is
+   * replaced like one that closes its server (setupMaster: retired, the user's fork replaces it).
+   */
+  onMisbehaved({ slot: index, channel, message }) {
+    const member = [...this.members.values()].find((m) => m.channel && m.channel.id === channel);
+    const pid = member ? member.worker.process.pid : 'gone';
+    warn(`slot ${index}: worker pid ${pid} sent a record it cannot have sent honestly (${message}); its counts are ignored and it is ${this.options.adopt ? 'asked to exit' : 'replaced'}`);
+    if (!member || member.retired || this.closing) return;
+    if (this.options.adopt || this.slots[index].current !== member) {
+      this.retire(member);
+      return;
+    }
+    this.replace(index).catch((err) => {
+      warn(err.message);
+      if (this.members.has(member.worker)) this.retire(member);
+    });
+  }
+
+  /**
    * sticky-session semantics: a worker that closes its server gets no new connections (they
    * wait for its replacement), finishes the ones it has and exits.
    */
@@ -743,6 +796,7 @@ class Primary extends EventEmitter {
     // Not at once: the leftover exit handler forks right after our last worker's exit, and a
     // process that starts after the primary exited dies of EPIPE with a stack trace.
     if (this.onForeignFork) setImmediate(() => cluster.removeListener('fork', this.onForeignFork));
+    if (this.stopEndingStrays) setImmediate(this.stopEndingStrays);
     clearTimeout(this.drainTimer);
     for (const { worker, timer } of this.members.values()) {
       clearTimeout(timer);

@@ -7,9 +7,35 @@ const cluster = require('node:cluster');
 const net = require('node:net');
 const { socketioOptions, sessionOptions } = require('./options');
 const { startForServer } = require('./primary');
-const { prepare, serve, prepared, sessionIdsNameSlot } = require('./worker');
+const { prepare, serve, prepared, sessionIdsNameSlot, current } = require('./worker');
+const { log } = require('./log');
 const { WORKER_INDEX, NODE_NAME, READY, noticeType } = require('./messages');
-const { sessionId } = require('./sid');
+const { sessionId, sessionInUrl } = require('./sid');
+
+/**
+ * Why engine.io answered 400 "Session ID unknown" to `req` in the worker of `slot` (of node
+ * `node`, if named), for its debug line: the request line was longer than the primary reads
+ * before the sid (so it placed the connection as a new session), the sid names another slot or
+ * node, or none at all, or this worker does not know it (an earlier worker of the slot, or forged).
+ */
+function unknownSessionWhy(req, slot, node, peekLimit) {
+  const url = req.url || '';
+  const match = /[?&]sid=([^&]*)/.exec(url);
+  if (!match) return 'the request has no sid';
+  // The request line as the primary peeked it: "GET " + the URL up to the end of the sid.
+  const end = Buffer.byteLength(`${req.method} ${url.slice(0, match.index + match[0].length)}`);
+  if (end > peekLimit) {
+    return `its sid ends at byte ${end} of the request line, after the ${peekLimit} bytes the primary reads (peekLimit): ` +
+      'the primary could not see it and placed the connection as a new session; put sid first in the query, or raise peekLimit';
+  }
+  const session = sessionInUrl(url);
+  if (!session) return `its sid ${JSON.stringify(decodeURIComponent(match[1]))} names no worker (forged or not from sticky-rs)`;
+  if (session.node !== node) return `its sid names node ${JSON.stringify(session.node)}, this is ${JSON.stringify(node)}`;
+  if (session.place !== slot) {
+    return `its sid names slot ${session.place}, this is slot ${slot}: the connection was placed by an earlier request on it (a keep-alive connection reused for another session), or slot ${session.place} had no ready worker`;
+  }
+  return "its sid names this slot, but this worker does not know it (a session of this slot's earlier worker, or a forged id)";
+}
 
 
 function describe(value) {
@@ -67,6 +93,13 @@ function setupWorker(io) {
   }
   if (cluster.isPrimary) throw new Error('sticky-rs: setupWorker() must be called in a cluster worker ("not worker")');
   io.engine.generateId = () => sessionId(Number(process.env[WORKER_INDEX]), process.env[NODE_NAME]);
+  // engine.io's 400 "Session ID unknown" (code 1) says nothing of why: the debug line does.
+  io.engine.on('connection_error', (err) => {
+    const worker = current();
+    if (!worker || !worker.options.debug || !err || err.code !== 1 || !err.req) return;
+    const why = unknownSessionWhy(err.req, Number(process.env[WORKER_INDEX]), process.env[NODE_NAME] || null, worker.options.peekLimit);
+    log(worker.role, `400 Session ID unknown for ${err.req.method} ${err.req.url.length > 120 ? `${err.req.url.slice(0, 120)}...` : err.req.url}: ${why}`);
+  });
   // A worker of sticky() or listen() (routeBy 'sid'): the server is handed over there (callback
   // or listen()), before or after this; the ids are all it needs from here.
   if (!prepared()) {

@@ -123,6 +123,11 @@ function prepared() {
   return state !== null;
 }
 
+/** This worker's options and the name its debug lines carry, once prepared; else null. */
+function current() {
+  return state && { options: state.options, role: state.role };
+}
+
 /**
  * Ends a worker that cannot work: says why, starts nothing, exits with 1. Not a throw: PM2 loses
  * what a process writes just before it dies of an exception at start-up; its log gets this line.
@@ -652,4 +657,4 @@ function exit() {
   else process.exit(0);
 }
 
-module.exports = { prepare, serve, prepared, sessionIdsNameSlot };
+module.exports = { prepare, serve, prepared, sessionIdsNameSlot, current };

@@ -15,9 +15,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::address::AddressText;
+use crate::budget::Budget;
 use crate::channel::Meta;
 use crate::hash::Hash;
-use crate::link::{Gone, Held, Link};
+use crate::link::{self, Gone, Held, Link};
 use crate::resolve::{self, Outcome, RouteBy, Rules};
 use crate::stats::Stats;
 use crate::table::{ChannelId, Table};
@@ -129,6 +130,17 @@ pub enum Event {
         /// The slot.
         slot: usize,
     },
+    /// A channel's worker sent a record it cannot have sent honestly (a count beyond what it
+    /// was given or can have accepted): its counts are ignored from now on and it gets no new
+    /// connections; it should be replaced.
+    Misbehaved {
+        /// The slot.
+        slot: usize,
+        /// The worker's channel.
+        channel: ChannelId,
+        /// What it claimed.
+        reason: String,
+    },
     /// The router thread ended on its own (a bug): nothing is accepted or delivered any more.
     Stopped {
         /// Why.
@@ -170,7 +182,8 @@ pub(crate) struct Dispatcher {
     pub resolved_rx: Option<UnboundedReceiver<Resolved>>,
     stats: Arc<Stats>,
     touched: Vec<bool>,
-    held_limit: usize,
+    /// What each slot may hold, and holds (waiting and unacknowledged).
+    budget: Budget,
     queue_timeout: Option<Duration>,
     debug: bool,
     debug_connections: bool,
@@ -184,6 +197,8 @@ pub(crate) struct Dispatcher {
     random: u64,
     /// Kernel dispatch, stopping: the members still queue connections for the workers.
     kernel_queueing: bool,
+    /// Kernel dispatch: workers accept connections themselves (and report them, `K`).
+    kernel: bool,
 }
 
 impl Dispatcher {
@@ -192,6 +207,20 @@ impl Dispatcher {
         let slots = policy.slots.max(1);
         let (resolved, resolved_rx) = unbounded_channel();
         let held_limit = held_limit();
+        let resolve_limit = (held_limit / 2).max(1);
+        // Heads being read keep their share (plus one: a new head is accepted before the oldest
+        // is given up for it); routing by address reads none.
+        let reading = match policy.rules.route_by {
+            RouteBy::Address => 0,
+            _ => resolve_limit + 1,
+        };
+        let budget = Budget::new(held_limit, reading, slots);
+        if policy.debug {
+            debug_line!(
+                "[sticky-rs] primary: holds at most {held_limit} connection(s); each slot at least {} of them, more while the others keep theirs",
+                budget.reserve()
+            );
+        }
         Dispatcher {
             table: Table::new(slots, policy.queue_limit, policy.hash),
             channels: HashMap::new(),
@@ -199,12 +228,12 @@ impl Dispatcher {
             resolving: 0,
             reading: BTreeMap::new(),
             next_reading: 0,
-            resolve_limit: (held_limit / 2).max(1),
+            resolve_limit,
             resolved,
             resolved_rx: Some(resolved_rx),
             stats,
             touched: vec![false; slots],
-            held_limit,
+            budget,
             queue_timeout: policy.queue_timeout,
             debug: policy.debug,
             debug_connections: policy.debug_connections,
@@ -214,7 +243,14 @@ impl Dispatcher {
             next_turn: 0,
             random: seed(),
             kernel_queueing: false,
+            kernel: false,
         }
+    }
+
+    /// With kernel dispatch: workers accept connections themselves, and their counts of them
+    /// are believed (within bounds). Without, every such count is impossible.
+    pub(crate) fn kernel_dispatch(&mut self) {
+        self.kernel = true;
     }
 
     /// Whether the tick has work: a channel owes an answer, waits to send, or connections wait.
@@ -252,28 +288,19 @@ impl Dispatcher {
 
     /// Says [`Event::Drained`] for every slot that just became drained.
     fn report_drained(&mut self) {
-        let Some(said) = self.draining.as_mut() else {
-            return;
-        };
         // A head still being read may be for any slot; the kernel's queues, for every slot.
-        if self.resolving > 0 || self.kernel_queueing {
+        if self.draining.is_none() || self.resolving > 0 || self.kernel_queueing {
             return;
         }
-        for (slot, said) in said.iter_mut().enumerate() {
-            if *said {
+        for slot in 0..self.table.len() {
+            let said = self.draining.as_ref().is_some_and(|said| said[slot]);
+            if said || (self.table.slot(slot).channel.is_some() && self.held(slot) > 0) {
                 continue;
             }
-            let waiting = self.table.slot(slot).waiting.len();
-            let in_flight: usize = self
-                .channels
-                .values()
-                .filter(|c| c.slot() == slot)
-                .map(Link::in_flight)
-                .sum();
-            if self.table.slot(slot).channel.is_none() || waiting + in_flight == 0 {
-                *said = true;
-                (self.on_event)(Event::Drained { slot });
+            if let Some(said) = self.draining.as_mut() {
+                said[slot] = true;
             }
+            (self.on_event)(Event::Drained { slot });
         }
     }
 
@@ -322,6 +349,7 @@ impl Dispatcher {
                 .table
                 .expire_front(slot, |held| now.duration_since(held.since) >= timeout);
             if !expired.is_empty() {
+                self.budget.release(slot, expired.len());
                 Stats::add(&self.stats.slots[slot].dropped, expired.len() as u64);
                 Stats::add(&self.stats.slots[slot].expired, expired.len() as u64);
                 self.update_gauges(slot);
@@ -342,12 +370,51 @@ impl Dispatcher {
 
     /// How many more connections the router may hold.
     pub(crate) fn room(&self) -> usize {
-        let waiting: usize = (0..self.table.len())
-            .map(|i| self.table.slot(i).waiting.len())
-            .sum();
-        let in_flight: usize = self.channels.values().map(Link::in_flight).sum();
-        self.held_limit
-            .saturating_sub(waiting + in_flight + self.resolving)
+        self.budget.room(self.resolving)
+    }
+
+    /// Takes `held` into `slot`'s queue if the slot's budget admits it; else closes it at once
+    /// (counted in `dropped` and `overShare`). True if it was taken.
+    fn admit(&mut self, slot: usize, held: Held) -> bool {
+        let counters = &self.stats.slots[slot];
+        Stats::add(&counters.accepted, 1);
+        if !self.budget.admits(slot) {
+            drop(held);
+            Stats::add(&counters.dropped, 1);
+            Stats::add(&counters.over_share, 1);
+            if self.debug_connections {
+                debug_line!(
+                    "[sticky-rs] primary: slot {slot} holds {} connection(s), its share: closed a new one",
+                    self.budget.held(slot)
+                );
+            }
+            return false;
+        }
+        self.budget.take(slot);
+        self.table.slot_mut(slot).waiting.push_back(held);
+        self.touched[slot] = true;
+        true
+    }
+
+    /// Closes the waiting connections whose client hung up (reset, or closed before sending a
+    /// byte): nobody would read their answer, and a stuck slot would hold them until its worker
+    /// came back. Connections already sent to a worker are its own.
+    pub(crate) fn release_hung_up(&mut self) {
+        for slot in 0..self.table.len() {
+            let waiting = &mut self.table.slot_mut(slot).waiting;
+            if waiting.is_empty() {
+                continue;
+            }
+            let gone = link::remove_hung_up(waiting);
+            if gone > 0 {
+                self.budget.release(slot, gone);
+                Stats::add(&self.stats.slots[slot].abandoned, gone as u64);
+                self.update_gauges(slot);
+                if self.debug {
+                    debug_line!("[sticky-rs] primary: slot {slot}: closed {gone} waiting connection(s) whose client hung up");
+                }
+            }
+        }
     }
 
     /// Routes a new connection by its peer address, or hands it to resolution if it comes from
@@ -452,9 +519,9 @@ impl Dispatcher {
             client: None,
         };
         let held = Held::new(done.conn, done.since, meta);
-        self.table.slot_mut(slot).waiting.push_back(held);
-        Stats::add(&self.stats.slots[slot].accepted, 1);
-        self.touched[slot] = true;
+        if !self.admit(slot, held) {
+            return;
+        }
         if self.debug_connections {
             debug_line!(
                 "[sticky-rs] primary: connection from {} ({how}) -> slot {slot}",
@@ -507,8 +574,11 @@ impl Dispatcher {
             return;
         }
         let waiting: Vec<Held> = self.table.slot_mut(slot).waiting.drain(..).collect();
+        self.budget.release(slot, waiting.len());
         for held in waiting {
             let to = self.pick_for_new_session();
+            // Already held: it moves whatever the new slot holds.
+            self.budget.take(to);
             self.table.slot_mut(to).waiting.push_back(held);
             self.touched[to] = true;
         }
@@ -541,9 +611,10 @@ impl Dispatcher {
     }
 
     fn enqueue(&mut self, key: &[u8], held: Held) {
-        let slot = self.table.push(key, held);
-        Stats::add(&self.stats.slots[slot].accepted, 1);
-        self.touched[slot] = true;
+        let slot = self.table.slot_of(key);
+        if !self.admit(slot, held) {
+            return;
+        }
         if self.debug_connections {
             let key = String::from_utf8_lossy(key);
             debug_line!("[sticky-rs] primary: connection keyed {key:?} -> slot {slot}");
@@ -594,6 +665,7 @@ impl Dispatcher {
         }
         let dropped = self.table.trim(slot);
         if !dropped.is_empty() {
+            self.budget.release(slot, dropped.len());
             Stats::add(&self.stats.slots[slot].dropped, dropped.len() as u64);
             if self.debug {
                 debug_line!(
@@ -605,15 +677,23 @@ impl Dispatcher {
         self.update_gauges(slot);
     }
 
-    fn update_gauges(&self, slot: usize) {
-        let counters = &self.stats.slots[slot];
-        let in_flight: usize = self
-            .channels
+    /// What `slot` has sent over all its channels and not had acknowledged.
+    fn in_flight(&self, slot: usize) -> usize {
+        self.channels
             .values()
             .filter(|c| c.slot() == slot)
             .map(Link::in_flight)
-            .sum();
-        Stats::set(&counters.in_flight, in_flight as u64);
+            .sum()
+    }
+
+    /// What `slot` holds: waiting and in flight.
+    fn held(&self, slot: usize) -> usize {
+        self.table.slot(slot).waiting.len() + self.in_flight(slot)
+    }
+
+    fn update_gauges(&self, slot: usize) {
+        let counters = &self.stats.slots[slot];
+        Stats::set(&counters.in_flight, self.in_flight(slot) as u64);
         Stats::set(&counters.queued, self.table.slot(slot).waiting.len() as u64);
         Stats::set(
             &counters.channel,
@@ -626,7 +706,7 @@ impl Dispatcher {
     pub(crate) fn open(&mut self, id: ChannelId, slot: usize, fd: OwnedFd) {
         match self.channels.entry(id) {
             std::collections::hash_map::Entry::Vacant(entry) => {
-                entry.insert(Link::new(fd, slot));
+                entry.insert(Link::new(fd, slot, self.kernel));
             }
             std::collections::hash_map::Entry::Occupied(_) => {
                 if self.debug {
@@ -645,6 +725,7 @@ impl Dispatcher {
         let answers = link.read(Instant::now(), &mut lost);
         let slot = link.slot();
         if answers.acknowledged > 0 {
+            self.budget.release(slot, answers.acknowledged);
             Stats::add(
                 &self.stats.slots[slot].delivered,
                 answers.acknowledged as u64,
@@ -664,6 +745,15 @@ impl Dispatcher {
             if self.debug {
                 debug_line!("[sticky-rs] primary: slot {slot}: worker lost {n} connection(s) (out of descriptors), sending again");
             }
+        }
+        if let Some(reason) = answers.impossible {
+            // Its counts are not believed any more; it gets nothing new, and its owner replaces it.
+            self.retire(id);
+            (self.on_event)(Event::Misbehaved {
+                slot,
+                channel: id,
+                reason,
+            });
         }
         if answers.hello {
             self.hello(id);
@@ -792,6 +882,15 @@ mod tests {
     use crate::trust::Trusted;
 
     fn dispatcher(queue_limit: usize, queue_timeout: Option<Duration>) -> (Dispatcher, Arc<Stats>) {
+        dispatcher_of(1, queue_limit, queue_timeout)
+    }
+
+    /// A dispatcher of `slots` slots routing by address.
+    fn dispatcher_of(
+        slots: usize,
+        queue_limit: usize,
+        queue_timeout: Option<Duration>,
+    ) -> (Dispatcher, Arc<Stats>) {
         let policy = Policy {
             rules: Rules {
                 route_by: RouteBy::Address,
@@ -800,7 +899,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 node: None,
             },
-            slots: 1,
+            slots,
             queue_limit,
             queue_timeout,
             hash: Hash::Djb2,
@@ -808,7 +907,7 @@ mod tests {
             debug_connections: false,
             balance: Balance::default(),
         };
-        let stats = Arc::new(Stats::new(1));
+        let stats = Arc::new(Stats::new(slots));
         let on_event: OnEvent = Arc::new(|_| {});
         (Dispatcher::new(&policy, stats.clone(), on_event), stats)
     }
@@ -942,6 +1041,58 @@ mod tests {
         assert_eq!((s.delivered, s.queued, s.channel), (2, 3, 0));
         let new = worker(&mut d, 2, false)?;
         assert_eq!(received(&new)?, 3);
+        Ok(())
+    }
+
+    /// A peer address whose connections go to `slot` of `slots`.
+    fn peer_of(slot: usize, slots: usize) -> io::Result<SocketAddr> {
+        (1..=250u8)
+            .map(|i| SocketAddr::from(([127, 0, 1, i], 4000)))
+            .find(|p| {
+                crate::table::slot_for(AddressText::new(p).as_bytes(), slots, Hash::Djb2) == slot
+            })
+            .ok_or_else(|| io::Error::other("no such peer"))
+    }
+
+    #[test]
+    fn a_stuck_slot_keeps_its_share_and_the_other_slot_is_still_served() -> io::Result<()> {
+        let (mut d, stats) = dispatcher_of(2, 100, None);
+        // 40 in all: each slot is sure of 10, one may take 30 while the other holds nothing.
+        d.budget = Budget::new(40, 0, 2);
+        let (zero, one) = (peer_of(0, 2)?, peer_of(1, 2)?);
+        for _ in 0..50 {
+            d.route(std::fs::File::open("/dev/null")?.into(), Some(zero), 0);
+        }
+        d.service();
+        let s = stats.snapshot(0);
+        assert_eq!(
+            (s.accepted, s.queued, s.dropped, s.over_share),
+            (50, 30, 20, 20)
+        );
+        assert_eq!(d.room(), 10);
+        let worker_one = worker_in(&mut d, 1, 1, false)?;
+        for _ in 0..10 {
+            d.route(std::fs::File::open("/dev/null")?.into(), Some(one), 0);
+        }
+        d.service();
+        assert_eq!(received(&worker_one)?, 10);
+        assert_eq!(stats.snapshot(1).dropped, 0);
+        // The budget agrees with what the queues and the links hold.
+        assert_eq!((d.held(0), d.held(1)), (30, 10));
+        assert_eq!((d.budget.held(0), d.budget.held(1)), (30, 10));
+        assert!(d.full());
+        // Slot 1's worker adopts them: room for slot 1 again, none for slot 0 beyond its 30.
+        channel::send(worker_one.as_fd(), ToPrimary::Ack(10))?;
+        d.service();
+        assert_eq!((d.budget.held(1), d.room()), (0, 10));
+        d.route(std::fs::File::open("/dev/null")?.into(), Some(zero), 0);
+        assert_eq!(stats.snapshot(0).over_share, 21);
+        // Slot 0's worker comes: it gets the 30 and, once they are adopted, its full share again.
+        let worker_zero = worker_in(&mut d, 2, 0, false)?;
+        assert_eq!(received(&worker_zero)?, 30);
+        channel::send(worker_zero.as_fd(), ToPrimary::Ack(30))?;
+        d.service();
+        assert_eq!((d.held(0), d.budget.held(0), d.room()), (0, 0, 40));
         Ok(())
     }
 

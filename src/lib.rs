@@ -4,7 +4,7 @@
 //! them, [`hash`] is djb2, [`table`] holds the slots, [`channel`] carries descriptors to a
 //! worker, [`link`] is one channel's flow control (window, acknowledgements, losses,
 //! redelivery), [`dispatcher`] decides what happens to each connection (admission, slot queue,
-//! expiry, which channel serves a slot), [`listener`] binds, [`router`] is the event loop in the
+//! expiry, which channel serves a slot) within each slot's [`budget`], [`listener`] binds, [`router`] is the event loop in the
 //! primary, [`receiver`] is
 //! the worker's end; [`trust`], [`forwarded`] and [`proxy`] read route keys that trusted proxies
 //! forward; [`kernel`] builds the classic BPF program and the `SO_REUSEPORT` group of kernel
@@ -32,6 +32,7 @@ macro_rules! debug_line {
 }
 
 pub mod address;
+mod budget;
 pub mod channel;
 mod dispatcher;
 mod forwarded;

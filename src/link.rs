@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -17,6 +17,13 @@ use crate::channel::{self, Meta, PrimaryReader, ToPrimary, MAX_BATCH};
 pub(crate) const WINDOW: usize = 1024;
 /// Pause before sending again to a worker that was out of descriptors.
 const LOST_BACKOFF: Duration = Duration::from_millis(50);
+/// Connections a worker may say it accepted itself (kernel dispatch), per second of its
+/// channel's life: far above what one process can accept (tens of thousands a second here), far
+/// below what a forged count claims.
+const MAX_ACCEPT_RATE: u64 = 1_000_000;
+/// What a worker may say it accepted itself beyond that rate: its members' accept queues full
+/// at the largest backlog, once per listener.
+const ACCEPT_ALLOWANCE: u64 = 1 << 20;
 
 /// A connection the primary holds, with the time it was accepted (for `queue_timeout`) and what
 /// its worker needs to know.
@@ -45,6 +52,70 @@ impl Held {
     }
 }
 
+/// Removes from `waiting` the connections whose client hung up: reset (an error or hang-up is
+/// pending), or closed its side before sending a byte (nothing to read but the end of the
+/// stream). A client that sent a request and then half-closed still waits for its answer and
+/// stays. One `poll` over all of them; the few it flags are looked at once more. Returns how many
+/// were removed (their descriptors are closed).
+pub(crate) fn remove_hung_up(waiting: &mut VecDeque<Held>) -> usize {
+    // Linux says a peer's FIN apart from readable data; elsewhere every readable one is looked at.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const EVENTS: libc::c_short = libc::POLLRDHUP;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const EVENTS: libc::c_short = libc::POLLIN;
+    let mut fds: Vec<libc::pollfd> = waiting
+        .iter()
+        .map(|held| libc::pollfd {
+            fd: held.conn.as_raw_fd(),
+            events: EVENTS,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd entries for the duration of the call,
+    // and every descriptor in it is open (owned by `waiting`).
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+    if n <= 0 {
+        return 0;
+    }
+    let mut position = 0;
+    let before = waiting.len();
+    waiting.retain(|held| {
+        let revents = fds[position].revents;
+        position += 1;
+        revents == 0 || !hung_up(held.conn.as_fd(), revents)
+    });
+    before - waiting.len()
+}
+
+/// Whether a connection whose `poll` said `revents` was given up by its client.
+fn hung_up(conn: BorrowedFd<'_>, revents: libc::c_short) -> bool {
+    if revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+        return true;
+    }
+    // The end of the stream with nothing before it: the peer closed without a request.
+    let mut byte = [0u8; 1];
+    // SAFETY: `byte` is a valid buffer of 1 byte; MSG_PEEK leaves the stream as it is.
+    let n = unsafe {
+        libc::recv(
+            conn.as_raw_fd(),
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => {
+            let e = io::Error::last_os_error();
+            !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            )
+        }
+    }
+}
+
 /// The channel's worker is gone: its socket says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Gone;
@@ -60,6 +131,9 @@ pub(crate) struct Answers {
     pub accepted_itself: u64,
     /// Whether the channel is still open.
     pub open: bool,
+    /// The first record the worker cannot have sent honestly, if it came in this read (see
+    /// [`Link::read`]); the link believes none of its counts from then on. Said once per link.
+    pub impossible: Option<String>,
 }
 
 /// One worker channel, primary side.
@@ -78,11 +152,20 @@ pub(crate) struct Link {
     pub retired: bool,
     /// Adopted connections its worker has not reported closed (`Ack`s minus `Closed`s).
     open: u64,
+    /// When the link was made: what its worker can have accepted itself grows with it.
+    since: Instant,
+    /// What its worker said it accepted itself (kernel dispatch), in all.
+    accepted_itself: u64,
+    /// It sent an impossible record: its counts (`K`, `D`) are not believed any more.
+    distrusted: bool,
+    /// Its worker accepts connections itself (kernel dispatch); else every `K` is impossible.
+    accepts_itself: bool,
 }
 
 impl Link {
-    /// A link over the primary's end of a channel to a worker of `slot`.
-    pub(crate) fn new(fd: OwnedFd, slot: usize) -> Link {
+    /// A link over the primary's end of a channel to a worker of `slot`, which accepts
+    /// connections itself (`accepts_itself`, kernel dispatch) or gets every one from the router.
+    pub(crate) fn new(fd: OwnedFd, slot: usize, accepts_itself: bool) -> Link {
         Link {
             fd,
             slot,
@@ -92,6 +175,10 @@ impl Link {
             ready: false,
             retired: false,
             open: 0,
+            since: Instant::now(),
+            accepted_itself: 0,
+            distrusted: false,
+            accepts_itself,
         }
     }
 
@@ -171,6 +258,14 @@ impl Link {
     /// Reads what the worker sent, without blocking, and applies acknowledgements (the
     /// primary's copies close). Lost connections come back through `lost`, oldest first, for
     /// the front of the slot's queue; sending then pauses briefly.
+    ///
+    /// Counts are checked against what the worker can have: acknowledged or lost at most what
+    /// is in flight, closed at most what it adopted and did not close, accepted itself nothing
+    /// with the router, and with kernel dispatch at most [`MAX_ACCEPT_RATE`] a second since the
+    /// link was made (plus [`ACCEPT_ALLOWANCE`]). The
+    /// first record that is not is reported in [`Answers::impossible`] and not applied; the
+    /// worker's counts (`Closed`, `Accepted`) are ignored from then on, while its
+    /// acknowledgements, bounded by what is in flight, still close the primary's copies.
     pub(crate) fn read(&mut self, now: Instant, lost: &mut Vec<Held>) -> Answers {
         let mut messages = Vec::new();
         let open = loop {
@@ -188,6 +283,12 @@ impl Link {
             ..Answers::default()
         };
         for message in messages {
+            if !self.distrusted {
+                if let Some(why) = self.impossible(message, now) {
+                    self.distrusted = true;
+                    answers.impossible = Some(why);
+                }
+            }
             match message {
                 ToPrimary::Hello => answers.hello = true,
                 ToPrimary::Ack(n) => {
@@ -201,11 +302,45 @@ impl Link {
                     lost.extend(self.in_flight.drain(..n));
                     self.paused_until = Some(now + LOST_BACKOFF);
                 }
-                ToPrimary::Closed(n) => self.open = self.open.saturating_sub(u64::from(n)),
-                ToPrimary::Accepted(n) => answers.accepted_itself += u64::from(n),
+                _ if self.distrusted => {}
+                ToPrimary::Closed(n) => self.open -= u64::from(n),
+                ToPrimary::Accepted(n) => {
+                    self.accepted_itself += u64::from(n);
+                    answers.accepted_itself += u64::from(n);
+                }
             }
         }
         answers
+    }
+
+    /// Why `record` cannot come from an honest worker now, if it cannot.
+    fn impossible(&self, record: ToPrimary, now: Instant) -> Option<String> {
+        let in_flight = self.in_flight.len() as u64;
+        match record {
+            ToPrimary::Hello => None,
+            ToPrimary::Ack(n) if u64::from(n) > in_flight => Some(format!(
+                "acknowledged {n} connection(s), {in_flight} were sent to it"
+            )),
+            ToPrimary::Lost(n) if u64::from(n) > in_flight => Some(format!(
+                "reported {n} connection(s) lost, {in_flight} were sent to it"
+            )),
+            ToPrimary::Closed(n) if u64::from(n) > self.open => Some(format!(
+                "reported {n} connection(s) closed, it had {} open",
+                self.open
+            )),
+            ToPrimary::Accepted(n) if !self.accepts_itself => Some(format!(
+                "reported {n} connection(s) accepted itself, but the router gives it every connection"
+            )),
+            ToPrimary::Accepted(n) => {
+                let seconds = now.saturating_duration_since(self.since).as_secs_f64();
+                let bound = (seconds * MAX_ACCEPT_RATE as f64) as u64 + ACCEPT_ALLOWANCE;
+                let claimed = self.accepted_itself.saturating_add(u64::from(n));
+                (claimed > bound).then(|| {
+                    format!("reported {claimed} connection(s) accepted in {seconds:.1} s, more than {bound} are possible")
+                })
+            }
+            _ => None,
+        }
     }
 
     /// Closes the channel; returns what the worker never acknowledged, oldest first.
@@ -262,7 +397,16 @@ mod tests {
     fn pair() -> io::Result<(Link, OwnedFd)> {
         let (primary, worker) = channel::pair()?;
         channel::set_nonblocking(worker.as_fd())?;
-        Ok((Link::new(primary, 3), worker))
+        Ok((Link::new(primary, 3, true), worker))
+    }
+
+    /// A link that sent `n` connections to its worker, and the worker's end.
+    fn sent(n: usize) -> io::Result<(Link, OwnedFd)> {
+        let (mut link, worker) = pair()?;
+        let mut waiting = held(n)?;
+        link.send_from(&mut waiting, Instant::now(), RETRY)
+            .map_err(|_| io::Error::other("gone"))?;
+        Ok((link, worker))
     }
 
     #[test]
@@ -290,10 +434,81 @@ mod tests {
                 hello: true,
                 acknowledged: 60,
                 accepted_itself: 7,
-                open: true
+                open: true,
+                impossible: None,
             }
         );
         assert_eq!(link.in_flight(), 40);
+        Ok(())
+    }
+
+    #[test]
+    fn impossible_counts_are_reported_once_and_not_believed() -> io::Result<()> {
+        let (mut link, worker) = sent(5)?;
+        answer(&worker, ToPrimary::Ack(3))?;
+        answer(&worker, ToPrimary::Closed(2))?;
+        // Honest so far: 3 adopted, 2 closed. Then a forged close of 1,000.
+        answer(&worker, ToPrimary::Closed(1000))?;
+        answer(&worker, ToPrimary::Accepted(4_000_000_000))?;
+        let answers = link.read(Instant::now(), &mut Vec::new());
+        let why = answers.impossible.unwrap_or_default();
+        assert!(
+            why.contains("1000 connection(s) closed, it had 1 open"),
+            "{why}"
+        );
+        // Neither count is believed; acknowledgements still close the copies, within bounds.
+        assert_eq!((answers.accepted_itself, link.live()), (0, 1 + 2));
+        answer(&worker, ToPrimary::Ack(1000))?;
+        answer(&worker, ToPrimary::Accepted(1))?;
+        let answers = link.read(Instant::now(), &mut Vec::new());
+        assert_eq!(
+            (
+                answers.impossible,
+                answers.acknowledged,
+                answers.accepted_itself
+            ),
+            (None, 2, 0)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn counts_beyond_what_was_sent_or_can_be_accepted_are_impossible() -> io::Result<()> {
+        for (record, expected) in [
+            (
+                ToPrimary::Ack(1),
+                "acknowledged 1 connection(s), 0 were sent",
+            ),
+            (
+                ToPrimary::Lost(2),
+                "reported 2 connection(s) lost, 0 were sent",
+            ),
+            (
+                ToPrimary::Closed(1),
+                "reported 1 connection(s) closed, it had 0 open",
+            ),
+            (
+                ToPrimary::Accepted(u32::MAX),
+                "accepted in 0.0 s, more than",
+            ),
+        ] {
+            let (mut link, worker) = pair()?;
+            // What an honest worker with kernel dispatch reports is believed.
+            answer(&worker, ToPrimary::Accepted(1000))?;
+            answer(&worker, record)?;
+            let answers = link.read(Instant::now(), &mut Vec::new());
+            let why = answers.impossible.unwrap_or_default();
+            assert!(why.contains(expected), "{why}");
+            assert_eq!(answers.accepted_itself, 1000);
+        }
+        // With the router, a worker accepts nothing itself.
+        let (primary, worker) = channel::pair()?;
+        let mut link = Link::new(primary, 0, false);
+        answer(&worker, ToPrimary::Accepted(1))?;
+        let why = link.read(Instant::now(), &mut Vec::new()).impossible;
+        assert!(why
+            .unwrap_or_default()
+            .contains("the router gives it every connection"));
         Ok(())
     }
 
@@ -330,10 +545,7 @@ mod tests {
 
     #[test]
     fn lost_connections_come_back_in_order_and_sending_pauses() -> io::Result<()> {
-        let (mut link, worker) = pair()?;
-        let mut waiting = held(10)?;
-        link.send_from(&mut waiting, Instant::now(), RETRY)
-            .map_err(|_| io::Error::other("gone"))?;
+        let (mut link, worker) = sent(10)?;
         // Adopted 4, the kernel dropped the next 3 (MSG_CTRUNC on the worker's side).
         answer(&worker, ToPrimary::Ack(4))?;
         answer(&worker, ToPrimary::Lost(3))?;
@@ -353,10 +565,7 @@ mod tests {
 
     #[test]
     fn a_closed_channel_gives_back_exactly_what_was_not_acknowledged() -> io::Result<()> {
-        let (mut link, worker) = pair()?;
-        let mut waiting = held(20)?;
-        link.send_from(&mut waiting, Instant::now(), RETRY)
-            .map_err(|_| io::Error::other("gone"))?;
+        let (mut link, worker) = sent(20)?;
         answer(&worker, ToPrimary::Ack(5))?;
         drop(worker);
         let answers = link.read(Instant::now(), &mut Vec::new());
@@ -372,10 +581,7 @@ mod tests {
 
     #[test]
     fn released_before_any_ack_everything_comes_back() -> io::Result<()> {
-        let (mut link, worker) = pair()?;
-        let mut waiting = held(7)?;
-        link.send_from(&mut waiting, Instant::now(), RETRY)
-            .map_err(|_| io::Error::other("gone"))?;
+        let (link, worker) = sent(7)?;
         drop(worker);
         assert_eq!(link.into_unacknowledged().len(), 7);
         Ok(())

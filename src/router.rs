@@ -204,7 +204,10 @@ impl Router {
             .name("sticky-rs-router".into())
             .spawn(move || {
                 let _ended = ended_tx;
-                let state = Dispatcher::new(&config.policy, stats_for_thread, on_event.clone());
+                let mut state = Dispatcher::new(&config.policy, stats_for_thread, on_event.clone());
+                if config.dispatch == Dispatch::Kernel {
+                    state.kernel_dispatch();
+                }
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     runtime.block_on(run(listeners, command_rx, state, &groups_for_thread))
                 }));
@@ -453,6 +456,7 @@ async fn run(
                         state.kernel_stopped();
                     }
                 }
+                state.release_hung_up();
                 state.service();
                 state.expire();
             }

@@ -17,10 +17,16 @@ pub struct SlotCounters {
     /// Connections put back in the queue because their worker died before confirming them, or
     /// never got them (out of descriptors); each counted once, however often it is sent again.
     pub redelivered: AtomicU64,
-    /// Connections closed unserved: the slot's queue was full, or they waited too long.
+    /// Connections closed unserved: the slot's queue was full, it held its share of the
+    /// router's connections, or they waited too long.
     pub dropped: AtomicU64,
     /// The part of `dropped` that waited longer than `queue_timeout` (the rest found the queue full).
     pub expired: AtomicU64,
+    /// The part of `dropped` closed on arrival because the slot held its share of the
+    /// connections the router may hold (its worker stuck, slow, out of descriptors or not ready).
+    pub over_share: AtomicU64,
+    /// Waiting connections closed because their client hung up (not in `dropped`).
+    pub abandoned: AtomicU64,
     /// The channel the slot delivers to now (0: none, the slot has no ready worker).
     pub channel: AtomicU64,
 }
@@ -42,6 +48,10 @@ pub struct SlotSnapshot {
     pub dropped: u64,
     /// See [`SlotCounters::expired`].
     pub expired: u64,
+    /// See [`SlotCounters::over_share`].
+    pub over_share: u64,
+    /// See [`SlotCounters::abandoned`].
+    pub abandoned: u64,
     /// See [`SlotCounters::channel`].
     pub channel: u64,
 }
@@ -111,6 +121,8 @@ impl Stats {
             redelivered: c.redelivered.load(Relaxed),
             dropped: c.dropped.load(Relaxed),
             expired: c.expired.load(Relaxed),
+            over_share: c.over_share.load(Relaxed),
+            abandoned: c.abandoned.load(Relaxed),
             channel: c.channel.load(Relaxed),
         }
     }

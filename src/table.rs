@@ -71,11 +71,9 @@ impl<C> Table<C> {
         &mut self.slots[index]
     }
 
-    /// Routes `conn` by `key` to the back of its slot's queue; returns the slot.
-    pub(crate) fn push(&mut self, key: &[u8], conn: C) -> usize {
-        let index = slot_for(key, self.slots.len(), self.hash);
-        self.slots[index].waiting.push_back(conn);
-        index
+    /// The slot a connection with route key `key` belongs to.
+    pub(crate) fn slot_of(&self, key: &[u8]) -> usize {
+        slot_for(key, self.slots.len(), self.hash)
     }
 
     /// Puts connections a dead worker never adopted back at the front, in their original order.
@@ -155,16 +153,15 @@ mod tests {
         assert_eq!(slot_for(b"", 7, Hash::Djb2), 5381 % 7);
         let mixed = crate::hash::fmix32(339916724) as usize % 4;
         assert_eq!(slot_for(b"::ffff:127.0.0.1", 4, Hash::Djb2Mix), mixed);
-        let mut t: Table<u32> = Table::new(3, 10, Hash::Djb2);
-        assert_eq!(t.push(b"::ffff:127.0.0.1", 1), 2);
-        assert_eq!(t.slot(2).waiting.len(), 1);
+        let t: Table<u32> = Table::new(3, 10, Hash::Djb2);
+        assert_eq!(t.slot_of(b"::ffff:127.0.0.1"), 2);
     }
 
     #[test]
     fn waits_until_activated_and_bounds_the_wait() {
         let mut t: Table<u32> = Table::new(1, 3, Hash::Djb2);
         for c in 0..5 {
-            t.push(b"k", c);
+            t.slot_mut(0).waiting.push_back(c);
         }
         assert_eq!(t.trim(0), vec![3, 4]);
         assert_eq!(t.slot(0).waiting, [0, 1, 2]);
@@ -177,7 +174,7 @@ mod tests {
     fn expiry_takes_the_oldest_first() {
         let mut t: Table<u32> = Table::new(1, 100, Hash::Djb2);
         for c in [1, 2, 3, 10, 4] {
-            t.push(b"k", c);
+            t.slot_mut(0).waiting.push_back(c);
         }
         assert_eq!(t.expire_front(0, |&c| c < 5), vec![1, 2, 3]);
         assert_eq!(t.slot(0).waiting, [10, 4]);
@@ -186,7 +183,7 @@ mod tests {
     #[test]
     fn requeued_connections_keep_their_order_in_front() {
         let mut t: Table<u32> = Table::new(1, 100, Hash::Djb2);
-        t.push(b"k", 10);
+        t.slot_mut(0).waiting.push_back(10);
         t.requeue_front(0, vec![1, 2, 3]);
         assert_eq!(t.slot(0).waiting, [1, 2, 3, 10]);
     }

@@ -117,10 +117,14 @@ pub struct SlotStats {
     pub in_flight: f64,
     /// Put back in the queue after their worker died or missed them.
     pub redelivered: f64,
-    /// Closed unserved (queue full, or waited too long).
+    /// Closed unserved (queue full, over the slot's share, or waited too long).
     pub dropped: f64,
     /// The part of `dropped` that waited too long.
     pub expired: f64,
+    /// The part of `dropped` closed on arrival: the slot held its share of the router's connections.
+    pub over_share: f64,
+    /// Waiting connections closed because their client hung up.
+    pub abandoned: f64,
     /// The channel the slot delivers to now (0: none).
     pub channel: f64,
 }
@@ -205,6 +209,17 @@ impl From<router::Event> for RouterEvent {
                 kind: "listenerFailed".into(),
                 listener: Some(u32::from(listener)),
                 message: Some(error),
+                ..empty
+            },
+            router::Event::Misbehaved {
+                slot,
+                channel,
+                reason,
+            } => RouterEvent {
+                kind: "misbehaved".into(),
+                slot: Some(slot as u32),
+                channel: Some(channel as i64),
+                message: Some(reason),
                 ..empty
             },
             router::Event::Stopped { reason } => RouterEvent {
@@ -390,6 +405,8 @@ impl Router {
                         redelivered: s.redelivered as f64,
                         dropped: s.dropped as f64,
                         expired: s.expired as f64,
+                        over_share: s.over_share as f64,
+                        abandoned: s.abandoned as f64,
                         channel: s.channel as f64,
                     }
                 })
