@@ -140,6 +140,8 @@ declare namespace sticky {
   interface Stats {
     /** Which dispatch runs (`'auto'` resolved, after any fallback). */
     dispatch: 'kernel' | 'primary';
+    /** Why that one: asked for, what `'auto'` found, or why the kernel refused it (then also warned at start). */
+    dispatchReason: string;
     acceptErrors: number;
     /** Connections from trusted proxies closed for a missing or malformed PROXY header. */
     rejected: number;

@@ -77,6 +77,8 @@ class Primary extends EventEmitter {
       if (!o.dispatchFallback) throw err;
       const router = open('primary');
       this.options = { ...o, dispatch: 'primary', dispatchWhy: `dispatch "auto": the kernel refused the SO_REUSEPORT group (${err.message})` };
+      // Not what the platform promises (an old kernel, a sandbox, qemu-user): said, always.
+      warn(`kernel dispatch is not available here, the primary's router routes every connection (dispatch "primary"): ${this.options.dispatchWhy}`);
       return router;
     }
   }
@@ -150,6 +152,7 @@ class Primary extends EventEmitter {
     const counters = this.router.stats();
     return {
       dispatch: counters.dispatch,
+      dispatchReason: this.options.dispatchWhy,
       acceptErrors: counters.acceptErrors,
       rejected: counters.rejected,
       fallbacks: counters.fallbacks,
