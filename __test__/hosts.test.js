@@ -15,7 +15,7 @@ const os = require('node:os');
 const path = require('node:path');
 const stringHash = require('string-hash');
 const { io } = require('socket.io-client');
-const { clientIp, pool, freePort } = require('./helpers');
+const { clientIp, pool, freePort, clientSet } = require('./helpers');
 const { startReadyExample, stopAllExamples, within, waitUntil } = require('./fixtures/example-harness');
 const { nginx, redisPath, spawnGroup, listening, startRedis, startNginx } = require('./fixtures/balancers');
 const { browser } = require('./fixtures/browser-like');
@@ -138,20 +138,7 @@ function hostOfPid(apps, pid) {
   return app ? app.host : null;
 }
 
-const open = new Set();
-function track(x) {
-  open.add(x);
-  return x;
-}
-function closeClients() {
-  for (const x of open) {
-    try {
-      if (typeof x.disconnect === 'function') x.disconnect();
-      else x.destroy();
-    } catch {}
-  }
-  open.clear();
-}
+const { track, closeAll: closeClients } = clientSet();
 
 /**
  * A Socket.IO client from clientIp(i) through the balancer, with socket.io-client's default
