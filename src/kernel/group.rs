@@ -93,18 +93,7 @@ struct Health {
     no_probes: bool,
 }
 
-/// What [`Group::health`] reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HealthReport {
-    /// Repairs made since the group was bound.
-    pub repairs: u64,
-    /// What was found and done, newest last (the last [`RECENT`] at most).
-    pub recent: Vec<String>,
-    /// Slots the kernel cannot serve any more: the router serves them through the fallback.
-    pub detoured: Vec<usize>,
-    /// Damage that cannot be repaired, now (empty when the group is whole).
-    pub damage: Vec<String>,
-}
+pub use super::HealthReport;
 
 impl Group {
     /// Binds `slots + 1` listeners to `addr` with `SO_REUSEPORT` (the fallback first, then one

@@ -15,3 +15,16 @@ pub mod group;
 #[cfg(test)]
 mod interp;
 pub mod program;
+
+/// What a group's `health()` reports (kernel dispatch's checks and repairs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthReport {
+    /// Repairs made since the group was bound.
+    pub repairs: u64,
+    /// What was found and done, newest last (the last few at most).
+    pub recent: Vec<String>,
+    /// Slots the kernel cannot serve any more: the router serves them through the fallback.
+    pub detoured: Vec<usize>,
+    /// Damage that cannot be repaired, now (empty when the group is whole).
+    pub damage: Vec<String>,
+}

@@ -7,6 +7,8 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::hash::Hash;
 
+pub use super::HealthReport;
+
 /// Never built (it holds an uninhabited value): see the module docs.
 #[derive(Debug)]
 pub struct Group {
@@ -49,6 +51,16 @@ impl Group {
 
     /// See the Linux group.
     pub fn stop(&self) {
+        match self.never {}
+    }
+
+    /// See the Linux group.
+    pub fn health(&self) -> HealthReport {
+        match self.never {}
+    }
+
+    /// See the Linux group.
+    pub fn check(&self) -> u64 {
         match self.never {}
     }
 }
