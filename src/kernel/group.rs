@@ -597,14 +597,29 @@ fn set_int(
     option: libc::c_int,
     value: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: the option value is one readable int.
+    // SAFETY: the option reads one int.
+    unsafe { set_option(fd, level, option, &value) }
+}
+
+/// `setsockopt(fd, level, option, value, size_of::<T>())`.
+///
+/// # Safety
+/// `T` must be what the kernel expects for `option`, and any pointer inside `value` must be
+/// valid for what the kernel reads through it during the call.
+unsafe fn set_option<T>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is readable for `size_of::<T>()` bytes; the rest is the caller's promise.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             level,
             option,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -662,20 +677,8 @@ fn set_md5_key(fd: BorrowedFd<'_>, peer: Ipv4Addr) -> io::Result<()> {
     raw[4..8].copy_from_slice(&peer.octets());
     raw[130..132].copy_from_slice(&4u16.to_ne_bytes());
     raw[136..140].copy_from_slice(b"poke");
-    // SAFETY: `raw` is the kernel's struct, readable for its length.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_MD5SIG,
-            raw.as_ptr().cast(),
-            raw.len() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: `raw` is the kernel's `struct tcp_md5sig`, laid out above; it holds no pointer.
+    unsafe { set_option(fd, libc::IPPROTO_TCP, libc::TCP_MD5SIG, &raw) }
 }
 
 /// Fails with `EADDRINUSE` when something already listens on `addr` (a plain bind, without
@@ -727,20 +730,8 @@ fn set_filter(member: BorrowedFd<'_>, option: libc::c_int, prog: &[Insn]) -> io:
         filter: prog.as_ptr().cast_mut().cast::<libc::sock_filter>(),
     };
     // SAFETY: `fprog` points at `prog.len()` instructions laid out as `sock_filter` (asserted
-    // above) that outlive the call; the option length is the size of `sock_fprog`.
-    let rc = unsafe {
-        libc::setsockopt(
-            member.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&fprog as *const libc::sock_fprog).cast(),
-            size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // above) that outlive the call; both options read a `sock_fprog`.
+    unsafe { set_option(member, libc::SOL_SOCKET, option, &fprog) }
 }
 
 #[cfg(test)]
