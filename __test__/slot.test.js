@@ -4,7 +4,7 @@
 const { Slot } = require('../lib/slot');
 
 const policy = { respawnDelay: 100, maxRespawnDelay: 1000, respawnResetAfter: 30000, maxRestarts: 3, restartWindow: 60000 };
-const worker = (bornAt = 0) => ({ bornAt, ready: false });
+const worker = (bornAt = 0) => ({ bornAt, isReady: false });
 
 test('starting, then ready once its own worker says hello; a hello of another worker changes nothing', () => {
   const slot = new Slot(0, policy);
@@ -76,7 +76,7 @@ test('the current worker dies during a replacement: the replacement takes the sl
   const slot = new Slot(0, policy);
   const old = worker();
   slot.forked(old);
-  old.ready = slot.ready(old);
+  old.isReady = slot.ready(old);
   slot.replaceStarted();
   expect(slot.exited(old, 50).then).toBe('replacement');
   expect(slot.current).toBe(null);
@@ -88,7 +88,7 @@ test('a failed replacement leaves the old worker serving', () => {
   const slot = new Slot(0, policy);
   const old = worker();
   slot.forked(old);
-  old.ready = slot.ready(old);
+  old.isReady = slot.ready(old);
   slot.replaceStarted();
   expect(slot.replaceEnded()).toBe(false);
   expect(slot.state).toBe('ready');
@@ -110,7 +110,7 @@ test('a worker asked to go (signal, server.close(), retire) is not counted: repl
   for (let i = 0; i < 30; i++) {
     const w = worker(i * 10);
     slot.forked(w);
-    w.ready = slot.ready(w);
+    w.isReady = slot.ready(w);
     if (i % 2) {
       expect(slot.replaceStarted()).toBe(true);
       expect(slot.exited(w, i * 10 + 5, true)).toMatchObject({ then: 'replacement', asked: true });
@@ -129,19 +129,6 @@ test('a worker asked to go (signal, server.close(), retire) is not counted: repl
   slot.forked(w);
   expect(slot.exited(w, 1010)).toMatchObject({ then: 'respawn', delay: 100 });
   expect(slot.restarts).toBe(1);
-});
-
-test('which exits were asked for', () => {
-  const asked = (member, code, signal) => Slot.exitAsked(member, code, signal);
-  expect(asked({ notice: true }, 0, null)).toBe(true); // closed its server, or its own signal
-  expect(asked({ notice: true }, 1, null)).toBe(false); // ...but then failed
-  expect(asked({}, 0, null)).toBe(false); // process.exit(0) out of the blue
-  expect(asked({}, 1, null)).toBe(false);
-  expect(asked({}, null, 'SIGTERM')).toBe(true); // before its handlers were set up
-  expect(asked({}, null, 'SIGINT')).toBe(true);
-  expect(asked({}, null, 'SIGKILL')).toBe(false); // readyTimeout, the OOM killer
-  expect(asked({}, null, 'SIGSEGV')).toBe(false);
-  expect(asked({ retired: true }, null, 'SIGKILL')).toBe(true); // hardShutdownDelay after a retire
 });
 
 test('kernel dispatch: a service that never had a ready worker gives up after min(queueTimeout, readyTimeout); one that served, or maxRestarts Infinity, does not', () => {

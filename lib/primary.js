@@ -11,10 +11,12 @@ const { listenError } = require('./errors');
 const { log, warn, notice, Warnings } = require('./log');
 const { startedOnTerminal, terminalAlive, ignoreDeadTerminal, exitHungUp } = require('./terminal');
 const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, NODE_NAME, INTERNAL, FAILED, noticeType } = require('./messages');
+const internals = require('./node-internals');
 const { Slot } = require('./slot');
 const strays = require('./strays');
+const { watchCounters } = require('./watch');
+const { WorkerProcess } = require('./worker-process');
 
-const WATCH_INTERVAL = 1000;
 // A worker stopping on a signal of its own: how long the primary waits before it replaces it.
 // Ctrl-C signals the whole group, and the worker's notice can arrive before the primary's own
 // SIGINT (Node does not say who sent a signal): if the primary is signalled meanwhile, nothing
@@ -26,25 +28,60 @@ const ADOPT_WARN_AFTER = 5000;
 // A shutdown still waiting for connections this long after it began says so (within 1 s).
 const WAITING_AFTER = 700;
 
+// The primary's own life (`phase`), each entered by an event:
+//   idle          constructed                                                   (new)
+//   running       the router listens; workers are forked and replaced           (start)
+//   shuttingDown  no new worker; each slot's workers retire once it drained     (shutdown)
+//   finished      every worker exited (or was killed), the router is closed      (finish)
 class Primary extends EventEmitter {
   constructor(options) {
     super();
     this.options = options;
+    this.phase = 'idle';
+    /** The native router (accepts, routes, holds the kernel groups); null until started. */
     this.router = null;
     /** One Slot (lib/slot.js) per worker index: who serves it, what happens next. */
     this.slots = [];
     /** Per slot: the pending respawn's timer, and the replacement under way (a promise). */
     this.respawnTimers = [];
     this.replacements = [];
-    // One record per live worker: { slot, worker, seq, channel, handedOver, ready, bornAt, timer,
-    // whenReady }.
-    this.members = new Map();
+    /** One WorkerProcess (lib/worker-process.js) per live worker, by its cluster Worker. */
+    this.processes = new Map();
     // Numbers the workers in the order they start: their channel ids, so that the router prefers
     // a worker's replacement over it whichever of the two hands its server over first.
     this.started = 0;
-    this.closing = false;
+    this.startedAt = null;
+    /** Some worker was ready once (see Slot.givesUpNeverReady). */
+    this.everReady = false;
+    /** The "listening on" line was printed. */
+    this.announced = false;
+    /** The reload under way, and the one asked for meanwhile (promises). */
     this.reloading = null;
+    this.reloadAgain = null;
     this.warnings = new Warnings();
+    /** Start-up failures already printed (their first lines), with how often each came. */
+    this.failures = new Map();
+    /** Process signal handlers installed by start() (sticky()/listen(); not setupMaster). */
+    this.signals = {};
+    /** Whether the terminal this primary started on is its controlling one (see onSighup). */
+    this.terminal = false;
+    /** Stops watchCounters (lib/watch.js). */
+    this.stopWatching = () => {};
+    this.onForeignFork = null;
+    this.warnedForeign = false;
+    this.stopEndingStrays = null;
+    // Shutdown: settles with the exit code once finished; the slots that drained; its timers.
+    this.stopped = null;
+    this.resolveStopped = null;
+    this.drainedSlots = new Set();
+    this.hardTimer = null;
+    this.drainTimer = null;
+    this.waitingTimer = null;
+  }
+
+  /** Shutting down or finished: nothing is forked or replaced any more. */
+  get stopping() {
+    return this.phase === 'shuttingDown' || this.phase === 'finished';
   }
 
   /**
@@ -85,6 +122,7 @@ class Primary extends EventEmitter {
 
   /** Binds; on a bind error calls `onError` and forks nothing. */
   start(onError) {
+    internals.selfCheck();
     try {
       this.router = this.openRouter();
     } catch (err) {
@@ -92,10 +130,10 @@ class Primary extends EventEmitter {
       return this;
     }
     const o = this.options;
+    this.phase = 'running';
     this.startedAt = Date.now();
-    /** Start-up failures already printed (their first lines), with how often each came. */
-    this.failures = new Map();
-    this.watch();
+    this.stopWatching = watchCounters(this);
+    this.watchForeignForks();
     if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s), ${o.dispatch} dispatch (${o.dispatchWhy})`);
     for (let index = 0; index < o.slots; index++) {
       this.slots.push(new Slot(index, o));
@@ -162,7 +200,7 @@ class Primary extends EventEmitter {
       listenerFailures: counters.listenerFailures,
       sendErrors: counters.sendErrors,
       // Kernel dispatch: per listener, what the checks of its SO_REUSEPORT group repaired and
-      // what is damaged now (see warnKernel).
+      // what is damaged now (see lib/watch.js).
       kernel: counters.kernel,
       slots: counters.slots.map(({ channel, ...c }, i) => {
         const current = this.slots[i].current;
@@ -171,57 +209,61 @@ class Primary extends EventEmitter {
     };
   }
 
+  /** The WorkerProcess whose channel has id `channel`, if it is still alive. */
+  byChannel(channel) {
+    for (const proc of this.processes.values()) if (proc.channel && proc.channel.id === channel) return proc;
+    return null;
+  }
+
+  /** Forks a worker for slot `index`; returns its WorkerProcess. */
   fork(index) {
     const o = this.options;
     // WORKER_INDEX marks our own workers (a worker without it was forked by someone else);
     // STICKY_RS_DISPATCH tells the worker how connections reach it, before any message.
     const worker = cluster.fork({ ...o.env(index), [WORKER_INDEX]: index, STICKY_RS_DISPATCH: o.dispatch, ...(o.node ? { [NODE_NAME]: o.node } : {}) });
     strays.ours.add(worker);
-    const member = { slot: index, worker, seq: ++this.started, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null };
-    // Settles true once the router delivers to this worker, false if it exits first.
-    member.whenReady = new Promise((resolve) => {
-      member.settleReady = resolve;
-    });
-    this.members.set(worker, member);
+    const proc = new WorkerProcess(worker, { slot: index, seq: ++this.started, now: Date.now() });
+    this.processes.set(worker, proc);
     if (o.debug) log('primary', `slot ${index}: forked worker #${worker.id} (pid ${worker.process.pid})`);
     // A worker that does not become ready (hand its server over, then say hello on its channel)
     // is replaced; its slot's clients wait meanwhile.
-    member.timer = setTimeout(() => {
+    proc.readyTimer = setTimeout(() => {
       this.warnings.note(`ready:${index}`, 1, (n) =>
         `slot ${index}: worker pid ${worker.process.pid} did not become ready within readyTimeout (${o.readyTimeout} ms); killed it` +
         (n > 1 ? ` (${n} workers of this slot killed so)` : '') + '. Is its start-up code stuck, or does it never hand its server over (callback(server))?');
-      member.killedNotReady = true; // warned: its exit needs no line of its own
+      proc.killedNotReady = true; // warned: its exit needs no line of its own
       worker.process.kill('SIGKILL');
     }, o.readyTimeout);
     // An IPC failure (ERR_IPC_CHANNEL_CLOSED...) concerns this worker only; 'exit' follows. A
     // process that could not be spawned at all (EMFILE, EAGAIN) never exits: count it as exited.
     worker.on('error', (err) => {
       if (o.debug) log('primary', `slot ${index}: worker #${worker.id}: ${err.message}`);
-      if (worker.process.pid === undefined) this.onExit(member, null, null);
+      if (worker.process.pid === undefined) this.onExit(proc, null, null);
     });
-    worker.process.on('internalMessage', (message) => {
-      if (message && message.cmd === INTERNAL && message.type === FAILED) member.failure = String(message.error);
-      const type = noticeType(o.prefix, message);
-      // A retired worker (a reload's old one whose notice came late) gets no channel: its hello
-      // would take the slot back from its replacement.
-      if (type === READY && !member.channel && !member.retired && !this.closing) this.sendChannel(member);
-      if (type === CLOSING) {
-        member.notice = true;
-        this.onClosing(member);
-      }
-      if (type && type.startsWith(OPEN)) member.open = Number(type.slice(OPEN.length)) || 0;
-      if (type === STOPPING) {
-        member.notice = true;
-        member.stoppingAt = Date.now();
-        setTimeout(() => {
-          if (!this.closing) this.onClosing(member);
-        }, SIGNAL_HOLD).unref();
-      }
-    });
-    worker.on('exit', (code, signal) => this.onExit(member, code, signal));
+    worker.process.on('internalMessage', (message) => this.onNotice(proc, message));
+    worker.on('exit', (code, signal) => this.onExit(proc, code, signal));
     // On the next tick: the first workers are forked inside sticky(), before its caller can listen.
     process.nextTick(() => this.emit('fork', { slot: index, worker }));
-    return member;
+    return proc;
+  }
+
+  /** A worker's notice (lib/messages.js): what it did or is about to do. */
+  onNotice(proc, message) {
+    const o = this.options;
+    if (message && message.cmd === INTERNAL && message.type === FAILED) proc.failure = String(message.error);
+    const type = noticeType(o.prefix, message);
+    if (type === READY && !this.stopping && proc.state === 'forked') this.sendChannel(proc);
+    if (type === CLOSING) {
+      proc.stopping(Date.now(), false);
+      this.onClosing(proc);
+    }
+    if (type && type.startsWith(OPEN)) proc.open = Number(type.slice(OPEN.length)) || 0;
+    if (type === STOPPING) {
+      proc.stopping(Date.now(), true);
+      setTimeout(() => {
+        if (!this.stopping) this.onClosing(proc);
+      }, SIGNAL_HOLD).unref();
+    }
   }
 
   /**
@@ -232,41 +274,38 @@ class Primary extends EventEmitter {
    */
   adopt(worker) {
     const o = this.options;
-    if (this.members.has(worker) || this.closing) return;
-    const member = { slot: null, worker, seq: ++this.started, channel: null, handedOver: false, ready: false, bornAt: Date.now(), timer: null, adopted: true };
-    member.whenReady = new Promise((resolve) => {
-      member.settleReady = resolve;
-    });
-    this.members.set(worker, member);
+    if (this.processes.has(worker) || this.stopping) return;
+    const proc = new WorkerProcess(worker, { slot: null, seq: ++this.started, now: Date.now(), adopted: true });
+    this.processes.set(worker, proc);
     // Said always: clients of the sessions it would take wait, and nothing else tells why (a
     // half-done migration from @socket.io/sticky hangs every client otherwise).
     const after = Math.min(ADOPT_WARN_AFTER, o.readyTimeout);
-    member.timer = setTimeout(() => {
-      if (member.slot !== null || this.closing) return;
+    proc.readyTimer = setTimeout(() => {
+      if (proc.state !== 'unplaced' || this.stopping) return;
       this.warnings.note('not-adopted', 1, (n) =>
         `worker pid ${worker.process.pid}${n > 1 ? ` (and ${n - 1} more)` : ''} has run for ${after} ms without calling sticky-rs's setupWorker(io): it gets no connections, and clients wait for a worker. ` +
         "Likely cause: setupWorker still comes from @socket.io/sticky (require('@socket.io/sticky')); take setupMaster and setupWorker both from sticky-rs");
     }, after);
-    member.timer.unref();
+    proc.readyTimer.unref();
     worker.on('error', (err) => {
       if (o.debug) log('primary', `worker #${worker.id}: ${err.message}`);
     });
     const place = () => {
-      if (member.slot !== null || this.closing) return;
+      if (proc.state !== 'unplaced' || this.stopping) return;
       const slot = this.slots.findIndex((s) => s.current === null);
       if (slot < 0) {
         warn(`worker pid ${worker.process.pid} ran setupWorker(), but all ${this.slots.length} places are taken (setupMaster option maxWorkers): it gets no connections`);
         return;
       }
-      member.slot = slot;
-      this.slots[slot].forked(member);
+      proc.placed(slot);
+      this.slots[slot].forked(proc);
       worker.send(o.prefix + PLACE + slot + (o.node ? `.${o.node}` : ''), () => {});
-      this.sendChannel(member);
+      this.sendChannel(proc);
     };
     worker.process.on('internalMessage', (message) => {
       if (noticeType(o.prefix, message) === READY) place();
     });
-    worker.on('exit', (code, signal) => this.onExit(member, code, signal));
+    worker.on('exit', (code, signal) => this.onExit(proc, code, signal));
     // Its setupWorker() ran before httpServer.listen() started this primary.
     if (o.readyEarly && o.readyEarly.has(worker)) place();
     if (o.debug) log('primary', `adopted worker #${worker.id} (pid ${worker.process.pid}), waiting for its setupWorker()`);
@@ -277,39 +316,41 @@ class Primary extends EventEmitter {
    * listener's group to listen on; then its channel (connections the router passes: all of them,
    * or with kernel dispatch those the kernel cannot hash). Ready once it says hello on it.
    */
-  sendChannel(member) {
+  sendChannel(proc) {
     const o = this.options;
-    const { slot, worker } = member;
+    const { slot, worker } = proc;
     try {
-      if (o.dispatch === 'kernel') this.sendMembers(member);
+      if (o.dispatch === 'kernel') this.sendMembers(proc);
     } catch (err) {
       log('primary', `slot ${slot}: cannot pass its listeners to worker #${worker.id}: ${err.message}`);
       worker.process.kill('SIGKILL');
       return;
     }
+    let channel = null;
     let end;
     try {
-      member.channel = this.router.openChannel(slot, member.seq);
-      end = new net.Socket({ fd: member.channel.fd, readable: false, writable: false });
+      channel = this.router.openChannel(slot, proc.seq);
+      end = new net.Socket({ fd: channel.fd, readable: false, writable: false });
     } catch (err) {
-      if (member.channel) fs.closeSync(member.channel.fd);
+      if (channel) fs.closeSync(channel.fd);
       if (o.debug) log('primary', `slot ${slot}: cannot open a channel: ${err.message}`);
       worker.process.kill('SIGKILL');
       return;
     }
+    proc.channel = channel;
     // Node closes our copy of the worker's end once the worker has it.
-    this.sendHandle(member, o.prefix + CHANNEL, end);
-    member.handedOver = true;
-    if (o.debug) log('primary', `slot ${slot}: worker #${worker.id} handed its server over, channel ${member.channel.id} sent`);
+    this.sendHandle(proc, o.prefix + CHANNEL, end);
+    proc.handedOver();
+    if (o.debug) log('primary', `slot ${slot}: worker #${worker.id} handed its server over, channel ${channel.id} sent`);
   }
 
   /** Kernel dispatch: a copy of the slot's member of each listener, closed here once sent. */
-  sendMembers(member) {
+  sendMembers(proc) {
     const o = this.options;
     for (let listener = 0; listener < o.listeners.length; listener++) {
       // Never read here (readable: false): the primary must not accept on it.
-      const wrap = new net.Socket({ fd: this.router.member(listener, member.slot), readable: false, writable: false });
-      this.sendHandle(member, o.prefix + LISTEN + listener, wrap, { handleOnly: true });
+      const wrap = new net.Socket({ fd: this.router.member(listener, proc.slot), readable: false, writable: false });
+      this.sendHandle(proc, o.prefix + LISTEN + listener, wrap, { handleOnly: true });
     }
   }
 
@@ -319,14 +360,15 @@ class Primary extends EventEmitter {
    * by us for a bare one), or when the worker exits (onExit): Node keeps a handle the worker
    * did not acknowledge before dying, and those queued behind it, open for ever.
    */
-  sendHandle(member, message, socket, { handleOnly = false } = {}) {
-    const handle = socket._handle;
-    member.sent = member.sent || [];
-    member.sent.push({ close: () => {
-      socket.destroy();
-      if (handle) handle.close();
-    } });
-    member.worker.send(message, handleOnly ? handle : socket, (err) => {
+  sendHandle(proc, message, socket, { handleOnly = false } = {}) {
+    const handle = internals.handleOf(socket);
+    proc.sent.push({
+      close: () => {
+        socket.destroy();
+        if (handle) handle.close();
+      },
+    });
+    proc.worker.send(message, handleOnly ? handle : socket, (err) => {
       if (err || handleOnly) socket.destroy();
     });
   }
@@ -334,8 +376,8 @@ class Primary extends EventEmitter {
   /** What the router thread reports. */
   onRouterEvent(event) {
     if (event.kind === 'switched') {
-      const member = [...this.members.values()].find((m) => m.channel && m.channel.id === event.channel);
-      if (member) this.onReady(member);
+      const proc = this.byChannel(event.channel);
+      if (proc) this.onReady(proc);
     } else if (event.kind === 'drained') {
       this.onDrained(event.slot);
     } else if (event.kind === 'listenerFailed') {
@@ -355,20 +397,18 @@ class Primary extends EventEmitter {
 
   /** During shutdown, `slot` has nothing more to deliver: its workers may finish and exit. */
   onDrained(slot) {
-    if (this.finished || this.drained.has(slot)) return;
-    this.drained.add(slot);
-    for (const member of this.members.values()) if (member.slot === slot) this.retire(member);
+    if (this.phase !== 'shuttingDown' || this.drainedSlots.has(slot)) return;
+    this.drainedSlots.add(slot);
+    for (const proc of this.processes.values()) if (proc.slot === slot) this.retire(proc);
   }
 
-  /** The router delivers to `member` now: it said hello on its channel. */
-  onReady(member) {
-    if (member.ready) return;
-    member.ready = true;
+  /** The router delivers to `proc` now: it said hello on its channel. */
+  onReady(proc) {
+    if (!proc.ready()) return;
     this.everReady = true;
-    clearTimeout(member.timer);
-    this.slots[member.slot].ready(member);
-    member.settleReady(true);
-    if (!this.closing) this.emit('ready', { slot: member.slot, worker: member.worker });
+    clearTimeout(proc.readyTimer);
+    this.slots[proc.slot].ready(proc);
+    if (!this.stopping) this.emit('ready', { slot: proc.slot, worker: proc.worker });
     this.announce();
   }
 
@@ -378,55 +418,54 @@ class Primary extends EventEmitter {
    */
   announce() {
     const o = this.options;
-    if (this.announced || this.closing || o.adopt || !this.slots.every((s) => s.current && s.current.ready)) return;
+    if (this.announced || this.stopping || o.adopt || !this.slots.every((s) => s.current && s.current.isReady)) return;
     this.announced = true;
     const where = this.addresses().map(({ address, port }) => (address === '::' || address === '0.0.0.0' ? `port ${port} (all addresses)` : `${address.includes(':') ? `[${address}]` : address}:${port}`));
     // console.log: a closed stdout is no error here.
     console.log(`sticky-rs: listening on ${where.join(', ')} with ${o.slots} worker(s) (primary pid ${process.pid})`);
   }
 
-  onExit(member, code, signal) {
+  onExit(proc, code, signal) {
     const o = this.options;
-    const { slot: index, worker } = member;
-    if (!this.members.has(worker)) return;
-    clearTimeout(member.timer);
-    this.members.delete(worker);
-    member.settleReady(false);
+    const { slot: index, worker } = proc;
+    if (!proc.exited()) return;
+    clearTimeout(proc.readyTimer);
+    clearTimeout(proc.killTimer);
+    this.processes.delete(worker);
     // Node closes a handle it sent once the worker acknowledges it, but never one whose worker
     // died first, nor one still queued behind it: close whatever we sent here (closing a closed
     // handle does nothing).
-    for (const sent of member.sent || []) sent.close();
+    for (const sent of proc.sent) sent.close();
     // Connections it had not confirmed go back to the slot, for the next worker.
-    if (member.channel) this.router.release(member.channel.id);
+    if (proc.channel) this.router.release(proc.channel.id);
     if (o.debug) log('primary', `slot ${index}: worker #${worker.id} (pid ${worker.process.pid}) exited (${signal || code})`);
     this.emit('exit', { slot: index, worker, code, signal });
-    if (this.closing) {
-      if (this.members.size === 0) this.finish(0);
+    if (this.stopping) {
+      if (this.processes.size === 0) this.finish(0);
       return;
     }
     // An adopted worker's place is free again; the user's own 'exit' handler re-forks.
-    if (member.adopted) {
-      const slot = this.slots[index];
-      if (slot && slot.current === member) slot.current = null;
+    if (proc.adopted) {
+      const slot = index === null ? null : this.slots[index];
+      if (slot && slot.current === proc) slot.current = null;
       return;
     }
-    const asked = Slot.exitAsked(member, code, signal);
-    // Stopped by a signal: maybe Ctrl-C, whose SIGINT to the primary may still be on its way.
-    const held = asked && (member.stoppingAt !== undefined || signal) ? (member.stoppingAt || Date.now()) + SIGNAL_HOLD - Date.now() : 0;
+    const asked = proc.exitAsked(code, signal);
+    const held = proc.holdAfterExit(asked, signal, Date.now(), SIGNAL_HOLD);
     if (held > 0) {
       setTimeout(() => {
-        if (!this.closing) this.afterExit(member, code, signal, asked);
+        if (!this.stopping) this.afterExit(proc, code, signal, asked);
       }, held).unref();
       return;
     }
-    this.afterExit(member, code, signal, asked);
+    this.afterExit(proc, code, signal, asked);
   }
 
-  /** What the exit of our own `member` means for its slot: nothing, a respawn, or giving up. */
-  afterExit(member, code, signal, asked) {
+  /** What the exit of our own `proc` means for its slot: nothing, a respawn, or giving up. */
+  afterExit(proc, code, signal, asked) {
     const o = this.options;
-    const { slot: index, worker } = member;
-    const next = this.slots[index].exited(member, Date.now(), asked);
+    const { slot: index, worker } = proc;
+    const next = this.slots[index].exited(proc, Date.now(), asked);
     if (next.then === 'nothing') return; // a worker retired by reload, or a failed replacement
     // Asked to go: replaced at once, not counted, nothing to warn about.
     if (next.asked) {
@@ -435,7 +474,7 @@ class Primary extends EventEmitter {
       return;
     }
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
-    const seen = member.failure ? this.sayFailure(member, index) : '';
+    const seen = proc.failure ? this.sayFailure(proc, index) : '';
     // As of the respawn this exit would wait for: a client must not wait for it past the bound.
     if (next.then !== 'give-up' && Slot.givesUpNeverReady(o, { startedAt: this.startedAt, now: Date.now() + (next.delay || 0), anyReady: this.everReady })) {
       warn(`no worker became ready within ${Math.min(o.queueTimeout, o.readyTimeout)} ms of the start (the shorter of queueTimeout and readyTimeout: clients waiting for a worker would wait longer); the last, slot ${index} pid ${worker.process.pid}, ${how}${seen}: giving up, shutting down with exit code 1`);
@@ -448,7 +487,7 @@ class Primary extends EventEmitter {
       this.exitAfter(this.shutdown().then(() => 1));
       return;
     }
-    if (next.lived < o.respawnResetAfter && !member.killedNotReady) {
+    if (next.lived < o.respawnResetAfter && !proc.killedNotReady) {
       this.warnings.note(`crash:${index}`, 1, (n) =>
         `slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms${seen}; ${next.exits} exit(s) within ${o.restartWindow} ms` +
         (n > 1 ? ` (${n} since the last warning)` : '') + `; respawning with back-off (gives up after ${o.maxRestarts})`);
@@ -461,8 +500,8 @@ class Primary extends EventEmitter {
    * A worker's uncaught error before it was ready: printed in full the first time (with a
    * warning's stamp; its lines indented), then only named. Returns what the exit line adds.
    */
-  sayFailure(member, index) {
-    const { failure, worker } = member;
+  sayFailure(proc, index) {
+    const { failure, worker } = proc;
     const key = failure.split('\n').slice(0, 2).join('\n');
     const times = (this.failures.get(key) || 0) + 1;
     this.failures.set(key, times);
@@ -475,62 +514,21 @@ class Primary extends EventEmitter {
   }
 
   /**
-   * Warnings no one has to ask for: every second, the counters that grew (connections dropped or
-   * refused) are said, rate-limited; workers forked behind our back are named. (A failed
-   * listener is said when the router reports it, see onRouterEvent.)
+   * Workers forked behind our back: with setupMaster they are the user's and adopted; otherwise a
+   * leftover `cluster.on('exit', () => cluster.fork())` from a hand-written cluster forked them,
+   * and they never get a connection. Said once; they are ended at shutdown.
    */
-  watch() {
+  watchForeignForks() {
     const o = this.options;
-    let last = this.router.stats();
-    this.watchTimer = setInterval(() => {
-      if (this.finished) return;
-      let now;
-      try {
-        now = this.router.stats();
-      } catch {
-        return; // closed under us: nothing left to watch
-      }
-      for (const [index, s] of now.slots.entries()) {
-        const was = last.slots[index];
-        const expired = s.expired - was.expired;
-        const overShare = s.overShare - was.overShare;
-        const full = s.dropped - was.dropped - expired - overShare;
-        const current = this.slots[index] && this.slots[index].current;
-        const which = `slot ${index} (${current ? `worker pid ${current.worker.process.pid}` : 'no worker'})`;
-        this.warnings.note(`full:${index}`, full, (n) =>
-          `${which}: closed ${n} new connection(s) unserved: the slot's queue was full (queueLimit ${o.queueLimit}); its worker is not ready or cannot keep up`);
-        this.warnings.note(`share:${index}`, overShare, (n) =>
-          `${which}: closed ${n} new connection(s) unserved: the slot holds its share of the connections the primary may hold (half its free file descriptors); its worker is not ready, stuck, or out of descriptors. Other slots are not affected; raise ulimit -n for more room`);
-        this.warnings.note(`expired:${index}`, expired, (n) =>
-          `${which}: closed ${n} connection(s) that waited longer than queueTimeout (${o.queueTimeout} ms) for a ready worker`);
-        // Kernel dispatch: clients of a slot without a ready worker wait in its members' accept
-        // queues, where nothing counts what overflows; said once they waited a whole interval.
-        const waits = (counters) => now.dispatch === 'kernel' && counters.channel === 0 && counters.queued > 0;
-        if (waits(s) && waits(was)) {
-          this.warnings.note(`waiting:${index}`, 1, () =>
-            `${which}: ${s.queued} connection(s) wait in the kernel's accept queue for a ready worker; past backlog (${o.listeners.map((l) => l.backlog).join(', ')}) new clients of this slot get no answer and retry`);
-        }
-      }
-      this.warnKernel(last, now);
-      this.warnings.note('rejected', now.rejected - last.rejected, (n) =>
-        `closed ${n} connection(s) from trusted proxies without a valid PROXY header (routeBy 'proxy-protocol'): is the proxy configured to send it (HAProxy send-proxy, nginx proxy_protocol on)?`);
-      this.warnings.note('otherNode', now.otherNode - last.otherNode, (n) =>
-        `answered ${n} request(s) for Socket.IO sessions of other nodes 400 "Session ID unknown" (this is node "${o.node}"): the balancer must send every request with a sid to the node its prefix names (docs: "Many machines")`);
-      last = now;
-      this.warnings.flush();
-    }, WATCH_INTERVAL);
-    this.watchTimer.unref();
-    // A leftover `cluster.on('exit', () => cluster.fork())` from a hand-written cluster: its
-    // workers never get a connection. Said once; they are ended at shutdown.
     this.onForeignFork = (worker) => {
-      if (this.members.has(worker)) return;
+      if (this.processes.has(worker)) return;
       if (o.adopt) {
         this.adopt(worker);
         return;
       }
       // Ended by us at shutdown, maybe while Node still talks to it: its EPIPE is no one's error.
       worker.on('error', () => {});
-      if (this.closing) {
+      if (this.stopping) {
         worker.process.kill('SIGTERM');
         return;
       }
@@ -544,24 +542,6 @@ class Primary extends EventEmitter {
       this.stopEndingStrays = strays.endStrays((stray, dead) => this.warnings.note('stray', 1, (n) =>
         `ended worker pid ${stray.process.pid}${n > 1 ? ` and ${n - 1} more` : ''}: a cluster 'exit' listener forked it when worker pid ${dead.process.pid} exited (a leftover cluster.on('exit', () => cluster.fork())?). ` +
         'sticky-rs respawns its own workers; such a worker would start nothing and idle until shutdown. Remove that listener'));
-    }
-  }
-
-  /**
-   * Kernel dispatch: code holding a member of a listener's SO_REUSEPORT group (a worker, or a
-   * process of the same user) changed it and the router's checks repaired it, or cannot: said
-   * always, with what was found.
-   */
-  warnKernel(last, now) {
-    for (const [listener, health] of now.kernel.entries()) {
-      const was = last.kernel[listener];
-      const found = health.repairs - (was ? was.repairs : 0);
-      const latest = health.recent.slice(-Math.min(found, 3)).join('; ');
-      this.warnings.note(`kernel:${listener}`, found, (n) =>
-        `kernel dispatch, listener ${listener}: its SO_REUSEPORT group was tampered with, by code in a worker or a process of the same user (${n} repair(s)): ${latest}`);
-      for (const damage of health.damage) {
-        this.warnings.note(`kernel-damage:${listener}:${damage}`, 1, () => `kernel dispatch, listener ${listener}: damaged: ${damage}`);
-      }
     }
   }
 
@@ -582,7 +562,6 @@ class Primary extends EventEmitter {
       }
     }, delay);
   }
-
   /**
    * Replaces every worker, one slot after the other: fork, wait until the new one is ready and
    * the slot delivers to it, retire the old one, and go on with the next slot at once: the old
@@ -591,7 +570,7 @@ class Primary extends EventEmitter {
    * promise that resolves once every old worker is gone.
    */
   reload() {
-    if (this.closing) return Promise.reject(new Error('sticky-rs: shutting down'));
+    if (this.stopping) return Promise.reject(new Error('sticky-rs: shutting down'));
     if (this.reloading) {
       // Asked again mid-reload (a second deploy): the slots already replaced run code older than
       // this ask, so one more pass replaces every slot once this one ends. Later asks join it.
@@ -609,7 +588,7 @@ class Primary extends EventEmitter {
       const started = Date.now();
       const exits = [];
       const failed = [];
-      for (let index = 0; index < this.slots.length && !this.closing; index++) {
+      for (let index = 0; index < this.slots.length && !this.stopping; index++) {
         try {
           exits.push((await this.replace(index)).exited);
         } catch (err) {
@@ -620,10 +599,10 @@ class Primary extends EventEmitter {
       }
       // The old workers drain on their own, in parallel: the reload does not wait for them.
       const drained = Promise.all(exits).then(() => {
-        if (o.debug && !this.closing) log('primary', `reload: the ${exits.length} old worker(s) finished their connections and exited, ${Date.now() - started} ms after the reload began`);
+        if (o.debug && !this.stopping) log('primary', `reload: the ${exits.length} old worker(s) finished their connections and exited, ${Date.now() - started} ms after the reload began`);
       });
       if (failed.length > 0) throw new Error(`sticky-rs: reload incomplete: slot(s) ${failed.join(', ')} still run their previous worker`);
-      if (o.debug) log('primary', this.closing ? 'reload cut short by shutdown' : `reload: every slot switched to a new worker in ${Date.now() - started} ms; the old ones finish their connections meanwhile`);
+      if (o.debug) log('primary', this.stopping ? 'reload cut short by shutdown' : `reload: every slot switched to a new worker in ${Date.now() - started} ms; the old ones finish their connections meanwhile`);
       return { drained };
     })().finally(() => {
       this.reloading = null;
@@ -650,20 +629,20 @@ class Primary extends EventEmitter {
       // readyTimeout).
       const ok = await next.whenReady;
       // A shutdown meanwhile retires every worker gracefully, this one included.
-      if (this.closing) return { exited: Promise.resolve() };
+      if (this.stopping) return { exited: Promise.resolve() };
       if (!ok) {
-        if (this.members.has(next.worker)) next.worker.process.kill('SIGKILL');
+        if (this.processes.has(next.worker)) next.worker.process.kill('SIGKILL');
         throw new Error(`sticky-rs: replacing slot ${index} failed: the new worker did not become ready within readyTimeout (${o.readyTimeout} ms)`);
       }
       const previous = slot.replaced(next);
-      if (!previous || !this.members.has(previous.worker)) return { exited: Promise.resolve() };
+      if (!previous || !this.processes.has(previous.worker)) return { exited: Promise.resolve() };
       const exited = new Promise((resolve) => previous.worker.once('exit', resolve));
       this.retire(previous);
       return { exited };
     })().finally(() => {
       this.replacements[index] = null;
       // Whatever happened, the slot must end up with a worker.
-      if (slot.replaceEnded() && !this.closing) this.respawn(index, slot.backoff(Infinity));
+      if (slot.replaceEnded() && !this.stopping) this.respawn(index, slot.backoff(Infinity));
     });
     return this.replacements[index];
   }
@@ -674,17 +653,17 @@ class Primary extends EventEmitter {
    * replaced like one that closes its server (setupMaster: retired, the user's fork replaces it).
    */
   onMisbehaved({ slot: index, channel, message }) {
-    const member = [...this.members.values()].find((m) => m.channel && m.channel.id === channel);
-    const pid = member ? member.worker.process.pid : 'gone';
+    const proc = this.byChannel(channel);
+    const pid = proc ? proc.worker.process.pid : 'gone';
     warn(`slot ${index}: worker pid ${pid} sent a record it cannot have sent honestly (${message}); its counts are ignored and it is ${this.options.adopt ? 'asked to exit' : 'replaced'}`);
-    if (!member || member.retired || this.closing) return;
-    if (this.options.adopt || this.slots[index].current !== member) {
-      this.retire(member);
+    if (!proc || proc.retired || this.stopping) return;
+    if (this.options.adopt || this.slots[index].current !== proc) {
+      this.retire(proc);
       return;
     }
     this.replace(index).catch((err) => {
       warn(err.message);
-      if (this.members.has(member.worker)) this.retire(member);
+      if (this.processes.has(proc.worker)) this.retire(proc);
     });
   }
 
@@ -692,15 +671,15 @@ class Primary extends EventEmitter {
    * sticky-session semantics: a worker that closes its server gets no new connections (they
    * wait for its replacement), finishes the ones it has and exits.
    */
-  onClosing(member) {
-    const slot = this.slots[member.slot];
-    if (this.closing || slot.current !== member || !member.channel || !this.members.has(member.worker)) return;
-    if (this.options.debug) log('primary', `slot ${member.slot}: worker #${member.worker.id} is stopping (it closed its server, or got a signal of its own): replacing it`);
-    this.router.retire(member.channel.id);
-    this.replace(member.slot).catch((err) => {
+  onClosing(proc) {
+    const slot = this.slots[proc.slot];
+    if (this.stopping || !slot || slot.current !== proc || !proc.channel || proc.state === 'exited') return;
+    if (this.options.debug) log('primary', `slot ${proc.slot}: worker #${proc.worker.id} is stopping (it closed its server, or got a signal of its own): replacing it`);
+    this.router.retire(proc.channel.id);
+    this.replace(proc.slot).catch((err) => {
       warn(err.message);
       // Its slot gets nothing now: let it finish, and the respawn after its exit takes over.
-      if (this.members.has(member.worker)) this.retire(member);
+      if (this.processes.has(proc.worker)) this.retire(proc);
     });
   }
 
@@ -709,23 +688,25 @@ class Primary extends EventEmitter {
    * that is not ready has no connections: SIGTERM ends it (Node's default action before its
    * server is handed over, a graceful shutdown after), even if it missed the message.
    */
-  retire(member) {
-    const { worker } = member;
-    member.retired = true;
-    clearTimeout(member.timer);
+  retire(proc) {
+    const { worker } = proc;
+    // Its servers were handed over: its code finishes what it has on SHUTDOWN.
+    const handedOver = proc.channel !== null;
+    if (!proc.retire()) return; // asked already (a reload's old worker, then the shutdown)
+    clearTimeout(proc.readyTimer);
     // Its hello may still be on its way (a reload's old worker that had not said it yet): the
     // router must not make a retired channel its slot's target, over the newer worker's.
-    if (member.channel) {
+    if (proc.channel) {
       try {
-        this.router.retire(member.channel.id);
+        this.router.retire(proc.channel.id);
       } catch {
         // The router is closed: nothing is routed any more.
       }
     }
-    if (member.handedOver && worker.isConnected()) worker.send(this.options.prefix + SHUTDOWN, () => {});
+    if (handedOver && worker.isConnected()) worker.send(this.options.prefix + SHUTDOWN, () => {});
     else worker.process.kill('SIGTERM');
-    member.timer = setTimeout(() => worker.process.kill('SIGKILL'), this.options.hardShutdownDelay);
-    member.timer.unref();
+    proc.killTimer = setTimeout(() => worker.process.kill('SIGKILL'), this.options.hardShutdownDelay);
+    proc.killTimer.unref();
   }
 
   /**
@@ -734,17 +715,16 @@ class Primary extends EventEmitter {
    * are killed).
    */
   shutdown() {
-    if (this.closed) return this.closed;
+    if (this.stopped) return this.stopped;
     const o = this.options;
-    this.closing = true;
-    this.closed = new Promise((resolve) => {
-      this.resolveClosed = resolve;
+    this.phase = 'shuttingDown';
+    this.stopped = new Promise((resolve) => {
+      this.resolveStopped = resolve;
     });
     if (o.debug) log('primary', 'shutting down');
-    this.drained = new Set();
     // A second SIGINT/SIGTERM forces the exit; SIGHUP (a closed terminal, a reload asked again)
     // must never kill the drain, however often it comes.
-    for (const [signal, handler] of Object.entries(this.signals || {})) {
+    for (const [signal, handler] of Object.entries(this.signals)) {
       process.removeListener(signal, handler);
       if (signal === 'SIGHUP') process.on(signal, () => {});
       else process.once(signal, () => process.exit(1));
@@ -753,7 +733,7 @@ class Primary extends EventEmitter {
     for (const timer of this.respawnTimers) clearTimeout(timer);
     this.hardTimer = setTimeout(() => {
       // Said always: the exit code alone does not tell an operator which workers hung.
-      const left = [...this.members.values()].map((m) => `slot ${m.slot} (pid ${m.worker.process.pid})`);
+      const left = [...this.processes.values()].map((m) => `slot ${m.slot} (pid ${m.worker.process.pid})`);
       warn(`shutdown: hardShutdownDelay (${o.hardShutdownDelay} ms) ran out with ${left.length} worker(s) still finishing their connections: ${left.join(', ')}; killing them, exit code 1`);
       this.finish(1);
     }, o.hardShutdownDelay);
@@ -770,20 +750,20 @@ class Primary extends EventEmitter {
     if (this.router) this.router.stopAccepting(drainMs);
     // Workers forked behind our back have nothing of ours to finish.
     for (const worker of Object.values(cluster.workers)) {
-      if (!this.members.has(worker)) worker.process.kill('SIGTERM');
+      if (!this.processes.has(worker)) worker.process.kill('SIGTERM');
     }
     // Connections that never end on their own (websockets, Server-Sent Events) keep it waiting:
     // an operator who pressed Ctrl-C must learn why nothing happens, and how to force it.
     this.waitingTimer = setTimeout(() => this.sayWaiting(), WAITING_AFTER);
     this.waitingTimer.unref();
-    if (this.members.size === 0) this.finish(0);
-    return this.closed;
+    if (this.processes.size === 0) this.finish(0);
+    return this.stopped;
   }
 
   /** During shutdown: one line on what it waits for, from the workers' `open:<n>` notices. */
   sayWaiting() {
-    if (this.finished) return;
-    const busy = [...this.members.values()].filter((m) => m.open > 0);
+    if (this.phase === 'finished') return;
+    const busy = [...this.processes.values()].filter((m) => m.open > 0);
     const connections = busy.reduce((n, m) => n + m.open, 0);
     if (connections === 0) return;
     const seconds = Math.round(this.options.hardShutdownDelay / 1000);
@@ -791,18 +771,19 @@ class Primary extends EventEmitter {
   }
 
   finish(code) {
-    if (this.finished) return;
-    this.finished = true;
+    if (this.phase === 'finished') return;
+    this.phase = 'finished';
     clearTimeout(this.hardTimer);
     clearTimeout(this.waitingTimer);
-    clearInterval(this.watchTimer);
+    this.stopWatching();
     // Not at once: the leftover exit handler forks right after our last worker's exit, and a
     // process that starts after the primary exited dies of EPIPE with a stack trace.
     if (this.onForeignFork) setImmediate(() => cluster.removeListener('fork', this.onForeignFork));
     if (this.stopEndingStrays) setImmediate(this.stopEndingStrays);
     clearTimeout(this.drainTimer);
-    for (const { worker, timer } of this.members.values()) {
-      clearTimeout(timer);
+    for (const { worker, readyTimer, killTimer } of this.processes.values()) {
+      clearTimeout(readyTimer);
+      clearTimeout(killTimer);
       worker.process.kill('SIGKILL');
     }
     if (this.router) {
@@ -813,7 +794,7 @@ class Primary extends EventEmitter {
       }
     }
     if (this.options.debug) log('primary', `shut down (${code})`);
-    if (this.resolveClosed) this.resolveClosed(code);
+    if (this.resolveStopped) this.resolveStopped(code);
   }
 
   exitAfter(closed) {
@@ -833,7 +814,7 @@ function startPrimary(options, onError) {
  */
 function startForServer(server, options) {
   const primary = startPrimary(options, (err) => process.nextTick(() => server.emit('error', err)));
-  server.address = () => (primary.router && !primary.finished ? primary.address() : null);
+  server.address = () => (primary.router && primary.phase !== 'finished' ? primary.address() : null);
   if (primary.router) process.nextTick(() => server.emit('listening'));
   return primary;
 }

@@ -10,9 +10,6 @@
 //   backoff    the slot has no worker; a respawn waits `delay` ms           (exited)
 //   closed     the primary shuts down: nothing is forked for it any more     (close)
 
-// Signals that ask a process to stop (a person, a supervisor), not a fault.
-const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'];
-
 class Slot {
   /**
    * @param {number} index
@@ -23,7 +20,7 @@ class Slot {
     this.index = index;
     this.policy = policy;
     this.state = 'starting';
-    /** The member (see Primary.fork) serving the slot, or null. */
+    /** The WorkerProcess (lib/worker-process.js) serving the slot, or null. */
     this.current = null;
     /** The next respawn's back-off. */
     this.delay = policy.respawnDelay;
@@ -34,14 +31,14 @@ class Slot {
   }
 
   /** A worker was forked to serve the slot (at start or after a back-off). */
-  forked(member) {
-    this.current = member;
+  forked(proc) {
+    this.current = proc;
     if (this.state !== 'closed') this.state = 'starting';
   }
 
-  /** `member` said hello. True if it serves the slot (a replacement is not the slot's yet). */
-  ready(member) {
-    if (member !== this.current) return false;
+  /** `proc` said hello. True if it serves the slot (a replacement is not the slot's yet). */
+  ready(proc) {
+    if (proc !== this.current) return false;
     if (this.state === 'starting') this.state = 'ready';
     return true;
   }
@@ -73,7 +70,7 @@ class Slot {
   replaceEnded() {
     if (this.state !== 'replacing') return false;
     if (this.current) {
-      this.state = this.current.ready ? 'ready' : 'starting';
+      this.state = this.current.isReady ? 'ready' : 'starting';
       return false;
     }
     this.state = 'backoff';
@@ -81,7 +78,7 @@ class Slot {
   }
 
   /**
-   * `member` exited at `now`; `asked` if it was asked to (see exitAsked). Returns what follows:
+   * `proc` exited at `now`; `asked` if it was asked to (see WorkerProcess#exitAsked). Returns what follows:
    * - `{ then: 'nothing' }`: it was not the slot's worker (retired by a reload), or closed;
    * - `{ then: 'replacement' }`: a replacement under way takes the slot;
    * - `{ then: 'respawn', delay }`: fork again after `delay` ms (growing while workers crash);
@@ -89,10 +86,10 @@ class Slot {
    * With `exits` (within the window) and `lived` (ms) for the caller's warnings. An asked-for
    * exit is never counted: `respawn` at once (delay 0) or `replacement`, with `asked`.
    */
-  exited(member, now, asked = false) {
-    if (this.state === 'closed' || member !== this.current) return { then: 'nothing' };
+  exited(proc, now, asked = false) {
+    if (this.state === 'closed' || proc !== this.current) return { then: 'nothing' };
     this.current = null;
-    const lived = now - member.bornAt;
+    const lived = now - proc.bornAt;
     // Asked to go (a signal of its own, server.close(), sticky-session's retire): no failure, so
     // not counted toward maxRestarts, and its slot gets a worker again at once.
     if (asked) {
@@ -116,18 +113,6 @@ class Slot {
     const delay = this.delay;
     this.delay = Math.min(this.delay * 2, this.policy.maxRespawnDelay);
     return delay;
-  }
-
-  /**
-   * Whether a worker's exit was asked for: it told the primary it was stopping (it closed its
-   * server, or got SIGINT/SIGTERM of its own: `notice`), the primary retired it, or a stop
-   * signal's default action ended it before it set up its handlers. Not: a crash (exit code
-   * other than 0 without a notice), SIGKILL (readyTimeout, the OOM killer), SIGSEGV...
-   */
-  static exitAsked({ notice, retired }, code, signal) {
-    if (retired) return true;
-    if (signal) return STOP_SIGNALS.includes(signal);
-    return notice === true && code === 0;
   }
 
   /**
