@@ -26,7 +26,7 @@ test('a crash loop backs off 100, 200, 400, 800, 1000 ms; a long life resets the
     slot.forked(w);
     now += 10;
     const next = slot.exited(w, now);
-    expect(next.then).toBe('respawn');
+    expect(next.action).toBe('respawn');
     expect(slot.state).toBe('backoff');
     delays.push(next.delay);
   }
@@ -45,13 +45,13 @@ test('more than maxRestarts exits within restartWindow give up; older exits fall
     now += 1000;
     return slot.exited(w, now);
   };
-  expect([crash(), crash(), crash()].map((n) => n.then)).toEqual(['respawn', 'respawn', 'respawn']);
+  expect([crash(), crash(), crash()].map((n) => n.action)).toEqual(['respawn', 'respawn', 'respawn']);
   now += 60000; // the three are out of the window now
-  expect(crash().then).toBe('respawn');
-  expect(crash().then).toBe('respawn');
-  expect(crash().then).toBe('respawn');
+  expect(crash().action).toBe('respawn');
+  expect(crash().action).toBe('respawn');
+  expect(crash().action).toBe('respawn');
   const last = crash();
-  expect(last).toMatchObject({ then: 'give-up', exits: 4 });
+  expect(last).toMatchObject({ action: 'give-up', exits: 4 });
   expect(slot.restarts).toBe(7);
 });
 
@@ -67,7 +67,7 @@ test('a reload: the replacement serves once ready and the old worker is returned
   expect(slot.ready(next)).toBe(false); // not the slot's yet
   expect(slot.replaced(next)).toBe(old);
   expect(slot.state).toBe('ready');
-  expect(slot.exited(old, 100)).toEqual({ then: 'nothing' });
+  expect(slot.exited(old, 100)).toEqual({ action: 'nothing' });
   expect(slot.replaceEnded()).toBe(false);
   expect(slot.restarts).toBe(0);
 });
@@ -78,7 +78,7 @@ test('the current worker dies during a replacement: the replacement takes the sl
   slot.forked(old);
   old.isReady = slot.ready(old);
   slot.replaceStarted();
-  expect(slot.exited(old, 50).then).toBe('replacement');
+  expect(slot.exited(old, 50).action).toBe('replacement');
   expect(slot.current).toBe(null);
   expect(slot.replaceEnded()).toBe(true); // the replacement failed: nobody serves the slot
   expect(slot.state).toBe('backoff');
@@ -100,7 +100,7 @@ test('closed: exits change nothing and no replacement starts', () => {
   const w = worker();
   slot.forked(w);
   slot.close();
-  expect(slot.exited(w, 10)).toEqual({ then: 'nothing' });
+  expect(slot.exited(w, 10)).toEqual({ action: 'nothing' });
   expect(slot.replaceStarted()).toBe(false);
   expect(slot.state).toBe('closed');
 });
@@ -113,12 +113,12 @@ test('a worker asked to go (signal, server.close(), retire) is not counted: repl
     w.isReady = slot.ready(w);
     if (i % 2) {
       expect(slot.replaceStarted()).toBe(true);
-      expect(slot.exited(w, i * 10 + 5, true)).toMatchObject({ then: 'replacement', asked: true });
+      expect(slot.exited(w, i * 10 + 5, true)).toMatchObject({ action: 'replacement', asked: true });
       const next = worker(i * 10 + 6);
       expect(slot.replaced(next)).toBe(null);
       slot.exited(next, i * 10 + 7, true);
     } else {
-      expect(slot.exited(w, i * 10 + 5, true)).toMatchObject({ then: 'respawn', delay: 0, asked: true });
+      expect(slot.exited(w, i * 10 + 5, true)).toMatchObject({ action: 'respawn', delay: 0, asked: true });
       expect(slot.state).toBe('backoff');
     }
   }
@@ -127,7 +127,7 @@ test('a worker asked to go (signal, server.close(), retire) is not counted: repl
   // The back-off of real crashes is untouched by them.
   const w = worker(1000);
   slot.forked(w);
-  expect(slot.exited(w, 1010)).toMatchObject({ then: 'respawn', delay: 100 });
+  expect(slot.exited(w, 1010)).toMatchObject({ action: 'respawn', delay: 100 });
   expect(slot.restarts).toBe(1);
 });
 

@@ -466,22 +466,22 @@ class Primary extends EventEmitter {
     const o = this.options;
     const { slot: index, worker } = proc;
     const next = this.slots[index].exited(proc, Date.now(), asked);
-    if (next.then === 'nothing') return; // a worker retired by reload, or a failed replacement
+    if (next.action === 'nothing') return; // a worker retired by reload, or a failed replacement
     // Asked to go: replaced at once, not counted, nothing to warn about.
     if (next.asked) {
       if (o.debug) log('primary', `slot ${index}: worker #${worker.id} stopped as asked (${signal || `code ${code}`}); replacing it at once`);
-      if (next.then === 'respawn') this.respawn(index, next.delay);
+      if (next.action === 'respawn') this.respawn(index, next.delay);
       return;
     }
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
     const seen = proc.failure ? this.sayFailure(proc, index) : '';
     // As of the respawn this exit would wait for: a client must not wait for it past the bound.
-    if (next.then !== 'give-up' && Slot.givesUpNeverReady(o, { startedAt: this.startedAt, now: Date.now() + (next.delay || 0), anyReady: this.everReady })) {
+    if (next.action !== 'give-up' && Slot.givesUpNeverReady(o, { startedAt: this.startedAt, now: Date.now() + (next.delay || 0), anyReady: this.everReady })) {
       warn(`no worker became ready within ${Math.min(o.queueTimeout, o.readyTimeout)} ms of the start (the shorter of queueTimeout and readyTimeout: clients waiting for a worker would wait longer); the last, slot ${index} pid ${worker.process.pid}, ${how}${seen}: giving up, shutting down with exit code 1`);
       this.exitAfter(this.shutdown().then(() => 1));
       return;
     }
-    if (next.then === 'give-up') {
+    if (next.action === 'give-up') {
       // A supervisor (systemd, Kubernetes, PM2) must see the failure: exit 1.
       warn(`slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms${seen}, ${next.exits} exits within restartWindow (${o.restartWindow} ms), more than maxRestarts (${o.maxRestarts}): giving up, shutting down with exit code 1`);
       this.exitAfter(this.shutdown().then(() => 1));
@@ -493,7 +493,7 @@ class Primary extends EventEmitter {
         (n > 1 ? ` (${n} since the last warning)` : '') + `; respawning with back-off (gives up after ${o.maxRestarts})`);
     }
     // 'replacement': the replacement under way takes the slot.
-    if (next.then === 'respawn') this.respawn(index, next.delay);
+    if (next.action === 'respawn') this.respawn(index, next.delay);
   }
 
   /**

@@ -78,33 +78,34 @@ class Slot {
   }
 
   /**
-   * `proc` exited at `now`; `asked` if it was asked to (see WorkerProcess#exitAsked). Returns what follows:
-   * - `{ then: 'nothing' }`: it was not the slot's worker (retired by a reload), or closed;
-   * - `{ then: 'replacement' }`: a replacement under way takes the slot;
-   * - `{ then: 'respawn', delay }`: fork again after `delay` ms (growing while workers crash);
-   * - `{ then: 'give-up' }`: more than maxRestarts exits within restartWindow.
+   * `proc` exited at `now`; `asked` if it was asked to (see WorkerProcess#exitAsked). Returns
+   * what follows (`action`, not `then`: an object with a `then` would be a thenable):
+   * - `{ action: 'nothing' }`: it was not the slot's worker (retired by a reload), or closed;
+   * - `{ action: 'replacement' }`: a replacement under way takes the slot;
+   * - `{ action: 'respawn', delay }`: fork again after `delay` ms (growing while workers crash);
+   * - `{ action: 'give-up' }`: more than maxRestarts exits within restartWindow.
    * With `exits` (within the window) and `lived` (ms) for the caller's warnings. An asked-for
    * exit is never counted: `respawn` at once (delay 0) or `replacement`, with `asked`.
    */
   exited(proc, now, asked = false) {
-    if (this.state === 'closed' || proc !== this.current) return { then: 'nothing' };
+    if (this.state === 'closed' || proc !== this.current) return { action: 'nothing' };
     this.current = null;
     const lived = now - proc.bornAt;
     // Asked to go (a signal of its own, server.close(), sticky-session's retire): no failure, so
     // not counted toward maxRestarts, and its slot gets a worker again at once.
     if (asked) {
-      if (this.state === 'replacing') return { then: 'replacement', asked, lived };
+      if (this.state === 'replacing') return { action: 'replacement', asked, lived };
       this.state = 'backoff';
-      return { then: 'respawn', delay: 0, asked, lived };
+      return { action: 'respawn', delay: 0, asked, lived };
     }
     // The slot's own worker went without being asked (retired workers are no longer current).
     this.exits = this.exits.filter((at) => now - at < this.policy.restartWindow);
     this.exits.push(now);
     this.restarts += 1;
-    if (this.exits.length > this.policy.maxRestarts) return { then: 'give-up', exits: this.exits.length, lived };
-    if (this.state === 'replacing') return { then: 'replacement', exits: this.exits.length, lived };
+    if (this.exits.length > this.policy.maxRestarts) return { action: 'give-up', exits: this.exits.length, lived };
+    if (this.state === 'replacing') return { action: 'replacement', exits: this.exits.length, lived };
     this.state = 'backoff';
-    return { then: 'respawn', delay: this.backoff(lived), exits: this.exits.length, lived };
+    return { action: 'respawn', delay: this.backoff(lived), exits: this.exits.length, lived };
   }
 
   /** The wait before the next respawn: doubles while workers crash, resets after a long life. */
