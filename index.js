@@ -34,7 +34,10 @@ let started = null;
 /** sticky-cluster: `startFn(callback)` runs in workers and calls `callback(server)`. */
 function sticky(startFn, options) {
   const o = checked(clusterOptions, startFn, options);
-  if (cluster.isPrimary) return (started = startPrimary(o, o.errorHandler));
+  if (cluster.isPrimary) {
+    started = startPrimary(o, o.errorHandler);
+    return started;
+  }
   // A worker forked by someone else gets no connections: the app does not start there.
   if (prepare(o)) startFn(serve);
 }

@@ -92,5 +92,5 @@ test.each(['sticky', 'listen'])("%s(): a leftover cluster.on('exit', () => clust
   expect(app.stderr).toMatch(/warning: ended worker pid \d+.*: a cluster 'exit' listener forked it when worker pid \d+ exited/);
   app.child.kill('SIGTERM');
   expect(await app.exited).toEqual({ code: 0, signal: null });
-  expect(app.stderr).not.toMatch(/EPIPE|Error:|    at /);
+  expect(app.stderr).not.toMatch(/EPIPE|Error:| {4}at /);
 });

@@ -74,7 +74,8 @@ test(
       const got = {};
       for (const m of c.chats) {
         expect(m.room).toBe(ROOM);
-        (got[m.from] ??= []).push(m.text);
+        got[m.from] = got[m.from] || [];
+        got[m.from].push(m.text);
         deliveries += 1;
       }
       expect(got).toEqual(expected);

@@ -67,7 +67,7 @@ describe('the kernel picks the slot sticky-cluster would: djb2(remoteAddress) % 
 });
 
 test('a worker that dies: its connections wait in the kernel for the replacement, other slots are untouched', async () => {
-  const { app, port } = await start({ WORKERS: 2 });
+  const { port } = await start({ WORKERS: 2 });
   const ips = range(40).map((i) => clientIp(3000 + i));
   const first = await pool(ips, 8, (ip) => get(port, ip));
   const pidOfSlot = new Map(first.map(({ body }) => [body.slot, body.pid]));

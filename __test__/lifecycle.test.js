@@ -2,7 +2,6 @@
 // Faults and lifecycle under load: worker crashes, graceful shutdown, reload, crash loops,
 // hung workers, and the primary's resources over many connections.
 const fs = require('node:fs');
-const http = require('node:http');
 const net = require('node:net');
 const { freePort, clientIp, startFixture, stopAll, get, pool, slotOf, ipsOf } = require('./helpers');
 

@@ -131,7 +131,8 @@ if (prometheusMissing && !IN_CI) {
     if (prometheusMissing) throw new Error(`${prometheusMissing} (required in CI)`);
     const [port, metricsPort, promPort] = [await freePort(), await freePort(), await freePort()];
     await startReadyExample({ PORT: String(port), WORKERS: '2', METRICS_PORT: String(metricsPort) });
-    const dir = (promDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sticky-rs-prom-')));
+    promDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sticky-rs-prom-'));
+    const dir = promDir;
     fs.writeFileSync(path.join(dir, 'prometheus.yml'), [
       'global:',
       '  scrape_interval: 1s',

@@ -119,7 +119,7 @@ describe('migration traps', () => {
     expect(await groupGone(app)).toBe(true);
     expect(app.stderr.match(/forked outside sticky-rs/g)).toHaveLength(1);
     expect(app.stderr).toMatch(/warning: a worker \(pid \d+\) was forked outside sticky-rs, probably by a leftover cluster\.fork\(\) \(e\.g\. in cluster\.on\('exit'/);
-    expect(app.stderr).not.toMatch(/EPIPE|Error:|    at /);
+    expect(app.stderr).not.toMatch(/EPIPE|Error:| {4}at /);
   });
 });
 

@@ -37,7 +37,7 @@ function raw(port, localAddress, bytes, { timeout = 10000 } = {}) {
     socket.on('error', (err) => (err.code === 'ECONNRESET' ? null : reject(err)));
     socket.on('close', () => {
       const text = Buffer.concat(chunks).toString('utf8');
-      const m = /^HTTP\/1\.1 (\d{3})[^]*?\r\n\r\n([^]*)$/.exec(text);
+      const m = /^HTTP\/1\.1 (\d{3})[\s\S]*?\r\n\r\n([\s\S]*)$/.exec(text);
       if (!m) return resolve({ closed: true, text });
       let body = m[2];
       try {
@@ -77,7 +77,7 @@ function ipv6Bytes(address) {
   const t = words(tail);
   const all = [...h, ...Array(8 - h.length - t.length).fill(0), ...t];
   const b = Buffer.alloc(16);
-  all.forEach((w, i) => b.writeUInt16BE(w, i * 2));
+  for (const [i, w] of all.entries()) b.writeUInt16BE(w, i * 2);
   return b;
 }
 
@@ -184,8 +184,8 @@ describe('PROXY protocol from a trusted proxy', () => {
   test('malformed and truncated headers are refused and counted; others are unaffected', async () => {
     const { app, port } = await start({ ROUTE_BY: 'proxy-protocol', TRUSTED: PROXY_IP, PEEK_TIMEOUT: 500 });
     const bad = [
-      'PROXY TCP4 not-an-address 127.0.0.1 1 80\r\n' + request(),
-      'PROXY TCP4 1.2.3.4 127.0.0.1 99999 80\r\n' + request(),
+      `PROXY TCP4 not-an-address 127.0.0.1 1 80\r\n${request()}`,
+      `PROXY TCP4 1.2.3.4 127.0.0.1 99999 80\r\n${request()}`,
       request(), // no header at all
       'PROXY TCP4 1.2.3.4', // truncated, then silence
       Buffer.concat([proxyV2('1.2.3.4', 1).subarray(0, 20)]), // truncated v2

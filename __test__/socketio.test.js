@@ -57,7 +57,7 @@ async function report(fixture, idle) {
 /** `promise`, or an error that says so if the fixture's primary exits first. */
 async function whileAlive(fixture, promise) {
   const result = await Promise.race([promise, fixture.exited.then((exit) => ({ primaryExited: exit }))]);
-  if (result && result.primaryExited) {
+  if (result?.primaryExited) {
     const { code, signal } = result.primaryExited;
     throw new Error(`the fixture's primary exited (code ${code}, signal ${signal}); stderr: ${fixture.stderr}`);
   }
@@ -193,7 +193,7 @@ async function echo(client, count) {
     if (failed || problems(client).length) return;
     try {
       const answer = await client.socket.timeout(STEP_TIMEOUT).emitWithAck('echo', { ip: client.ip, k });
-      if (!answer || !answer.payload || answer.payload.k !== k || answer.payload.ip !== client.ip) {
+      if (!answer?.payload || answer.payload.k !== k || answer.payload.ip !== client.ip) {
         fail(client, `ack ${k}: wrong answer ${JSON.stringify(answer)}`);
       }
       client.acks.push(answer);

@@ -74,7 +74,7 @@ function httpsGet(port, ip, urlPath, options = {}) {
       const seen = {
         authorized: res.socket.authorized,
         protocol: res.socket.getProtocol(),
-        fingerprint: peer && peer.fingerprint256,
+        fingerprint: peer?.fingerprint256,
       };
       let body = '';
       res.setEncoding('utf8');
@@ -82,7 +82,7 @@ function httpsGet(port, ip, urlPath, options = {}) {
       res.on('end', () => {
         try {
           resolve({ status: res.statusCode, body: JSON.parse(body), client: seen });
-        } catch (err) {
+        } catch {
           reject(new Error(`GET ${urlPath} from ${ip}: not JSON: ${body}`));
         }
       });
@@ -161,7 +161,7 @@ describe('HTTPS with TLS terminated in the workers', () => {
       ...(transports ? { transports } : {}),
     }));
     const errors = [];
-    socket.on('connect_error', (err) => errors.push(`connect_error: ${err.message} ${err.description && err.description.message ? err.description.message : ''}`));
+    socket.on('connect_error', (err) => errors.push(`connect_error: ${err.message} ${err.description?.message ? err.description.message : ''}`));
     socket.on('disconnect', (reason) => errors.push(`disconnect: ${reason}`));
     const engine = socket.io.engine;
     engine.on('upgradeError', (err) => errors.push(`upgradeError: ${err.message}`));

@@ -218,10 +218,10 @@ async function waitServing(port) {
     if (last.requests > 0 && errorCount(last) === 0) return;
     await sleep(200);
   }
-  throw new Error(`not serving after 20 s: ${last ? errorSummary(last) || 'no responses' : 'no probe'}${last && last.stderr ? ` (${last.stderr.split('\n')[0]})` : ''}`);
+  throw new Error(`not serving after 20 s: ${last ? errorSummary(last) || 'no responses' : 'no probe'}${last?.stderr ? ` (${last.stderr.split('\n')[0]})` : ''}`);
 }
 
-const failureText = (err) => String(err && err.message ? err.message : err).split('\n')[0].slice(0, 300);
+const failureText = (err) => String(err?.message ? err.message : err).split('\n')[0].slice(0, 300);
 
 async function measureHttp(setup) {
   const out = { errors: [] };
@@ -367,7 +367,7 @@ function targets(med) {
   const rs = med['sticky-rs'] || {};
   const lines = [];
   const check = (name, ok, detail) => lines.push(`- ${ok == null ? 'n/a' : ok ? 'MET' : 'MISSED'}: ${name}: ${detail}`);
-  const r = (id, key) => ratio(rs[key], (med[id] || {})[key]);
+  const r = (id, key) => ratio(rs[key], med[id]?.[key]);
   for (const [id, need] of [['sticky-session', 1.5], ['sticky-cluster', 1.5], ['cluster-rr', 1.0]]) {
     const x = r(id, 'closeRps');
     check(`new-connection rate >= ${need}x ${id}`, x == null ? null : x >= need, x == null ? 'no data' : `${fmt(rs.closeRps, 0)} vs ${fmt(med[id].closeRps, 0)} conn/s = ${x.toFixed(2)}x`);
@@ -379,7 +379,7 @@ function targets(med) {
     check(`new-connection rate >= ${need}x ${id}`, x == null ? null : x >= need, x == null ? 'no data' : `${fmt(rs.closeRps, 0)} vs ${fmt(med[id].closeRps, 0)} conn/s = ${x.toFixed(2)}x`);
   }
   {
-    const single = (med.single || {}).mean;
+    const single = med.single?.mean;
     check('mean TTFB at 1,000 conn/s <= single process + 0.05 ms', rs.mean == null || single == null ? null : rs.mean <= single + 0.05,
       `${fmt(rs.mean, 3)} ms vs ${fmt(single, 3)} ms (+${rs.mean == null || single == null ? '—' : (rs.mean - single).toFixed(3)} ms)`);
   }
@@ -450,7 +450,7 @@ function markdown(runs, med, meta) {
       const notes = [];
       if (r.httpFailure) notes.push(`HTTP setup failed: \`${r.httpFailure}\``);
       if (r.sioFailure) notes.push(`Socket.IO setup failed: \`${r.sioFailure}\``);
-      if (r.errors && r.errors.length) notes.push(...r.errors);
+      if (r.errors?.length) notes.push(...r.errors);
       if (r.sioFailures && Object.keys(r.sioFailures).length) {
         notes.push(`Socket.IO ${r.sioSessions - Math.round((r.sioSuccess / 100) * r.sioSessions)}/${r.sioSessions} sessions failed: ` +
           Object.entries(r.sioFailures).sort((a, b) => b[1] - a[1]).map(([k, n]) => `${n} x ${k}`).join('; '));
@@ -517,7 +517,7 @@ function svg(med, meta) {
     y += 2;
   }
   o.push('</svg>');
-  return o.join('\n') + '\n';
+  return `${o.join('\n')}\n`;
 }
 
 // The addon under test: the working tree is shared, so record which build ran (and if it changed).

@@ -11,7 +11,8 @@ const path = require('node:path');
 const { spawn } = require('node:child_process');
 const readline = require('node:readline');
 
-const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []));
+const argv = process.argv.slice(2);
+const args = Object.fromEntries(argv.flatMap((a, i) => (a.startsWith('--') ? [[a.slice(2), argv[i + 1]]] : [])));
 const CLIENTS = Number(args.clients || 32);
 const DURATION = Number(args.duration || 3000);
 const REPS = Number(args.reps || 3);

@@ -131,6 +131,7 @@ async function startWorker(callback) {
 function cleanString(value, max) {
   if (typeof value !== 'string') return null;
   // Control characters would let a name or message fake line breaks in other people's view.
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it removes
   const text = value.replace(/[\u0000-\u001f\u007f]+/g, ' ').trim();
   return text.length > 0 && text.length <= max ? text : null;
 }
@@ -253,7 +254,7 @@ function serveMetrics(primary) {
     res.setHeader('content-type', register.contentType);
     res.end(await register.metrics());
   });
-  server.listen(METRICS_PORT, HOST, () => console.log(`Metrics on http://${HOST && HOST.includes(':') ? `[${HOST}]` : HOST || 'localhost'}:${METRICS_PORT}/metrics`));
+  server.listen(METRICS_PORT, HOST, () => console.log(`Metrics on http://${HOST?.includes(':') ? `[${HOST}]` : HOST || 'localhost'}:${METRICS_PORT}/metrics`));
   // The metrics server must not keep the primary alive once sticky-rs shut down.
   server.unref();
 }

@@ -54,7 +54,10 @@ class Warnings {
   note(key, n, say) {
     if (n <= 0) return;
     let kind = this.kinds.get(key);
-    if (!kind) this.kinds.set(key, (kind = { pending: 0, saidAt: -Infinity, say }));
+    if (!kind) {
+      kind = { pending: 0, saidAt: -Infinity, say };
+      this.kinds.set(key, kind);
+    }
     kind.pending += n;
     kind.say = say;
     this.sayIfDue(kind, Date.now());

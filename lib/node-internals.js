@@ -28,7 +28,7 @@ function selfCheck() {
 
 /** The descriptor of a handle received over IPC (a net.Socket wrapping it), or -1. */
 function receivedFd(socket) {
-  const fd = socket._handle && socket._handle.fd;
+  const fd = socket._handle?.fd;
   return typeof fd === 'number' ? fd : -1;
 }
 

@@ -257,7 +257,7 @@ class Primary extends EventEmitter {
       proc.stopping(Date.now(), false);
       this.onClosing(proc);
     }
-    if (type && type.startsWith(OPEN)) proc.open = Number(type.slice(OPEN.length)) || 0;
+    if (type?.startsWith(OPEN)) proc.open = Number(type.slice(OPEN.length)) || 0;
     if (type === STOPPING) {
       proc.stopping(Date.now(), true);
       setTimeout(() => {
@@ -307,7 +307,7 @@ class Primary extends EventEmitter {
     });
     worker.on('exit', (code, signal) => this.onExit(proc, code, signal));
     // Its setupWorker() ran before httpServer.listen() started this primary.
-    if (o.readyEarly && o.readyEarly.has(worker)) place();
+    if (o.readyEarly?.has(worker)) place();
     if (o.debug) log('primary', `adopted worker #${worker.id} (pid ${worker.process.pid}), waiting for its setupWorker()`);
   }
 
@@ -381,7 +381,7 @@ class Primary extends EventEmitter {
     } else if (event.kind === 'drained') {
       this.onDrained(event.slot);
     } else if (event.kind === 'listenerFailed') {
-      const address = (this.router && this.router.addresses()[event.listener]) || {};
+      const address = (this.router?.addresses()[event.listener]) || {};
       const err = new Error(`sticky-rs: listener ${event.listener} (${address.address}:${address.port}) failed and accepts no more: ${event.message}`);
       warn(err.message);
       if (this.listenerCount('error') > 0) this.emit('error', err);
@@ -418,7 +418,7 @@ class Primary extends EventEmitter {
    */
   announce() {
     const o = this.options;
-    if (this.announced || this.stopping || o.adopt || !this.slots.every((s) => s.current && s.current.isReady)) return;
+    if (this.announced || this.stopping || o.adopt || !this.slots.every((s) => s.current?.isReady)) return;
     this.announced = true;
     const where = this.addresses().map(({ address, port }) => (address === '::' || address === '0.0.0.0' ? `port ${port} (all addresses)` : `${address.includes(':') ? `[${address}]` : address}:${port}`));
     // console.log: a closed stdout is no error here.

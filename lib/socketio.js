@@ -88,7 +88,7 @@ function setupMaster(httpServer, opts, onStart = () => {}) {
  * but a Socket.IO server attached to a net.Server.
  */
 function setupWorker(io) {
-  if (!io || !io.engine || typeof io.engine.generateId !== 'function' || !(io.httpServer instanceof net.Server)) {
+  if (!io?.engine || typeof io.engine.generateId !== 'function' || !(io.httpServer instanceof net.Server)) {
     throw new TypeError(`sticky-rs: setupWorker(io) needs a Socket.IO Server attached to an http.Server (new Server(httpServer)), got ${describe(io)}`);
   }
   if (cluster.isPrimary) throw new Error('sticky-rs: setupWorker() must be called in a cluster worker ("not worker")');
@@ -96,7 +96,7 @@ function setupWorker(io) {
   // engine.io's 400 "Session ID unknown" (code 1) says nothing of why: the debug line does.
   io.engine.on('connection_error', (err) => {
     const worker = current();
-    if (!worker || !worker.options.debug || !err || err.code !== 1 || !err.req) return;
+    if (!worker?.options.debug || !err || err.code !== 1 || !err.req) return;
     const why = unknownSessionWhy(err.req, Number(process.env[WORKER_INDEX]), process.env[NODE_NAME] || null, worker.options.peekLimit);
     log(worker.role, `400 Session ID unknown for ${err.req.method} ${err.req.url.length > 120 ? `${err.req.url.slice(0, 120)}...` : err.req.url}: ${why}`);
   });

@@ -31,7 +31,7 @@ function watchCounters(primary) {
       const expired = s.expired - before.expired;
       const overShare = s.overShare - before.overShare;
       const full = s.dropped - before.dropped - expired - overShare;
-      const current = slots[index] && slots[index].current;
+      const current = slots[index]?.current;
       const which = `slot ${index} (${current ? `worker pid ${current.worker.process.pid}` : 'no worker'})`;
       warnings.note(`full:${index}`, full, (n) =>
         `${which}: closed ${n} new connection(s) unserved: the slot's queue was full (queueLimit ${o.queueLimit}); its worker is not ready or cannot keep up`);

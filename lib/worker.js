@@ -564,7 +564,7 @@ class Worker {
       }
     }, IDLE_SWEEP_EVERY);
     this.finishOpen(hooks)
-      .catch((err) => log(this.role, `shutdown: ${err && err.stack ? err.stack : err}`))
+      .catch((err) => log(this.role, `shutdown: ${err?.stack ? err.stack : err}`))
       .finally(() => {
         this.closeKept();
         clearInterval(idleSweep);

@@ -133,7 +133,9 @@ async function checkStickyApp(dir, env, { node = [process.execPath], dispatch = 
       child.once('exit', (code) => reject(new Error(`the app exited with ${code}`)));
       readline.createInterface({ input: child.stdout }).on('line', (line) => {
         const m = /^ready (\d+) (\w+)$/.exec(line);
-        if (m) clearTimeout(timer), resolve([Number(m[1]), m[2]]);
+        if (!m) return;
+        clearTimeout(timer);
+        resolve([Number(m[1]), m[2]]);
       });
     });
     const pidOfSlot = new Map();

@@ -131,7 +131,7 @@ function packPlatform(key, work) {
     homepage,
     bugs,
   };
-  fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify(manifest, null, 2) + '\n');
+  fs.writeFileSync(path.join(dir, 'package.json'), `${JSON.stringify(manifest, null, 2)}\n`);
   const tarball = npmPack(dir, dist);
   console.error(`pack:dist: ${key} built and packed in ${((Date.now() - started) / 1000).toFixed(0)} s`);
   return tarball;
@@ -172,8 +172,8 @@ function packMain(work) {
   manifest.optionalDependencies = Object.fromEntries(PLATFORMS.map((p) => [packageName(p.key), VERSION]));
   manifest.scripts = publishedScripts(manifest.scripts, dir);
   delete manifest.devDependencies; // not installed for users; it named tools only the repository has
-  fs.writeFileSync(file, JSON.stringify(manifest, null, 2) + '\n');
-  fs.writeFileSync(path.join(dir, path.relative(root, ADDON_HASHES)), JSON.stringify(hashes, null, 2) + '\n');
+  fs.writeFileSync(file, `${JSON.stringify(manifest, null, 2)}\n`);
+  fs.writeFileSync(path.join(dir, path.relative(root, ADDON_HASHES)), `${JSON.stringify(hashes, null, 2)}\n`);
   return npmPack(dir, dist);
 }
 

@@ -1,7 +1,7 @@
 'use strict';
 // The chat page. Which worker serves us and over which transport are shown at the top: with a
 // sticky cluster, the page, /health and every Socket.IO request from this browser hit one worker.
-(function () {
+(() => {
   const $ = (id) => document.getElementById(id);
   const pollingOnly = new URLSearchParams(location.search).get('transport') === 'polling';
 
@@ -76,7 +76,7 @@
   socket.io.on('open', () => socket.io.engine.on('upgrade', whoami));
 
   socket.on('chat', (m) => {
-    add('chat', [['from', m.from + ': '], ['text', m.text], ['meta', `${time(m.at)} · via slot ${m.worker.slot}`]]);
+    add('chat', [['from', `${m.from}: `], ['text', m.text], ['meta', `${time(m.at)} · via slot ${m.worker.slot}`]]);
   });
   socket.on('system', (m) => add('system', [['text', m.text], ['meta', time(m.at)]]));
 
