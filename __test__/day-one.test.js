@@ -4,11 +4,10 @@
 // without waiting for the old workers' long requests, a shutdown that has to wait says so.
 // Runs in the default dispatch mode and with DISPATCH=primary (the router).
 const net = require('node:net');
-const { freePort, startFixture, stopAll, get, ipsOf, total, alive } = require('./helpers');
+const { until, sleep, freePort, startFixture, stopAll, get, ipsOf, total, alive } = require('./helpers');
 
 afterEach(stopAll);
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const DISPATCH = process.env.DISPATCH ? { DISPATCH: process.env.DISPATCH } : {};
 
 async function startApp(env = {}) {
@@ -16,17 +15,6 @@ async function startApp(env = {}) {
   const app = startFixture('cluster-app.js', { PORT: String(port), ...DISPATCH, ...env });
   await app.next((e) => e.event === 'listening');
   return { app, port };
-}
-
-/** Resolves with what `fn` returns once truthy, polled every 20 ms; throws after `timeout` ms. */
-async function until(fn, timeout, what) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const value = await fn();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`not within ${timeout} ms: ${what}`);
-    await sleep(20);
-  }
 }
 
 test('30 workers retired on purpose within a minute (SIGINT, SIGTERM, server.close()): each replaced at once, no restart counted, no warning, the service stays up', async () => {
@@ -45,13 +33,13 @@ test('30 workers retired on purpose within a minute (SIGINT, SIGTERM, server.clo
     const seen = app.events.length;
     const ready = await app.next((e) => e.event === 'ready' && e.slot === slot && app.events.indexOf(e) >= seen, 10000);
     // Serving: a request of the slot reaches the replacement.
-    const answer = await until(async () => {
+    const answer = await until(`slot ${slot} served by the replacement of pid ${old}`, async () => {
       const r = await get(port, ips[slot]).catch(() => null);
       return r && r.status === 200 && r.body.pid === ready.pid && r;
-    }, 10000, `slot ${slot} served by the replacement of pid ${old}`);
+    }, 10000);
     expect(answer.body.slot).toBe(slot);
     switchMs.push(Date.now() - started);
-    await until(() => !alive(old), 10000, `pid ${old} gone`);
+    await until(`pid ${old} gone`, () => !alive(old), 10000);
   }
   const stats = await app.stats();
   console.log(`30 retirements: serving again after ${Math.min(...switchMs)}-${Math.max(...switchMs)} ms; restarts counted ${JSON.stringify(stats.slots.map((s) => s.restarts))}`);
@@ -74,7 +62,7 @@ test('a worker that exits with an error is still counted and backs off', async (
   await app.next((e) => e.event === 'ready' && e.slot === 1 && e.pid !== old);
   const stats = await app.stats();
   expect(stats.slots.map((s) => s.restarts)).toEqual([0, 1]);
-  await until(() => /slot 1: worker pid \d+ exited with code 1 .*respawning with back-off/.test(app.stderr), 3000, 'the crash warning');
+  await until('the crash warning', () => /slot 1: worker pid \d+ exited with code 1 .*respawning with back-off/.test(app.stderr), 3000);
 });
 
 test('Ctrl-C (SIGINT to the process group) forks no replacement, 3 rounds of 4 workers', async () => {
@@ -109,7 +97,7 @@ test('a reload switches every slot while the old workers drain in parallel: 4 sl
   expect(reloadMs).toBeLessThan(3000);
   for (let slot = 0; slot < 4; slot++) expect(switched[slot]).not.toBe(before[slot]);
   expect(answers.map((a) => [a.status, a.body.pid])).toEqual(before.map((pid) => [200, pid]));
-  for (const pid of before) await until(() => !alive(pid), 10000, `old worker ${pid} gone`);
+  for (const pid of before) await until(`old worker ${pid} gone`, () => !alive(pid), 10000);
 }, 60000);
 
 test('a shutdown that has to wait (SSE and an upgraded connection open) says so within 1 s; the connections ending lets it finish, exit 0', async () => {
@@ -125,7 +113,7 @@ test('a shutdown that has to wait (SSE and an upgraded connection open) says so 
   try {
     const started = Date.now();
     process.kill(-app.child.pid, 'SIGINT');
-    const line = await until(() => app.stderr.split('\n').find((l) => /waiting/.test(l)), 1000, 'a line saying the shutdown waits');
+    const line = await until('a line saying the shutdown waits', () => app.stderr.split('\n').find((l) => /waiting/.test(l)), 1000);
     console.log(`shutdown with SSE + upgrade open: after ${Date.now() - started} ms: ${line}`);
     expect(line).toMatch(/waiting for 2 connection\(s\) on 2 worker\(s\), up to 60 s \(hardShutdownDelay\); Ctrl-C again to force/);
     expect(app.child.exitCode).toBe(null);
@@ -141,7 +129,7 @@ test("a half-migrated @socket.io/sticky app (setupMaster from sticky-rs, setupWo
   const app = startFixture('socketio-guide.js', { PORT: String(port), WORKERS: '2', HALF_MIGRATED: '1' });
   await app.next((e) => e.event === 'listening');
   const started = Date.now();
-  const line = await until(() => app.stderr.split('\n').find((l) => /without calling sticky-rs's setupWorker/.test(l)), 8000, 'the warning');
+  const line = await until('the warning', () => app.stderr.split('\n').find((l) => /without calling sticky-rs's setupWorker/.test(l)), 8000);
   console.log(`half-migrated app: warned after ${Date.now() - started} ms: ${line}`);
   expect(line).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z \[sticky-rs\] warning: worker pid \d+ (\(and 1 more\) )?has run for 5000 ms without calling sticky-rs's setupWorker\(io\): it gets no connections.*@socket\.io\/sticky/);
 }, 30000);
@@ -154,10 +142,10 @@ test('a start that works prints one line with the port and the number of workers
   try {
     let out = '';
     child.stdout.on('data', (d) => (out += d));
-    const lines = await until(() => {
+    const lines = await until('the start-up line', () => {
       const found = out.split('\n').filter((l) => l.startsWith('sticky-rs: '));
       return found.length > 0 && out.split('\n').filter((l) => l.includes('"event":"ready"')).length === 3 && found;
-    }, 20000, 'the start-up line');
+    }, 20000);
     expect(lines).toEqual([`sticky-rs: listening on port ${port} (all addresses) with 3 worker(s) (primary pid ${child.pid})`]);
     // After every worker is ready, so that it means "serving".
     const all = out.split('\n');

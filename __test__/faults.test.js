@@ -5,7 +5,7 @@ const fs = require('node:fs');
 const http = require('node:http');
 const net = require('node:net');
 const sticky = require('..');
-const { freePort, clientIp, startFixture, stopAll, get, pool, total } = require('./helpers');
+const { range, freePort, clientIp, startFixture, stopAll, get, pool, total } = require('./helpers');
 
 afterEach(stopAll);
 
@@ -172,10 +172,6 @@ test('the wait for a worker that is not ready is bounded: past queueLimit connec
   const stats = await app.stats();
   expect(stats.slots[0]).toMatchObject({ accepted: 20, delivered: 5, dropped: 15, queued: 0 });
 });
-
-function range(n) {
-  return Array.from({ length: n }, (_, i) => i);
-}
 
 test('few descriptors: the primary stops accepting instead of failing, and serves everyone', async () => {
   const port = await freePort();

@@ -274,4 +274,37 @@ function alive(pid) {
   }
 }
 
-module.exports = { freePort, clientIp, startFixture, stopAll, get, pool, clientSet, slotOf, ipsOf, total, alive, refusingSockopt };
+/** 0, 1, ... n - 1 (from `from` on). */
+function range(n, from = 0) {
+  return Array.from({ length: n }, (_, i) => from + i);
+}
+
+/**
+ * Waits `ms`. Only where time itself is what a test checks (a bound, something that must NOT
+ * happen within a while) or paces a load; a condition is waited for with until().
+ */
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** `promise`'s value, or 'timeout' after `ms` (the timer does not outlive the race). */
+function within(promise, ms) {
+  let timer;
+  const late = new Promise((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+/** Resolves with what `fn` (may be async) returns once truthy, polled every 20 ms; throws `what` after `timeout` ms. */
+async function until(what, fn, timeout = 5000) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeout} ms`);
+    await sleep(20);
+  }
+}
+
+module.exports = { range, sleep, within, until, freePort, clientIp, startFixture, stopAll, get, pool, clientSet, slotOf, ipsOf, total, alive, refusingSockopt };

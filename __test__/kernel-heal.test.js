@@ -8,7 +8,7 @@
 const { spawn, spawnSync } = require('node:child_process');
 const http = require('node:http');
 const path = require('node:path');
-const { freePort, clientIp, startFixture, stopAll, get, pool, slotOf, ipsOf, refusingSockopt } = require('./helpers');
+const { range, freePort, clientIp, startFixture, stopAll, get, pool, slotOf, ipsOf, refusingSockopt } = require('./helpers');
 
 const WORKERS = 3;
 const ATTACKER = 1;
@@ -22,7 +22,6 @@ afterEach(async () => {
   await stopAll();
 });
 
-const range = (n) => Array.from({ length: n }, (_, i) => i);
 const ips = range(200).map((i) => clientIp(3000 + i));
 
 async function start(env = {}) {

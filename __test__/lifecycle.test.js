@@ -3,12 +3,10 @@
 // hung workers, and the primary's resources over many connections.
 const fs = require('node:fs');
 const net = require('node:net');
-const { freePort, clientIp, startFixture, stopAll, get, pool, slotOf, ipsOf } = require('./helpers');
+const { sleep, range, freePort, clientIp, startFixture, stopAll, get, pool, slotOf, ipsOf } = require('./helpers');
 
 afterEach(stopAll);
 
-const range = (n) => Array.from({ length: n }, (_, i) => i);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // One request; never rejects: { status, body, ms } or { status: 0, error, ms }.
 const attempt = (port, ip, options) => {
   const started = Date.now();

@@ -8,11 +8,10 @@ const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
 const stringHash = require('string-hash');
-const { freePort, clientIp, startFixture, stopAll, get, total } = require('./helpers');
+const { sleep, freePort, clientIp, startFixture, stopAll, get, total } = require('./helpers');
 const { startReadyExample, stopAllExamples } = require('./fixtures/example-harness');
 
 const IN_CI = process.env.CI === 'true';
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const prometheusBin = ['prometheus', '/usr/bin/prometheus'].find((bin) => spawnSync(bin, ['--version']).status === 0) || null;
 let prometheus = null;

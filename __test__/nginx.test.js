@@ -11,7 +11,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const stringHash = require('string-hash');
-const { freePort, clientIp, pool } = require('./helpers');
+const { range, freePort, clientIp, pool } = require('./helpers');
 const { startReadyExample, connectClient, upgraded, stopAllExamples, closeAllClients, within } = require('./fixtures/example-harness');
 const { nginx, streamModule, redisPath, startRedis, startNginx } = require('./fixtures/balancers');
 
@@ -39,7 +39,6 @@ function unavailable(mode) {
 
 /** The slot sticky-rs gives a route key (the client's address text). */
 const slotOf = (key) => stringHash(key) % WORKERS;
-const range = (from, n) => Array.from({ length: n }, (_, i) => from + i);
 
 /**
  * A long-polling (or upgrading) session from clientIp(i) through `url`: connects, asks whoami
@@ -125,7 +124,7 @@ describe.each(MODES)('behind nginx ($name)', (mode) => {
 
   test(`${CLIENTS} long-polling sessions from distinct addresses: all succeed, each stays on one worker, spread over both machines and all ${2 * WORKERS} workers; a broadcast reaches everyone once`, async () => {
     const started = Date.now();
-    const clients = await pool(range(0, CLIENTS), CONCURRENCY, (i) => session(url, i));
+    const clients = await pool(range(CLIENTS, 0), CONCURRENCY, (i) => session(url, i));
     const sessionsMs = Date.now() - started;
 
     const failed = clients.filter((c) => problems(c).length > 0);
@@ -185,7 +184,7 @@ describe.each(MODES)('behind nginx ($name)', (mode) => {
   }, 120000);
 
   test(`WebSocket: ${WS_CLIENTS} sessions upgrade through nginx and stay on their worker`, async () => {
-    const clients = await Promise.all(range(CLIENTS, WS_CLIENTS).map((i) => session(url, i, { polling: false, asks: 2 })));
+    const clients = await Promise.all(range(WS_CLIENTS, CLIENTS).map((i) => session(url, i, { polling: false, asks: 2 })));
     expect(clients.filter((c) => problems(c).length > 0).map((c) => `${c.ip}: ${problems(c).join('; ')}`)).toEqual([]);
     for (const c of clients) {
       expect(c.answers.map((a) => a.transport)).toEqual(['websocket', 'websocket']);
@@ -217,7 +216,7 @@ describe.each(MODES)('behind nginx ($name)', (mode) => {
       );
       procs.push(pooled);
       const started = Date.now();
-      const clients = await pool(range(200, POOLED_CLIENTS), 10, (i) => session(`http://127.0.0.1:${port}`, i, { timeout: 4000 }));
+      const clients = await pool(range(POOLED_CLIENTS, 200), 10, (i) => session(`http://127.0.0.1:${port}`, i, { timeout: 4000 }));
       const broken = clients.filter((c) => problems(c).length > 0 || new Set(c.answers.map((a) => a.pid)).size > 1);
       // engine.io answers 400 ("Session ID unknown") to a request for a session another worker holds.
       const status400 = pooled.accessLog().split('\n').filter((l) => /" 400 /.test(l)).length;

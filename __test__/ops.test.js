@@ -2,11 +2,10 @@
 // Running it in production, with real primaries: drop-in details of both APIs, the traps of a
 // migration (a leftover listen() or cluster.fork()), warnings an operator sees without debug,
 // debug levels, and a crash loop that ends.
-const { freePort, clientIp, startFixture, stopAll, get } = require('./helpers');
+const { sleep, freePort, clientIp, startFixture, stopAll, get } = require('./helpers');
 
 afterEach(stopAll);
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('drop-in gaps', () => {
   test('listen(server, 0): server.address() in the primary is what the router bound; sticky.primary() is the Primary', async () => {

@@ -7,12 +7,11 @@ const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { freePort, clientIp, get, alive } = require('./helpers');
+const { sleep, freePort, clientIp, get, alive } = require('./helpers');
 
 const PM2 = require.resolve('pm2/bin/pm2');
 const APP = path.join(__dirname, 'fixtures', 'ops-app.js');
 const home = fs.mkdtempSync(path.join(os.tmpdir(), 'sticky-rs-pm2-'));
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Runs the pm2 CLI with its own PM2_HOME; `env` reaches the app (PM2 passes the CLI's environment). */
 function pm2(args, env = {}) {

@@ -5,12 +5,11 @@ const net = require('node:net');
 const http = require('node:http');
 const stringHash = require('string-hash');
 const { io: ioClient } = require('socket.io-client');
-const { freePort, clientIp, startFixture, stopAll, get, pool, slotOf } = require('./helpers');
+const { range, until, freePort, clientIp, startFixture, stopAll, get, pool, slotOf } = require('./helpers');
 
 afterEach(stopAll);
 
 const PROXY_IP = '127.0.0.9';
-const range = (n) => Array.from({ length: n }, (_, i) => i);
 // Documentation ranges (RFC 5737, RFC 3849): the addresses a proxy claims for its clients.
 const claimedV4 = (i) => `${['192.0.2', '198.51.100', '203.0.113'][i % 3]}.${1 + (i % 250)}`;
 const claimedV6 = (i) => `2001:db8::${(i + 1).toString(16)}`;
@@ -304,7 +303,7 @@ test('shutdown waits for a connection whose PROXY header is still on its way', a
     socket.on('close', () => resolve(text));
   });
   // Accepted and being resolved when the shutdown starts.
-  for (let i = 0; i < 100 && (await app.stats()).resolving === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  await until('the connection is being resolved', async () => (await app.stats()).resolving > 0, 2000);
   app.child.kill('SIGTERM');
   await new Promise((r) => setTimeout(r, 300));
   socket.write(proxyV1('203.0.113.77', 5555) + request());

@@ -3,22 +3,11 @@
 // or keep the primary from shutting down. Real processes, real sockets, distinct client IPs.
 const net = require('node:net');
 const stringHash = require('string-hash');
-const { clientIp, freePort, startFixture, stopAll, get, pool, slotOf } = require('./helpers');
+const { within, sleep, range, clientIp, freePort, startFixture, stopAll, get, pool, slotOf } = require('./helpers');
 
 afterEach(stopAll);
 
 const PROXY_IP = '127.0.0.9';
-const range = (n) => Array.from({ length: n }, (_, i) => i);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** `promise`'s value, or 'timeout' after `ms` (the timer does not outlive the race). */
-function within(promise, ms) {
-  let timer;
-  const late = new Promise((resolve) => {
-    timer = setTimeout(() => resolve('timeout'), ms);
-  });
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
-}
 
 async function start(env, opts) {
   const port = await freePort();

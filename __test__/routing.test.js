@@ -3,11 +3,10 @@
 const net = require('node:net');
 const http = require('node:http');
 const stringHash = require('string-hash');
-const { freePort, clientIp, startFixture, stopAll, get, pool, total } = require('./helpers');
+const { range, freePort, clientIp, startFixture, stopAll, get, pool, total } = require('./helpers');
 
 afterEach(stopAll);
 
-const range = (n) => Array.from({ length: n }, (_, i) => i);
 
 test('200 client IPs x 3 requests over 4 workers: one pid per IP, slot = djb2(addr) % 4, all used', async () => {
   const port = await freePort();

@@ -6,12 +6,11 @@ const { spawn } = require('node:child_process');
 const net = require('node:net');
 const path = require('node:path');
 const readline = require('node:readline');
-const { freePort, alive, get, clientIp } = require('./helpers');
+const { sleep, freePort, alive, get, clientIp } = require('./helpers');
 
 const PTY_RUN = path.join(__dirname, 'fixtures', 'pty-run.py');
 const APP = path.join(__dirname, 'fixtures', 'cluster-app.js');
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const running = new Set();
 
 /** The app on a new pseudo-terminal: its events (JSON lines) and its terminal's text. */

@@ -7,30 +7,10 @@ const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
-const { freePort, clientIp, startFixture, stopAll, get, alive, ipsOf } = require('./helpers');
+const { within, until, sleep, range, freePort, clientIp, startFixture, stopAll, get, alive, ipsOf } = require('./helpers');
 
 afterEach(stopAll);
 
-const range = (n) => Array.from({ length: n }, (_, i) => i);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** `promise`'s value, or 'timeout' after `ms` (the timer does not outlive the race). */
-function within(promise, ms) {
-  let timer;
-  const late = new Promise((resolve) => {
-    timer = setTimeout(() => resolve('timeout'), ms);
-  });
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
-}
-
-/** Resolves once `condition()` (may be async) holds; throws `what` after `timeout` ms. */
-async function waitFor(what, condition, timeout = 5000) {
-  const deadline = Date.now() + timeout;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeout} ms`);
-    await sleep(20);
-  }
-}
 
 /**
  * One `GET path` with `Connection: close` on a raw socket from `ip`, reading everything until the
@@ -83,7 +63,7 @@ function hangingRequest(port, ip) {
 
 /** Resolves once a connection to `port` is refused (the primary stopped accepting). */
 function refused(port) {
-  return waitFor('the listener closes', () => new Promise((resolve) => {
+  return until('the listener closes', () => new Promise((resolve) => {
     const s = net.connect({ port, host: '127.0.0.1', localAddress: clientIp(999) });
     s.on('connect', () => {
       s.destroy();
@@ -103,7 +83,7 @@ test('a worker SIGKILLed before acknowledging its connections: the replacement a
     const ips = ipsOf(0, 2, 20);
     const before = (await app.stats()).slots[0];
     const answers = ips.map((ip, i) => rawGet(port, ip, `/held-${i}`));
-    await waitFor('20 connections sent to slot 0 and not acknowledged', async () => (await app.stats()).slots[0].inFlight === 20);
+    await until('20 connections sent to slot 0 and not acknowledged', async () => (await app.stats()).slots[0].inFlight === 20);
     const holder = Number(fs.readFileSync(marker, 'utf8'));
     expect(holder).toBe(before.pid);
     const killedAt = Date.now();
@@ -194,7 +174,7 @@ test('hardShutdownDelay runs out: the primary exits 1 after about that long, the
   expect(elapsed).toBeGreaterThanOrEqual(1450);
   expect(elapsed).toBeLessThan(1500 + 2500);
   expect(await within(hanging.closed, 2000)).not.toBe('timeout');
-  await waitFor('every worker gone', () => pids.every((pid) => !alive(pid)), 3000);
+  await until('every worker gone', () => pids.every((pid) => !alive(pid)), 3000);
   // The operator learns why it exited 1 and which worker held the shutdown up.
   // (The hanging request is slot 0's.)
   expect(app.stderr).toMatch(new RegExp(`warning: shutdown: hardShutdownDelay \\(1500 ms\\) ran out with 1 worker\\(s\\) still finishing their connections: slot 0 \\(pid ${pids[0]}\\); killing them, exit code 1`));
@@ -226,14 +206,14 @@ test.each([
     }
   });
   try {
-    await waitFor('load before the reload', () => served.before >= 50);
+    await until('load before the reload', () => served.before >= 50);
     phase = 'during';
     const started = Date.now();
     process.kill(target(app.child.pid), 'SIGHUP');
     const exits = await Promise.all(old.map((pid) => app.next((e) => e.event === 'exit' && e.pid === pid, 20000)));
     const reloadMs = Date.now() - started;
     phase = 'after';
-    await waitFor('load after the reload', () => served.after >= 50);
+    await until('load after the reload', () => served.after >= 50);
     running = false;
     await Promise.all(loaders);
     console.log(`SIGHUP reload: ${reloadMs} ms; served before/during/after ${served.before}/${served.during}/${served.after}, ${failures.length} failed`);
@@ -298,7 +278,7 @@ describe('a second signal during a graceful shutdown', () => {
     expect(exit).toEqual({ code: 1, signal: null });
     expect(elapsed).toBeLessThan(1500);
     // Workers leave when their primary is gone (Node's cluster worker exits on disconnect).
-    await waitFor('every worker gone', () => pids.every((pid) => !alive(pid)), 3000);
+    await until('every worker gone', () => pids.every((pid) => !alive(pid)), 3000);
     expect(await within(hanging.closed, 2000)).not.toBe('timeout');
   });
 });
