@@ -75,8 +75,7 @@ test("a session's request that still reaches another worker on a reused connecti
     socket.write(`GET /who?sid=${sidOf(0)} HTTP/1.1\r\nHost: x\r\n\r\nGET /socket.io/?EIO=4&transport=polling&sid=${sidOf(1)} HTTP/1.1\r\nHost: x\r\n\r\n`);
   });
   expect(JSON.parse(answer.slice(answer.indexOf('{'), answer.indexOf('}') + 1)).slot).toBe(0);
-  const deadline = Date.now() + 5000;
-  while (!/warning: .*session of another slot/.test(fixture.stderr) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  await fixture.said(/warning: .*session of another slot/);
   expect(fixture.stderr).toMatch(/warning: worker #\d+ of slot \d \(pid \d+\): 1 request for a Socket\.IO session of another slot came on a connection it already served/);
 }, TEST_TIMEOUT);
 
@@ -86,8 +85,7 @@ test("routeBy 'sid' without setupWorker(io): every session breaks, and an always
   await fixture.count('ready', WORKERS);
   const res = await request(false, port, 'GET', '/socket.io/?EIO=4&transport=polling');
   expect(res.status).toBe(200);
-  const deadline = Date.now() + 5000;
-  while (!/setupWorker/.test(fixture.stderr) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  await fixture.said(/setupWorker/);
   expect(fixture.stderr).toMatch(/warning: worker #\d+ of slot \d \(pid \d+\): routeBy 'sid', but the Socket\.IO session ids of this worker do not name it.*call setupWorker\(io\) from sticky-rs/);
 }, TEST_TIMEOUT);
 

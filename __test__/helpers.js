@@ -91,6 +91,10 @@ function startFixture(script, env = {}, { fdLimit } = {}) {
         };
       });
     },
+    /** Resolves once the fixture's stderr matches `regex`; throws after `timeout` ms. */
+    said(regex, timeout = 5000) {
+      return until(`stderr matching ${regex}`, () => regex.test(stderr), timeout);
+    },
     /** Waits until `count` events of `type` were seen. */
     async count(type, count, timeout = 20000) {
       let n = 0;

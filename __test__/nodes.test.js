@@ -87,8 +87,7 @@ test("a request for another node's session: 400 'Session ID unknown' with Connec
   // No worker saw them.
   expect(stats.slots.reduce((n, s) => n + s.accepted, 0)).toBe(0);
   expect(fixture.stderr).toMatch(/primary: a request from \S+ for a session of node "web2", not this one: answered 400/);
-  const deadline = Date.now() + 5000;
-  while (!/warning: answered \d+ request\(s\) for Socket\.IO sessions of other nodes/.test(fixture.stderr) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  await fixture.said(/warning: answered \d+ request\(s\) for Socket\.IO sessions of other nodes/);
   expect(fixture.stderr).toMatch(/warning: answered \d+ request\(s\) for Socket\.IO sessions of other nodes 400 "Session ID unknown" \(this is node "web1"\)/);
 }, TEST_TIMEOUT);
 

@@ -75,8 +75,7 @@ describe('migration traps', () => {
     if (when === 'after') {
       // The worker caught the error; it serves, and no second listener exists.
       await app.next((e) => e.event === 'ready');
-      const deadline = Date.now() + 5000;
-      while (!app.stderr.includes('LISTEN-TRAP') && Date.now() < deadline) await sleep(20);
+      await app.said(/LISTEN-TRAP/);
       expect((await get(port, clientIp(1))).status).toBe(200);
     } else {
       // The worker throws before the hand-over: it never becomes ready, and the crash loop ends.
@@ -175,8 +174,7 @@ describe('logs', () => {
     const sockets = [1, 2, 3].map((i) => net.connect({ host: '127.0.0.1', port, localAddress: clientIp(i) }).on('error', () => {}));
     try {
       await Promise.all(sockets.map((socket) => new Promise((resolve) => socket.once('connect', resolve))));
-      const deadline = Date.now() + 5000;
-      while (!/accept queue/.test(app.stderr) && Date.now() < deadline) await sleep(50);
+      await app.said(/accept queue/);
       expect((await app.stats()).dispatch).toBe('kernel');
       expect(lines(app.stderr, new RegExp(`^${STAMP}slot 0 \\(worker pid \\d+\\): 3 connection\\(s\\) wait in the kernel's accept queue for a ready worker; past backlog \\(8\\) new clients of this slot get no answer and retry$`))).toHaveLength(1);
     } finally {
@@ -191,8 +189,7 @@ describe('logs', () => {
     });
     await app.count('ready', 1);
     await Promise.all([1, 2, 3].map((i) => closedByPrimary(port, clientIp(i))));
-    const deadline = Date.now() + 3000;
-    while (!/PROXY header/.test(app.stderr) && Date.now() < deadline) await sleep(50);
+    await app.said(/PROXY header/, 3000);
     expect(lines(app.stderr, new RegExp(`^${STAMP}closed [1-3] connection\\(s\\) from trusted proxies without a valid PROXY header`))).toHaveLength(1);
     expect((await app.stats()).rejected).toBe(3);
   });
