@@ -32,4 +32,18 @@ function listenError(err, listeners) {
   return withoutOwnFrames(Object.assign(out, { errno: LOOKUP_ERRNO[code], code, syscall: 'getaddrinfo', hostname }));
 }
 
-module.exports = { listenError, withoutOwnFrames };
+/**
+ * What a wrong value is, for "got ..." in an error message: a string quoted, a number as
+ * itself, an object by its class (`an object of class Server`), so the reader sees what was
+ * passed.
+ */
+function describe(value) {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'function') return 'a function';
+  if (value === null || typeof value !== 'object') return String(value);
+  if (Array.isArray(value)) return 'an array';
+  const proto = Object.getPrototypeOf(value);
+  return proto === null || proto === Object.prototype ? 'an object of class Object' : `an object of class ${value.constructor ? value.constructor.name : 'null'}`;
+}
+
+module.exports = { describe, listenError, withoutOwnFrames };

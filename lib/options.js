@@ -6,6 +6,7 @@
 // ('4', as in `concurrency: process.env.WEB_CONCURRENCY`), which the originals used as numbers.
 const os = require('node:os');
 const { native } = require('./binding');
+const { describe } = require('./errors');
 const { debugEnabled } = require('./log');
 
 const DEFAULT_PREFIX = 'sticky-cluster:';
@@ -24,14 +25,6 @@ const CLUSTER_KEYS = ['concurrency', 'port', 'listeners', 'env', 'errorHandler',
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const SESSION_KEYS = ['workers', 'env', ...SHARED_KEYS];
 const MAX_MS = 2 ** 31 - 1;
-
-function describe(value) {
-  if (typeof value === 'string') return JSON.stringify(value);
-  if (typeof value === 'function') return 'a function';
-  if (value === null) return 'null';
-  if (typeof value === 'object') return Array.isArray(value) ? 'an array' : 'an object';
-  return String(value);
-}
 
 /** Whether sticky-cluster's `value || fallback` would take the fallback. */
 const unset = (value) => !value;

@@ -5,6 +5,8 @@
 // session map and never reads a request body.
 const cluster = require('node:cluster');
 const net = require('node:net');
+const internals = require('./node-internals');
+const { describe } = require('./errors');
 const { socketioOptions, sessionOptions } = require('./options');
 const { startForServer } = require('./primary');
 const { prepare, serve, prepared, sessionIdsNameSlot, current } = require('./worker');
@@ -38,12 +40,6 @@ function unknownSessionWhy(req, slot, node, peekLimit) {
 }
 
 
-function describe(value) {
-  if (value === null || value === undefined) return String(value);
-  if (typeof value !== 'object') return `${typeof value} ${String(value)}`;
-  return `an object of class ${value.constructor ? value.constructor.name : 'null'}`;
-}
-
 /** `listen()`'s argument forms: (port, host, backlog, cb), ({ port, host, backlog }, cb), (cb). */
 function listenArgs(args) {
   const callback = typeof args[args.length - 1] === 'function' ? args.pop() : null;
@@ -69,7 +65,7 @@ function setupMaster(httpServer, opts, onStart = () => {}) {
     if (!primary && noticeType(o.prefix, message) === READY) readyEarly.add(worker);
   });
   cluster.on('fork', watchEarly);
-  httpServer.listen = function listen(...args) {
+  internals.replaceListen(httpServer, function listen(...args) {
     if (primary) throw new Error('sticky-rs: this server is already listening');
     const { port, host, backlog, callback } = listenArgs(args);
     // Validated as listen() options: a bad port is a RangeError/TypeError naming it.
@@ -79,7 +75,7 @@ function setupMaster(httpServer, opts, onStart = () => {}) {
     primary = startForServer(httpServer, { ...o, listeners: [l], readyEarly });
     onStart(primary);
     return httpServer;
-  };
+  });
 }
 
 /**

@@ -15,6 +15,7 @@ const cluster = require('node:cluster');
 const fs = require('node:fs');
 const net = require('node:net');
 const { native } = require('./binding');
+const { describe } = require('./errors');
 const { log, Warnings } = require('./log');
 const internals = require('./node-internals');
 const { closeAfterEachResponse } = require('./sid-responses');
@@ -64,10 +65,6 @@ function failedAtStart(err) {
   }
 }
 if (cluster.isWorker && process.env[WORKER_INDEX] !== undefined) process.on('uncaughtException', failedAtStart);
-
-function describe(value) {
-  return value === null || typeof value !== 'object' ? String(value) : value.constructor.name;
-}
 
 /**
  * Ends a worker that cannot work: says why, starts nothing, exits with 1. Not a throw: PM2 loses
