@@ -564,11 +564,15 @@ function track(socket) {
   if (state.sockets.has(socket)) return;
   state.sockets.add(socket);
   if (state.kernel && !viaChannel.has(socket)) accepted(socket);
-  socket.once('close', () => {
-    state.sockets.delete(socket);
-    if (state.options.routeBy === 'sid') state.closed.add(1);
-    if (state.onSocketClosed) state.onSocketClosed();
-  });
+  // One shared listener: no closure and once() wrapper to allocate (and unlink) per connection.
+  socket.on('close', untrack);
+}
+
+/** A tracked socket (`this`) closed; a second 'close' (emitted by hand) counts nothing. */
+function untrack() {
+  if (!state.sockets.delete(this)) return;
+  if (state.options.routeBy === 'sid') state.closed.add(1);
+  if (state.onSocketClosed) state.onSocketClosed();
 }
 
 /** Reports the counts the primary has not heard of yet, now. */
