@@ -1,5 +1,6 @@
 'use strict';
 // Connection benchmark: sticky-rs against a single process, node:cluster (SCHED_RR, SCHED_NONE),
+// plain SO_REUSEPORT processes (Node >= 22.12's listen({ reusePort: true }); skipped before),
 // sticky-session 1.1.2, sticky-cluster 0.3.5 and @socket.io/sticky 2.0.1, all with the same tiny
 // HTTP handler (bench/apps/server.js) and 2 workers. Setups run interleaved (A, B, C, ... then
 // again) and every figure is the median over the repetitions.
@@ -34,6 +35,8 @@ const SETUPS = [
   { id: 'single', label: 'single process (no cluster)', baseline: true },
   { id: 'cluster-rr', label: 'node:cluster SCHED_RR', baseline: true },
   { id: 'cluster-none', label: 'node:cluster SCHED_NONE', baseline: true },
+  // The limit of a sticky design: one accept queue per process, the kernel's 4-tuple hash.
+  { id: 'reuseport', label: 'plain SO_REUSEPORT (2 processes)', baseline: true, minNode: [22, 12] },
   { id: 'sticky-session', label: 'sticky-session 1.1.2', peer: true },
   { id: 'sticky-cluster', label: 'sticky-cluster 0.3.5', peer: true },
   { id: 'socketio-sticky', label: '@socket.io/sticky 2.0.1', peer: true },
@@ -58,7 +61,15 @@ const ONLY = value('--only', '');
 const CLOSE_IPS = SMOKE ? 16 : 200;
 const SIO_IPS = SMOKE ? 16 : 200;
 const WORKERS = 2;
-const setups = ONLY ? SETUPS.filter((s) => ONLY.split(',').includes(s.id)) : SETUPS;
+const nodeAtLeast = ([major, minor]) => {
+  const [M, m] = process.versions.node.split('.').map(Number);
+  return M > major || (M === major && m >= minor);
+};
+const setups = (ONLY ? SETUPS.filter((s) => ONLY.split(',').includes(s.id)) : SETUPS).filter((s) => {
+  if (!s.minNode || nodeAtLeast(s.minNode)) return true;
+  console.log(`skipping ${s.id}: needs Node >= ${s.minNode.join('.')} (this is ${process.version}); run bench/run.js with a newer node`);
+  return false;
+});
 const FIGURE_SET = new Set(value('--figures', 'close,rate,keepalive,socketio').split(','));
 const want = (name) => FIGURE_SET.has(name);
 // --only / --figures runs do not replace the full report: they write partial.md / partial.svg.
@@ -245,9 +256,11 @@ async function measureHttp(setup) {
           if (pid === srv.pid) primary += delta;
           else workers += delta;
         }
-        if (setup.id === 'single') {
+        if (setup.id === 'single' || setup.id === 'reuseport') {
+          // reuseport: the parent only started the processes; they are the workers.
+          workers += primary;
           out.primaryUs = null; // no primary: the one process is the worker
-          out.workersUs = primary / 1000 / close.requests;
+          out.workersUs = workers / 1000 / close.requests;
         } else {
           out.primaryUs = primary / 1000 / close.requests;
           out.workersUs = workers / 1000 / close.requests;
@@ -377,6 +390,14 @@ function targets(med) {
   for (const [id, need] of [['cluster-none', 0.95], ['sticky-rs-primary', 1.15]]) {
     const x = r(id, 'closeRps');
     check(`new-connection rate >= ${need}x ${id}`, x == null ? null : x >= need, x == null ? 'no data' : `${fmt(rs.closeRps, 0)} vs ${fmt(med[id].closeRps, 0)} conn/s = ${x.toFixed(2)}x`);
+  }
+  {
+    // The limit of a sticky design (plain SO_REUSEPORT processes): the median of the per-repetition
+    // ratios, each from one interleaved pair, so that drift between repetitions cancels out.
+    const pairs = (lastRuns['sticky-rs'] || []).map((x, i) => ratio(x.closeRps, ((lastRuns.reuseport || [])[i] || {}).closeRps)).filter((x) => x != null);
+    const x = median(pairs);
+    check('new-connection rate >= 0.97x reuseport (median of the repetitions\' pair ratios)', x == null ? null : x >= 0.97,
+      x == null ? 'no data' : `${pairs.map((p) => `${p.toFixed(3)}x`).join(', ')}; median ${x.toFixed(3)}x`);
   }
   {
     const single = med.single?.mean;

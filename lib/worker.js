@@ -155,6 +155,11 @@ class Worker {
     this.sockets = new Set();
     /** Connections that came through the channel (the primary counted them already). */
     this.viaChannel = new WeakSet();
+    // The 'close' listener of every tracked connection (the socket is `this` there).
+    const worker = this;
+    this.untrack = function untrack() {
+      worker.untracked(this);
+    };
     /** Shutting down: called when a connection closes. */
     this.onSocketClosed = null;
     this.holding = null; // test-only, see holdsBeforeAck()
@@ -492,11 +497,15 @@ class Worker {
     if (this.sockets.has(socket)) return;
     this.sockets.add(socket);
     if (this.kernel && !this.viaChannel.has(socket)) this.accepted(socket);
-    socket.once('close', () => {
-      this.sockets.delete(socket);
-      if (this.options.routeBy === 'sid') this.closedTally.add(1);
-      if (this.onSocketClosed) this.onSocketClosed();
-    });
+    // One shared listener: no closure and once() wrapper to allocate (and unlink) per connection.
+    socket.on('close', this.untrack);
+  }
+
+  /** A tracked socket closed; a second 'close' (emitted by hand) counts nothing. */
+  untracked(socket) {
+    if (!this.sockets.delete(socket)) return;
+    if (this.options.routeBy === 'sid') this.closedTally.add(1);
+    if (this.onSocketClosed) this.onSocketClosed();
   }
 
   /** Reports the counts the primary has not heard of yet, now. */

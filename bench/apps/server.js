@@ -3,6 +3,10 @@
 //   single          one Node process, no cluster
 //   cluster-rr      node:cluster, SCHED_RR (the primary accepts and hands out round-robin)
 //   cluster-none    node:cluster, SCHED_NONE (workers share the listen socket, the OS distributes)
+//   reuseport       WORKERS plain Node processes (no cluster, no IPC), each its own listener with
+//                   listen({ reusePort: true }) (Node >= 22.12): the kernel picks a process by the
+//                   4-tuple hash, each has its own accept queue; the limit of any sticky design.
+//                   This process only starts them (SETUP=reuseport-member) and waits.
 //   sticky-session  sticky-session 1.1.2
 //   sticky-cluster  sticky-cluster 0.3.5
 //   socketio-sticky @socket.io/sticky 2.0.1 (least-connection; Socket.IO is always attached, it
@@ -59,6 +63,26 @@ switch (process.env.SETUP) {
       server.listen(port, workerReady);
     }
     break;
+  case 'reuseport': {
+    // Plain processes in this one's process group (bench/run.js counts and kills the group).
+    const { spawn } = require('node:child_process');
+    let ready = 0;
+    for (let i = 0; i < workers; i++) {
+      const child = spawn(process.execPath, [__filename], { env: { ...process.env, SETUP: 'reuseport-member' }, stdio: ['ignore', 'pipe', 'inherit'] });
+      child.stdout.once('data', () => ++ready === workers && announce());
+      child.once('exit', (code, signal) => {
+        console.error(`reuseport member exited (${signal || code})`);
+        process.exit(1);
+      });
+    }
+    break;
+  }
+  case 'reuseport-member': {
+    const server = http.createServer(handler);
+    maybeIo(server);
+    server.listen({ port, reusePort: true }, () => console.log('ready'));
+    break;
+  }
   case 'sticky-rs':
   case 'sticky-rs-primary':
     require('../..')((cb) => {
