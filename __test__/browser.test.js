@@ -132,78 +132,70 @@ if (!fs.existsSync(CHROMIUM) && IN_CI) {
   console.warn(`browser.test.js SKIPPED: Chromium was not found at ${CHROMIUM} (install it, or set CHROMIUM_PATH)`);
   test.skip(`the chat in a real browser (skipped: no Chromium at ${CHROMIUM})`, () => {});
 } else {
-  test(
-    'two browsers (websocket and polling) join a room through the page and talk',
-    async () => {
-      const port = await freePort();
-      const { url } = await startReadyExample({ PORT: String(port), WORKERS: String(WORKERS) });
-      await launch();
+  test('two browsers (websocket and polling) join a room through the page and talk', async () => {
+    const port = await freePort();
+    const { url } = await startReadyExample({ PORT: String(port), WORKERS: String(WORKERS) });
+    await launch();
 
-      const ws = await openChat(`${url}/`, 'websocket');
-      const polling = await openChat(`${url}/?transport=polling`, 'polling');
-      await join(ws, 'alice');
-      await join(polling, 'bob');
+    const ws = await openChat(`${url}/`, 'websocket');
+    const polling = await openChat(`${url}/?transport=polling`, 'polling');
+    await join(ws, 'alice');
+    await join(polling, 'bob');
 
-      await say(ws, 'hello from alice');
-      await sees(polling, 'alice', 'hello from alice');
-      await sees(ws, 'alice', 'hello from alice'); // the sender is a member too
-      await say(polling, 'hi alice, bob here (long-polling)');
-      await sees(ws, 'bob', 'hi alice, bob here (long-polling)');
+    await say(ws, 'hello from alice');
+    await sees(polling, 'alice', 'hello from alice');
+    await sees(ws, 'alice', 'hello from alice'); // the sender is a member too
+    await say(polling, 'hi alice, bob here (long-polling)');
+    await sees(ws, 'bob', 'hi alice, bob here (long-polling)');
 
-      // The transport each page shows: polling stays polling; the other upgrades.
-      await polling.page.waitForFunction(() => document.getElementById('transport').textContent === 'polling', null, { timeout: STEP });
-      await ws.page.waitForFunction(() => document.getElementById('transport').textContent === 'websocket', null, { timeout: STEP });
-      const shown = { websocket: await status(ws), polling: await status(polling) };
-      for (const s of Object.values(shown)) {
-        expect(s.io).toMatch(/^pid \d+, slot \d+$/);
-        // Sticky: the page's /health request and its Socket.IO session reached the same worker.
-        expect(s.http).toBe(s.io);
-      }
-      expect(shown.websocket.transport).toBe('websocket');
-      expect(shown.polling.transport).toBe('polling');
-      // Same address (127.0.0.1), same worker.
-      expect(shown.websocket.io).toBe(shown.polling.io);
+    // The transport each page shows: polling stays polling; the other upgrades.
+    await polling.page.waitForFunction(() => document.getElementById('transport').textContent === 'polling', null, { timeout: STEP });
+    await ws.page.waitForFunction(() => document.getElementById('transport').textContent === 'websocket', null, { timeout: STEP });
+    const shown = { websocket: await status(ws), polling: await status(polling) };
+    for (const s of Object.values(shown)) {
+      expect(s.io).toMatch(/^pid \d+, slot \d+$/);
+      // Sticky: the page's /health request and its Socket.IO session reached the same worker.
+      expect(s.http).toBe(s.io);
+    }
+    expect(shown.websocket.transport).toBe('websocket');
+    expect(shown.polling.transport).toBe('polling');
+    // Same address (127.0.0.1), same worker.
+    expect(shown.websocket.io).toBe(shown.polling.io);
 
-      fs.mkdirSync(ARTIFACTS, { recursive: true });
-      const shots = [];
-      for (const chat of [ws, polling]) {
-        const file = path.join(ARTIFACTS, `browser-chat-${chat.label}.png`);
-        await chat.page.screenshot({ path: file, timeout: STEP });
-        shots.push(file);
-      }
-      expect({ websocket: ws.problems, polling: polling.problems }).toEqual({ websocket: [], polling: [] });
-      console.log(`browser: ${JSON.stringify(shown)}; screenshots: ${shots.join(', ')}`);
-    },
-    120000,
-  );
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    const shots = [];
+    for (const chat of [ws, polling]) {
+      const file = path.join(ARTIFACTS, `browser-chat-${chat.label}.png`);
+      await chat.page.screenshot({ path: file, timeout: STEP });
+      shots.push(file);
+    }
+    expect({ websocket: ws.problems, polling: polling.problems }).toEqual({ websocket: [], polling: [] });
+    console.log(`browser: ${JSON.stringify(shown)}; screenshots: ${shots.join(', ')}`);
+  }, 120000);
 
   // routeBy 'sid': the page, its script and style, /health and the Socket.IO session share the
   // browser's pool of 6 keep-alive connections, which the router placed as new sessions on any
   // worker. 4 polling-only tabs in one context (one pool, several sessions) and 2 that upgrade.
-  test(
-    "ROUTE_BY=sid: 4 polling-only tabs sharing one browser's pool and 2 websocket pages keep their sessions",
-    async () => {
-      const port = await freePort();
-      const { url } = await startReadyExample({ PORT: String(port), WORKERS: '4', ROUTE_BY: 'sid' });
-      await launch();
-      const shared = await browser.newContext({ viewport: { width: 900, height: 700 } });
-      const chats = [];
-      for (let i = 0; i < 4; i++) chats.push(await openChat(`${url}/?transport=polling`, `polling-${i}`, shared));
-      for (let i = 0; i < 2; i++) chats.push(await openChat(`${url}/`, `websocket-${i}`));
-      for (const [i, chat] of chats.entries()) await join(chat, `user${i}`);
-      for (const chat of chats) await say(chat, `hello from ${chat.name}`);
-      for (const chat of chats) for (const other of chats) await sees(chat, other.name, `hello from ${other.name}`);
-      for (const chat of chats.slice(4)) {
-        await chat.page.waitForFunction(() => document.getElementById('transport').textContent === 'websocket', null, { timeout: STEP });
-      }
-      const shown = await Promise.all(chats.map(status));
-      for (const [i, s] of shown.entries()) {
-        expect(s.io).toMatch(/^pid \d+, slot \d+$/);
-        expect(s.transport).toBe(i < 4 ? 'polling' : 'websocket');
-      }
-      expect(Object.fromEntries(chats.map((c) => [c.label, c.problems]))).toEqual(Object.fromEntries(chats.map((c) => [c.label, []])));
-      console.log(`browser, ROUTE_BY=sid: ${JSON.stringify(shown)}`);
-    },
-    120000,
-  );
+  test("ROUTE_BY=sid: 4 polling-only tabs sharing one browser's pool and 2 websocket pages keep their sessions", async () => {
+    const port = await freePort();
+    const { url } = await startReadyExample({ PORT: String(port), WORKERS: '4', ROUTE_BY: 'sid' });
+    await launch();
+    const shared = await browser.newContext({ viewport: { width: 900, height: 700 } });
+    const chats = [];
+    for (let i = 0; i < 4; i++) chats.push(await openChat(`${url}/?transport=polling`, `polling-${i}`, shared));
+    for (let i = 0; i < 2; i++) chats.push(await openChat(`${url}/`, `websocket-${i}`));
+    for (const [i, chat] of chats.entries()) await join(chat, `user${i}`);
+    for (const chat of chats) await say(chat, `hello from ${chat.name}`);
+    for (const chat of chats) for (const other of chats) await sees(chat, other.name, `hello from ${other.name}`);
+    for (const chat of chats.slice(4)) {
+      await chat.page.waitForFunction(() => document.getElementById('transport').textContent === 'websocket', null, { timeout: STEP });
+    }
+    const shown = await Promise.all(chats.map(status));
+    for (const [i, s] of shown.entries()) {
+      expect(s.io).toMatch(/^pid \d+, slot \d+$/);
+      expect(s.transport).toBe(i < 4 ? 'polling' : 'websocket');
+    }
+    expect(Object.fromEntries(chats.map((c) => [c.label, c.problems]))).toEqual(Object.fromEntries(chats.map((c) => [c.label, []])));
+    console.log(`browser, ROUTE_BY=sid: ${JSON.stringify(shown)}`);
+  }, 120000);
 }

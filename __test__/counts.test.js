@@ -32,7 +32,9 @@ describe.each([
     // reports are ignored from its first impossible one on).
     expect((await get(port, ip)).body.pid).toBe(replaced.pid);
     const after = (await app.statsWhen((s) => s.slots[0].accepted >= before.accepted + 1)).slots[0];
-    console.log(`forged ${times} x ${tag} ${n} (${dispatch}): slot 0 accepted ${before.accepted} -> ${after.accepted}, delivered ${before.delivered} -> ${after.delivered}`);
+    console.log(
+      `forged ${times} x ${tag} ${n} (${dispatch}): slot 0 accepted ${before.accepted} -> ${after.accepted}, delivered ${before.delivered} -> ${after.delivered}`,
+    );
     expect(after.accepted).toBeGreaterThanOrEqual(before.accepted);
     expect(after.accepted).toBeLessThan(before.accepted + 100);
     expect(after.delivered).toBeLessThanOrEqual(after.accepted);

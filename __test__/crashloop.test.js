@@ -6,7 +6,6 @@ const { sleep, freePort, startFixture, stopAll } = require('./helpers');
 jest.setTimeout(60000);
 afterEach(stopAll);
 
-
 /** The smallest of three fd counts of the primary, 100 ms apart (a fork in progress holds a few). */
 async function fds(app) {
   const counts = [];
@@ -65,32 +64,38 @@ function childrenOf(pid) {
   return children;
 }
 
-test.each(['sticky', 'listen'])("%s(): a leftover cluster.on('exit', () => cluster.fork()) adds no idle worker per crash, and is not fed", async (api) => {
-  const port = await freePort();
-  const app = startFixture('ops-app.js', api === 'listen'
-    ? { API: api, PORT: String(port), LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ workers: 2 }) }
-    : { API: api, LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ concurrency: 2, port }) });
-  await app.count('ready', 2);
-  // Our 2 workers and the stray the fixture forked itself at start.
-  const start = childrenOf(app.child.pid).length;
-  const seen = new Set(app.events.filter((e) => e.event === 'ready').map((e) => e.pid));
-  for (let kill = 0; kill < 6; kill++) {
-    const { pid } = (await app.stats()).slots[kill % 2];
-    process.kill(pid, 'SIGKILL');
-    const { pid: next } = await app.next((e) => e.event === 'ready' && e.slot === kill % 2 && !seen.has(e.pid));
-    seen.add(next);
-  }
-  // Nothing forks any more: the same processes a second apart.
-  let children = childrenOf(app.child.pid);
-  for (const deadline = Date.now() + 5000; Date.now() < deadline; children = childrenOf(app.child.pid)) {
-    await sleep(1000);
-    if (JSON.stringify(childrenOf(app.child.pid)) === JSON.stringify(children)) break;
-  }
-  console.log(`${api}(): after 6 kills with a leftover exit handler: ${children.length} child processes (${start} at start)`);
-  expect(children.length).toBe(start);
-  expect(JSON.stringify(childrenOf(app.child.pid))).toBe(JSON.stringify(children));
-  expect(app.stderr).toMatch(/warning: ended worker pid \d+.*: a cluster 'exit' listener forked it when worker pid \d+ exited/);
-  app.child.kill('SIGTERM');
-  expect(await app.exited).toEqual({ code: 0, signal: null });
-  expect(app.stderr).not.toMatch(/EPIPE|Error:| {4}at /);
-});
+test.each(['sticky', 'listen'])(
+  "%s(): a leftover cluster.on('exit', () => cluster.fork()) adds no idle worker per crash, and is not fed",
+  async (api) => {
+    const port = await freePort();
+    const app = startFixture(
+      'ops-app.js',
+      api === 'listen'
+        ? { API: api, PORT: String(port), LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ workers: 2 }) }
+        : { API: api, LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ concurrency: 2, port }) },
+    );
+    await app.count('ready', 2);
+    // Our 2 workers and the stray the fixture forked itself at start.
+    const start = childrenOf(app.child.pid).length;
+    const seen = new Set(app.events.filter((e) => e.event === 'ready').map((e) => e.pid));
+    for (let kill = 0; kill < 6; kill++) {
+      const { pid } = (await app.stats()).slots[kill % 2];
+      process.kill(pid, 'SIGKILL');
+      const { pid: next } = await app.next((e) => e.event === 'ready' && e.slot === kill % 2 && !seen.has(e.pid));
+      seen.add(next);
+    }
+    // Nothing forks any more: the same processes a second apart.
+    let children = childrenOf(app.child.pid);
+    for (const deadline = Date.now() + 5000; Date.now() < deadline; children = childrenOf(app.child.pid)) {
+      await sleep(1000);
+      if (JSON.stringify(childrenOf(app.child.pid)) === JSON.stringify(children)) break;
+    }
+    console.log(`${api}(): after 6 kills with a leftover exit handler: ${children.length} child processes (${start} at start)`);
+    expect(children.length).toBe(start);
+    expect(JSON.stringify(childrenOf(app.child.pid))).toBe(JSON.stringify(children));
+    expect(app.stderr).toMatch(/warning: ended worker pid \d+.*: a cluster 'exit' listener forked it when worker pid \d+ exited/);
+    app.child.kill('SIGTERM');
+    expect(await app.exited).toEqual({ code: 0, signal: null });
+    expect(app.stderr).not.toMatch(/EPIPE|Error:| {4}at /);
+  },
+);

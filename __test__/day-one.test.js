@@ -33,16 +33,22 @@ test('30 workers retired on purpose within a minute (SIGINT, SIGTERM, server.clo
     const seen = app.events.length;
     const ready = await app.next((e) => e.event === 'ready' && e.slot === slot && app.events.indexOf(e) >= seen, 10000);
     // Serving: a request of the slot reaches the replacement.
-    const answer = await until(`slot ${slot} served by the replacement of pid ${old}`, async () => {
-      const r = await get(port, ips[slot]).catch(() => null);
-      return r && r.status === 200 && r.body.pid === ready.pid && r;
-    }, 10000);
+    const answer = await until(
+      `slot ${slot} served by the replacement of pid ${old}`,
+      async () => {
+        const r = await get(port, ips[slot]).catch(() => null);
+        return r && r.status === 200 && r.body.pid === ready.pid && r;
+      },
+      10000,
+    );
     expect(answer.body.slot).toBe(slot);
     switchMs.push(Date.now() - started);
     await until(`pid ${old} gone`, () => !alive(old), 10000);
   }
   const stats = await app.stats();
-  console.log(`30 retirements: serving again after ${Math.min(...switchMs)}-${Math.max(...switchMs)} ms; restarts counted ${JSON.stringify(stats.slots.map((s) => s.restarts))}`);
+  console.log(
+    `30 retirements: serving again after ${Math.min(...switchMs)}-${Math.max(...switchMs)} ms; restarts counted ${JSON.stringify(stats.slots.map((s) => s.restarts))}`,
+  );
   expect(app.child.exitCode).toBe(null);
   expect(total(stats, 'restarts')).toBe(0);
   expect(Math.max(...switchMs)).toBeLessThan(2000);
@@ -92,7 +98,9 @@ test('a reload switches every slot while the old workers drain in parallel: 4 sl
   const reloadMs = Date.now() - started;
   const switched = (await app.stats()).slots.map((s) => s.pid);
   const answers = await Promise.all(requests);
-  console.log(`reload with a 6 s request per slot: every slot switched in ${reloadMs} ms; requests answered ${Date.now() - started} ms after the reload`);
+  console.log(
+    `reload with a 6 s request per slot: every slot switched in ${reloadMs} ms; requests answered ${Date.now() - started} ms after the reload`,
+  );
   expect(outcome.event).toBe('reloaded');
   expect(reloadMs).toBeLessThan(3000);
   for (let slot = 0; slot < 4; slot++) expect(switched[slot]).not.toBe(before[slot]);
@@ -103,11 +111,12 @@ test('a reload switches every slot while the old workers drain in parallel: 4 sl
 test('a shutdown that has to wait (SSE and an upgraded connection open) says so within 1 s; the connections ending lets it finish, exit 0', async () => {
   const { app, port } = await startApp({ WORKERS: '2' });
   await app.count('ready', 2);
-  const open = (ip, head) => new Promise((resolve, reject) => {
-    const socket = net.connect({ host: '127.0.0.1', port, localAddress: ip }, () => socket.write(head));
-    socket.once('data', () => resolve(socket));
-    socket.on('error', reject);
-  });
+  const open = (ip, head) =>
+    new Promise((resolve, reject) => {
+      const socket = net.connect({ host: '127.0.0.1', port, localAddress: ip }, () => socket.write(head));
+      socket.once('data', () => resolve(socket));
+      socket.on('error', reject);
+    });
   const sse = await open(ipsOf(0, 2, 1)[0], 'GET /sse HTTP/1.1\r\nHost: x\r\n\r\n');
   const upgraded = await open(ipsOf(1, 2, 1)[0], 'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n');
   try {
@@ -124,32 +133,48 @@ test('a shutdown that has to wait (SSE and an upgraded connection open) says so 
   expect(await app.exited).toEqual({ code: 0, signal: null });
 }, 30000);
 
-test("a half-migrated @socket.io/sticky app (setupMaster from sticky-rs, setupWorker still from @socket.io/sticky) is warned about, naming the cause, without debug", async () => {
+test('a half-migrated @socket.io/sticky app (setupMaster from sticky-rs, setupWorker still from @socket.io/sticky) is warned about, naming the cause, without debug', async () => {
   const port = await freePort();
   const app = startFixture('socketio-guide.js', { PORT: String(port), WORKERS: '2', HALF_MIGRATED: '1' });
   await app.next((e) => e.event === 'listening');
   const started = Date.now();
-  const line = await until('the warning', () => app.stderr.split('\n').find((l) => /without calling sticky-rs's setupWorker/.test(l)), 8000);
+  const line = await until(
+    'the warning',
+    () => app.stderr.split('\n').find((l) => /without calling sticky-rs's setupWorker/.test(l)),
+    8000,
+  );
   console.log(`half-migrated app: warned after ${Date.now() - started} ms: ${line}`);
-  expect(line).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z \[sticky-rs\] warning: worker pid \d+ (\(and 1 more\) )?has run for 5000 ms without calling sticky-rs's setupWorker\(io\): it gets no connections.*@socket\.io\/sticky/);
+  expect(line).toMatch(
+    /^\d{4}-\d\d-\d\dT[\d:.]+Z \[sticky-rs\] warning: worker pid \d+ (\(and 1 more\) )?has run for 5000 ms without calling sticky-rs's setupWorker\(io\): it gets no connections.*@socket\.io\/sticky/,
+  );
 }, 30000);
 
 test('a start that works prints one line with the port and the number of workers', async () => {
   const { spawn } = require('node:child_process');
   const path = require('node:path');
   const port = await freePort();
-  const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'cluster-app.js')], { env: { ...process.env, ...DISPATCH, PORT: String(port), WORKERS: '3' }, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'cluster-app.js')], {
+    env: { ...process.env, ...DISPATCH, PORT: String(port), WORKERS: '3' },
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  });
   try {
     let out = '';
     child.stdout.on('data', (d) => (out += d));
-    const lines = await until('the start-up line', () => {
-      const found = out.split('\n').filter((l) => l.startsWith('sticky-rs: '));
-      return found.length > 0 && out.split('\n').filter((l) => l.includes('"event":"ready"')).length === 3 && found;
-    }, 20000);
+    const lines = await until(
+      'the start-up line',
+      () => {
+        const found = out.split('\n').filter((l) => l.startsWith('sticky-rs: '));
+        return found.length > 0 && out.split('\n').filter((l) => l.includes('"event":"ready"')).length === 3 && found;
+      },
+      20000,
+    );
     expect(lines).toEqual([`sticky-rs: listening on port ${port} (all addresses) with 3 worker(s) (primary pid ${child.pid})`]);
     // After every worker is ready, so that it means "serving".
     const all = out.split('\n');
-    expect(all.findIndex((l) => l.startsWith('sticky-rs: '))).toBeGreaterThan(Math.max(...all.map((l, i) => (l.includes('"event":"ready"') ? i : -1))));
+    expect(all.findIndex((l) => l.startsWith('sticky-rs: '))).toBeGreaterThan(
+      Math.max(...all.map((l, i) => (l.includes('"event":"ready"') ? i : -1))),
+    );
   } finally {
     process.kill(-child.pid, 'SIGKILL');
   }
@@ -158,17 +183,25 @@ test('a start that works prints one line with the port and the number of workers
 test('every worker throws at start-up: the error is printed once, clients wait no longer than queueTimeout; with kernel dispatch the primary gives up (exit 1)', async () => {
   const { app, port } = await startApp({ WORKERS: '2', THROW_AT_START: '1', QUEUE_TIMEOUT: '3000' });
   const started = Date.now();
-  const outcomes = await Promise.all(ipsOf(0, 2, 2).concat(ipsOf(1, 2, 2)).map((ip) => get(port, ip, '/', { timeout: 20000 }).then(
-    (r) => ({ status: r.status, ms: Date.now() - started }),
-    (err) => ({ error: err.code || err.message, ms: Date.now() - started }),
-  )));
+  const outcomes = await Promise.all(
+    ipsOf(0, 2, 2)
+      .concat(ipsOf(1, 2, 2))
+      .map((ip) =>
+        get(port, ip, '/', { timeout: 20000 }).then(
+          (r) => ({ status: r.status, ms: Date.now() - started }),
+          (err) => ({ error: err.code || err.message, ms: Date.now() - started }),
+        ),
+      ),
+  );
   // Kernel dispatch: clients wait in the kernel, so the primary gives up (and its listeners
   // close) once queueTimeout is over; the router times them out itself and retries on.
   const kernel = process.env.DISPATCH !== 'primary'; // 'auto' is kernel dispatch on Linux
   const exit = kernel ? await app.exited : null;
   const exitedMs = Date.now() - started;
   const traces = app.stderr.split('\n').filter((l) => /ReferenceError: notDefinedAtStart is not defined/.test(l));
-  console.log(`throw at start-up: clients ended after ${outcomes.map((o) => o.ms).join(', ')} ms (${[...new Set(outcomes.map((o) => o.error || o.status))].join(', ')}); primary exit ${JSON.stringify(exit)} after ${exitedMs} ms; ${app.events.filter((e) => e.event === 'fork').length} forks; the error printed ${traces.length} time(s)`);
+  console.log(
+    `throw at start-up: clients ended after ${outcomes.map((o) => o.ms).join(', ')} ms (${[...new Set(outcomes.map((o) => o.error || o.status))].join(', ')}); primary exit ${JSON.stringify(exit)} after ${exitedMs} ms; ${app.events.filter((e) => e.event === 'fork').length} forks; the error printed ${traces.length} time(s)`,
+  );
   if (kernel) {
     expect(exit).toEqual({ code: 1, signal: null });
     expect(app.stderr).toMatch(/no worker became ready within 3000 ms of the start .*giving up, shutting down with exit code 1/);
@@ -182,7 +215,11 @@ test('every worker throws at start-up: the error is printed once, clients wait n
   // Once in full (the warning, its stack indented), and named in the exit lines.
   expect(app.stderr.match(/^ {4}ReferenceError: notDefinedAtStart is not defined\n {8}at /gm) || []).toHaveLength(1);
   // And no other stack anywhere: every frame line is one of that stack's (Node 26's is deeper).
-  const frames = app.stderr.split(/^ {4}ReferenceError: notDefinedAtStart is not defined\n/m)[1].match(/^( {8}at .*\n)*/)[0].split('\n').filter(Boolean);
+  const frames = app.stderr
+    .split(/^ {4}ReferenceError: notDefinedAtStart is not defined\n/m)[1]
+    .match(/^( {8}at .*\n)*/)[0]
+    .split('\n')
+    .filter(Boolean);
   expect(frames.length).toBeGreaterThan(0);
   expect(app.stderr.match(/^\s+at /gm)).toHaveLength(frames.length);
 }, 40000);

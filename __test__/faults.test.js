@@ -142,14 +142,19 @@ test('1,000 connect-then-reset connections: the primary stays up and its fds ret
   await pool(range(10), 5, (i) => get(port, clientIp(i)));
   await app.atRest();
   const baseline = app.fdCount();
-  await pool(range(1000), 50, (i) => new Promise((resolve) => {
-    const s = net.connect({ port, host: '127.0.0.1', localAddress: clientIp(i) });
-    s.on('connect', () => {
-      s.resetAndDestroy();
-      resolve();
-    });
-    s.on('error', resolve);
-  }));
+  await pool(
+    range(1000),
+    50,
+    (i) =>
+      new Promise((resolve) => {
+        const s = net.connect({ port, host: '127.0.0.1', localAddress: clientIp(i) });
+        s.on('connect', () => {
+          s.resetAndDestroy();
+          resolve();
+        });
+        s.on('error', resolve);
+      }),
+  );
   for (let i = 0; i < 100 && app.fdCount() !== baseline; i++) await new Promise((r) => setTimeout(r, 50));
   expect(app.fdCount()).toBe(baseline);
   const answers = await pool(range(20), 10, (i) => get(port, clientIp(i)));
@@ -165,7 +170,12 @@ test('the wait for a worker that is not ready is bounded: past queueLimit connec
   const port = await freePort();
   const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 1, INIT_DELAY: 1500, QUEUE_LIMIT: 5, DISPATCH: 'primary' }); // the router's queue
   await app.next((e) => e.event === 'listening');
-  const outcomes = await pool(range(20), 20, (i) => get(port, clientIp(i)).then((a) => a.status, (e) => e.code));
+  const outcomes = await pool(range(20), 20, (i) =>
+    get(port, clientIp(i)).then(
+      (a) => a.status,
+      (e) => e.code,
+    ),
+  );
   expect(outcomes.filter((o) => o === 200)).toHaveLength(5);
   expect(outcomes.filter((o) => o !== 200)).toHaveLength(15);
   await app.atRest();
@@ -176,7 +186,11 @@ test('the wait for a worker that is not ready is bounded: past queueLimit connec
 test('few descriptors: the primary stops accepting instead of failing, and serves everyone', async () => {
   const port = await freePort();
   // 1,000 queue places but few descriptors: waiting connections would exhaust them.
-  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 1, INIT_DELAY: 2500, QUEUE_LIMIT: 1000, DISPATCH: 'primary' }, { fdLimit: 90 }); // the router's holding
+  const app = startFixture(
+    'cluster-app.js',
+    { PORT: port, WORKERS: 1, INIT_DELAY: 2500, QUEUE_LIMIT: 1000, DISPATCH: 'primary' },
+    { fdLimit: 90 },
+  ); // the router's holding
   await app.next((e) => e.event === 'listening');
   const answers = pool(range(150), 150, (i) => get(port, clientIp(i), '/', { timeout: 20000 }));
   await new Promise((r) => setTimeout(r, 700));

@@ -111,7 +111,11 @@ test("hash 'djb2-mix' routes real connections by fmix32(djb2(remoteAddress)) % w
   const port = await freePort();
   const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 4, HASH: 'djb2-mix' });
   await app.count('ready', 4);
-  const answers = await pool(Array.from({ length: 60 }, (_, i) => i), 10, (i) => get(port, clientIp(i)));
+  const answers = await pool(
+    Array.from({ length: 60 }, (_, i) => i),
+    10,
+    (i) => get(port, clientIp(i)),
+  );
   for (const { status, body } of answers) {
     expect(status).toBe(200);
     expect(body.slot).toBe(fmix32(stringHash(body.remoteAddress)) % 4);
@@ -127,7 +131,11 @@ describe.each([
     const port = await freePort();
     const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 3, HOST: host });
     await app.count('ready', 3);
-    const answers = await pool(Array.from({ length: 30 }, (_, i) => i), 10, (i) => get(port, ip(i), '/', { host: target }));
+    const answers = await pool(
+      Array.from({ length: 30 }, (_, i) => i),
+      10,
+      (i) => get(port, ip(i), '/', { host: target }),
+    );
     for (const { status, body } of answers) {
       expect(status).toBe(200);
       expect(body.remoteAddress).toMatch(shape);

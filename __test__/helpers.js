@@ -248,7 +248,9 @@ function refusingSockopt(level, name) {
   const { spawnSync } = require('node:child_process');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sticky-rs-shim-'));
   const remove = () => fs.rmSync(dir, { recursive: true, force: true });
-  fs.writeFileSync(path.join(dir, 'shim.c'), `#define _GNU_SOURCE
+  fs.writeFileSync(
+    path.join(dir, 'shim.c'),
+    `#define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -259,8 +261,11 @@ int setsockopt(int fd, int level, int name, const void *value, socklen_t len) {
   if (!real) real = (int (*)(int, int, int, const void *, socklen_t))dlsym(RTLD_NEXT, "setsockopt");
   return real(fd, level, name, value, len);
 }
-`);
-  const built = spawnSync('cc', ['-shared', '-fPIC', '-o', path.join(dir, 'shim.so'), path.join(dir, 'shim.c'), '-ldl'], { encoding: 'utf8' });
+`,
+  );
+  const built = spawnSync('cc', ['-shared', '-fPIC', '-o', path.join(dir, 'shim.so'), path.join(dir, 'shim.c'), '-ldl'], {
+    encoding: 'utf8',
+  });
   if (built.status !== 0 || built.stderr) {
     remove();
     throw new Error(`building the setsockopt shim failed: ${built.stderr || built.error}`);
@@ -311,4 +316,21 @@ async function until(what, fn, timeout = 5000) {
   }
 }
 
-module.exports = { range, sleep, within, until, freePort, clientIp, startFixture, stopAll, get, pool, clientSet, slotOf, ipsOf, total, alive, refusingSockopt };
+module.exports = {
+  range,
+  sleep,
+  within,
+  until,
+  freePort,
+  clientIp,
+  startFixture,
+  stopAll,
+  get,
+  pool,
+  clientSet,
+  slotOf,
+  ipsOf,
+  total,
+  alive,
+  refusingSockopt,
+};

@@ -43,7 +43,11 @@ function client(port, ip, path) {
 async function answeredWithin(port, ips, ms) {
   const started = Date.now();
   const results = await pool(ips, ips.length, (ip) =>
-    get(port, ip, '/', { timeout: ms }).then((a) => ({ ok: a.status === 200, at: Date.now() - started }), () => ({ ok: false, at: Date.now() - started })));
+    get(port, ip, '/', { timeout: ms }).then(
+      (a) => ({ ok: a.status === 200, at: Date.now() - started }),
+      () => ({ ok: false, at: Date.now() - started }),
+    ),
+  );
   return { answered: results.filter((r) => r.ok).length, slowest: Math.max(...results.map((r) => r.at)) };
 }
 
@@ -68,7 +72,9 @@ test("ulimit 1024: slot 0's worker blocks 8 s while 700 of its clients arrive; s
   const during = await until(app, (s) => s.slots[0].accepted >= 701, 3000);
   const { answered, slowest } = await answeredWithin(port, one.slice(0, 30), 1000);
   const after = await app.stats();
-  console.log(`blocked slot 0 at ulimit 1024: slot 0 accepted ${during.slots[0].accepted}, held ${held(after.slots[0])}, dropped ${after.slots[0].dropped}; slot 1 answered ${answered} of 30, slowest ${slowest} ms`);
+  console.log(
+    `blocked slot 0 at ulimit 1024: slot 0 accepted ${during.slots[0].accepted}, held ${held(after.slots[0])}, dropped ${after.slots[0].dropped}; slot 1 answered ${answered} of 30, slowest ${slowest} ms`,
+  );
   expect(answered).toBe(30);
   // The stuck slot's policy: everything accepted, kept up to its share, the rest closed and counted.
   expect(after.slots[0].accepted).toBe(701);
@@ -94,7 +100,9 @@ test('ulimit 256: 400 idle clients on slot 0 cost slot 1 nothing; once they leav
   // The worker of slot 0 holds what its descriptors allow; the primary what its share allows.
   const during = await until(app, (s) => s.slots[0].accepted >= 400, 5000);
   const { answered, slowest } = await answeredWithin(port, ipsOf(1, 2, 30), 1000);
-  console.log(`400 idle clients on slot 0 at ulimit 256: slot 0 accepted ${during.slots[0].accepted}, held ${held(during.slots[0])}, dropped ${during.slots[0].dropped}; slot 1 answered ${answered} of 30, slowest ${slowest} ms`);
+  console.log(
+    `400 idle clients on slot 0 at ulimit 256: slot 0 accepted ${during.slots[0].accepted}, held ${held(during.slots[0])}, dropped ${during.slots[0].dropped}; slot 1 answered ${answered} of 30, slowest ${slowest} ms`,
+  );
   expect(answered).toBe(30);
   expect(during.slots[0].accepted).toBe(400);
   for (const c of idle) c.socket.destroy();
@@ -107,15 +115,24 @@ test('ulimit 256: 400 idle clients on slot 0 cost slot 1 nothing; once they leav
 });
 
 // More clients than the router may hold at that limit, fewer than queueLimit (1024).
-test.each([[256, 300], [2048, 1020]])('ulimit %d: a slot without a ready worker keeps its share only; the other slot answers each client within 1 s', async (fdLimit, n) => {
+test.each([
+  [256, 300],
+  [2048, 1020],
+])('ulimit %d: a slot without a ready worker keeps its share only; the other slot answers each client within 1 s', async (fdLimit, n) => {
   const port = await freePort();
-  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, DISPATCH: 'primary', STALL_SLOT: 0, READY_TIMEOUT: 60000 }, { fdLimit });
+  const app = startFixture(
+    'cluster-app.js',
+    { PORT: port, WORKERS: 2, DISPATCH: 'primary', STALL_SLOT: 0, READY_TIMEOUT: 60000 },
+    { fdLimit },
+  );
   await app.next((e) => e.event === 'ready' && e.slot === 1);
   const waiting = ipsOf(0, 2, n).map((ip) => client(port, ip, '/'));
   await Promise.all(waiting.map((c) => c.connect));
   const during = await until(app, (s) => s.slots[0].accepted >= n, 5000);
   const { answered, slowest } = await answeredWithin(port, ipsOf(1, 2, 30), 1000);
-  console.log(`slot 0 not ready at ulimit ${fdLimit}: held ${held(during.slots[0])}, dropped ${during.slots[0].dropped}; slot 1 answered ${answered} of 30, slowest ${slowest} ms`);
+  console.log(
+    `slot 0 not ready at ulimit ${fdLimit}: held ${held(during.slots[0])}, dropped ${during.slots[0].dropped}; slot 1 answered ${answered} of 30, slowest ${slowest} ms`,
+  );
   expect(answered).toBe(30);
   expect(during.slots[0]).toMatchObject({ accepted: n, delivered: 0 });
   expect(during.slots[0].queued + during.slots[0].dropped).toBe(n);
@@ -138,7 +155,9 @@ test('a waiting connection whose client hung up (closed or reset) is closed at o
     else c.socket.resetAndDestroy();
   }
   const after = await until(app, (s) => s.slots[0].queued === 20, 1000);
-  console.log(`hung-up clients: queued ${after.slots[0].queued} ${Date.now() - closedAt} ms after 40 of 60 left; abandoned ${after.slots[0].abandoned}`);
+  console.log(
+    `hung-up clients: queued ${after.slots[0].queued} ${Date.now() - closedAt} ms after 40 of 60 left; abandoned ${after.slots[0].abandoned}`,
+  );
   expect(after.slots[0]).toMatchObject({ queued: 20, abandoned: 40, dropped: 0 });
   expect(slotOf(ips[0], 2)).toBe(0);
 });

@@ -88,8 +88,11 @@ async function healedBy(port, at) {
   const wait = at + HEAL_MS - Date.now();
   if (wait > 0) await new Promise((r) => setTimeout(r, wait));
   const { wrong, failed } = await census(port);
-  expect({ wrong: wrong.slice(0, 5), failed: failed.slice(0, 5), counts: [wrong.length, failed.length] })
-    .toEqual({ wrong: [], failed: [], counts: [0, 0] });
+  expect({ wrong: wrong.slice(0, 5), failed: failed.slice(0, 5), counts: [wrong.length, failed.length] }).toEqual({
+    wrong: [],
+    failed: [],
+    counts: [0, 0],
+  });
 }
 
 const cases = [
@@ -148,7 +151,9 @@ maybe('kernel dispatch heals its SO_REUSEPORT group after hostile code in a work
     const { app, port } = await start();
     // Its socket joins last: index WORKERS + 1 (the fallback is 0).
     const script = path.join(__dirname, 'fixtures', 'kernel-attack.py');
-    const intruder = spawn('python3', [script, 'join', String(port), '1500', String(WORKERS + 1)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const intruder = spawn('python3', [script, 'join', String(port), '1500', String(WORKERS + 1)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     attackers.add(intruder);
     let out = '';
     intruder.stdout.on('data', (d) => (out += d));
@@ -177,7 +182,9 @@ maybe('kernel dispatch heals its SO_REUSEPORT group after hostile code in a work
       expect((await app.stats()).kernel[0].damage).toEqual([]);
       await healedBy(port, await attack(port, 'shutdown'));
       const stats = await app.stats();
-      expect(stats.kernel[0].damage).toEqual(["the kernel's numbering of the group could not be measured: every slot is routed by the primary"]);
+      expect(stats.kernel[0].damage).toEqual([
+        "the kernel's numbering of the group could not be measured: every slot is routed by the primary",
+      ]);
       expect(stats.kernel[0].recent.join('\n')).toMatch(/cannot be measured here .*every slot goes to the fallback member/);
     } finally {
       shim.remove();

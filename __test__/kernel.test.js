@@ -10,7 +10,6 @@ const { range, freePort, clientIp, startFixture, stopAll, get, pool, total, ipsO
 
 afterEach(stopAll);
 
-
 /** MurmurHash3's finalizer, as `hash: 'djb2-mix'` applies it to djb2 (independent of the addon). */
 function fmix32(h) {
   h ^= h >>> 16;
@@ -162,10 +161,16 @@ test('dispatch "auto" (the default) where the kernel refuses the program: the ro
     }
     const stats = await app.statsWhen((s) => total(s, 'accepted') >= 20);
     expect(stats.dispatch).toBe('primary');
-    expect(stats.dispatchReason).toMatch(/^dispatch "auto": the kernel refused the SO_REUSEPORT group \(.*(Protocol not available|ENOPROTOOPT)/);
+    expect(stats.dispatchReason).toMatch(
+      /^dispatch "auto": the kernel refused the SO_REUSEPORT group \(.*(Protocol not available|ENOPROTOOPT)/,
+    );
     expect(total(stats, 'accepted')).toBe(20);
     // Always on, debug off: once.
-    expect(app.stderr.match(/warning: kernel dispatch is not available here, the primary's router routes every connection \(dispatch "primary"\): dispatch "auto": the kernel refused the SO_REUSEPORT group \(.*(Protocol not available|ENOPROTOOPT)/g)).toHaveLength(1);
+    expect(
+      app.stderr.match(
+        /warning: kernel dispatch is not available here, the primary's router routes every connection \(dispatch "primary"\): dispatch "auto": the kernel refused the SO_REUSEPORT group \(.*(Protocol not available|ENOPROTOOPT)/g,
+      ),
+    ).toHaveLength(1);
   } finally {
     shim.remove();
   }
@@ -173,8 +178,9 @@ test('dispatch "auto" (the default) where the kernel refuses the program: the ro
 
 test('dispatch: "kernel" where it cannot work, or an unknown value, throws before anything is forked', () => {
   const start = (cb) => cb(require('node:http').createServer());
-  expect(() => sticky(start, { dispatch: 'kernel', routeBy: 'x-forwarded-for', trustedProxies: ['10.0.0.1'] }))
-    .toThrow(/"dispatch": "kernel" cannot work here: routeBy "x-forwarded-for"/);
+  expect(() => sticky(start, { dispatch: 'kernel', routeBy: 'x-forwarded-for', trustedProxies: ['10.0.0.1'] })).toThrow(
+    /"dispatch": "kernel" cannot work here: routeBy "x-forwarded-for"/,
+  );
   expect(() => sticky(start, { dispatch: 'fast' })).toThrow(/"dispatch" must be one of auto, kernel, primary, got "fast"/);
   expect(Object.keys(require('node:cluster').workers)).toHaveLength(0);
 });

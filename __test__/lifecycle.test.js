@@ -39,7 +39,9 @@ test('SIGKILL one of 4 workers under load (2,000 connections, 200 IPs): only its
   const failedElsewhere = failed.filter((r) => r.slot !== victimSlot);
   const stats = await app.stats();
   const victimWait = slowest(results.filter((r) => r.slot === victimSlot));
-  console.log(`SIGKILL under load: ${failed.length} of ${results.length} failed, all on the killed slot: ${JSON.stringify(failed.map((f) => f.error))}; redelivered ${stats.slots[victimSlot].redelivered}; slowest success on that slot ${victimWait} ms (20 ms of it the handler)`);
+  console.log(
+    `SIGKILL under load: ${failed.length} of ${results.length} failed, all on the killed slot: ${JSON.stringify(failed.map((f) => f.error))}; redelivered ${stats.slots[victimSlot].redelivered}; slowest success on that slot ${victimWait} ms (20 ms of it the handler)`,
+  );
   expect(failedElsewhere).toEqual([]);
   // At most the requests the dead worker was serving (in flight at once: <= 64).
   expect(failed.length).toBeLessThanOrEqual(64);
@@ -89,7 +91,9 @@ test('reload under continuous load: zero failed requests, new pids everywhere, s
   await sleep(300);
   reloading = false;
   await Promise.all(loaders);
-  console.log(`reload under load: ${served} requests served, ${failures.length} failed, reload took ${reloadMs} ms, slowest request ${longest} ms`);
+  console.log(
+    `reload under load: ${served} requests served, ${failures.length} failed, reload took ${reloadMs} ms, slowest request ${longest} ms`,
+  );
   expect(app.events.find((e) => e.event === 'reload-failed')).toBeUndefined();
   expect(failures).toEqual([]);
   const after = (await app.stats()).slots.map((s) => s.pid);
@@ -106,7 +110,14 @@ test('reload under continuous load: zero failed requests, new pids everywhere, s
 
 test('crash loop: growing respawn delays, low primary CPU, bounded fds, other slots unaffected', async () => {
   const port = await freePort();
-  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, CRASH_SLOT: 0, RESPAWN_DELAY: 50, MAX_RESPAWN_DELAY: 400, MAX_RESTARTS: 'Infinity' });
+  const app = startFixture('cluster-app.js', {
+    PORT: port,
+    WORKERS: 2,
+    CRASH_SLOT: 0,
+    RESPAWN_DELAY: 50,
+    MAX_RESPAWN_DELAY: 400,
+    MAX_RESTARTS: 'Infinity',
+  });
   await app.next((e) => e.event === 'ready' && e.slot === 1);
   await app.count('respawn', 3);
   const fdsEarly = app.fdCount();
@@ -118,16 +129,28 @@ test('crash loop: growing respawn delays, low primary CPU, bounded fds, other sl
   expect(delays.slice(0, 5)).toEqual([50, 100, 200, 400, 400]);
   expect(cpuMs).toBeLessThan(600); // forks included; a tight respawn loop would use all of the 2 s
   expect(app.fdCount()).toBeLessThanOrEqual(fdsEarly + 4);
-  const slot1 = range(200).map(clientIp).filter((ip) => slotOf(ip, 2) === 1).slice(0, 10);
+  const slot1 = range(200)
+    .map(clientIp)
+    .filter((ip) => slotOf(ip, 2) === 1)
+    .slice(0, 10);
   const answers = await pool(slot1, 10, (ip) => get(port, ip));
   expect(answers.every((a) => a.status === 200 && a.body.slot === 1)).toBe(true);
 });
 
 test('a worker that never hands its server over is replaced; its clients wait at most queueTimeout', async () => {
   const port = await freePort();
-  const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2, STALL_SLOT: 0, READY_TIMEOUT: 400, QUEUE_TIMEOUT: 800, DISPATCH: 'primary' }); // the router's queueTimeout
+  const app = startFixture('cluster-app.js', {
+    PORT: port,
+    WORKERS: 2,
+    STALL_SLOT: 0,
+    READY_TIMEOUT: 400,
+    QUEUE_TIMEOUT: 800,
+    DISPATCH: 'primary',
+  }); // the router's queueTimeout
   await app.next((e) => e.event === 'ready' && e.slot === 1);
-  const stuck = range(200).map(clientIp).find((ip) => slotOf(ip, 2) === 0);
+  const stuck = range(200)
+    .map(clientIp)
+    .find((ip) => slotOf(ip, 2) === 0);
   const started = Date.now();
   const r = await attempt(port, stuck, { timeout: 5000 });
   const waited = Date.now() - started;
@@ -139,7 +162,9 @@ test('a worker that never hands its server over is replaced; its clients wait at
   const stats = await app.stats();
   expect(stats.slots[0].dropped).toBeGreaterThanOrEqual(1);
   expect(stats.slots[0].queued).toBe(0);
-  const other = range(200).map(clientIp).find((ip) => slotOf(ip, 2) === 1);
+  const other = range(200)
+    .map(clientIp)
+    .find((ip) => slotOf(ip, 2) === 1);
   expect((await get(port, other)).status).toBe(200);
 });
 
@@ -177,14 +202,19 @@ test('10,000 connect-then-reset and 10,000 normal connections: primary fds and R
   await app.atRest();
   const fdBase = app.fdCount();
   const rssBase = rss();
-  await pool(range(10000), 64, (i) => new Promise((resolve) => {
-    const s = net.connect({ port, host: '127.0.0.1', localAddress: clientIp(i % 250) });
-    s.on('connect', () => {
-      s.resetAndDestroy();
-      resolve();
-    });
-    s.on('error', resolve);
-  }));
+  await pool(
+    range(10000),
+    64,
+    (i) =>
+      new Promise((resolve) => {
+        const s = net.connect({ port, host: '127.0.0.1', localAddress: clientIp(i % 250) });
+        s.on('connect', () => {
+          s.resetAndDestroy();
+          resolve();
+        });
+        s.on('error', resolve);
+      }),
+  );
   const normal = await pool(range(10000), 32, (i) => attempt(port, clientIp(i % 250)));
   expect(normal.filter((a) => a.status !== 200)).toEqual([]);
   for (let i = 0; i < 100 && app.fdCount() !== fdBase; i++) await sleep(50);
@@ -206,7 +236,12 @@ test.each([
   const blocker = get(port, ips[0], '/block?ms=3000', { timeout: 15000 });
   await new Promise((r) => setTimeout(r, 300));
   // Connected and sent while slot 0's worker cannot accept or read.
-  const waiting = ips.slice(1).map((ip) => get(port, ip, '/', { timeout: 15000 }).then((r) => r.status, (e) => e.code));
+  const waiting = ips.slice(1).map((ip) =>
+    get(port, ip, '/', { timeout: 15000 }).then(
+      (r) => r.status,
+      (e) => e.code,
+    ),
+  );
   await new Promise((r) => setTimeout(r, 300));
   const sent = Date.now();
   signal(app.child.pid);
@@ -243,7 +278,9 @@ test('SIGTERM to one worker under steady load on its slot: it is replaced at onc
     await new Promise((r) => setTimeout(r, 300));
     running = false;
     await Promise.all(loaders);
-    console.log(`SIGTERM to one worker under load: exited ${JSON.stringify({ code: exit.code, signal: exit.signal })} after ${exitedAfter} ms, ${failures.length} failed`);
+    console.log(
+      `SIGTERM to one worker under load: exited ${JSON.stringify({ code: exit.code, signal: exit.signal })} after ${exitedAfter} ms, ${failures.length} failed`,
+    );
     expect(exit).toMatchObject({ code: 0, signal: null });
     expect(failures).toEqual([]);
     const { slots } = await app.stats();
@@ -295,9 +332,14 @@ test('a worker that crashes after reading a request: that connection fails, it i
   const port = await freePort();
   const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 2 });
   await app.count('ready', 2);
-  const ip = range(100).map(clientIp).find((a) => slotOf(a, 2) === 0);
+  const ip = range(100)
+    .map(clientIp)
+    .find((a) => slotOf(a, 2) === 0);
   const started = Date.now();
-  const crashed = await get(port, ip, '/crash', { timeout: 10000 }).then((a) => a, (err) => ({ error: err.code || err.message }));
+  const crashed = await get(port, ip, '/crash', { timeout: 10000 }).then(
+    (a) => a,
+    (err) => ({ error: err.code || err.message }),
+  );
   expect(crashed.error).toMatch(/ECONNRESET|socket hang up/);
   expect(Date.now() - started).toBeLessThan(3000);
   const dead = await app.next((e) => e.event === 'exit' && e.slot === 0);

@@ -5,7 +5,9 @@ const { spawnSync } = require('node:child_process');
 const net = require('node:net');
 const path = require('node:path');
 const ROOT = path.join(__dirname, '..');
-const ownFrame = (line) => /^\s+at /.test(line) && (line.includes(path.join(ROOT, 'lib')) || line.includes(path.join(ROOT, 'index.js')) || line.includes('node:internal/'));
+const ownFrame = (line) =>
+  /^\s+at /.test(line) &&
+  (line.includes(path.join(ROOT, 'lib')) || line.includes(path.join(ROOT, 'index.js')) || line.includes('node:internal/'));
 
 test.each([
   ['sticky', { concurency: 2 }, 'unknown option "concurency": did you mean "concurrency"?'],
@@ -34,7 +36,7 @@ test('a name far from every option still lists them', () => {
   expect(() => require('..')(() => {}, { colour: 'red' })).toThrow(/unknown option "colour" \(known: concurrency, port, /);
 });
 
-test('an uncaught option error: the stack names the caller\'s line, no internal frame', () => {
+test("an uncaught option error: the stack names the caller's line, no internal frame", () => {
   const script = "require(process.argv[1])(() => {}, { concurency: 2 }); // the user's line";
   const r = spawnSync(process.execPath, ['-e', script, ROOT], { encoding: 'utf8', timeout: 20000 });
   expect(r.status).toBe(1);

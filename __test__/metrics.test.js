@@ -46,12 +46,14 @@ function parse(text) {
 
 function fetchText(port, urlPath) {
   return new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port, path: urlPath }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode, body }));
-    }).on('error', reject);
+    http
+      .get({ host: '127.0.0.1', port, path: urlPath }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode, body }));
+      })
+      .on('error', reject);
   });
 }
 
@@ -113,7 +115,11 @@ test('a scrape shows stats(): per slot (slot label) and process-wide counters, d
     givenUp: stats.givenUp,
     resolving: stats.resolving,
   });
-  expect(types).toMatchObject({ sticky_rs_connections_accepted_total: 'counter', sticky_rs_connections_queued: 'gauge', sticky_rs_slot_ready: 'gauge' });
+  expect(types).toMatchObject({
+    sticky_rs_connections_accepted_total: 'counter',
+    sticky_rs_connections_queued: 'gauge',
+    sticky_rs_slot_ready: 'gauge',
+  });
   // promtool (shipped with Prometheus) finds the exposition valid.
   if (prometheusBin) {
     const check = spawnSync('promtool', ['check', 'metrics'], { input: (await fetchText(metricsPort, '/metrics')).body, encoding: 'utf8' });
@@ -126,25 +132,33 @@ if (prometheusMissing && !IN_CI) {
   console.warn(`metrics.test.js: the real Prometheus test is SKIPPED: ${prometheusMissing}`);
   test.skip(`a real Prometheus server scrapes the example (skipped: ${prometheusMissing})`, () => {});
 } else {
-  test('a real Prometheus server scrapes the example\'s METRICS_PORT: per-slot counts are the djb2 slots of the clients', async () => {
+  test("a real Prometheus server scrapes the example's METRICS_PORT: per-slot counts are the djb2 slots of the clients", async () => {
     if (prometheusMissing) throw new Error(`${prometheusMissing} (required in CI)`);
     const [port, metricsPort, promPort] = [await freePort(), await freePort(), await freePort()];
     await startReadyExample({ PORT: String(port), WORKERS: '2', METRICS_PORT: String(metricsPort) });
     promDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sticky-rs-prom-'));
     const dir = promDir;
-    fs.writeFileSync(path.join(dir, 'prometheus.yml'), [
-      'global:',
-      '  scrape_interval: 1s',
-      'scrape_configs:',
-      '  - job_name: sticky-rs-example',
-      '    static_configs:',
-      `      - targets: ['127.0.0.1:${metricsPort}']`,
-      '',
-    ].join('\n'));
-    prometheus = spawn(prometheusBin, [
-      `--config.file=${path.join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${path.join(dir, 'data')}`,
-      `--web.listen-address=127.0.0.1:${promPort}`,
-    ], { stdio: 'ignore', detached: true });
+    fs.writeFileSync(
+      path.join(dir, 'prometheus.yml'),
+      [
+        'global:',
+        '  scrape_interval: 1s',
+        'scrape_configs:',
+        '  - job_name: sticky-rs-example',
+        '    static_configs:',
+        `      - targets: ['127.0.0.1:${metricsPort}']`,
+        '',
+      ].join('\n'),
+    );
+    prometheus = spawn(
+      prometheusBin,
+      [
+        `--config.file=${path.join(dir, 'prometheus.yml')}`,
+        `--storage.tsdb.path=${path.join(dir, 'data')}`,
+        `--web.listen-address=127.0.0.1:${promPort}`,
+      ],
+      { stdio: 'ignore', detached: true },
+    );
     const clients = Array.from({ length: 30 }, (_, i) => clientIp(i));
     for (const ip of clients) expect((await get(port, ip, '/health')).status).toBe(200);
     const expected = [0, 1].map((slot) => clients.filter((ip) => stringHash(`::ffff:${ip}`) % 2 === slot).length);
@@ -163,7 +177,9 @@ if (prometheusMissing && !IN_CI) {
       if (seen && seen[0] + seen[1] === clients.length) break;
       await sleep(250);
     }
-    console.log(`Prometheus ${spawnSync(prometheusBin, ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0]}: accepted per slot ${JSON.stringify(seen)} after ${Date.now() - started} ms; expected ${JSON.stringify(expected)}`);
+    console.log(
+      `Prometheus ${spawnSync(prometheusBin, ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0]}: accepted per slot ${JSON.stringify(seen)} after ${Date.now() - started} ms; expected ${JSON.stringify(expected)}`,
+    );
     expect(seen).toEqual(expected);
     const up = JSON.parse((await fetchText(promPort, `/api/v1/query?query=${encodeURIComponent('up{job="sticky-rs-example"}')}`)).body);
     expect(up.data.result.map((r) => r.value[1])).toEqual(['1']);

@@ -105,11 +105,20 @@ describe.each(MODES)('behind nginx ($name)', (mode) => {
         TRUSTED_PROXIES: '127.0.0.1',
       });
       await app.waitFor(new RegExp(`^Routing by ${mode.routeBy} from trusted proxies 127\\.0\\.0\\.1$`), 1, 5000);
-      const pids = new Map(app.lines.map((l) => l.match(/^worker ready: slot (\d+), pid (\d+)$/)).filter(Boolean).map((m) => [Number(m[2]), Number(m[1])]));
+      const pids = new Map(
+        app.lines
+          .map((l) => l.match(/^worker ready: slot (\d+), pid (\d+)$/))
+          .filter(Boolean)
+          .map((m) => [Number(m[2]), Number(m[1])]),
+      );
       machines.push({ name, app, port, pids });
     }
     const port = await freePort();
-    lb = await startNginx(mode, tempDir('lb'), { LISTEN: `127.0.0.1:${port}`, MACHINE_1: `127.0.0.1:${machines[0].port}`, MACHINE_2: `127.0.0.1:${machines[1].port}` });
+    lb = await startNginx(mode, tempDir('lb'), {
+      LISTEN: `127.0.0.1:${port}`,
+      MACHINE_1: `127.0.0.1:${machines[0].port}`,
+      MACHINE_2: `127.0.0.1:${machines[1].port}`,
+    });
     procs.push(lb);
     url = `http://127.0.0.1:${port}`;
   }, 90000);
@@ -129,14 +138,22 @@ describe.each(MODES)('behind nginx ($name)', (mode) => {
 
     const failed = clients.filter((c) => problems(c).length > 0);
     if (failed.length > 0) {
-      throw new Error(`${failed.length}/${CLIENTS} sessions failed, e.g. ${failed.slice(0, 5).map((c) => `${c.ip}: ${problems(c).join('; ')}`).join(' | ')}\n${describeAll()}`);
+      throw new Error(
+        `${failed.length}/${CLIENTS} sessions failed, e.g. ${failed
+          .slice(0, 5)
+          .map((c) => `${c.ip}: ${problems(c).join('; ')}`)
+          .join(' | ')}\n${describeAll()}`,
+      );
     }
     const perWorker = {};
     for (const c of clients) {
       const first = c.answers[0];
       // Sticky: every answer of a session came from one worker, over long-polling.
-      expect({ ip: c.ip, pids: [...new Set(c.answers.map((a) => a.pid))], transports: [...new Set(c.answers.map((a) => a.transport))] })
-        .toEqual({ ip: c.ip, pids: [first.pid], transports: ['polling'] });
+      expect({
+        ip: c.ip,
+        pids: [...new Set(c.answers.map((a) => a.pid))],
+        transports: [...new Set(c.answers.map((a) => a.transport))],
+      }).toEqual({ ip: c.ip, pids: [first.pid], transports: ['polling'] });
       const machine = machineOf(first.pid);
       expect(machine).toBeDefined();
       // Routed by the client's address (the X-Forwarded-For entry nginx appended, or the PROXY
@@ -177,7 +194,10 @@ describe.each(MODES)('behind nginx ($name)', (mode) => {
     for (const c of clients) perMachine[c.machine] += 1;
     console.log(
       `nginx ${mode.name}: ${CLIENTS}/${CLIENTS} long-polling sessions succeeded (${ASKS} whoami acks each, all from one worker per session, ${CONCURRENCY} in flight) in ${sessionsMs} ms; ` +
-        `machines A ${perMachine.A}, B ${perMachine.B}; workers ${Object.entries(perWorker).sort().map(([k, v]) => `${k} ${v}`).join(', ')}; ` +
+        `machines A ${perMachine.A}, B ${perMachine.B}; workers ${Object.entries(perWorker)
+          .sort()
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')}; ` +
         `socket.handshake.address seen by the workers: ${addressesSeen.length > 3 ? `${addressesSeen.length} distinct (each the client's own)` : addressesSeen.join(', ')}; ` +
         `broadcast delivered once to all ${CLIENTS} members on both machines.`,
     );
@@ -210,7 +230,8 @@ describe.each(MODES)('behind nginx ($name)', (mode) => {
             // The template's own placeholder, not JavaScript's (the file is rendered by envsubst).
             // biome-ignore lint/suspicious/noTemplateCurlyInString: nginx template text
             .replace('    server ${MACHINE_2};\n', '    server ${MACHINE_2};\n    keepalive 16;\n');
-          if (!edited.includes('keepalive 16;') || edited.includes("''      close;")) throw new Error('the http template changed: update this test');
+          if (!edited.includes('keepalive 16;') || edited.includes("''      close;"))
+            throw new Error('the http template changed: update this test');
           return edited;
         },
       );
@@ -219,7 +240,10 @@ describe.each(MODES)('behind nginx ($name)', (mode) => {
       const clients = await pool(range(POOLED_CLIENTS, 200), 10, (i) => session(`http://127.0.0.1:${port}`, i, { timeout: 4000 }));
       const broken = clients.filter((c) => problems(c).length > 0 || new Set(c.answers.map((a) => a.pid)).size > 1);
       // engine.io answers 400 ("Session ID unknown") to a request for a session another worker holds.
-      const status400 = pooled.accessLog().split('\n').filter((l) => /" 400 /.test(l)).length;
+      const status400 = pooled
+        .accessLog()
+        .split('\n')
+        .filter((l) => /" 400 /.test(l)).length;
       const kinds = {};
       for (const c of broken) {
         const kind = (problems(c)[0] || 'answers from two workers').replace(/client [\d.]+: /, '');
@@ -228,7 +252,9 @@ describe.each(MODES)('behind nginx ($name)', (mode) => {
       closeAllClients();
       console.log(
         `nginx http + X-Forwarded-For with "keepalive 16" in the upstream: ${broken.length}/${POOLED_CLIENTS} sessions broke in ${Date.now() - started} ms ` +
-          `(${Object.entries(kinds).map(([k, v]) => `${v}x ${k}`).join('; ')}), ${POOLED_CLIENTS - broken.length} succeeded; nginx's access log shows ${status400} responses 400.`,
+          `(${Object.entries(kinds)
+            .map(([k, v]) => `${v}x ${k}`)
+            .join('; ')}), ${POOLED_CLIENTS - broken.length} succeeded; nginx's access log shows ${status400} responses 400.`,
       );
       expect(broken.length).toBeGreaterThan(0);
       expect(status400).toBeGreaterThan(0);

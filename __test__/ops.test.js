@@ -6,7 +6,6 @@ const { sleep, freePort, clientIp, startFixture, stopAll, get } = require('./hel
 
 afterEach(stopAll);
 
-
 describe('drop-in gaps', () => {
   test('listen(server, 0): server.address() in the primary is what the router bound; sticky.primary() is the Primary', async () => {
     const app = startFixture('ops-app.js', { API: 'listen', PORT: '0', OPTIONS: JSON.stringify({ workers: 2 }) });
@@ -31,9 +30,12 @@ describe('drop-in gaps', () => {
   test('the worker index survives respawns with both APIs (STICKY_RS_WORKER_INDEX; stickycluster_worker_index with sticky())', async () => {
     const port = await freePort();
     for (const api of ['listen', 'sticky']) {
-      const app = startFixture('ops-app.js', api === 'listen'
-        ? { API: api, PORT: String(port), OPTIONS: JSON.stringify({ workers: 2, respawnDelay: 10 }) }
-        : { API: api, OPTIONS: JSON.stringify({ concurrency: 2, port, respawnDelay: 10 }) });
+      const app = startFixture(
+        'ops-app.js',
+        api === 'listen'
+          ? { API: api, PORT: String(port), OPTIONS: JSON.stringify({ workers: 2, respawnDelay: 10 }) }
+          : { API: api, OPTIONS: JSON.stringify({ concurrency: 2, port, respawnDelay: 10 }) },
+      );
       await app.count('ready', 2);
       const before = (await app.stats()).slots.map((s) => s.pid);
       process.kill(before[1], 'SIGKILL');
@@ -52,12 +54,25 @@ describe('drop-in gaps', () => {
   test('a host that does not resolve: a Node-shaped ENOTFOUND naming the host, nothing forked', async () => {
     const app = startFixture('ops-app.js', { OPTIONS: JSON.stringify({ concurrency: 2, port: 8080, host: 'no-such-host.invalid' }) });
     const error = await app.next((e) => e.event === 'error');
-    expect(error).toEqual({ event: 'error', code: 'ENOTFOUND', syscall: 'getaddrinfo', hostname: 'no-such-host.invalid', message: 'getaddrinfo ENOTFOUND no-such-host.invalid' });
+    expect(error).toEqual({
+      event: 'error',
+      code: 'ENOTFOUND',
+      syscall: 'getaddrinfo',
+      hostname: 'no-such-host.invalid',
+      message: 'getaddrinfo ENOTFOUND no-such-host.invalid',
+    });
     expect((await app.exited).code).toBe(3);
     expect(app.events.filter((e) => e.event === 'fork')).toHaveLength(0);
     // The listen API: an 'error' event on the server, with the same shape.
-    const session = startFixture('ops-app.js', { API: 'listen', PORT: '0', OPTIONS: JSON.stringify({ workers: 1, host: 'no-such-host.invalid' }) });
-    expect(await session.next((e) => e.event === 'error')).toMatchObject({ code: 'ENOTFOUND', message: 'getaddrinfo ENOTFOUND no-such-host.invalid' });
+    const session = startFixture('ops-app.js', {
+      API: 'listen',
+      PORT: '0',
+      OPTIONS: JSON.stringify({ workers: 1, host: 'no-such-host.invalid' }),
+    });
+    expect(await session.next((e) => e.event === 'error')).toMatchObject({
+      code: 'ENOTFOUND',
+      message: 'getaddrinfo ENOTFOUND no-such-host.invalid',
+    });
   });
 });
 
@@ -69,9 +84,12 @@ describe('migration traps', () => {
     ['listen', 'after'],
   ])('%s(): a handed-over server that calls listen() %s the hand-over is refused, saying why and what to delete', async (api, when) => {
     const port = await freePort();
-    const app = startFixture('ops-app.js', api === 'listen'
-      ? { API: api, PORT: String(port), LISTEN_TRAP: when, OPTIONS: JSON.stringify({ workers: 1, maxRestarts: 2 }) }
-      : { API: api, LISTEN_TRAP: when, OPTIONS: JSON.stringify({ concurrency: 1, port, maxRestarts: 2 }) });
+    const app = startFixture(
+      'ops-app.js',
+      api === 'listen'
+        ? { API: api, PORT: String(port), LISTEN_TRAP: when, OPTIONS: JSON.stringify({ workers: 1, maxRestarts: 2 }) }
+        : { API: api, LISTEN_TRAP: when, OPTIONS: JSON.stringify({ concurrency: 1, port, maxRestarts: 2 }) },
+    );
     if (when === 'after') {
       // The worker caught the error; it serves, and no second listener exists.
       await app.next((e) => e.event === 'ready');
@@ -82,7 +100,9 @@ describe('migration traps', () => {
       expect((await app.exited).code).toBe(1);
       expect(app.events.filter((e) => e.event === 'ready')).toHaveLength(0);
     }
-    expect(app.stderr).toMatch(/sticky-rs: .*must not listen.*opens an extra listener in the primary.*not sticky.*Delete the listen\(\) call/);
+    expect(app.stderr).toMatch(
+      /sticky-rs: .*must not listen.*opens an extra listener in the primary.*not sticky.*Delete the listen\(\) call/,
+    );
     expect(app.stderr).not.toMatch(/LISTEN-TRAP: no error/);
   });
 
@@ -100,25 +120,33 @@ describe('migration traps', () => {
     }
   }
 
-  test.each(['sticky', 'listen'])('%s(): workers forked by a leftover cluster.fork() are named once, never routed to, and end quietly at shutdown', async (api) => {
-    const port = await freePort();
-    const app = startFixture('ops-app.js', api === 'listen'
-      ? { API: api, PORT: String(port), LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ workers: 2 }) }
-      : { API: api, LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ concurrency: 2, port }) });
-    await app.count('ready', 2);
-    const answers = await Promise.all(Array.from({ length: 40 }, (_, i) => get(port, clientIp(i))));
-    const slotPids = (await app.stats()).slots.map((s) => s.pid);
-    expect(new Set(answers.map((a) => a.body.pid))).toEqual(new Set(slotPids));
-    // Our worker dies: the leftover 'exit' handler forks another stray; still one warning.
-    process.kill(slotPids[0], 'SIGKILL');
-    await app.next((e) => e.event === 'ready' && e.slot === 0 && e.pid !== slotPids[0]);
-    app.child.kill('SIGTERM');
-    expect(await app.exited).toEqual({ code: 0, signal: null });
-    expect(await groupGone(app)).toBe(true);
-    expect(app.stderr.match(/forked outside sticky-rs/g)).toHaveLength(1);
-    expect(app.stderr).toMatch(/warning: a worker \(pid \d+\) was forked outside sticky-rs, probably by a leftover cluster\.fork\(\) \(e\.g\. in cluster\.on\('exit'/);
-    expect(app.stderr).not.toMatch(/EPIPE|Error:| {4}at /);
-  });
+  test.each(['sticky', 'listen'])(
+    '%s(): workers forked by a leftover cluster.fork() are named once, never routed to, and end quietly at shutdown',
+    async (api) => {
+      const port = await freePort();
+      const app = startFixture(
+        'ops-app.js',
+        api === 'listen'
+          ? { API: api, PORT: String(port), LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ workers: 2 }) }
+          : { API: api, LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ concurrency: 2, port }) },
+      );
+      await app.count('ready', 2);
+      const answers = await Promise.all(Array.from({ length: 40 }, (_, i) => get(port, clientIp(i))));
+      const slotPids = (await app.stats()).slots.map((s) => s.pid);
+      expect(new Set(answers.map((a) => a.body.pid))).toEqual(new Set(slotPids));
+      // Our worker dies: the leftover 'exit' handler forks another stray; still one warning.
+      process.kill(slotPids[0], 'SIGKILL');
+      await app.next((e) => e.event === 'ready' && e.slot === 0 && e.pid !== slotPids[0]);
+      app.child.kill('SIGTERM');
+      expect(await app.exited).toEqual({ code: 0, signal: null });
+      expect(await groupGone(app)).toBe(true);
+      expect(app.stderr.match(/forked outside sticky-rs/g)).toHaveLength(1);
+      expect(app.stderr).toMatch(
+        /warning: a worker \(pid \d+\) was forked outside sticky-rs, probably by a leftover cluster\.fork\(\) \(e\.g\. in cluster\.on\('exit'/,
+      );
+      expect(app.stderr).not.toMatch(/EPIPE|Error:| {4}at /);
+    },
+  );
 });
 
 describe('logs', () => {
@@ -136,12 +164,21 @@ describe('logs', () => {
     });
   }
 
-  test('without debug (dispatch \'primary\'): dropped connections (queueLimit, queueTimeout) and readyTimeout kills are warned, one line each, rate-limited', async () => {
+  test("without debug (dispatch 'primary'): dropped connections (queueLimit, queueTimeout) and readyTimeout kills are warned, one line each, rate-limited", async () => {
     const port = await freePort();
     // The queue bounds are the router's: with kernel dispatch clients wait in the kernel (below).
     const app = startFixture('ops-app.js', {
       STALL: '1',
-      OPTIONS: JSON.stringify({ concurrency: 1, port, dispatch: 'primary', queueLimit: 2, queueTimeout: 400, readyTimeout: 600, respawnDelay: 10, maxRestarts: Infinity }),
+      OPTIONS: JSON.stringify({
+        concurrency: 1,
+        port,
+        dispatch: 'primary',
+        queueLimit: 2,
+        queueTimeout: 400,
+        readyTimeout: 600,
+        respawnDelay: 10,
+        maxRestarts: Infinity,
+      }),
     });
     await app.next((e) => e.event === 'fork');
     // 2 wait (then expire after queueTimeout), the other 3 find the queue full.
@@ -154,12 +191,36 @@ describe('logs', () => {
     const stderr = app.stderr;
     const pid = app.events.find((e) => e.event === 'fork').pid;
     // The slot's worker when the counters were read.
-    expect(lines(stderr, new RegExp(`^${STAMP}slot 0 \\(worker pid \\d+\\): closed 3 new connection\\(s\\) unserved: the slot's queue was full \\(queueLimit 2\\)`))).toHaveLength(1);
-    expect(lines(stderr, new RegExp(`^${STAMP}slot 0 \\(worker pid \\d+\\): closed 2 connection\\(s\\) that waited longer than queueTimeout \\(400 ms\\)`))).toHaveLength(1);
-    expect(lines(stderr, new RegExp(`^${STAMP}slot 0: worker pid ${pid} did not become ready within readyTimeout \\(600 ms\\); killed it\\. Is its start-up code stuck`))).toHaveLength(1);
+    expect(
+      lines(
+        stderr,
+        new RegExp(
+          `^${STAMP}slot 0 \\(worker pid \\d+\\): closed 3 new connection\\(s\\) unserved: the slot's queue was full \\(queueLimit 2\\)`,
+        ),
+      ),
+    ).toHaveLength(1);
+    expect(
+      lines(
+        stderr,
+        new RegExp(`^${STAMP}slot 0 \\(worker pid \\d+\\): closed 2 connection\\(s\\) that waited longer than queueTimeout \\(400 ms\\)`),
+      ),
+    ).toHaveLength(1);
+    expect(
+      lines(
+        stderr,
+        new RegExp(
+          `^${STAMP}slot 0: worker pid ${pid} did not become ready within readyTimeout \\(600 ms\\); killed it\\. Is its start-up code stuck`,
+        ),
+      ),
+    ).toHaveLength(1);
     expect(lines(stderr, /readyTimeout/)).toHaveLength(1);
     // Nothing but warnings without debug.
-    expect(stderr.split('\n').filter(Boolean).every((l) => new RegExp(`^${STAMP}`).test(l))).toBe(true);
+    expect(
+      stderr
+        .split('\n')
+        .filter(Boolean)
+        .every((l) => new RegExp(`^${STAMP}`).test(l)),
+    ).toBe(true);
   });
 
   test('without debug (kernel dispatch): clients waiting in the kernel for a slot without a ready worker are warned', async () => {
@@ -176,7 +237,14 @@ describe('logs', () => {
       await Promise.all(sockets.map((socket) => new Promise((resolve) => socket.once('connect', resolve))));
       await app.said(/accept queue/);
       expect((await app.stats()).dispatch).toBe('kernel');
-      expect(lines(app.stderr, new RegExp(`^${STAMP}slot 0 \\(worker pid \\d+\\): 3 connection\\(s\\) wait in the kernel's accept queue for a ready worker; past backlog \\(8\\) new clients of this slot get no answer and retry$`))).toHaveLength(1);
+      expect(
+        lines(
+          app.stderr,
+          new RegExp(
+            `^${STAMP}slot 0 \\(worker pid \\d+\\): 3 connection\\(s\\) wait in the kernel's accept queue for a ready worker; past backlog \\(8\\) new clients of this slot get no answer and retry$`,
+          ),
+        ),
+      ).toHaveLength(1);
     } finally {
       for (const socket of sockets) socket.destroy();
     }
@@ -190,7 +258,9 @@ describe('logs', () => {
     await app.count('ready', 1);
     await Promise.all([1, 2, 3].map((i) => closedByPrimary(port, clientIp(i))));
     await app.said(/PROXY header/, 3000);
-    expect(lines(app.stderr, new RegExp(`^${STAMP}closed [1-3] connection\\(s\\) from trusted proxies without a valid PROXY header`))).toHaveLength(1);
+    expect(
+      lines(app.stderr, new RegExp(`^${STAMP}closed [1-3] connection\\(s\\) from trusted proxies without a valid PROXY header`)),
+    ).toHaveLength(1);
     expect((await app.stats()).rejected).toBe(3);
   });
 
@@ -204,57 +274,85 @@ describe('logs', () => {
     expect(await app.exited).toEqual({ code: 1, signal: null });
     const elapsed = Date.now() - started;
     console.log(`crash loop with maxRestarts 3: gave up after ${elapsed} ms, ${app.events.filter((e) => e.event === 'fork').length} forks`);
-    expect(lines(app.stderr, new RegExp(`^${STAMP}slot \\d: worker pid \\d+ exited with code 1 after \\d+ ms, 4 exits within restartWindow \\(30000 ms\\), more than maxRestarts \\(3\\): giving up, shutting down with exit code 1$`))).toHaveLength(1);
-    expect(lines(app.stderr, new RegExp(`^${STAMP}slot \\d: worker pid \\d+ exited with code 1 after \\d+ ms; 1 exit\\(s\\) within 30000 ms; respawning`)).length).toBeGreaterThanOrEqual(1);
+    expect(
+      lines(
+        app.stderr,
+        new RegExp(
+          `^${STAMP}slot \\d: worker pid \\d+ exited with code 1 after \\d+ ms, 4 exits within restartWindow \\(30000 ms\\), more than maxRestarts \\(3\\): giving up, shutting down with exit code 1$`,
+        ),
+      ),
+    ).toHaveLength(1);
+    expect(
+      lines(
+        app.stderr,
+        new RegExp(`^${STAMP}slot \\d: worker pid \\d+ exited with code 1 after \\d+ ms; 1 exit\\(s\\) within 30000 ms; respawning`),
+      ).length,
+    ).toBeGreaterThanOrEqual(1);
     expect(elapsed).toBeLessThan(15000);
   });
 
-  test.each(['kernel', 'primary'])('debug levels (dispatch %s): true = lifecycle lines naming slot and pid; \'connections\' and DEBUG=sticky-rs* add a line per connection', async (dispatch) => {
-    const port = await freePort();
-    const run = async (env) => {
-      const app = startFixture('ops-app.js', { ...env, OPTIONS: JSON.stringify({ concurrency: 2, port, dispatch, ...JSON.parse(env.OPTIONS || '{}') }) });
-      await app.count('ready', 2);
-      await Promise.all(Array.from({ length: 10 }, (_, i) => get(port, clientIp(i))));
-      await app.atRest();
-      app.child.kill('SIGTERM');
-      await app.exited;
-      // 'exit' can come before the last bytes of stderr were read: wait for its end (bounded).
-      await new Promise((resolve) => {
-        if (app.child.stderr.readableEnded) return resolve();
-        const timer = setTimeout(resolve, 3000);
-        app.child.stderr.once('end', () => {
-          clearTimeout(timer);
-          resolve();
+  test.each(['kernel', 'primary'])(
+    "debug levels (dispatch %s): true = lifecycle lines naming slot and pid; 'connections' and DEBUG=sticky-rs* add a line per connection",
+    async (dispatch) => {
+      const port = await freePort();
+      const run = async (env) => {
+        const app = startFixture('ops-app.js', {
+          ...env,
+          OPTIONS: JSON.stringify({ concurrency: 2, port, dispatch, ...JSON.parse(env.OPTIONS || '{}') }),
         });
-      });
-      const all = app.stderr.split('\n').filter(Boolean);
-      return {
-        lifecycle: all.filter((l) => /forked worker #\d+ \(pid \d+\)|worker #\d+ of slot \d \(pid \d+\): channel open/.test(l)).length,
-        connections: all.filter((l) => /connection keyed|: connection from/.test(l)).length,
-        all: all.length,
+        await app.count('ready', 2);
+        await Promise.all(Array.from({ length: 10 }, (_, i) => get(port, clientIp(i))));
+        await app.atRest();
+        app.child.kill('SIGTERM');
+        await app.exited;
+        // 'exit' can come before the last bytes of stderr were read: wait for its end (bounded).
+        await new Promise((resolve) => {
+          if (app.child.stderr.readableEnded) return resolve();
+          const timer = setTimeout(resolve, 3000);
+          app.child.stderr.once('end', () => {
+            clearTimeout(timer);
+            resolve();
+          });
+        });
+        const all = app.stderr.split('\n').filter(Boolean);
+        return {
+          lifecycle: all.filter((l) => /forked worker #\d+ \(pid \d+\)|worker #\d+ of slot \d \(pid \d+\): channel open/.test(l)).length,
+          connections: all.filter((l) => /connection keyed|: connection from/.test(l)).length,
+          all: all.length,
+        };
       };
-    };
-    const off = await run({ DEBUG: '' });
-    const lifecycle = await run({ OPTIONS: JSON.stringify({ debug: true }), DEBUG: '' });
-    const connections = await run({ OPTIONS: JSON.stringify({ debug: 'connections' }), DEBUG: '' });
-    const env = await run({ DEBUG: 'express:*,sticky-rs*' });
-    const envLifecycle = await run({ DEBUG: 'sticky-rs:*,-sticky-rs:connection' });
-    console.log(`debug lines for 10 requests: off ${off.all}, true ${lifecycle.all}, 'connections' ${connections.all}, DEBUG=sticky-rs* ${env.all}`);
-    expect(off).toEqual({ lifecycle: 0, connections: 0, all: 0 });
-    expect(lifecycle).toMatchObject({ lifecycle: 4, connections: 0 });
-    // With the router: keyed in the primary, adopted in the worker; with the kernel: accepted in
-    // the worker.
-    const perRequest = dispatch === 'kernel' ? 1 : 2;
-    expect(connections).toMatchObject({ lifecycle: 4, connections: 10 * perRequest });
-    expect(env).toMatchObject({ lifecycle: 4, connections: 10 * perRequest });
-    expect(envLifecycle).toMatchObject({ lifecycle: 4, connections: 0 });
-  });
+      const off = await run({ DEBUG: '' });
+      const lifecycle = await run({ OPTIONS: JSON.stringify({ debug: true }), DEBUG: '' });
+      const connections = await run({ OPTIONS: JSON.stringify({ debug: 'connections' }), DEBUG: '' });
+      const env = await run({ DEBUG: 'express:*,sticky-rs*' });
+      const envLifecycle = await run({ DEBUG: 'sticky-rs:*,-sticky-rs:connection' });
+      console.log(
+        `debug lines for 10 requests: off ${off.all}, true ${lifecycle.all}, 'connections' ${connections.all}, DEBUG=sticky-rs* ${env.all}`,
+      );
+      expect(off).toEqual({ lifecycle: 0, connections: 0, all: 0 });
+      expect(lifecycle).toMatchObject({ lifecycle: 4, connections: 0 });
+      // With the router: keyed in the primary, adopted in the worker; with the kernel: accepted in
+      // the worker.
+      const perRequest = dispatch === 'kernel' ? 1 : 2;
+      expect(connections).toMatchObject({ lifecycle: 4, connections: 10 * perRequest });
+      expect(env).toMatchObject({ lifecycle: 4, connections: 10 * perRequest });
+      expect(envLifecycle).toMatchObject({ lifecycle: 4, connections: 0 });
+    },
+  );
 });
 
 describe('running under a cluster primary that is not sticky-rs', () => {
   test.each([
-    ['an app\'s own cluster.fork()', {}, /this process is a cluster worker, but its primary does not run sticky-rs: sticky\(\) and listen\(\) must be called in the cluster primary too/],
-    ['PM2 cluster mode (its environment)', { exec_mode: 'cluster_mode', pm_id: '0' }, /started by PM2 in cluster mode \(pm2 start -i N.*Run one instance in fork mode \(pm2 start app\.js/],
+    [
+      "an app's own cluster.fork()",
+      {},
+      /this process is a cluster worker, but its primary does not run sticky-rs: sticky\(\) and listen\(\) must be called in the cluster primary too/,
+    ],
+    [
+      'PM2 cluster mode (its environment)',
+      { exec_mode: 'cluster_mode', pm_id: '0' },
+      /started by PM2 in cluster mode \(pm2 start -i N.*Run one instance in fork mode \(pm2 start app\.js/,
+    ],
   ])('%s: the worker fails, saying why and what to do', async (_, workerEnv, message) => {
     const app = startFixture('foreign-primary.js', { WORKER_ENV: JSON.stringify(workerEnv) });
     expect(await app.next((e) => e.event === 'worker-exit')).toEqual({ event: 'worker-exit', code: 1 });
@@ -265,7 +363,12 @@ describe('running under a cluster primary that is not sticky-rs', () => {
 test('ESM: default and named imports (the README example) run a primary and its workers', async () => {
   const app = startFixture('esm-app.mjs', { PORT: '0', WORKERS: '2' });
   const listening = await app.next((e) => e.event === 'listening');
-  expect(listening).toMatchObject({ same: true, sticky: 'function', prometheus: 'function', address: { family: 'IPv6', port: expect.any(Number) } });
+  expect(listening).toMatchObject({
+    same: true,
+    sticky: 'function',
+    prometheus: 'function',
+    address: { family: 'IPv6', port: expect.any(Number) },
+  });
   await app.count('ready', 2);
   const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => get(listening.address.port, clientIp(i))));
   expect(new Set(answers.map((a) => a.body.index))).toEqual(new Set(['0', '1']));

@@ -5,8 +5,11 @@ const path = require('node:path');
 
 test('STICKY_RS_PRIMARY_PID reaches cluster workers only, not the primary or its other children', async () => {
   const out = await new Promise((resolve, reject) => {
-    execFile(process.execPath, [path.join(__dirname, 'fixtures', 'primary-env.js')], { timeout: 20_000, encoding: 'utf8' }, (err, stdout, stderr) =>
-      err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout),
+    execFile(
+      process.execPath,
+      [path.join(__dirname, 'fixtures', 'primary-env.js')],
+      { timeout: 20_000, encoding: 'utf8' },
+      (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)),
     );
   });
   const seen = JSON.parse(out.trim());

@@ -15,7 +15,11 @@ const home = fs.mkdtempSync(path.join(os.tmpdir(), 'sticky-rs-pm2-'));
 
 /** Runs the pm2 CLI with its own PM2_HOME; `env` reaches the app (PM2 passes the CLI's environment). */
 function pm2(args, env = {}) {
-  const r = spawnSync(process.execPath, [PM2, ...args], { env: { ...process.env, PM2_HOME: home, ...env }, encoding: 'utf8', timeout: 60000 });
+  const r = spawnSync(process.execPath, [PM2, ...args], {
+    env: { ...process.env, PM2_HOME: home, ...env },
+    encoding: 'utf8',
+    timeout: 60000,
+  });
   if (r.status !== 0) throw new Error(`pm2 ${args.join(' ')}: exit ${r.status}\n${r.stdout}${r.stderr}`);
   return r.stdout;
 }
@@ -76,7 +80,11 @@ test('fork mode, one instance: sticky, `pm2 reload` is graceful (SIGINT, exit 0)
   for (const line of exits) expect(line).toMatch(/exited with code \[0\] via signal \[SIGINT\]/);
   // pm2 signals the whole process tree: the workers' own SIGINT is no crash, and no worker is
   // forked while the primary stops (issue 19, items 2 and 6).
-  const errors = fs.readdirSync(path.join(home, 'logs')).filter((f) => f.startsWith('sticky-fork-error')).map((f) => fs.readFileSync(path.join(home, 'logs', f), 'utf8')).join('');
+  const errors = fs
+    .readdirSync(path.join(home, 'logs'))
+    .filter((f) => f.startsWith('sticky-fork-error'))
+    .map((f) => fs.readFileSync(path.join(home, 'logs', f), 'utf8'))
+    .join('');
   expect(errors).not.toMatch(/respawning|exited with code/);
   pm2(['delete', 'sticky-fork']);
 });
@@ -85,10 +93,21 @@ test('cluster mode (`pm2 start -i 2`): the app fails and its error log says to u
   const port = await freePort();
   pm2(['start', APP, '--name', 'sticky-cluster', '-i', '2'], { OPTIONS: JSON.stringify({ concurrency: 2, port }) });
   const errorLog = path.join(home, 'logs', 'sticky-cluster-error-0.log');
-  const text = await until(() => fs.existsSync(errorLog) && /started by PM2 in cluster mode/.test(fs.readFileSync(errorLog, 'utf8')) && fs.readFileSync(errorLog, 'utf8'), 20000, 'the advice in the error log');
+  const text = await until(
+    () =>
+      fs.existsSync(errorLog) &&
+      /started by PM2 in cluster mode/.test(fs.readFileSync(errorLog, 'utf8')) &&
+      fs.readFileSync(errorLog, 'utf8'),
+    20000,
+    'the advice in the error log',
+  );
   expect(text).toMatch(/Run one instance in fork mode \(pm2 start app\.js, or exec_mode: "fork", instances: 1\)/);
   expect(list()['sticky-cluster'].mode).toBe('cluster_mode');
   // The instance says why, then exits with code 1 (PM2 restarts it, and it exits again).
-  await until(() => /App \[sticky-cluster:\d+\] exited with code \[1\]/.test(fs.readFileSync(path.join(home, 'pm2.log'), 'utf8')), 10000, 'exit code 1 in pm2.log');
+  await until(
+    () => /App \[sticky-cluster:\d+\] exited with code \[1\]/.test(fs.readFileSync(path.join(home, 'pm2.log'), 'utf8')),
+    10000,
+    'exit code 1 in pm2.log',
+  );
   pm2(['delete', 'sticky-cluster']);
 });

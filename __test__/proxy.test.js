@@ -87,7 +87,8 @@ describe('X-Forwarded-For from a trusted proxy', () => {
     const sends = [...clients, ...clients];
     // The left-most entry is the client's own claim (forgeable); trusted hops on the right are skipped.
     const answers = await pool(sends, 20, (fwd, i) =>
-      raw(port, PROXY_IP, request(`X-Forwarded-For: ${i % 2 ? '6.6.6.6, ' : ''}${fwd}, 10.1.2.3\r\n`)));
+      raw(port, PROXY_IP, request(`X-Forwarded-For: ${i % 2 ? '6.6.6.6, ' : ''}${fwd}, 10.1.2.3\r\n`)),
+    );
     const pidOf = new Map();
     const slots = new Set();
     for (const [i, a] of answers.entries()) {
@@ -142,28 +143,40 @@ describe('X-Forwarded-For from a trusted proxy', () => {
       quiet.push(await p99());
       const idle = [];
       try {
-        await pool(range(1000), 100, () => new Promise((resolve, reject) => {
-          const s = net.connect({ port, host: '127.0.0.1', localAddress: PROXY_IP }, () => resolve());
-          s.on('error', reject);
-          idle.push(s);
-        }));
+        await pool(
+          range(1000),
+          100,
+          () =>
+            new Promise((resolve, reject) => {
+              const s = net.connect({ port, host: '127.0.0.1', localAddress: PROXY_IP }, () => resolve());
+              s.on('error', reject);
+              idle.push(s);
+            }),
+        );
         loaded.push(await p99());
       } finally {
         for (const s of idle) s.destroy();
       }
     }
     const median = (xs) => [...xs].sort((a, b) => a - b)[1];
-    console.log(`slowloris: p99 time to first byte, median of 3: ${median(quiet).toFixed(2)} ms without, ${median(loaded).toFixed(2)} ms with 1,000 idle connections (rounds: ${quiet.map((q) => q.toFixed(1))} / ${loaded.map((l) => l.toFixed(1))})`);
+    console.log(
+      `slowloris: p99 time to first byte, median of 3: ${median(quiet).toFixed(2)} ms without, ${median(loaded).toFixed(2)} ms with 1,000 idle connections (rounds: ${quiet.map((q) => q.toFixed(1))} / ${loaded.map((l) => l.toFixed(1))})`,
+    );
     expect(median(loaded)).toBeLessThanOrEqual(2 * median(quiet));
   });
 });
 
 describe('PROXY protocol from a trusted proxy', () => {
-  test.each([['v1', proxyV1], ['v2', proxyV2]])('%s: 200 claimed clients, sticky, remoteAddress and remotePort are the client', async (_, header) => {
+  test.each([
+    ['v1', proxyV1],
+    ['v2', proxyV2],
+  ])('%s: 200 claimed clients, sticky, remoteAddress and remotePort are the client', async (_, header) => {
     const { port } = await start({ ROUTE_BY: 'proxy-protocol', TRUSTED: PROXY_IP });
     const clients = range(200).map((i) => (i % 4 === 3 ? claimedV6(i) : claimedV4(i)));
     const sends = [...clients, ...clients];
-    const answers = await pool(sends, 20, (addr, i) => raw(port, PROXY_IP, Buffer.concat([Buffer.from(header(addr, 40000 + (i % 200))), Buffer.from(request())])));
+    const answers = await pool(sends, 20, (addr, i) =>
+      raw(port, PROXY_IP, Buffer.concat([Buffer.from(header(addr, 40000 + (i % 200))), Buffer.from(request())])),
+    );
     const pidOf = new Map();
     const slots = new Set();
     for (const [i, a] of answers.entries()) {
@@ -203,7 +216,11 @@ describe('PROXY protocol from a trusted proxy', () => {
 
   test('LOCAL (health checks) routes by the proxy; PROXY bytes from an untrusted peer reach the app as they are', async () => {
     const { port } = await start({ ROUTE_BY: 'proxy-protocol', TRUSTED: PROXY_IP });
-    const local = await raw(port, PROXY_IP, Buffer.concat([Buffer.from('\r\n\r\n\0\r\nQUIT\n', 'latin1'), Buffer.from([0x20, 0x00, 0, 0]), Buffer.from(request())]));
+    const local = await raw(
+      port,
+      PROXY_IP,
+      Buffer.concat([Buffer.from('\r\n\r\n\0\r\nQUIT\n', 'latin1'), Buffer.from([0x20, 0x00, 0, 0]), Buffer.from(request())]),
+    );
     expect(local.status).toBe(200);
     expect(local.body.remoteAddress).toBe(`::ffff:${PROXY_IP}`);
     // A spoof attempt from elsewhere: the header is not believed; Node answers 400 to it.
@@ -232,7 +249,12 @@ describe('PROXY protocol from a trusted proxy', () => {
       const results = await pool(range(30), 10, async (i) => {
         const agent = new http.Agent({ keepAlive: true, localAddress: clientIp(i) });
         agents.push(agent);
-        const socket = ioClient(`http://127.0.0.1:${shim.address().port}`, { transports: ['polling'], agent, forceNew: true, reconnection: false });
+        const socket = ioClient(`http://127.0.0.1:${shim.address().port}`, {
+          transports: ['polling'],
+          agent,
+          forceNew: true,
+          reconnection: false,
+        });
         try {
           await new Promise((resolve, reject) => {
             socket.once('connect', resolve);

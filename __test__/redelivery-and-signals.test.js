@@ -11,7 +11,6 @@ const { within, until, sleep, range, freePort, clientIp, startFixture, stopAll, 
 
 afterEach(stopAll);
 
-
 /**
  * One `GET path` with `Connection: close` on a raw socket from `ip`, reading everything until the
  * server closes, so that a second answer on the same connection would be seen. Never rejects:
@@ -63,14 +62,19 @@ function hangingRequest(port, ip) {
 
 /** Resolves once a connection to `port` is refused (the primary stopped accepting). */
 function refused(port) {
-  return until('the listener closes', () => new Promise((resolve) => {
-    const s = net.connect({ port, host: '127.0.0.1', localAddress: clientIp(999) });
-    s.on('connect', () => {
-      s.destroy();
-      resolve(false);
-    });
-    s.on('error', (err) => resolve(err.code === 'ECONNREFUSED'));
-  }), 3000);
+  return until(
+    'the listener closes',
+    () =>
+      new Promise((resolve) => {
+        const s = net.connect({ port, host: '127.0.0.1', localAddress: clientIp(999) });
+        s.on('connect', () => {
+          s.destroy();
+          resolve(false);
+        });
+        s.on('error', (err) => resolve(err.code === 'ECONNREFUSED'));
+      }),
+    3000,
+  );
 }
 
 test('a worker SIGKILLed before acknowledging its connections: the replacement answers each exactly once', async () => {
@@ -90,7 +94,9 @@ test('a worker SIGKILLed before acknowledging its connections: the replacement a
     process.kill(holder, 'SIGKILL');
     const results = await Promise.all(answers);
     const after = await app.stats();
-    console.log(`forced redelivery: slot 0 redelivered ${after.slots[0].redelivered - before.redelivered}, acknowledged ${after.slots[0].delivered - before.delivered}; answered in ${Math.max(...results.map((r) => r.firstByteAt)) - killedAt} ms after the SIGKILL`);
+    console.log(
+      `forced redelivery: slot 0 redelivered ${after.slots[0].redelivered - before.redelivered}, acknowledged ${after.slots[0].delivered - before.delivered}; answered in ${Math.max(...results.map((r) => r.firstByteAt)) - killedAt} ms after the SIGKILL`,
+    );
     expect(await app.next((e) => e.event === 'exit' && e.pid === holder)).toMatchObject({ slot: 0, signal: 'SIGKILL' });
     const replacement = after.slots[0].pid;
     expect(replacement).not.toBe(holder);
@@ -124,7 +130,9 @@ test('a worker out of descriptors (MSG_CTRUNC): the connections the kernel dropp
   const results = await Promise.all(ips.slice(1).map((ip, i) => rawGet(port, ip, `/lost-${i}`)));
   const after = await app.stats();
   const redelivered = after.slots[0].redelivered - before.redelivered;
-  console.log(`out of descriptors: ${hogged.count} hogged, slot 0 redelivered ${redelivered} connection(s), all 20 answered in ${Date.now() - started} ms`);
+  console.log(
+    `out of descriptors: ${hogged.count} hogged, slot 0 redelivered ${redelivered} connection(s), all 20 answered in ${Date.now() - started} ms`,
+  );
   for (const [i, r] of results.entries()) {
     expect(r).toMatchObject({ answers: 1, status: 200, body: { pid: hog.body.pid, url: `/lost-${i}` } });
   }
@@ -177,7 +185,11 @@ test('hardShutdownDelay runs out: the primary exits 1 after about that long, the
   await until('every worker gone', () => pids.every((pid) => !alive(pid)), 3000);
   // The operator learns why it exited 1 and which worker held the shutdown up.
   // (The hanging request is slot 0's.)
-  expect(app.stderr).toMatch(new RegExp(`warning: shutdown: hardShutdownDelay \\(1500 ms\\) ran out with 1 worker\\(s\\) still finishing their connections: slot 0 \\(pid ${pids[0]}\\); killing them, exit code 1`));
+  expect(app.stderr).toMatch(
+    new RegExp(
+      `warning: shutdown: hardShutdownDelay \\(1500 ms\\) ran out with 1 worker\\(s\\) still finishing their connections: slot 0 \\(pid ${pids[0]}\\); killing them, exit code 1`,
+    ),
+  );
 });
 
 test.each([
@@ -216,7 +228,9 @@ test.each([
     await until('load after the reload', () => served.after >= 50);
     running = false;
     await Promise.all(loaders);
-    console.log(`SIGHUP reload: ${reloadMs} ms; served before/during/after ${served.before}/${served.during}/${served.after}, ${failures.length} failed`);
+    console.log(
+      `SIGHUP reload: ${reloadMs} ms; served before/during/after ${served.before}/${served.during}/${served.after}, ${failures.length} failed`,
+    );
     expect(failures).toEqual([]);
     expect(served.during).toBeGreaterThan(0);
     for (const e of exits) expect(e).toMatchObject({ code: 0, signal: null });
@@ -245,7 +259,10 @@ test('SIGHUP during a reload: every slot ends up on a worker forked after the la
   const asked = app.events.length;
   // 3 + 3 + 3 workers became ready; no more.
   await app.count('ready', 9, 20000);
-  const forkedAfter = app.events.slice(asked).filter((e) => e.event === 'fork').map((e) => e.pid);
+  const forkedAfter = app.events
+    .slice(asked)
+    .filter((e) => e.event === 'fork')
+    .map((e) => e.pid);
   const { slots } = await app.stats();
   for (const s of slots) {
     expect(s.ready).toBe(true);

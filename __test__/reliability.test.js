@@ -74,7 +74,9 @@ describe('slow heads from a trusted proxy at a low fd limit (ulimit -n 1024)', (
   ])('%s: 1,000 connections dripping a byte every 400 ms do not stop others being served', async (routeBy, head) => {
     const { app, port } = await start({ ROUTE_BY: routeBy, TRUSTED: PROXY_IP, PEEK_TIMEOUT: 30000 }, { fdLimit: 1024 });
     const served = async (n, offset) => {
-      const answers = await pool(range(n), 10, (i) => get(port, clientIp(offset + i), '/', { timeout: 3000 }).catch((e) => ({ error: e.message })));
+      const answers = await pool(range(n), 10, (i) =>
+        get(port, clientIp(offset + i), '/', { timeout: 3000 }).catch((e) => ({ error: e.message })),
+      );
       return answers.filter((a) => a.status === 200).length;
     };
     expect(await served(20, 0)).toBe(20);
@@ -85,16 +87,26 @@ describe('slow heads from a trusted proxy at a low fd limit (ulimit -n 1024)', (
       for (const s of drips) if (sent < head.length) s.write(head[sent]);
     }, 400);
     try {
-      await pool(range(1000), 50, () => new Promise((resolve) => {
-        const s = net.connect({ port, host: '127.0.0.1', localAddress: PROXY_IP }, () => {
-          s.write(head[0]);
-          resolve();
-        });
-        drips.add(s);
-        s.on('error', () => resolve());
-        s.on('close', () => drips.delete(s));
-      }));
-      const answers = await pool(range(50), 10, (i) => get(port, clientIp(100 + i), '/', { timeout: 3000 }).then((a) => ({ ...a, i }), (e) => ({ error: e.message, i })));
+      await pool(
+        range(1000),
+        50,
+        () =>
+          new Promise((resolve) => {
+            const s = net.connect({ port, host: '127.0.0.1', localAddress: PROXY_IP }, () => {
+              s.write(head[0]);
+              resolve();
+            });
+            drips.add(s);
+            s.on('error', () => resolve());
+            s.on('close', () => drips.delete(s));
+          }),
+      );
+      const answers = await pool(range(50), 10, (i) =>
+        get(port, clientIp(100 + i), '/', { timeout: 3000 }).then(
+          (a) => ({ ...a, i }),
+          (e) => ({ error: e.message, i }),
+        ),
+      );
       const failed = answers.filter((a) => a.status !== 200);
       // At most half the held connections are heads being read; the oldest were given up.
       const stats = await app.stats();
@@ -208,9 +220,11 @@ function prng(seed) {
 function fuzzedHead(routeBy, random) {
   const int = (n) => Math.floor(random() * n);
   const client = `${1 + int(223)}.${int(256)}.${int(256)}.${int(256)}`;
-  let head = Buffer.from(routeBy === 'proxy-protocol'
-    ? `PROXY TCP4 ${client} 127.0.0.1 ${1 + int(65535)} 80\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`
-    : `GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: ${client}\r\nConnection: close\r\n\r\n`);
+  let head = Buffer.from(
+    routeBy === 'proxy-protocol'
+      ? `PROXY TCP4 ${client} 127.0.0.1 ${1 + int(65535)} 80\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`
+      : `GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: ${client}\r\nConnection: close\r\n\r\n`,
+  );
   const damage = int(4);
   if (damage === 1) head = head.subarray(0, int(head.length));
   if (damage === 2) for (let k = 0; k < 1 + int(4); k++) head[int(head.length)] = int(256);
@@ -222,41 +236,50 @@ function fuzzedHead(routeBy, random) {
 }
 
 describe('fuzz: 600 damaged heads per mode with random half-closes and resets', () => {
-  test.each(['proxy-protocol', 'x-forwarded-for'])('%s: resolving drains to 0, fds back at baseline, others served', async (routeBy) => {
-    const { app, port } = await start({ ROUTE_BY: routeBy, TRUSTED: PROXY_IP, PEEK_TIMEOUT: 500 });
-    await pool(range(10), 5, (i) => get(port, clientIp(i)));
-    await app.atRest();
-    const baseline = app.fdCount();
-    const random = prng(routeBy.length);
-    const ends = { fin: 0, reset: 0, open: 0 };
-    await pool(range(600), 50, (i) => new Promise((resolve) => {
-      const head = fuzzedHead(routeBy, random);
-      const end = ['fin', 'reset', 'open'][Math.floor(random() * 3)];
-      ends[end]++;
-      const split = Math.floor(random() * head.length);
-      const s = net.connect({ port, host: '127.0.0.1', localAddress: PROXY_IP }, async () => {
-        // In two pieces, so the router often sees a part first.
-        s.write(head.subarray(0, split));
-        await sleep(Math.floor(random() * 20));
-        if (end === 'fin') s.end(head.subarray(split));
-        else if (end === 'reset') s.resetAndDestroy();
-        else s.write(head.subarray(split));
-      });
-      s.on('error', () => {});
-      s.on('close', resolve);
-      s.resume();
-      // 'open' ones wait for the server's answer or its close; bounded either way.
-      s.setTimeout(3000, () => s.destroy());
-      if (i % 97 === 0) get(port, clientIp(100 + i)).catch(() => {});
-    }));
-    expect(ends.fin).toBeGreaterThan(100);
-    expect(await resolvingDrains(app, 3000)).toBeLessThan(3000);
-    await app.atRest();
-    for (let i = 0; i < 100 && app.fdCount() !== baseline; i++) await sleep(50);
-    expect(app.fdCount()).toBe(baseline);
-    const answers = await pool(range(20), 10, (i) => get(port, clientIp(200 + i), '/', { timeout: 3000 }));
-    expect(answers.every((a) => a.status === 200)).toBe(true);
-  }, 120000);
+  test.each(['proxy-protocol', 'x-forwarded-for'])(
+    '%s: resolving drains to 0, fds back at baseline, others served',
+    async (routeBy) => {
+      const { app, port } = await start({ ROUTE_BY: routeBy, TRUSTED: PROXY_IP, PEEK_TIMEOUT: 500 });
+      await pool(range(10), 5, (i) => get(port, clientIp(i)));
+      await app.atRest();
+      const baseline = app.fdCount();
+      const random = prng(routeBy.length);
+      const ends = { fin: 0, reset: 0, open: 0 };
+      await pool(
+        range(600),
+        50,
+        (i) =>
+          new Promise((resolve) => {
+            const head = fuzzedHead(routeBy, random);
+            const end = ['fin', 'reset', 'open'][Math.floor(random() * 3)];
+            ends[end]++;
+            const split = Math.floor(random() * head.length);
+            const s = net.connect({ port, host: '127.0.0.1', localAddress: PROXY_IP }, async () => {
+              // In two pieces, so the router often sees a part first.
+              s.write(head.subarray(0, split));
+              await sleep(Math.floor(random() * 20));
+              if (end === 'fin') s.end(head.subarray(split));
+              else if (end === 'reset') s.resetAndDestroy();
+              else s.write(head.subarray(split));
+            });
+            s.on('error', () => {});
+            s.on('close', resolve);
+            s.resume();
+            // 'open' ones wait for the server's answer or its close; bounded either way.
+            s.setTimeout(3000, () => s.destroy());
+            if (i % 97 === 0) get(port, clientIp(100 + i)).catch(() => {});
+          }),
+      );
+      expect(ends.fin).toBeGreaterThan(100);
+      expect(await resolvingDrains(app, 3000)).toBeLessThan(3000);
+      await app.atRest();
+      for (let i = 0; i < 100 && app.fdCount() !== baseline; i++) await sleep(50);
+      expect(app.fdCount()).toBe(baseline);
+      const answers = await pool(range(20), 10, (i) => get(port, clientIp(200 + i), '/', { timeout: 3000 }));
+      expect(answers.every((a) => a.status === 200)).toBe(true);
+    },
+    120000,
+  );
 });
 
 test('trustedProxies written as IPv4-mapped addresses and ranges trust the IPv4 peer', async () => {

@@ -7,7 +7,6 @@ const { range, freePort, clientIp, startFixture, stopAll, get, pool, total } = r
 
 afterEach(stopAll);
 
-
 test('200 client IPs x 3 requests over 4 workers: one pid per IP, slot = djb2(addr) % 4, all used', async () => {
   const port = await freePort();
   const app = startFixture('cluster-app.js', { PORT: port, WORKERS: 4 });

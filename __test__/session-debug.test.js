@@ -22,7 +22,10 @@ function request(port, path) {
   });
 }
 
-test.each([['listen', { LISTEN_ROUTE_BY: 'sid' }], ['setupMaster', {}]])('%s: the 400 of a sid after peekLimit bytes says why in the debug line', async (api, env) => {
+test.each([
+  ['listen', { LISTEN_ROUTE_BY: 'sid' }],
+  ['setupMaster', {}],
+])('%s: the 400 of a sid after peekLimit bytes says why in the debug line', async (api, env) => {
   const port = await freePort();
   const app = startFixture('socketio-guide.js', { PORT: String(port), WORKERS: '2', DEBUG: 'sticky-rs:lifecycle', ...env });
   await app.count('ready', 2);
@@ -46,5 +49,7 @@ test.each([['listen', { LISTEN_ROUTE_BY: 'sid' }], ['setupMaster', {}]])('%s: th
   });
   console.log(`${api}: ${line.slice(0, 100)}...${line.slice(-260)}`);
   expect(line).toMatch(/^\[sticky-rs\] worker #\d+ of slot \d \(pid \d+\): 400 Session ID unknown for GET \/socket\.io\/\?EIO=4/);
-  expect(line).toMatch(/its sid ends at byte 100\d\d of the request line, after the 8192 bytes the primary reads \(peekLimit\): the primary could not see it and placed the connection as a new session/);
+  expect(line).toMatch(
+    /its sid ends at byte 100\d\d of the request line, after the 8192 bytes the primary reads \(peekLimit\): the primary could not see it and placed the connection as a new session/,
+  );
 });

@@ -51,7 +51,10 @@ async function idleReport(fixture) {
 async function report(fixture, idle) {
   const id = String(++reportId);
   fixture.child.stdin.write(`${idle ? 'report-idle' : 'report'} ${id}\n`);
-  return whileAlive(fixture, fixture.next((e) => e.event === 'report' && e.id === id, 30000));
+  return whileAlive(
+    fixture,
+    fixture.next((e) => e.event === 'report' && e.id === id, 30000),
+  );
 }
 
 /** `promise`, or an error that says so if the fixture's primary exits first. */
@@ -317,97 +320,117 @@ async function pollingRun(agentOptions) {
 }
 
 describe('Socket.IO on 4 workers with @socket.io/cluster-adapter', () => {
-  test('100 polling clients without keep-alive: every request on a new connection, all on the right worker', async () => {
-    const { accepted, requests } = await pollingRun({ keepAlive: false });
-    // Without keep-alive each ack needs at least one new TCP connection (its POST), each of
-    // which went through the router on its own.
-    expect(accepted).toBeGreaterThanOrEqual(requests);
-  }, TEST_TIMEOUT);
+  test(
+    '100 polling clients without keep-alive: every request on a new connection, all on the right worker',
+    async () => {
+      const { accepted, requests } = await pollingRun({ keepAlive: false });
+      // Without keep-alive each ack needs at least one new TCP connection (its POST), each of
+      // which went through the router on its own.
+      expect(accepted).toBeGreaterThanOrEqual(requests);
+    },
+    TEST_TIMEOUT,
+  );
 
-  test('100 polling clients with a keep-alive agent', async () => {
-    const { accepted, requests } = await pollingRun({ keepAlive: true });
-    // The agent did reuse connections (otherwise this would repeat the first test).
-    expect(accepted).toBeLessThan(requests);
-  }, TEST_TIMEOUT);
+  test(
+    '100 polling clients with a keep-alive agent',
+    async () => {
+      const { accepted, requests } = await pollingRun({ keepAlive: true });
+      // The agent did reuse connections (otherwise this would repeat the first test).
+      expect(accepted).toBeLessThan(requests);
+    },
+    TEST_TIMEOUT,
+  );
 
-  test('24 clients upgrade from polling to websocket and keep working', async () => {
-    const CLIENTS = 24;
-    const ACKS = 10;
-    const { fixture, url, pidOfSlot } = await start();
-    const ips = Array.from({ length: CLIENTS }, (_, i) => clientIp(500 + i));
-    const clients = await clientPool(ips, 8, async (ip) => {
-      // Default transports: polling first, then the websocket probe on a new connection.
-      const client = await connect(url, ip, { agentOptions: { keepAlive: false } });
-      if (client.socket.connected) {
-        // One ack before the upgrade may be done, to see the worker that holds the session.
-        await echo(client, 1);
-        const engine = client.socket.io.engine;
-        if (engine.transport.name !== 'websocket') {
-          const name = await Promise.race([
-            client.upgraded,
-            new Promise((resolve) => setTimeout(() => resolve('timeout'), STEP_TIMEOUT).unref()),
-          ]);
-          if (name !== 'websocket') fail(client, `no upgrade to websocket: ${name}`);
+  test(
+    '24 clients upgrade from polling to websocket and keep working',
+    async () => {
+      const CLIENTS = 24;
+      const ACKS = 10;
+      const { fixture, url, pidOfSlot } = await start();
+      const ips = Array.from({ length: CLIENTS }, (_, i) => clientIp(500 + i));
+      const clients = await clientPool(ips, 8, async (ip) => {
+        // Default transports: polling first, then the websocket probe on a new connection.
+        const client = await connect(url, ip, { agentOptions: { keepAlive: false } });
+        if (client.socket.connected) {
+          // One ack before the upgrade may be done, to see the worker that holds the session.
+          await echo(client, 1);
+          const engine = client.socket.io.engine;
+          if (engine.transport.name !== 'websocket') {
+            const name = await Promise.race([
+              client.upgraded,
+              new Promise((resolve) => setTimeout(() => resolve('timeout'), STEP_TIMEOUT).unref()),
+            ]);
+            if (name !== 'websocket') fail(client, `no upgrade to websocket: ${name}`);
+          }
+          client.transport = engine.transport.name;
+          await echo(client, ACKS);
         }
-        client.transport = engine.transport.name;
-        await echo(client, ACKS);
-      }
-      close(client);
-      return client;
-    });
+        close(client);
+        return client;
+      });
 
-    await expectNoProblems(fixture, clients);
-    expect(clients.map((c) => c.transport)).toEqual(Array(CLIENTS).fill('websocket'));
-    expect(clients.map((c) => c.acks.length)).toEqual(Array(CLIENTS).fill(1 + ACKS));
-    // The server saw the acks after the upgrade over the websocket, too (the first one may
-    // have gone over polling).
-    expect([...new Set(clients.flatMap((c) => c.acks.slice(1).map((a) => a.transport)))]).toEqual(['websocket']);
-    // One worker per client, before and after the upgrade.
-    expectSticky(clients, pidOfSlot);
-    await expectCleanServers(fixture, pidOfSlot, CLIENTS);
-    await expectCleanRouter(fixture);
-  }, TEST_TIMEOUT);
+      await expectNoProblems(fixture, clients);
+      expect(clients.map((c) => c.transport)).toEqual(Array(CLIENTS).fill('websocket'));
+      expect(clients.map((c) => c.acks.length)).toEqual(Array(CLIENTS).fill(1 + ACKS));
+      // The server saw the acks after the upgrade over the websocket, too (the first one may
+      // have gone over polling).
+      expect([...new Set(clients.flatMap((c) => c.acks.slice(1).map((a) => a.transport)))]).toEqual(['websocket']);
+      // One worker per client, before and after the upgrade.
+      expectSticky(clients, pidOfSlot);
+      await expectCleanServers(fixture, pidOfSlot, CLIENTS);
+      await expectCleanRouter(fixture);
+    },
+    TEST_TIMEOUT,
+  );
 
-  test('a broadcast through the cluster adapter reaches every client on every worker exactly once', async () => {
-    const CLIENTS = 40;
-    const { fixture, url, pidOfSlot } = await start();
-    const ips = Array.from({ length: CLIENTS }, (_, i) => clientIp(1000 + i));
-    // Half polling-only (keep-alive agent), half upgrading to websocket.
-    const clients = await clientPool(ips, 8, async (ip, i) => {
-      const client = i % 2 === 0
-        ? await connect(url, ip, { agentOptions: { keepAlive: true }, transports: ['polling'] })
-        : await connect(url, ip, { agentOptions: { keepAlive: false } });
-      if (client.socket.connected) await echo(client, 1);
-      return client;
-    });
-    await expectNoProblems(fixture, clients);
-    expect(clients.map((c) => c.acks.length)).toEqual(Array(CLIENTS).fill(1));
-    const perPid = expectSticky(clients, pidOfSlot);
-    expect(Object.keys(perPid)).toHaveLength(WORKERS);
+  test(
+    'a broadcast through the cluster adapter reaches every client on every worker exactly once',
+    async () => {
+      const CLIENTS = 40;
+      const { fixture, url, pidOfSlot } = await start();
+      const ips = Array.from({ length: CLIENTS }, (_, i) => clientIp(1000 + i));
+      // Half polling-only (keep-alive agent), half upgrading to websocket.
+      const clients = await clientPool(ips, 8, async (ip, i) => {
+        const client =
+          i % 2 === 0
+            ? await connect(url, ip, { agentOptions: { keepAlive: true }, transports: ['polling'] })
+            : await connect(url, ip, { agentOptions: { keepAlive: false } });
+        if (client.socket.connected) await echo(client, 1);
+        return client;
+      });
+      await expectNoProblems(fixture, clients);
+      expect(clients.map((c) => c.acks.length)).toEqual(Array(CLIENTS).fill(1));
+      const perPid = expectSticky(clients, pidOfSlot);
+      expect(Object.keys(perPid)).toHaveLength(WORKERS);
 
-    // The first broadcast comes from one worker, the second (the sentinel) from another: a
-    // duplicate of the first would arrive before the second on the same IPC path.
-    const a = clients[0];
-    const b = clients.find((c) => c.acks[0].pid !== a.acks[0].pid);
-    const pidA = a.acks[0].pid;
-    const pidB = b.acks[0].pid;
+      // The first broadcast comes from one worker, the second (the sentinel) from another: a
+      // duplicate of the first would arrive before the second on the same IPC path.
+      const a = clients[0];
+      const b = clients.find((c) => c.acks[0].pid !== a.acks[0].pid);
+      const pidA = a.acks[0].pid;
+      const pidB = b.acks[0].pid;
 
-    const shoutA = await a.socket.timeout(STEP_TIMEOUT).emitWithAck('shout', { seq: 1 });
-    expect(shoutA.pid).toBe(pidA);
-    await Promise.all(clients.map((c) => waitNews(c, 1)));
-    const shoutB = await b.socket.timeout(STEP_TIMEOUT).emitWithAck('shout', { seq: 2 });
-    expect(shoutB.pid).toBe(pidB);
-    await Promise.all(clients.map((c) => waitNews(c, 2)));
+      const shoutA = await a.socket.timeout(STEP_TIMEOUT).emitWithAck('shout', { seq: 1 });
+      expect(shoutA.pid).toBe(pidA);
+      await Promise.all(clients.map((c) => waitNews(c, 1)));
+      const shoutB = await b.socket.timeout(STEP_TIMEOUT).emitWithAck('shout', { seq: 2 });
+      expect(shoutB.pid).toBe(pidB);
+      await Promise.all(clients.map((c) => waitNews(c, 2)));
 
-    const expected = [{ seq: 1, from: pidA }, { seq: 2, from: pidB }];
-    expect(clients.map((c) => ({ ip: c.ip, news: c.news }))).toEqual(clients.map((c) => ({ ip: c.ip, news: expected })));
-    await expectNoProblems(fixture, clients);
-    // Still connected, and still on the same worker.
-    await pool(clients, 8, (c) => echo(c, 1));
-    await expectNoProblems(fixture, clients);
-    expectSticky(clients, pidOfSlot);
-    for (const c of clients) close(c);
-    await expectCleanServers(fixture, pidOfSlot, CLIENTS);
-    await expectCleanRouter(fixture);
-  }, TEST_TIMEOUT);
+      const expected = [
+        { seq: 1, from: pidA },
+        { seq: 2, from: pidB },
+      ];
+      expect(clients.map((c) => ({ ip: c.ip, news: c.news }))).toEqual(clients.map((c) => ({ ip: c.ip, news: expected })));
+      await expectNoProblems(fixture, clients);
+      // Still connected, and still on the same worker.
+      await pool(clients, 8, (c) => echo(c, 1));
+      await expectNoProblems(fixture, clients);
+      expectSticky(clients, pidOfSlot);
+      for (const c of clients) close(c);
+      await expectCleanServers(fixture, pidOfSlot, CLIENTS);
+      await expectCleanRouter(fixture);
+    },
+    TEST_TIMEOUT,
+  );
 });

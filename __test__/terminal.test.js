@@ -15,7 +15,11 @@ const running = new Set();
 
 /** The app on a new pseudo-terminal: its events (JSON lines) and its terminal's text. */
 function onTerminal(env) {
-  const child = spawn('python3', [PTY_RUN, process.execPath, APP], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  const child = spawn('python3', [PTY_RUN, process.execPath, APP], {
+    env: { ...process.env, ...env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  });
   running.add(child);
   const run = { child, events: [], text: '' };
   readline.createInterface({ input: child.stdout }).on('line', (line) => {

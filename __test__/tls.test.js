@@ -26,11 +26,27 @@ beforeAll(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sticky-rs-tls-'));
   keyPath = path.join(dir, 'key.pem');
   certPath = path.join(dir, 'cert.pem');
-  execFileSync('openssl', [
-    'req', '-x509', '-newkey', 'rsa:2048', '-nodes',
-    '-keyout', keyPath, '-out', certPath, '-days', '1',
-    '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
-  ], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30000 });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      keyPath,
+      '-out',
+      certPath,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=localhost',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30000 },
+  );
   cert = fs.readFileSync(certPath);
   fingerprint = new crypto.X509Certificate(cert).fingerprint256;
 }, TEST_TIMEOUT);
@@ -93,57 +109,78 @@ function httpsGet(port, ip, urlPath, options = {}) {
 }
 
 describe('HTTPS with TLS terminated in the workers', () => {
-  test('24 client addresses x 3 HTTPS requests, each on a new TLS connection: verified, sticky, decrypted in the worker', async () => {
-    const IPS = 24;
-    const REQUESTS = 3;
-    const { fixture, port, pidOfSlot } = await start();
-    const ips = Array.from({ length: IPS }, (_, i) => clientIp(i));
-    const results = await pool(ips, 6, async (ip) => {
-      const answers = [];
-      for (let k = 0; k < REQUESTS; k++) answers.push(await httpsGet(port, ip, `/req/${k}`));
-      return { ip, answers };
-    });
+  test(
+    '24 client addresses x 3 HTTPS requests, each on a new TLS connection: verified, sticky, decrypted in the worker',
+    async () => {
+      const IPS = 24;
+      const REQUESTS = 3;
+      const { fixture, port, pidOfSlot } = await start();
+      const ips = Array.from({ length: IPS }, (_, i) => clientIp(i));
+      const results = await pool(ips, 6, async (ip) => {
+        const answers = [];
+        for (let k = 0; k < REQUESTS; k++) answers.push(await httpsGet(port, ip, `/req/${k}`));
+        return { ip, answers };
+      });
 
-    const workerPids = Object.values(pidOfSlot);
-    const perPid = {};
-    for (const { ip, answers } of results) {
-      for (const [k, { status, body, client }] of answers.entries()) {
-        // The client verified the server's certificate (rejectUnauthorized is on) and it is ours.
-        expect({ ip, k, status, ...client }).toEqual({ ip, k, status: 200, authorized: true, protocol: expect.stringMatching(/^TLSv1\.[23]$/), fingerprint });
-        // The worker, not the primary, decrypted the request: its socket is a TLS socket.
-        expect({ ip, k, url: body.url, encrypted: body.encrypted, protocol: body.protocol, address: body.remoteAddress.replace(/^::ffff:/, '') })
-          .toEqual({ ip, k, url: `/req/${k}`, encrypted: true, protocol: client.protocol, address: ip });
-        expect(workerPids).toContain(body.pid);
+      const workerPids = Object.values(pidOfSlot);
+      const perPid = {};
+      for (const { ip, answers } of results) {
+        for (const [k, { status, body, client }] of answers.entries()) {
+          // The client verified the server's certificate (rejectUnauthorized is on) and it is ours.
+          expect({ ip, k, status, ...client }).toEqual({
+            ip,
+            k,
+            status: 200,
+            authorized: true,
+            protocol: expect.stringMatching(/^TLSv1\.[23]$/),
+            fingerprint,
+          });
+          // The worker, not the primary, decrypted the request: its socket is a TLS socket.
+          expect({
+            ip,
+            k,
+            url: body.url,
+            encrypted: body.encrypted,
+            protocol: body.protocol,
+            address: body.remoteAddress.replace(/^::ffff:/, ''),
+          }).toEqual({ ip, k, url: `/req/${k}`, encrypted: true, protocol: client.protocol, address: ip });
+          expect(workerPids).toContain(body.pid);
+        }
+        // Same address, same worker, every time; the one djb2(address) % workers names.
+        const pids = [...new Set(answers.map((a) => a.body.pid))];
+        expect({ ip, pids }).toEqual({ ip, pids: [answers[0].body.pid] });
+        const { slot, remoteAddress } = answers[0].body;
+        expect({ ip, slot, pid: pids[0] }).toEqual({ ip, slot: stringHash(remoteAddress) % WORKERS, pid: pidOfSlot[slot] });
+        perPid[pids[0]] = (perPid[pids[0]] || 0) + 1;
       }
-      // Same address, same worker, every time; the one djb2(address) % workers names.
-      const pids = [...new Set(answers.map((a) => a.body.pid))];
-      expect({ ip, pids }).toEqual({ ip, pids: [answers[0].body.pid] });
-      const { slot, remoteAddress } = answers[0].body;
-      expect({ ip, slot, pid: pids[0] }).toEqual({ ip, slot: stringHash(remoteAddress) % WORKERS, pid: pidOfSlot[slot] });
-      perPid[pids[0]] = (perPid[pids[0]] || 0) + 1;
-    }
-    // Both workers terminated TLS for some clients.
-    expect(Object.keys(perPid).map(Number).sort()).toEqual(workerPids.sort());
+      // Both workers terminated TLS for some clients.
+      expect(Object.keys(perPid).map(Number).sort()).toEqual(workerPids.sort());
 
-    // With kernel dispatch the workers report what they accepted every 100 ms at most.
-    const stats = await fixture.statsWhen((st) => total(st, 'accepted') >= IPS * REQUESTS);
-    expect(stats.acceptErrors).toBe(0);
-    for (const s of stats.slots) {
-      expect(s.dropped).toBe(0);
-      expect(s.redelivered).toBe(0);
-    }
-    expect(total(stats, 'accepted')).toBeGreaterThanOrEqual(IPS * REQUESTS);
-  }, TEST_TIMEOUT);
+      // With kernel dispatch the workers report what they accepted every 100 ms at most.
+      const stats = await fixture.statsWhen((st) => total(st, 'accepted') >= IPS * REQUESTS);
+      expect(stats.acceptErrors).toBe(0);
+      for (const s of stats.slots) {
+        expect(s.dropped).toBe(0);
+        expect(s.redelivered).toBe(0);
+      }
+      expect(total(stats, 'accepted')).toBeGreaterThanOrEqual(IPS * REQUESTS);
+    },
+    TEST_TIMEOUT,
+  );
 
-  test('a client that does not trust the certificate is refused by its own verification', async () => {
-    const { port } = await start();
-    await expect(httpsGet(port, clientIp(300), '/', { ca: undefined })).rejects.toMatchObject({
-      code: expect.stringMatching(/^(DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_VERIFY_LEAF_SIGNATURE)$/),
-    });
-    // The worker is fine afterwards.
-    const ok = await httpsGet(port, clientIp(300), '/after');
-    expect(ok.body).toMatchObject({ url: '/after', encrypted: true });
-  }, TEST_TIMEOUT);
+  test(
+    'a client that does not trust the certificate is refused by its own verification',
+    async () => {
+      const { port } = await start();
+      await expect(httpsGet(port, clientIp(300), '/', { ca: undefined })).rejects.toMatchObject({
+        code: expect.stringMatching(/^(DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_VERIFY_LEAF_SIGNATURE)$/),
+      });
+      // The worker is fine afterwards.
+      const ok = await httpsGet(port, clientIp(300), '/after');
+      expect(ok.body).toMatchObject({ url: '/after', encrypted: true });
+    },
+    TEST_TIMEOUT,
+  );
 
   async function socketioOverHttps(transports) {
     const { port, pidOfSlot } = await start();
@@ -153,15 +190,19 @@ describe('HTTPS with TLS terminated in the workers', () => {
     expect(Object.values(pidOfSlot)).toContain(seen.pid);
 
     const agent = track(new https.Agent({ ca: cert, localAddress: ip }));
-    const socket = track(io(`https://127.0.0.1:${port}`, {
-      forceNew: true,
-      reconnection: false,
-      timeout: STEP_TIMEOUT,
-      agent,
-      ...(transports ? { transports } : {}),
-    }));
+    const socket = track(
+      io(`https://127.0.0.1:${port}`, {
+        forceNew: true,
+        reconnection: false,
+        timeout: STEP_TIMEOUT,
+        agent,
+        ...(transports ? { transports } : {}),
+      }),
+    );
     const errors = [];
-    socket.on('connect_error', (err) => errors.push(`connect_error: ${err.message} ${err.description?.message ? err.description.message : ''}`));
+    socket.on('connect_error', (err) =>
+      errors.push(`connect_error: ${err.message} ${err.description?.message ? err.description.message : ''}`),
+    );
     socket.on('disconnect', (reason) => errors.push(`disconnect: ${reason}`));
     const engine = socket.io.engine;
     engine.on('upgradeError', (err) => errors.push(`upgradeError: ${err.message}`));
@@ -197,49 +238,61 @@ describe('HTTPS with TLS terminated in the workers', () => {
     });
   }
 
-  test('socket.io-client over HTTPS with polling: handshake and acks on the worker that serves its address', async () => {
-    const c = await socketioOverHttps(['polling']);
-    for (let k = 0; k < 3; k++) {
-      const answer = await c.socket.timeout(STEP_TIMEOUT).emitWithAck('echo', { ip: c.ip, k });
-      expectAck(answer, c, k, 'polling');
-    }
-    expect(c.engine.transport.name).toBe('polling');
-    expect(c.errors).toEqual([]);
-  }, TEST_TIMEOUT);
+  test(
+    'socket.io-client over HTTPS with polling: handshake and acks on the worker that serves its address',
+    async () => {
+      const c = await socketioOverHttps(['polling']);
+      for (let k = 0; k < 3; k++) {
+        const answer = await c.socket.timeout(STEP_TIMEOUT).emitWithAck('echo', { ip: c.ip, k });
+        expectAck(answer, c, k, 'polling');
+      }
+      expect(c.engine.transport.name).toBe('polling');
+      expect(c.errors).toEqual([]);
+    },
+    TEST_TIMEOUT,
+  );
 
-  test('socket.io-client over HTTPS upgrades to a secure websocket on the same worker', async () => {
-    const c = await socketioOverHttps(undefined);
-    if (c.engine.transport.name !== 'websocket') {
-      const name = await Promise.race([
-        c.upgraded,
-        new Promise((resolve) => setTimeout(() => resolve('no upgrade in time'), STEP_TIMEOUT).unref()),
-      ]);
-      expect(name).toBe('websocket');
-    }
-    for (let k = 0; k < 3; k++) {
-      const answer = await c.socket.timeout(STEP_TIMEOUT).emitWithAck('echo', { ip: c.ip, k });
-      expectAck(answer, c, k, 'websocket');
-    }
-    expect(c.errors).toEqual([]);
-  }, TEST_TIMEOUT);
+  test(
+    'socket.io-client over HTTPS upgrades to a secure websocket on the same worker',
+    async () => {
+      const c = await socketioOverHttps(undefined);
+      if (c.engine.transport.name !== 'websocket') {
+        const name = await Promise.race([
+          c.upgraded,
+          new Promise((resolve) => setTimeout(() => resolve('no upgrade in time'), STEP_TIMEOUT).unref()),
+        ]);
+        expect(name).toBe('websocket');
+      }
+      for (let k = 0; k < 3; k++) {
+        const answer = await c.socket.timeout(STEP_TIMEOUT).emitWithAck('echo', { ip: c.ip, k });
+        expectAck(answer, c, k, 'websocket');
+      }
+      expect(c.errors).toEqual([]);
+    },
+    TEST_TIMEOUT,
+  );
 });
 
 describe("HTTPS with routeBy 'sid'", () => {
   // The TLS handshake hides the request line: such connections route by the client's address
   // among the ready workers (README, Socket.IO sessions), so they still stick.
-  test('12 client addresses x 3 HTTPS requests on new TLS connections: each address keeps its worker, both workers serve', async () => {
-    const { port, pidOfSlot } = await start({ ROUTE_BY: 'sid' });
-    const ips = Array.from({ length: 12 }, (_, i) => clientIp(i));
-    const perIp = await pool(ips, 6, async (ip) => {
-      const pids = new Set();
-      for (let k = 0; k < 3; k++) {
-        const { status, body } = await httpsGet(port, ip, `/req/${k}`);
-        expect(status).toBe(200);
-        pids.add(body.pid);
-      }
-      return [...pids];
-    });
-    for (const pids of perIp) expect(pids).toHaveLength(1);
-    expect(new Set(perIp.flat())).toEqual(new Set(Object.values(pidOfSlot)));
-  }, TEST_TIMEOUT);
+  test(
+    '12 client addresses x 3 HTTPS requests on new TLS connections: each address keeps its worker, both workers serve',
+    async () => {
+      const { port, pidOfSlot } = await start({ ROUTE_BY: 'sid' });
+      const ips = Array.from({ length: 12 }, (_, i) => clientIp(i));
+      const perIp = await pool(ips, 6, async (ip) => {
+        const pids = new Set();
+        for (let k = 0; k < 3; k++) {
+          const { status, body } = await httpsGet(port, ip, `/req/${k}`);
+          expect(status).toBe(200);
+          pids.add(body.pid);
+        }
+        return [...pids];
+      });
+      for (const pids of perIp) expect(pids).toHaveLength(1);
+      expect(new Set(perIp.flat())).toEqual(new Set(Object.values(pidOfSlot)));
+    },
+    TEST_TIMEOUT,
+  );
 });

@@ -78,7 +78,7 @@ function fmix32(h) {
 // ---- statistics
 function chiSquare(scatter, n) {
   const expected = n / scatter.length;
-  return scatter.reduce((s, o) => s + ((o - expected) ** 2) / expected, 0);
+  return scatter.reduce((s, o) => s + (o - expected) ** 2 / expected, 0);
 }
 // Wilson-Hilferty: the chi-square value a uniform hash exceeds with probability 0.001.
 const chiCritical = (df) => df * (1 - 2 / (9 * df) + 3.0902 * Math.sqrt(2 / (9 * df))) ** 3;
@@ -102,7 +102,9 @@ function benchmark(name, note, fn) {
   console.log(`${name}${note ? `  (${note})` : ''}`);
   console.log('  time (ms): ', Math.round(ms));
   console.log('  scatter: ', scatter);
-  console.log(`  chi-square: ${chiSquare(scatter, ADDRESSES).toFixed(1)} (df ${WORKERS - 1}, 99.9% critical ${chiCritical(WORKERS - 1).toFixed(1)})`);
+  console.log(
+    `  chi-square: ${chiSquare(scatter, ADDRESSES).toFixed(1)} (df ${WORKERS - 1}, 99.9% critical ${chiCritical(WORKERS - 1).toFixed(1)})`,
+  );
   return scatter;
 }
 const perAddress = (hash, inputs) => (scatter) => {
@@ -114,13 +116,23 @@ console.log(`benchmarking, ${WORKERS} workers...`);
 benchmark('int31', 'sticky-cluster benchmark / sticky-session 0.x, raw text', perAddress(int31, ips));
 benchmark('sticky-session 1.1.2', 'ip.toBuffer + seeded int31 mix, per call, Node text', perAddress(stickySession, nodeTexts));
 benchmark('djb2', 'string-hash in JS, raw text as in the seed benchmark', perAddress(stringHash, ips));
-const djb2Js = benchmark('djb2 (string-hash, Node text)', 'string-hash in JS on socket.remoteAddress text', perAddress(stringHash, nodeTexts));
-const djb2Native = benchmark('sticky-rs native djb2, one call per address', 'native.djb2(text) % workers, Node text', perAddress(native.djb2, nodeTexts));
+const djb2Js = benchmark(
+  'djb2 (string-hash, Node text)',
+  'string-hash in JS on socket.remoteAddress text',
+  perAddress(stringHash, nodeTexts),
+);
+const djb2Native = benchmark(
+  'sticky-rs native djb2, one call per address',
+  'native.djb2(text) % workers, Node text',
+  perAddress(native.djb2, nodeTexts),
+);
 const batched = benchmark('sticky-rs native slotsOf, one batched call', 'parse + format + hash in Rust', (scatter) => {
   for (const slot of native.slotsOf(ips, WORKERS)) scatter[slot]++;
 });
 const same = (a, b) => a.every((x, i) => x === b[i]);
-console.log(`\nparity: string-hash(Node text) == native.djb2 == slotsOf: ${same(djb2Js, djb2Native) && same(djb2Js, batched) ? 'yes' : 'NO'}`);
+console.log(
+  `\nparity: string-hash(Node text) == native.djb2 == slotsOf: ${same(djb2Js, djb2Native) && same(djb2Js, batched) ? 'yes' : 'NO'}`,
+);
 {
   // per address, not only per bucket
   const slots = native.slotsOf(ips, WORKERS);
@@ -137,7 +149,10 @@ const block = [];
 for (let x = 0; x < 256; x++) for (let y = 0; y < 256; y++) block.push(`10.0.${x}.${y}`);
 const DATASETS = [
   [`random (${ADDRESSES}, Node text)`, nodeTexts],
-  [`random IPv4 only (${ips.filter((a) => !a.includes(':')).length}, as ::ffff:a.b.c.d)`, ips.filter((a) => !a.includes(':')).map((a) => `::ffff:${a}`)],
+  [
+    `random IPv4 only (${ips.filter((a) => !a.includes(':')).length}, as ::ffff:a.b.c.d)`,
+    ips.filter((a) => !a.includes(':')).map((a) => `::ffff:${a}`),
+  ],
   ['10.0.0.0/16 as ::ffff:10.0.x.y (dual-stack listener)', block.map((a) => `::ffff:${a}`)],
   ['10.0.0.0/16 as 10.0.x.y (IPv4 listener)', block],
 ];
@@ -188,23 +203,57 @@ console.log(`\n## Cost per address (${N} IPv4 addresses, best of 5)\n`);
 console.log('| path | ns/address | includes |');
 console.log('|---|---:|---|');
 const row = (name, ns, what) => console.log(`| ${name} | ${(ns / N).toFixed(1)} | ${what} |`);
-row('native slotsOf (batched)', bestOf(5, () => native.slotsOf(v4, WORKERS)), 'JS string array -> Rust Vec<String> conversion, IP parse, format as Node text, djb2, % K, result array');
-row('native slotsOf, ::ffff: text', bestOf(5, () => native.slotsOf(v4Mapped, WORKERS)), 'same, dual-stack form');
+row(
+  'native slotsOf (batched)',
+  bestOf(5, () => native.slotsOf(v4, WORKERS)),
+  'JS string array -> Rust Vec<String> conversion, IP parse, format as Node text, djb2, % K, result array',
+);
+row(
+  'native slotsOf, ::ffff: text',
+  bestOf(5, () => native.slotsOf(v4Mapped, WORKERS)),
+  'same, dual-stack form',
+);
 const v4Text = v4.map((a) => native.addressText(a));
-row('native djb2, one call each', bestOf(5, () => { for (let i = 0; i < N; i++) native.djb2(v4Text[i]) % WORKERS; }), 'one napi call per address (hash only)');
-row('string-hash in JS', bestOf(5, () => { let s = 0; for (let i = 0; i < N; i++) s += stringHash(v4Text[i]) % WORKERS; return s; }), 'hash only');
-row('sticky-session 1.1.2 in JS', bestOf(5, () => { let s = 0; for (let i = 0; i < N; i++) s += stickySession(v4Text[i]) % WORKERS; return s; }), 'ip.toBuffer + hash');
+row(
+  'native djb2, one call each',
+  bestOf(5, () => {
+    for (let i = 0; i < N; i++) native.djb2(v4Text[i]) % WORKERS;
+  }),
+  'one napi call per address (hash only)',
+);
+row(
+  'string-hash in JS',
+  bestOf(5, () => {
+    let s = 0;
+    for (let i = 0; i < N; i++) s += stringHash(v4Text[i]) % WORKERS;
+    return s;
+  }),
+  'hash only',
+);
+row(
+  'sticky-session 1.1.2 in JS',
+  bestOf(5, () => {
+    let s = 0;
+    for (let i = 0; i < N; i++) s += stickySession(v4Text[i]) % WORKERS;
+    return s;
+  }),
+  'ip.toBuffer + hash',
+);
 
 // Pure Rust: bench/route-cost runs the router's own src/address.rs + djb2 (no napi, no parsing).
 const routeCost = path.join(__dirname, 'route-cost', 'target', 'release', 'route-cost');
 if (!fs.existsSync(routeCost)) {
   // small standalone crate (libc only); build it once, quietly, if cargo is there
-  spawnSync('cargo', ['build', '--release', '--quiet', '--manifest-path', path.join(__dirname, 'route-cost', 'Cargo.toml')], { stdio: 'inherit' });
+  spawnSync('cargo', ['build', '--release', '--quiet', '--manifest-path', path.join(__dirname, 'route-cost', 'Cargo.toml')], {
+    stdio: 'inherit',
+  });
 }
 if (fs.existsSync(routeCost)) {
   try {
     const out = JSON.parse(execFileSync(routeCost, [String(N), String(WORKERS)], { encoding: 'utf8' }));
-    console.log(`| Rust: router format + djb2 + % K, IPv4 | ${out.v4_ns.toFixed(1)} | src/address.rs AddressText::new(&SocketAddr) + djb2_ascii + %, as on accept |`);
+    console.log(
+      `| Rust: router format + djb2 + % K, IPv4 | ${out.v4_ns.toFixed(1)} | src/address.rs AddressText::new(&SocketAddr) + djb2_ascii + %, as on accept |`,
+    );
     console.log(`| Rust: router format + djb2 + % K, ::ffff: | ${out.mapped_ns.toFixed(1)} | same, peer on a dual-stack listener |`);
     console.log(`| Rust: format only, IPv4 | ${out.v4_format_ns.toFixed(1)} | AddressText::new |`);
     console.log(`| Rust: djb2 % K only, IPv4 text | ${out.v4_hash_ns.toFixed(1)} | djb2_ascii of pre-formatted text + % |`);

@@ -36,10 +36,13 @@ function freePort() {
 
 function request(port, i) {
   return new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, agent: false, localAddress: `127.0.1.${1 + (i % 100)}`, headers: { connection: 'close' } }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode === 200));
-    });
+    const req = http.get(
+      { host: '127.0.0.1', port, agent: false, localAddress: `127.0.1.${1 + (i % 100)}`, headers: { connection: 'close' } },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode === 200));
+      },
+    );
     req.setTimeout(10000, () => req.destroy());
     req.on('error', () => resolve(false));
   });
@@ -48,9 +51,11 @@ function request(port, i) {
 async function load(port, count) {
   let next = 0;
   let ok = 0;
-  await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
-    while (next < count) if (await request(port, next++)) ok++;
-  }));
+  await Promise.all(
+    Array.from({ length: CONCURRENCY }, async () => {
+      while (next < count) if (await request(port, next++)) ok++;
+    }),
+  );
   return ok;
 }
 

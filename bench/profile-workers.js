@@ -37,10 +37,13 @@ const TICKS = 100; // USER_HZ: /proc/<pid>/stat counts in 1/100 s
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const freePort = () =>
   new Promise((resolve, reject) => {
-    const s = net.createServer().on('error', reject).listen(0, () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
+    const s = net
+      .createServer()
+      .on('error', reject)
+      .listen(0, () => {
+        const { port } = s.address();
+        s.close(() => resolve(port));
+      });
   });
 function stat(pid) {
   const text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -59,7 +62,10 @@ function groupPids(pgid) {
 }
 let served = 0; // every connection of the workers' lives (probes, warm-up, load): the profiles' denominator
 function loadgen(port, args, ms) {
-  const r = spawnSync(LOADGEN, ['--url', `http://127.0.0.1:${port}/`, '--json', '--duration', `${ms}ms`, ...args], { encoding: 'utf8', timeout: ms + 30000 });
+  const r = spawnSync(LOADGEN, ['--url', `http://127.0.0.1:${port}/`, '--json', '--duration', `${ms}ms`, ...args], {
+    encoding: 'utf8',
+    timeout: ms + 30000,
+  });
   if (r.status !== 0) throw new Error(`loadgen: ${r.stderr || r.error}`);
   const result = JSON.parse(r.stdout.trim().split('\n').pop());
   served += result.requests;
@@ -87,7 +93,9 @@ function topSelf(file) {
 async function main() {
   fs.mkdirSync(OUT, { recursive: true });
   const port = await freePort();
-  const nodeOptions = [process.env.NODE_OPTIONS || '', CPU_PROF ? `--cpu-prof --cpu-prof-dir=${OUT}` : '', PERF ? '--perf-basic-prof' : ''].join(' ').trim();
+  const nodeOptions = [process.env.NODE_OPTIONS || '', CPU_PROF ? `--cpu-prof --cpu-prof-dir=${OUT}` : '', PERF ? '--perf-basic-prof' : '']
+    .join(' ')
+    .trim();
   // reuseport members exit on SIGTERM by default (no profile written): make it a normal exit.
   const exitOnTerm = path.join(OUT, 'exit-on-term.js');
   fs.writeFileSync(exitOnTerm, "if (process.env.SETUP === 'reuseport-member') process.on('SIGTERM', () => process.exit(0));\n");
@@ -140,8 +148,10 @@ async function main() {
     sys += after.get(pid).stime - before.get(pid).stime;
   }
   const us = (ticks) => ((ticks / TICKS) * 1e6) / r.requests;
-  console.log(`${SETUP} on Node ${process.version}: ${r.requests} connections, ${Math.round(r.rps)} conn/s; workers ${workers.join(',')}: ` +
-    `user ${us(user).toFixed(1)} + system ${us(sys).toFixed(1)} = ${us(user + sys).toFixed(1)} µs/conn (tick resolution 10 ms)`);
+  console.log(
+    `${SETUP} on Node ${process.version}: ${r.requests} connections, ${Math.round(r.rps)} conn/s; workers ${workers.join(',')}: ` +
+      `user ${us(user).toFixed(1)} + system ${us(sys).toFixed(1)} = ${us(user + sys).toFixed(1)} µs/conn (tick resolution 10 ms)`,
+  );
   killGroup('SIGTERM');
   for (let i = 0; i < 150 && groupPids(child.pid).length; i++) await sleep(100);
   killGroup('SIGKILL');
@@ -157,9 +167,31 @@ async function main() {
     }
   }
   if (PERF) {
-    const report = spawnSync('perf', ['report', '-i', path.join(OUT, 'perf.data'), '--no-children', '--sort', 'dso,sym', '--stdio', '-g', 'none', '--percent-limit', '0.7'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    const report = spawnSync(
+      'perf',
+      [
+        'report',
+        '-i',
+        path.join(OUT, 'perf.data'),
+        '--no-children',
+        '--sort',
+        'dso,sym',
+        '--stdio',
+        '-g',
+        'none',
+        '--percent-limit',
+        '0.7',
+      ],
+      { encoding: 'utf8', maxBuffer: 64 << 20 },
+    );
     fs.writeFileSync(path.join(OUT, 'perf-report.txt'), report.stdout);
-    console.log(`\nperf (workers, self):\n${report.stdout.split('\n').filter((l) => l && !l.startsWith('#')).slice(0, TOP).join('\n')}`);
+    console.log(
+      `\nperf (workers, self):\n${report.stdout
+        .split('\n')
+        .filter((l) => l && !l.startsWith('#'))
+        .slice(0, TOP)
+        .join('\n')}`,
+    );
   }
   console.log(`\nfiles in ${OUT}`);
 }

@@ -139,10 +139,13 @@ const cpuSnapshot = (pgid) => new Map(groupPids(pgid).map((pid) => [pid, cpuNs(p
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 function freePort() {
   return new Promise((resolve, reject) => {
-    const s = net.createServer().on('error', reject).listen(0, () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
+    const s = net
+      .createServer()
+      .on('error', reject)
+      .listen(0, () => {
+        const { port } = s.address();
+        s.close(() => resolve(port));
+      });
   });
 }
 
@@ -166,20 +169,29 @@ function runChild(cmd, args, timeoutMs, onLine = null) {
     child.on('error', reject);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
-      if (code !== 0) return reject(new Error(`${path.basename(cmd)} ${signal || `exit ${code}`}: ${err.trim().split('\n').pop() || out.trim()}`));
+      if (code !== 0)
+        return reject(new Error(`${path.basename(cmd)} ${signal || `exit ${code}`}: ${err.trim().split('\n').pop() || out.trim()}`));
       resolve({ out, err });
     });
   });
 }
 
 async function loadgen(port, args, durationMs) {
-  const { out, err } = await runChild(LOADGEN, ['--url', `http://127.0.0.1:${port}/`, '--json', '--duration', `${durationMs}ms`, ...args], durationMs + 30000);
+  const { out, err } = await runChild(
+    LOADGEN,
+    ['--url', `http://127.0.0.1:${port}/`, '--json', '--duration', `${durationMs}ms`, ...args],
+    durationMs + 30000,
+  );
   const result = JSON.parse(out.trim().split('\n').pop());
   result.stderr = err.trim();
   return result;
 }
 const errorCount = (r) => Object.values(r.errors).reduce((a, b) => a + b, 0);
-const errorSummary = (r) => Object.entries(r.errors).filter(([, n]) => n).map(([k, n]) => `${n} ${k}`).join(', ');
+const errorSummary = (r) =>
+  Object.entries(r.errors)
+    .filter(([, n]) => n)
+    .map(([k, n]) => `${n} ${k}`)
+    .join(', ');
 
 // Starts a setup as its own process group; resolves once it announced itself.
 async function startSetup(setup, env) {
@@ -215,7 +227,14 @@ async function startSetup(setup, env) {
     return { port, pid, pgid: child.pid, stop, stderr: () => stderr };
   } catch (err) {
     await stop();
-    const last = stderr.trim().split('\n').filter((l) => /Error|error/.test(l)).pop() || stderr.trim().split('\n').pop() || '';
+    const last =
+      stderr
+        .trim()
+        .split('\n')
+        .filter((l) => /Error|error/.test(l))
+        .pop() ||
+      stderr.trim().split('\n').pop() ||
+      '';
     throw new Error(`${err.message}${last ? `: ${last.trim()}` : ''}`);
   }
 }
@@ -229,10 +248,15 @@ async function waitServing(port) {
     if (last.requests > 0 && errorCount(last) === 0) return;
     await sleep(200);
   }
-  throw new Error(`not serving after 20 s: ${last ? errorSummary(last) || 'no responses' : 'no probe'}${last?.stderr ? ` (${last.stderr.split('\n')[0]})` : ''}`);
+  throw new Error(
+    `not serving after 20 s: ${last ? errorSummary(last) || 'no responses' : 'no probe'}${last?.stderr ? ` (${last.stderr.split('\n')[0]})` : ''}`,
+  );
 }
 
-const failureText = (err) => String(err?.message ? err.message : err).split('\n')[0].slice(0, 300);
+const failureText = (err) =>
+  String(err?.message ? err.message : err)
+    .split('\n')[0]
+    .slice(0, 300);
 
 async function measureHttp(setup) {
   const out = { errors: [] };
@@ -278,7 +302,8 @@ async function measureHttp(setup) {
         out.mean = rate.ttfb_ms.mean;
       }
       out.rateDone = (100 * rate.requests) / (1000 * (DURATION / 1000));
-      if (errorCount(rate) || rate.skipped) out.errors.push(`rate: ${[errorSummary(rate), rate.skipped ? `${rate.skipped} skipped` : ''].filter(Boolean).join(', ')}`);
+      if (errorCount(rate) || rate.skipped)
+        out.errors.push(`rate: ${[errorSummary(rate), rate.skipped ? `${rate.skipped} skipped` : ''].filter(Boolean).join(', ')}`);
       out.schedLag = rate.sched_lag_max_ms;
     }
     // keep-alive
@@ -301,7 +326,25 @@ async function measureSocketIo(setup) {
     const onLine = (line) => {
       if (line.includes('"measuring"')) cpuAtStart = cpuNs(srv.pid);
     };
-    const { out } = await runChild(process.execPath, [SESSIONS, '--port', String(srv.port), '--ips', String(SIO_IPS), '--duration', String(DURATION), '--concurrency', SMOKE ? '8' : '32', '--warmup', SMOKE ? '200' : '1000', '--json'], DURATION + 60000, onLine);
+    const { out } = await runChild(
+      process.execPath,
+      [
+        SESSIONS,
+        '--port',
+        String(srv.port),
+        '--ips',
+        String(SIO_IPS),
+        '--duration',
+        String(DURATION),
+        '--concurrency',
+        SMOKE ? '8' : '32',
+        '--warmup',
+        SMOKE ? '200' : '1000',
+        '--json',
+      ],
+      DURATION + 60000,
+      onLine,
+    );
     const cpuAtEnd = cpuNs(srv.pid);
     const r = JSON.parse(out.trim().split('\n').pop());
     return {
@@ -335,10 +378,12 @@ async function measure(setup, rep) {
     }
   }
   const show = (x, d = 0) => (x == null ? '-' : x.toFixed(d));
-  console.log(`  ${setup.id.padEnd(16)} rep ${rep + 1}: ${show(result.closeRps)} conn/s, TTFB mean ${show(result.mean, 2)} ms, ` +
-    `keep-alive ${show(result.kaRps)} req/s, Socket.IO ${show(result.sioSuccess, 1)}% ${show(result.sioRate)} sessions/s, ` +
-    `primary ${show(result.primaryUs, 1)} µs/conn (${((Date.now() - t0) / 1000).toFixed(1)} s)` +
-    `${result.httpFailure ? ` HTTP FAILED: ${result.httpFailure}` : ''}${result.sioFailure ? ` SOCKET.IO FAILED: ${result.sioFailure}` : ''}`);
+  console.log(
+    `  ${setup.id.padEnd(16)} rep ${rep + 1}: ${show(result.closeRps)} conn/s, TTFB mean ${show(result.mean, 2)} ms, ` +
+      `keep-alive ${show(result.kaRps)} req/s, Socket.IO ${show(result.sioSuccess, 1)}% ${show(result.sioRate)} sessions/s, ` +
+      `primary ${show(result.primaryUs, 1)} µs/conn (${((Date.now() - t0) / 1000).toFixed(1)} s)` +
+      `${result.httpFailure ? ` HTTP FAILED: ${result.httpFailure}` : ''}${result.sioFailure ? ` SOCKET.IO FAILED: ${result.sioFailure}` : ''}`,
+  );
   return result;
 }
 
@@ -381,80 +426,140 @@ function targets(med) {
   const lines = [];
   const check = (name, ok, detail) => lines.push(`- ${ok == null ? 'n/a' : ok ? 'MET' : 'MISSED'}: ${name}: ${detail}`);
   const r = (id, key) => ratio(rs[key], med[id]?.[key]);
-  for (const [id, need] of [['sticky-session', 1.5], ['sticky-cluster', 1.5], ['cluster-rr', 1.0]]) {
+  for (const [id, need] of [
+    ['sticky-session', 1.5],
+    ['sticky-cluster', 1.5],
+    ['cluster-rr', 1.0],
+  ]) {
     const x = r(id, 'closeRps');
-    check(`new-connection rate >= ${need}x ${id}`, x == null ? null : x >= need, x == null ? 'no data' : `${fmt(rs.closeRps, 0)} vs ${fmt(med[id].closeRps, 0)} conn/s = ${x.toFixed(2)}x`);
+    check(
+      `new-connection rate >= ${need}x ${id}`,
+      x == null ? null : x >= need,
+      x == null ? 'no data' : `${fmt(rs.closeRps, 0)} vs ${fmt(med[id].closeRps, 0)} conn/s = ${x.toFixed(2)}x`,
+    );
   }
   // Kernel dispatch (the default on Linux): the primary is off the connection path.
   check('primary CPU <= 0.5 µs/conn', rs.primaryUs == null ? null : rs.primaryUs <= 0.5, `${fmt(rs.primaryUs, 2)} µs/conn`);
-  for (const [id, need] of [['cluster-none', 0.95], ['sticky-rs-primary', 1.15]]) {
+  for (const [id, need] of [
+    ['cluster-none', 0.95],
+    ['sticky-rs-primary', 1.15],
+  ]) {
     const x = r(id, 'closeRps');
-    check(`new-connection rate >= ${need}x ${id}`, x == null ? null : x >= need, x == null ? 'no data' : `${fmt(rs.closeRps, 0)} vs ${fmt(med[id].closeRps, 0)} conn/s = ${x.toFixed(2)}x`);
+    check(
+      `new-connection rate >= ${need}x ${id}`,
+      x == null ? null : x >= need,
+      x == null ? 'no data' : `${fmt(rs.closeRps, 0)} vs ${fmt(med[id].closeRps, 0)} conn/s = ${x.toFixed(2)}x`,
+    );
   }
   {
     // The limit of a sticky design (plain SO_REUSEPORT processes): the median of the per-repetition
     // ratios, each from one interleaved pair, so that drift between repetitions cancels out.
-    const pairs = (lastRuns['sticky-rs'] || []).map((x, i) => ratio(x.closeRps, ((lastRuns.reuseport || [])[i] || {}).closeRps)).filter((x) => x != null);
+    const pairs = (lastRuns['sticky-rs'] || [])
+      .map((x, i) => ratio(x.closeRps, ((lastRuns.reuseport || [])[i] || {}).closeRps))
+      .filter((x) => x != null);
     const x = median(pairs);
-    check('new-connection rate >= 0.97x reuseport (median of the repetitions\' pair ratios)', x == null ? null : x >= 0.97,
-      x == null ? 'no data' : `${pairs.map((p) => `${p.toFixed(3)}x`).join(', ')}; median ${x.toFixed(3)}x`);
+    check(
+      "new-connection rate >= 0.97x reuseport (median of the repetitions' pair ratios)",
+      x == null ? null : x >= 0.97,
+      x == null ? 'no data' : `${pairs.map((p) => `${p.toFixed(3)}x`).join(', ')}; median ${x.toFixed(3)}x`,
+    );
   }
   {
     const single = med.single?.mean;
-    check('mean TTFB at 1,000 conn/s <= single process + 0.05 ms', rs.mean == null || single == null ? null : rs.mean <= single + 0.05,
-      `${fmt(rs.mean, 3)} ms vs ${fmt(single, 3)} ms (+${rs.mean == null || single == null ? '—' : (rs.mean - single).toFixed(3)} ms)`);
+    check(
+      'mean TTFB at 1,000 conn/s <= single process + 0.05 ms',
+      rs.mean == null || single == null ? null : rs.mean <= single + 0.05,
+      `${fmt(rs.mean, 3)} ms vs ${fmt(single, 3)} ms (+${rs.mean == null || single == null ? '—' : (rs.mean - single).toFixed(3)} ms)`,
+    );
   }
   {
     // The router (dispatch 'primary'), which routeBy header/PROXY/sid and non-Linux use.
     const p = med['sticky-rs-primary'] || {};
-    check("dispatch 'primary': primary CPU <= 15 µs/conn", p.primaryUs == null ? null : p.primaryUs <= 15, `${fmt(p.primaryUs, 1)} µs/conn`);
+    check(
+      "dispatch 'primary': primary CPU <= 15 µs/conn",
+      p.primaryUs == null ? null : p.primaryUs <= 15,
+      `${fmt(p.primaryUs, 1)} µs/conn`,
+    );
   }
   {
     const x = r('cluster-rr', 'kaRps');
-    check('keep-alive req/s within 5% of cluster round-robin (>= 0.95x)', x == null ? null : x >= 0.95, x == null ? 'no data' : `${fmt(rs.kaRps, 0)} vs ${fmt(med['cluster-rr'].kaRps, 0)} req/s = ${x.toFixed(3)}x`);
+    check(
+      'keep-alive req/s within 5% of cluster round-robin (>= 0.95x)',
+      x == null ? null : x >= 0.95,
+      x == null ? 'no data' : `${fmt(rs.kaRps, 0)} vs ${fmt(med['cluster-rr'].kaRps, 0)} req/s = ${x.toFixed(3)}x`,
+    );
   }
   {
     const runs = (lastRuns['sticky-rs'] || []).filter((x) => x.sioSessions > 0);
     const addresses = Math.min(...runs.map((x) => x.sioAddresses || 0));
     const allOk = runs.length > 0 && runs.every((x) => x.sioSuccess === 100);
-    check(`Socket.IO polling sessions 100% success from >= 200 addresses`, runs.length ? allOk && addresses >= 200 : null,
-      `${runs.map((x) => `${fmt(x.sioSuccess, 1)}%`).join(', ')} over repetitions, ${addresses} addresses`);
+    check(
+      `Socket.IO polling sessions 100% success from >= 200 addresses`,
+      runs.length ? allOk && addresses >= 200 : null,
+      `${runs.map((x) => `${fmt(x.sioSuccess, 1)}%`).join(', ')} over repetitions, ${addresses} addresses`,
+    );
     const peers = SETUPS.filter((s) => s.peer && med[s.id] && med[s.id].sioRate != null);
     const best = peers.sort((a, b) => med[b.id].sioRate - med[a.id].sioRate)[0];
     const x = best ? ratio(rs.sioRate, med[best.id].sioRate) : null;
-    check('Socket.IO sessions/s >= 1.3x the best sticky peer', x == null ? null : x >= 1.3,
-      x == null ? 'no data' : `${fmt(rs.sioRate, 0)} vs ${best.id} ${fmt(med[best.id].sioRate, 0)} sessions/s = ${x.toFixed(2)}x`);
+    check(
+      'Socket.IO sessions/s >= 1.3x the best sticky peer',
+      x == null ? null : x >= 1.3,
+      x == null ? 'no data' : `${fmt(rs.sioRate, 0)} vs ${best.id} ${fmt(med[best.id].sioRate, 0)} sessions/s = ${x.toFixed(2)}x`,
+    );
   }
   {
     // The third drop-in: setupMaster/setupWorker against @socket.io/sticky, same app code.
     const sid = med['sticky-rs-sid'] || {};
     const peer = med['socketio-sticky'] || {};
     const x = ratio(sid.sioRate, peer.sioRate);
-    check("setupMaster (routeBy 'sid') Socket.IO sessions/s >= 1.5x @socket.io/sticky", x == null ? null : x >= 1.5,
-      x == null ? 'no data' : `${fmt(sid.sioRate, 0)} vs ${fmt(peer.sioRate, 0)} sessions/s = ${x.toFixed(2)}x`);
+    check(
+      "setupMaster (routeBy 'sid') Socket.IO sessions/s >= 1.5x @socket.io/sticky",
+      x == null ? null : x >= 1.5,
+      x == null ? 'no data' : `${fmt(sid.sioRate, 0)} vs ${fmt(peer.sioRate, 0)} sessions/s = ${x.toFixed(2)}x`,
+    );
     const c = ratio(sid.sioPrimaryUs, peer.sioPrimaryUs);
-    check("setupMaster (routeBy 'sid') primary CPU per session <= 1/3 of @socket.io/sticky's", c == null ? null : c <= 1 / 3,
-      c == null ? 'no data' : `${fmt(sid.sioPrimaryUs, 1)} vs ${fmt(peer.sioPrimaryUs, 1)} µs/session = ${c.toFixed(2)}x`);
+    check(
+      "setupMaster (routeBy 'sid') primary CPU per session <= 1/3 of @socket.io/sticky's",
+      c == null ? null : c <= 1 / 3,
+      c == null ? 'no data' : `${fmt(sid.sioPrimaryUs, 1)} vs ${fmt(peer.sioPrimaryUs, 1)} µs/session = ${c.toFixed(2)}x`,
+    );
   }
   return lines;
 }
 
 function markdown(runs, med, meta) {
   const L = [];
-  L.push(`# sticky-rs connection benchmark${SMOKE ? ' (smoke)' : PARTIAL ? ` (partial: ${setups.map((s) => s.id).join(', ')}; ${[...FIGURE_SET].join(', ')})` : ''}`, '');
+  L.push(
+    `# sticky-rs connection benchmark${SMOKE ? ' (smoke)' : PARTIAL ? ` (partial: ${setups.map((s) => s.id).join(', ')}; ${[...FIGURE_SET].join(', ')})` : ''}`,
+    '',
+  );
   L.push(`- date: ${meta.date}`);
   L.push(`- machine: ${meta.cpu}, ${meta.cores} cores, ${meta.os}`);
   L.push(`- Node ${process.version}; ${WORKERS} workers; ${REPS} repetitions, setups interleaved; medians`);
   L.push(`- ${DURATION} ms per figure; loadgen (bench/loadgen) and the Socket.IO client run on the same machine`);
   L.push(`- load average at start / end: ${meta.loadStart} / ${meta.loadEnd}`);
-  L.push(`- sticky-rs: git ${meta.git}; addon ${meta.addonStart}` +
-    (meta.addonEnd !== meta.addonStart ? ` — **WARNING: the addon was rebuilt during the run (now ${meta.addonEnd}); the repetitions mix builds**` : ''), '');
-  L.push('Figures: **new conn/s**: `loadgen --mode close --connections 32 --ips ' + CLOSE_IPS + '` (one request per connection); ' +
-    '**TTFB @1k/s**: `loadgen --mode rate --rate 1000 --ips ' + CLOSE_IPS + '` (from connect start; only completed requests have a TTFB, **completed** is the share of the scheduled connections answered within the run, a setup that cannot keep up has TTFBs that grow with the run); ' +
-    '**keep-alive**: `loadgen --mode keepalive --connections 32 --ips 32`; ' +
-    '**Socket.IO**: `bench/socketio-sessions.js` from ' + SIO_IPS + ' addresses, handshake + connect + 2 polls + message, one TCP connection per request; ' +
-    '**CPU**: /proc/<pid>/task/*/schedstat over the close run, per completed connection (the single process counts as workers); ' +
-    '**RSS**: the primary\'s VmRSS after the close run.', '');
+  L.push(
+    `- sticky-rs: git ${meta.git}; addon ${meta.addonStart}` +
+      (meta.addonEnd !== meta.addonStart
+        ? ` — **WARNING: the addon was rebuilt during the run (now ${meta.addonEnd}); the repetitions mix builds**`
+        : ''),
+    '',
+  );
+  L.push(
+    'Figures: **new conn/s**: `loadgen --mode close --connections 32 --ips ' +
+      CLOSE_IPS +
+      '` (one request per connection); ' +
+      '**TTFB @1k/s**: `loadgen --mode rate --rate 1000 --ips ' +
+      CLOSE_IPS +
+      '` (from connect start; only completed requests have a TTFB, **completed** is the share of the scheduled connections answered within the run, a setup that cannot keep up has TTFBs that grow with the run); ' +
+      '**keep-alive**: `loadgen --mode keepalive --connections 32 --ips 32`; ' +
+      '**Socket.IO**: `bench/socketio-sessions.js` from ' +
+      SIO_IPS +
+      ' addresses, handshake + connect + 2 polls + message, one TCP connection per request; ' +
+      '**CPU**: /proc/<pid>/task/*/schedstat over the close run, per completed connection (the single process counts as workers); ' +
+      "**RSS**: the primary's VmRSS after the close run.",
+    '',
+  );
   const head = `| setup | ${FIGURES.map((f) => `${f.name}${f.unit ? ` (${f.unit})` : ''}`).join(' | ')} |`;
   const sep = `|---|${FIGURES.map(() => '---:').join('|')}|`;
   L.push('## Medians', '', head, sep);
@@ -462,7 +567,13 @@ function markdown(runs, med, meta) {
   L.push('', '## Ratio to sticky-rs (setup / sticky-rs)', '');
   L.push(`| setup | ${FIGURES.map((f) => `${f.name} (${f.better} is better)`).join(' | ')} |`, sep);
   const rs = med['sticky-rs'] || {};
-  for (const s of setups) L.push(`| ${s.label} | ${FIGURES.map((f) => { const x = ratio(med[s.id][f.key], rs[f.key]); return x == null ? '—' : `${x.toFixed(2)}x`; }).join(' | ')} |`);
+  for (const s of setups)
+    L.push(
+      `| ${s.label} | ${FIGURES.map((f) => {
+        const x = ratio(med[s.id][f.key], rs[f.key]);
+        return x == null ? '—' : `${x.toFixed(2)}x`;
+      }).join(' | ')} |`,
+    );
   L.push('', '## Targets (sticky-rs)', '', ...targets(med));
   L.push('', '## Failures and errors', '');
   let any = false;
@@ -473,8 +584,13 @@ function markdown(runs, med, meta) {
       if (r.sioFailure) notes.push(`Socket.IO setup failed: \`${r.sioFailure}\``);
       if (r.errors?.length) notes.push(...r.errors);
       if (r.sioFailures && Object.keys(r.sioFailures).length) {
-        notes.push(`Socket.IO ${r.sioSessions - Math.round((r.sioSuccess / 100) * r.sioSessions)}/${r.sioSessions} sessions failed: ` +
-          Object.entries(r.sioFailures).sort((a, b) => b[1] - a[1]).map(([k, n]) => `${n} x ${k}`).join('; '));
+        notes.push(
+          `Socket.IO ${r.sioSessions - Math.round((r.sioSuccess / 100) * r.sioSessions)}/${r.sioSessions} sessions failed: ` +
+            Object.entries(r.sioFailures)
+              .sort((a, b) => b[1] - a[1])
+              .map(([k, n]) => `${n} x ${k}`)
+              .join('; '),
+        );
       }
       if (notes.length) {
         any = true;
@@ -483,8 +599,15 @@ function markdown(runs, med, meta) {
     }
   }
   if (!any) L.push('- none');
-  L.push('', '## Every repetition', '', `| setup | rep | ${FIGURES.map((f) => f.name).join(' | ')} |`, `|---|---:|${FIGURES.map(() => '---:').join('|')}|`);
-  for (const s of setups) for (const r of runs[s.id]) L.push(`| ${s.id} | ${r.rep + 1} | ${FIGURES.map((f) => fmt(r[f.key], f.d)).join(' | ')} |`);
+  L.push(
+    '',
+    '## Every repetition',
+    '',
+    `| setup | rep | ${FIGURES.map((f) => f.name).join(' | ')} |`,
+    `|---|---:|${FIGURES.map(() => '---:').join('|')}|`,
+  );
+  for (const s of setups)
+    for (const r of runs[s.id]) L.push(`| ${s.id} | ${r.rep + 1} | ${FIGURES.map((f) => fmt(r[f.key], f.d)).join(' | ')} |`);
   L.push('');
   return L.join('\n');
 }
@@ -505,10 +628,16 @@ function svg(med, meta) {
   const height = 70 + figs.length * groupH + 20;
   const esc = (t) => String(t).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
   const o = [];
-  o.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`);
+  o.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`,
+  );
   o.push(`<rect width="100%" height="100%" fill="white"/>`);
-  o.push(`<text x="10" y="18" font-size="14" font-weight="bold">${esc(`Ratio to sticky-rs (setup / sticky-rs), log scale; ${meta.date}, ${meta.cpu} x${meta.cores}, Node ${process.version}`)}</text>`);
-  o.push(`<text x="10" y="34" fill="#555">${esc('green: sticky-rs is better on this figure; red: worse. Bars clipped at 1/8x and 8x.')}</text>`);
+  o.push(
+    `<text x="10" y="18" font-size="14" font-weight="bold">${esc(`Ratio to sticky-rs (setup / sticky-rs), log scale; ${meta.date}, ${meta.cpu} x${meta.cores}, Node ${process.version}`)}</text>`,
+  );
+  o.push(
+    `<text x="10" y="34" fill="#555">${esc('green: sticky-rs is better on this figure; red: worse. Bars clipped at 1/8x and 8x.')}</text>`,
+  );
   for (const t of [0.125, 0.25, 0.5, 1, 2, 4, 8]) {
     o.push(`<line x1="${x(t).toFixed(1)}" y1="50" x2="${x(t).toFixed(1)}" y2="${height - 20}" stroke="${t === 1 ? '#000' : '#ddd'}"/>`);
     o.push(`<text x="${x(t).toFixed(1)}" y="${height - 6}" text-anchor="middle" fill="#555">${t < 1 ? `1/${1 / t}` : t}x</text>`);
@@ -527,11 +656,15 @@ function svg(med, meta) {
         const rsBetter = f.better === 'higher' ? r < 1 : r > 1;
         const x0 = Math.min(cx, x(r));
         const w = Math.max(1, Math.abs(x(r) - cx));
-        o.push(`<rect x="${x0.toFixed(1)}" y="${y}" width="${w.toFixed(1)}" height="${barH}" fill="${Math.abs(r - 1) < 0.005 ? '#999' : rsBetter ? '#3a9a4a' : '#c8463c'}"/>`);
+        o.push(
+          `<rect x="${x0.toFixed(1)}" y="${y}" width="${w.toFixed(1)}" height="${barH}" fill="${Math.abs(r - 1) < 0.005 ? '#999' : rsBetter ? '#3a9a4a' : '#c8463c'}"/>`,
+        );
         // label beyond the bar's end; inside it (white) where that would run into the names
         const inside = r < 1 && x(r) - 44 < left;
         const lx = r >= 1 ? x(r) + 4 : inside ? x(r) + 4 : x(r) - 4;
-        o.push(`<text x="${lx.toFixed(1)}" y="${y + barH - 3}" text-anchor="${r >= 1 || inside ? 'start' : 'end'}"${inside ? ' fill="white"' : ''}>${r.toFixed(2)}x</text>`);
+        o.push(
+          `<text x="${lx.toFixed(1)}" y="${y + barH - 3}" text-anchor="${r >= 1 || inside ? 'start' : 'end'}"${inside ? ' fill="white"' : ''}>${r.toFixed(2)}x</text>`,
+        );
       }
       y += barH + 3;
     }
@@ -565,7 +698,9 @@ async function main() {
   if (process.platform !== 'linux') throw new Error('bench/run.js reads /proc: Linux only');
   if (!fs.existsSync(LOADGEN)) {
     console.log('building loadgen (cargo build --release --manifest-path bench/loadgen/Cargo.toml)...');
-    const r = spawnSync('cargo', ['build', '--release', '--manifest-path', path.join(__dirname, 'loadgen', 'Cargo.toml')], { stdio: 'inherit' });
+    const r = spawnSync('cargo', ['build', '--release', '--manifest-path', path.join(__dirname, 'loadgen', 'Cargo.toml')], {
+      stdio: 'inherit',
+    });
     if (r.status !== 0) throw new Error('building loadgen failed');
   }
   const meta = {
@@ -573,7 +708,10 @@ async function main() {
     cpu: os.cpus()[0].model.trim(),
     cores: os.cpus().length,
     os: `${os.type()} ${os.release()} ${os.arch()}`,
-    loadStart: os.loadavg().map((x) => x.toFixed(2)).join(' '),
+    loadStart: os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' '),
     git: gitId(),
     addonStart: addonId(),
   };
@@ -582,7 +720,10 @@ async function main() {
   lastRuns = runs;
   const started = Date.now();
   for (let rep = 0; rep < REPS; rep++) for (const s of setups) runs[s.id].push(await measure(s, rep));
-  meta.loadEnd = os.loadavg().map((x) => x.toFixed(2)).join(' ');
+  meta.loadEnd = os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
   meta.addonEnd = addonId();
   const med = summarize(runs);
   const md = markdown(runs, med, meta);
@@ -612,7 +753,8 @@ async function main() {
         const missing = ['closeRps', 'mean', 'kaRps', 'sioRate'].filter((k) => !(r[k] > 0) && !(k === 'sioRate' && r.sioSessions > 0));
         const recorded = r.httpFailure || r.sioFailure;
         if (s.own || s.baseline) {
-          if (missing.length || recorded) problems.push(`${s.id}: no ${missing.join(', ') || 'numbers'}${recorded ? ` (${recorded})` : ''}`);
+          if (missing.length || recorded)
+            problems.push(`${s.id}: no ${missing.join(', ') || 'numbers'}${recorded ? ` (${recorded})` : ''}`);
           if (s.own && r.sioSuccess !== 100) problems.push(`${s.id}: Socket.IO success ${fmt(r.sioSuccess, 1)}%, expected 100%`);
         } else if (missing.length && !recorded) {
           console.log(`warning: ${s.id} produced no ${missing.join(', ')} and no recorded failure`);

@@ -96,7 +96,11 @@ async function measure(setup) {
     const began = Date.now();
     const until = began + DURATION;
     await Promise.all(Array.from({ length: CLIENTS }, (_, i) => client(port, `127.0.9.${i + 1}`, until, totals)));
-    return { rps: totals.requests / ((Date.now() - began) / 1000), perRequest: totals.connections / Math.max(1, totals.requests), errors: totals.errors };
+    return {
+      rps: totals.requests / ((Date.now() - began) / 1000),
+      perRequest: totals.connections / Math.max(1, totals.requests),
+      errors: totals.errors,
+    };
   } finally {
     await stop(child);
   }

@@ -79,7 +79,8 @@ function request(port, localAddress, method, path, body, timeout, step) {
     const timer = setTimeout(() => finish(new StepError(step, 'timeout')), timeout);
     socket.on('connect', () => {
       const payload = body === undefined ? '' : body;
-      const head = `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n` +
+      const head =
+        `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n` +
         (body === undefined ? '' : `Content-Type: text/plain;charset=UTF-8\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n`) +
         '\r\n';
       socket.write(head + payload); // no half-close: browsers do not send FIN first
@@ -145,21 +146,23 @@ async function run(opts) {
   const deadline = Date.now() + opts.duration;
   // At least one session per address, so "from N addresses" holds even in short runs.
   const more = () => Date.now() < deadline || next < ips.length;
-  await Promise.all(Array.from({ length: opts.concurrency }, async () => {
-    while (more()) {
-      const i = next++;
-      const ip = ips[i % ips.length];
-      used.add(ip);
-      try {
-        await session(opts, ip, `t${i}`);
-        ok++;
-      } catch (err) {
-        failed++;
-        const kind = err.kind || String(err.message || err);
-        failures[kind] = (failures[kind] || 0) + 1;
+  await Promise.all(
+    Array.from({ length: opts.concurrency }, async () => {
+      while (more()) {
+        const i = next++;
+        const ip = ips[i % ips.length];
+        used.add(ip);
+        try {
+          await session(opts, ip, `t${i}`);
+          ok++;
+        } catch (err) {
+          failed++;
+          const kind = err.kind || String(err.message || err);
+          failures[kind] = (failures[kind] || 0) + 1;
+        }
       }
-    }
-  }));
+    }),
+  );
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   const sessions = ok + failed;
   return {
@@ -181,18 +184,25 @@ if (require.main === module) {
   const opts = parseArgs(process.argv.slice(2));
   const warmup = opts.warmup > 0 ? run({ ...opts, duration: opts.warmup, ips: Math.min(opts.ips, 32) }) : Promise.resolve();
   // A line on stdout when the measured run starts, so the caller can sample CPU from there.
-  warmup.then(() => {
-    if (opts.json) console.log(JSON.stringify({ event: 'measuring' }));
-    return run(opts);
-  }).then((r) => {
-    if (opts.json) console.log(JSON.stringify(r));
-    else {
-      console.log(`${r.ok}/${r.sessions} sessions ok (${(100 * r.success).toFixed(1)}%) from ${r.addresses} addresses, ` +
-        `${r.sessionsPerSec.toFixed(0)} sessions/s in ${r.seconds.toFixed(2)} s`);
-      for (const [k, n] of Object.entries(r.failures)) console.log(`  ${n} x ${k}`);
-    }
-  }, (err) => {
-    console.error(err);
-    process.exit(1);
-  });
+  warmup
+    .then(() => {
+      if (opts.json) console.log(JSON.stringify({ event: 'measuring' }));
+      return run(opts);
+    })
+    .then(
+      (r) => {
+        if (opts.json) console.log(JSON.stringify(r));
+        else {
+          console.log(
+            `${r.ok}/${r.sessions} sessions ok (${(100 * r.success).toFixed(1)}%) from ${r.addresses} addresses, ` +
+              `${r.sessionsPerSec.toFixed(0)} sessions/s in ${r.seconds.toFixed(2)} s`,
+          );
+          for (const [k, n] of Object.entries(r.failures)) console.log(`  ${n} x ${k}`);
+        }
+      },
+      (err) => {
+        console.error(err);
+        process.exit(1);
+      },
+    );
 }

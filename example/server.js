@@ -53,7 +53,10 @@ const WORKERS = positiveInt('WORKERS', os.availableParallelism());
 const REDIS_URL = process.env.REDIS_URL || '';
 const ROUTE_BY = process.env.ROUTE_BY || undefined;
 const STICKY_NODE = process.env.STICKY_NODE || undefined;
-const TRUSTED_PROXIES = (process.env.TRUSTED_PROXIES || '').split(',').map((s) => s.trim()).filter(Boolean);
+const TRUSTED_PROXIES = (process.env.TRUSTED_PROXIES || '')
+  .split(',')
+  .map((s) => s.trim())
+  .filter(Boolean);
 const BY_PROXY = ROUTE_BY !== undefined && !['address', 'sid'].includes(ROUTE_BY.toLowerCase());
 if (BY_PROXY && TRUSTED_PROXIES.length === 0) {
   console.error(`ROUTE_BY=${JSON.stringify(ROUTE_BY)} needs TRUSTED_PROXIES (comma-separated addresses or CIDR ranges of the proxies)`);
@@ -218,7 +221,8 @@ if (cluster.isPrimary) {
       : `${WORKERS} worker(s), Socket.IO adapter: @socket.io/cluster-adapter (through this primary, one machine)`,
   );
   if (BY_PROXY) console.log(`Routing by ${ROUTE_BY} from trusted proxies ${TRUSTED_PROXIES.join(', ')}`);
-  else if (ROUTE_BY === 'sid') console.log(`Routing by Socket.IO session id (each response closes its connection)${STICKY_NODE ? `; node ${STICKY_NODE}` : ''}`);
+  else if (ROUTE_BY === 'sid')
+    console.log(`Routing by Socket.IO session id (each response closes its connection)${STICKY_NODE ? `; node ${STICKY_NODE}` : ''}`);
 
   // Set on Ctrl-C: workers exiting after that are the shutdown working, not news.
   let stopping = false;
@@ -254,7 +258,9 @@ function serveMetrics(primary) {
     res.setHeader('content-type', register.contentType);
     res.end(await register.metrics());
   });
-  server.listen(METRICS_PORT, HOST, () => console.log(`Metrics on http://${HOST?.includes(':') ? `[${HOST}]` : HOST || 'localhost'}:${METRICS_PORT}/metrics`));
+  server.listen(METRICS_PORT, HOST, () =>
+    console.log(`Metrics on http://${HOST?.includes(':') ? `[${HOST}]` : HOST || 'localhost'}:${METRICS_PORT}/metrics`),
+  );
   // The metrics server must not keep the primary alive once sticky-rs shut down.
   server.unref();
 }

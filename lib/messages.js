@@ -46,4 +46,20 @@ function noticeType(prefix, message) {
   return message.type.startsWith(prefix) ? message.type.slice(prefix.length) : null;
 }
 
-module.exports = { INTERNAL, FAILED, READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, NODE_NAME, PRIMARY_PID, notifyPrimary, noticeType };
+module.exports = {
+  INTERNAL,
+  FAILED,
+  READY,
+  CHANNEL,
+  LISTEN,
+  PLACE,
+  SHUTDOWN,
+  CLOSING,
+  STOPPING,
+  OPEN,
+  WORKER_INDEX,
+  NODE_NAME,
+  PRIMARY_PID,
+  notifyPrimary,
+  noticeType,
+};

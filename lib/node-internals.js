@@ -22,7 +22,9 @@ function selfCheck() {
   // remoteAddress/remotePort read _peername, which _getpeername() fills once.
   if (typeof socket._getpeername !== 'function') missing.push('net.Socket#_getpeername() (and its _peername)');
   if (missing.length > 0) {
-    throw new Error(`sticky-rs: Node.js ${process.version} lacks what sticky-rs relies on: ${missing.join(', ')}. Supported: Node 20 to 26; please report this Node version`);
+    throw new Error(
+      `sticky-rs: Node.js ${process.version} lacks what sticky-rs relies on: ${missing.join(', ')}. Supported: Node 20 to 26; please report this Node version`,
+    );
   }
 }
 

@@ -83,7 +83,9 @@ function loadPlatformPackage(key = currentKey()) {
     return { reason: `${name} has no readable ${addonFile(key)}: ${err.code ?? err.message}` };
   }
   if (actual !== expected) {
-    return { reason: `${name}'s addon is not the one released with ${PACKAGE}@${VERSION} (sha256 ${actual.slice(0, 16)}…, expected ${expected.slice(0, 16)}…): refused` };
+    return {
+      reason: `${name}'s addon is not the one released with ${PACKAGE}@${VERSION} (sha256 ${actual.slice(0, 16)}…, expected ${expected.slice(0, 16)}…): refused`,
+    };
   }
   try {
     return { addon: require(file) };
@@ -99,10 +101,7 @@ function loadPlatformPackage(key = currentKey()) {
  */
 function notInstalledMessage(key, tried) {
   const prebuilt = PLATFORMS.some((p) => p.key === key);
-  const lines = [
-    `${PACKAGE}: no native addon for ${key} (Node ${process.version}).`,
-    'Fix:',
-  ];
+  const lines = [`${PACKAGE}: no native addon for ${key} (Node ${process.version}).`, 'Fix:'];
   if (prebuilt) {
     lines.push(
       `  Install the platform package next to ${PACKAGE}, at the same version:`,

@@ -27,17 +27,25 @@ function closeAfterEachResponse(server, worker) {
     const n = (requestsOn.get(req.socket) || 0) + 1;
     requestsOn.set(req.socket, n);
     if (!worker.sessionIdsNameSlot && req.url.includes('EIO=')) {
-      worker.warnings.note('ids', 1, () =>
-        `${worker.role}: routeBy 'sid', but the Socket.IO session ids of this worker do not name it, so every session after ` +
-        'the handshake breaks ("Session ID unknown"): call setupWorker(io) from sticky-rs in the worker, after new Server(httpServer)');
+      worker.warnings.note(
+        'ids',
+        1,
+        () =>
+          `${worker.role}: routeBy 'sid', but the Socket.IO session ids of this worker do not name it, so every session after ` +
+          'the handshake breaks ("Session ID unknown"): call setupWorker(io) from sticky-rs in the worker, after new Server(httpServer)',
+      );
     }
     const session = sessionInUrl(req.url);
     const ours = session && String(session.place) === process.env[WORKER_INDEX] && session.node === (process.env[NODE_NAME] || null);
     if (n > 1 && session && !ours) {
-      worker.warnings.note('reused', 1, (k) =>
-        `${worker.role}: ${k} request${k === 1 ? '' : 's'} for a Socket.IO session of another slot came on a connection it already served ` +
-        '(a client or proxy reused a keep-alive connection despite "Connection: close", or pipelined requests); ' +
-        'the session is answered 400 "Session ID unknown" here. Let the proxy close server connections (HAProxy: http-reuse never; nginx: no upstream keepalive)');
+      worker.warnings.note(
+        'reused',
+        1,
+        (k) =>
+          `${worker.role}: ${k} request${k === 1 ? '' : 's'} for a Socket.IO session of another slot came on a connection it already served ` +
+          '(a client or proxy reused a keep-alive connection despite "Connection: close", or pipelined requests); ' +
+          'the session is answered 400 "Session ID unknown" here. Let the proxy close server connections (HAProxy: http-reuse never; nginx: no upstream keepalive)',
+      );
       worker.flushWarningsLater();
     }
   };

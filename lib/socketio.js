@@ -27,8 +27,10 @@ function unknownSessionWhy(req, slot, node, peekLimit) {
   // The request line as the primary peeked it: "GET " + the URL up to the end of the sid.
   const end = Buffer.byteLength(`${req.method} ${url.slice(0, match.index + match[0].length)}`);
   if (end > peekLimit) {
-    return `its sid ends at byte ${end} of the request line, after the ${peekLimit} bytes the primary reads (peekLimit): ` +
-      'the primary could not see it and placed the connection as a new session; put sid first in the query, or raise peekLimit';
+    return (
+      `its sid ends at byte ${end} of the request line, after the ${peekLimit} bytes the primary reads (peekLimit): ` +
+      'the primary could not see it and placed the connection as a new session; put sid first in the query, or raise peekLimit'
+    );
   }
   const session = sessionInUrl(url);
   if (!session) return `its sid ${JSON.stringify(decodeURIComponent(match[1]))} names no worker (forged or not from sticky-rs)`;
@@ -38,7 +40,6 @@ function unknownSessionWhy(req, slot, node, peekLimit) {
   }
   return "its sid names this slot, but this worker does not know it (a session of this slot's earlier worker, or a forged id)";
 }
-
 
 /** `listen()`'s argument forms: (port, host, backlog, cb), ({ port, host, backlog }, cb), (cb). */
 function listenArgs(args) {
@@ -61,9 +62,10 @@ function setupMaster(httpServer, opts, onStart = () => {}) {
   let primary = null;
   // Workers forked before listen() may run setupWorker() before it: their 'ready' is kept here.
   const readyEarly = new Set();
-  const watchEarly = (worker) => worker.process.on('internalMessage', (message) => {
-    if (!primary && noticeType(o.prefix, message) === READY) readyEarly.add(worker);
-  });
+  const watchEarly = (worker) =>
+    worker.process.on('internalMessage', (message) => {
+      if (!primary && noticeType(o.prefix, message) === READY) readyEarly.add(worker);
+    });
   cluster.on('fork', watchEarly);
   internals.replaceListen(httpServer, function listen(...args) {
     if (primary) throw new Error('sticky-rs: this server is already listening');
@@ -85,7 +87,9 @@ function setupMaster(httpServer, opts, onStart = () => {}) {
  */
 function setupWorker(io) {
   if (!io?.engine || typeof io.engine.generateId !== 'function' || !(io.httpServer instanceof net.Server)) {
-    throw new TypeError(`sticky-rs: setupWorker(io) needs a Socket.IO Server attached to an http.Server (new Server(httpServer)), got ${describe(io)}`);
+    throw new TypeError(
+      `sticky-rs: setupWorker(io) needs a Socket.IO Server attached to an http.Server (new Server(httpServer)), got ${describe(io)}`,
+    );
   }
   if (cluster.isPrimary) throw new Error('sticky-rs: setupWorker() must be called in a cluster worker ("not worker")');
   io.engine.generateId = () => sessionId(Number(process.env[WORKER_INDEX]), process.env[NODE_NAME]);
@@ -94,7 +98,10 @@ function setupWorker(io) {
     const worker = current();
     if (!worker?.options.debug || !err || err.code !== 1 || !err.req) return;
     const why = unknownSessionWhy(err.req, Number(process.env[WORKER_INDEX]), process.env[NODE_NAME] || null, worker.options.peekLimit);
-    log(worker.role, `400 Session ID unknown for ${err.req.method} ${err.req.url.length > 120 ? `${err.req.url.slice(0, 120)}...` : err.req.url}: ${why}`);
+    log(
+      worker.role,
+      `400 Session ID unknown for ${err.req.method} ${err.req.url.length > 120 ? `${err.req.url.slice(0, 120)}...` : err.req.url}: ${why}`,
+    );
   });
   // A worker of sticky() or listen() (routeBy 'sid'): the server is handed over there (callback
   // or listen()), before or after this; the ids are all it needs from here.

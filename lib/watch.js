@@ -33,25 +33,48 @@ function watchCounters(primary) {
       const full = s.dropped - before.dropped - expired - overShare;
       const current = slots[index]?.current;
       const which = `slot ${index} (${current ? `worker pid ${current.worker.process.pid}` : 'no worker'})`;
-      warnings.note(`full:${index}`, full, (n) =>
-        `${which}: closed ${n} new connection(s) unserved: the slot's queue was full (queueLimit ${o.queueLimit}); its worker is not ready or cannot keep up`);
-      warnings.note(`share:${index}`, overShare, (n) =>
-        `${which}: closed ${n} new connection(s) unserved: the slot holds its share of the connections the primary may hold (half its free file descriptors); its worker is not ready, stuck, or out of descriptors. Other slots are not affected; raise ulimit -n for more room`);
-      warnings.note(`expired:${index}`, expired, (n) =>
-        `${which}: closed ${n} connection(s) that waited longer than queueTimeout (${o.queueTimeout} ms) for a ready worker`);
+      warnings.note(
+        `full:${index}`,
+        full,
+        (n) =>
+          `${which}: closed ${n} new connection(s) unserved: the slot's queue was full (queueLimit ${o.queueLimit}); its worker is not ready or cannot keep up`,
+      );
+      warnings.note(
+        `share:${index}`,
+        overShare,
+        (n) =>
+          `${which}: closed ${n} new connection(s) unserved: the slot holds its share of the connections the primary may hold (half its free file descriptors); its worker is not ready, stuck, or out of descriptors. Other slots are not affected; raise ulimit -n for more room`,
+      );
+      warnings.note(
+        `expired:${index}`,
+        expired,
+        (n) => `${which}: closed ${n} connection(s) that waited longer than queueTimeout (${o.queueTimeout} ms) for a ready worker`,
+      );
       // Kernel dispatch: clients of a slot without a ready worker wait in its members' accept
       // queues, where nothing counts what overflows; said once they waited a whole interval.
       const waits = (counters) => now.dispatch === 'kernel' && counters.channel === 0 && counters.queued > 0;
       if (waits(s) && waits(before)) {
-        warnings.note(`waiting:${index}`, 1, () =>
-          `${which}: ${s.queued} connection(s) wait in the kernel's accept queue for a ready worker; past backlog (${o.listeners.map((l) => l.backlog).join(', ')}) new clients of this slot get no answer and retry`);
+        warnings.note(
+          `waiting:${index}`,
+          1,
+          () =>
+            `${which}: ${s.queued} connection(s) wait in the kernel's accept queue for a ready worker; past backlog (${o.listeners.map((l) => l.backlog).join(', ')}) new clients of this slot get no answer and retry`,
+        );
       }
     }
     sayKernel(warnings, was, now);
-    warnings.note('rejected', now.rejected - was.rejected, (n) =>
-      `closed ${n} connection(s) from trusted proxies without a valid PROXY header (routeBy 'proxy-protocol'): is the proxy configured to send it (HAProxy send-proxy, nginx proxy_protocol on)?`);
-    warnings.note('otherNode', now.otherNode - was.otherNode, (n) =>
-      `answered ${n} request(s) for Socket.IO sessions of other nodes 400 "Session ID unknown" (this is node "${o.node}"): the balancer must send every request with a sid to the node its prefix names (docs: "Many machines")`);
+    warnings.note(
+      'rejected',
+      now.rejected - was.rejected,
+      (n) =>
+        `closed ${n} connection(s) from trusted proxies without a valid PROXY header (routeBy 'proxy-protocol'): is the proxy configured to send it (HAProxy send-proxy, nginx proxy_protocol on)?`,
+    );
+    warnings.note(
+      'otherNode',
+      now.otherNode - was.otherNode,
+      (n) =>
+        `answered ${n} request(s) for Socket.IO sessions of other nodes 400 "Session ID unknown" (this is node "${o.node}"): the balancer must send every request with a sid to the node its prefix names (docs: "Many machines")`,
+    );
   }
 }
 
@@ -65,8 +88,12 @@ function sayKernel(warnings, was, now) {
     const before = was.kernel[listener];
     const found = health.repairs - (before ? before.repairs : 0);
     const latest = health.recent.slice(-Math.min(found, 3)).join('; ');
-    warnings.note(`kernel:${listener}`, found, (n) =>
-      `kernel dispatch, listener ${listener}: its SO_REUSEPORT group was tampered with, by code in a worker or a process of the same user (${n} repair(s)): ${latest}`);
+    warnings.note(
+      `kernel:${listener}`,
+      found,
+      (n) =>
+        `kernel dispatch, listener ${listener}: its SO_REUSEPORT group was tampered with, by code in a worker or a process of the same user (${n} repair(s)): ${latest}`,
+    );
     for (const damage of health.damage) {
       warnings.note(`kernel-damage:${listener}:${damage}`, 1, () => `kernel dispatch, listener ${listener}: damaged: ${damage}`);
     }

@@ -20,7 +20,22 @@ const { log, Warnings } = require('./log');
 const internals = require('./node-internals');
 const { closeAfterEachResponse } = require('./sid-responses');
 const { startedOnTerminal, terminalAlive, ignoreDeadTerminal, exitHungUp } = require('./terminal');
-const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, NODE_NAME, PRIMARY_PID, INTERNAL, FAILED, notifyPrimary } = require('./messages');
+const {
+  READY,
+  CHANNEL,
+  LISTEN,
+  PLACE,
+  SHUTDOWN,
+  CLOSING,
+  STOPPING,
+  OPEN,
+  WORKER_INDEX,
+  NODE_NAME,
+  PRIMARY_PID,
+  INTERNAL,
+  FAILED,
+  notifyPrimary,
+} = require('./messages');
 
 // Kernel dispatch: how often at most this worker reports the connections it accepted itself (the
 // primary counts them per slot); rarely enough that the primary stays off the connection path.
@@ -78,13 +93,17 @@ function refuse(message) {
 /** Why a cluster worker whose primary does not run sticky-rs cannot work, and what to do. */
 function notOurCluster() {
   if (process.env.exec_mode === 'cluster_mode' && process.env.pm_id !== undefined) {
-    return 'sticky-rs: started by PM2 in cluster mode (pm2 start -i N, or exec_mode: "cluster"): PM2 is then the ' +
+    return (
+      'sticky-rs: started by PM2 in cluster mode (pm2 start -i N, or exec_mode: "cluster"): PM2 is then the ' +
       'cluster primary and balances connections itself, so they cannot be sticky. Run one instance in fork mode ' +
       '(pm2 start app.js, or exec_mode: "fork", instances: 1): sticky-rs then forks the workers ' +
-      '(the concurrency/workers option) and routes every client to its own.';
+      '(the concurrency/workers option) and routes every client to its own.'
+    );
   }
-  return 'sticky-rs: this process is a cluster worker, but its primary does not run sticky-rs: sticky() and ' +
-    'listen() must be called in the cluster primary too (they fork the workers themselves); remove your own cluster.fork() code.';
+  return (
+    'sticky-rs: this process is a cluster worker, but its primary does not run sticky-rs: sticky() and ' +
+    'listen() must be called in the cluster primary too (they fork the workers themselves); remove your own cluster.fork() code.'
+  );
 }
 
 // What a leftover listen() call does in a worker, and the fix.
@@ -400,7 +419,10 @@ class Worker {
     if (error) {
       // Never stall silently: without its channel this worker gets no connection again. It
       // finishes what it has and exits; the primary forks a replacement for the slot.
-      log(this.role, `the connection channel failed (${error}); finishing open connections and exiting so the primary replaces this worker`);
+      log(
+        this.role,
+        `the connection channel failed (${error}); finishing open connections and exiting so the primary replaces this worker`,
+      );
       this.shutdown();
       return;
     }
@@ -478,7 +500,8 @@ class Worker {
    */
   accepted(socket) {
     this.acceptedTally.add(1);
-    if (this.options.debugConnections) log(this.role, `connection from ${socket.remoteAddress} (accepted on its member: the kernel picked this slot)`);
+    if (this.options.debugConnections)
+      log(this.role, `connection from ${socket.remoteAddress} (accepted on its member: the kernel picked this slot)`);
     internals.uncount(socket);
   }
 

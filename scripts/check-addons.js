@@ -21,7 +21,16 @@ const GLIBC = '2.17';
 const MACOS = { arm64: '11.0', x64: '10.15' };
 const ELF_MACHINE = { x64: 62, arm64: 183 };
 const MACHO_CPU = { x64: 0x01000007, arm64: 0x0100000c };
-const GLIBC_LIBS = new Set(['libc.so.6', 'libpthread.so.0', 'libdl.so.2', 'libm.so.6', 'librt.so.1', 'libgcc_s.so.1', 'ld-linux-x86-64.so.2', 'ld-linux-aarch64.so.1']);
+const GLIBC_LIBS = new Set([
+  'libc.so.6',
+  'libpthread.so.0',
+  'libdl.so.2',
+  'libm.so.6',
+  'librt.so.1',
+  'libgcc_s.so.1',
+  'ld-linux-x86-64.so.2',
+  'ld-linux-aarch64.so.1',
+]);
 const MUSL_LIBC = ['/usr/lib/x86_64-linux-musl/libc.so', '/usr/lib/musl/lib/libc.so'];
 const MUSL_LOADER = '/lib/ld-musl-x86_64.so.1';
 const nodeApi = (s) => /^(napi_|uv_|node_api_)/.test(s);
@@ -76,7 +85,11 @@ function checkElf(file, platform, notes) {
     const missing = [...`${r.stdout}${r.stderr}`.matchAll(/Error relocating [^:]+: ([^:]+): symbol not found/g)].map((m) => m[1]);
     const other = `${r.stdout}${r.stderr}`.split('\n').filter((l) => /rror/.test(l) && !/symbol not found/.test(l));
     assert.deepEqual(other, [], `musl's loader: ${other.join('\n')}`);
-    assert.deepEqual(missing.filter((s) => !nodeApi(s)), [], `musl's loader cannot resolve these`);
+    assert.deepEqual(
+      missing.filter((s) => !nodeApi(s)),
+      [],
+      `musl's loader cannot resolve these`,
+    );
     notes.muslLoader = `resolved by ${MUSL_LOADER} except ${missing.length} napi/uv symbols`;
   } else if (platform.cpu === 'x64') {
     notes.muslLoader = `not run: ${MUSL_LOADER} is not installed`;
@@ -104,8 +117,10 @@ function checkMachO(file, platform, notes) {
     } else if (cmd === 0x24) {
       const v = b.readUInt32LE(at + 8); // LC_VERSION_MIN_MACOSX
       minos = `${v >>> 16}.${(v >> 8) & 0xff}`;
-    } else if (cmd === 0x1d) signed = true; // LC_CODE_SIGNATURE
-    else if (cmd === 0xc || cmd === 0x80000018) dylibs.push(b.toString('latin1', at + b.readUInt32LE(at + 8), at + size).replace(/\0.*$/s, ''));
+    } else if (cmd === 0x1d)
+      signed = true; // LC_CODE_SIGNATURE
+    else if (cmd === 0xc || cmd === 0x80000018)
+      dylibs.push(b.toString('latin1', at + b.readUInt32LE(at + 8), at + size).replace(/\0.*$/s, ''));
     else if (cmd === 0x2) symtab = { symoff: b.readUInt32LE(at + 8), nsyms: b.readUInt32LE(at + 12), stroff: b.readUInt32LE(at + 16) };
     at += size;
   }
@@ -113,17 +128,29 @@ function checkMachO(file, platform, notes) {
   assert.ok(compareVersions(minos, MACOS[platform.cpu]) <= 0, `${file} needs macOS ${minos}, above ${MACOS[platform.cpu]}`);
   // Apple silicon runs no unsigned code (an ad-hoc signature will do); Intel Macs need none.
   if (platform.cpu === 'arm64') assert.ok(signed, `${file} has no code signature (Apple silicon refuses unsigned code)`);
-  assert.deepEqual(dylibs.filter((d) => !/^\/usr\/lib\/lib(System\.B|iconv\.2|charset\.1)\.dylib$/.test(d)), [], `${file} links ${dylibs}`);
+  assert.deepEqual(
+    dylibs.filter((d) => !/^\/usr\/lib\/lib(System\.B|iconv\.2|charset\.1)\.dylib$/.test(d)),
+    [],
+    `${file} links ${dylibs}`,
+  );
   assert.ok(symtab, `${file} has no symbol table`);
   const undef = [];
   for (let i = 0; i < symtab.nsyms; i++) {
     const e = symtab.symoff + i * 16;
     const type = b[e + 4];
     if ((type & 0xe0) === 0 && (type & 0x0e) === 0 && type & 0x01) {
-      undef.push(b.toString('latin1', symtab.stroff + b.readUInt32LE(e), symtab.stroff + b.readUInt32LE(e) + 200).replace(/\0.*$/s, '').replace(/^_/, ''));
+      undef.push(
+        b
+          .toString('latin1', symtab.stroff + b.readUInt32LE(e), symtab.stroff + b.readUInt32LE(e) + 200)
+          .replace(/\0.*$/s, '')
+          .replace(/^_/, ''),
+      );
     }
   }
-  assert.ok(undef.some((s) => s.startsWith('napi_')), `${file}: napi_* are not left to Node (undefined)`);
+  assert.ok(
+    undef.some((s) => s.startsWith('napi_')),
+    `${file}: napi_* are not left to Node (undefined)`,
+  );
   Object.assign(notes, { minos, signed, dylibs: dylibs.join(' '), undefined: `${undef.length} (${undef.filter(nodeApi).length} napi/uv)` });
 }
 

@@ -67,7 +67,9 @@ function project(name) {
 
 function npmInstall(dir, args, env) {
   const started = process.hrtime.bigint();
-  const npm = env.PATH.split(':').map((d) => path.join(d, 'npm')).find((f) => fs.existsSync(f));
+  const npm = env.PATH.split(':')
+    .map((d) => path.join(d, 'npm'))
+    .find((f) => fs.existsSync(f));
   const r = spawnSync(npm, ['install', '--no-audit', '--no-fund', ...args], { cwd: dir, env, encoding: 'utf8', timeout: 600_000 });
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   return { status: r.status, output: `${r.stdout}\n${r.stderr}`, seconds };
@@ -124,7 +126,12 @@ if (primary) {
 async function checkStickyApp(dir, env, { node = [process.execPath], dispatch = 'auto', readyMs = 30_000 } = {}) {
   fs.writeFileSync(path.join(dir, 'app.js'), APP);
   const port = await freePort();
-  const child = spawn(node[0], [...node.slice(1), 'app.js'], { cwd: dir, env: { ...env, PORT: String(port), DISPATCH: dispatch }, detached: true, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(node[0], [...node.slice(1), 'app.js'], {
+    cwd: dir,
+    env: { ...env, PORT: String(port), DISPATCH: dispatch },
+    detached: true,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)));
   let terminated = false;
   try {
@@ -158,7 +165,7 @@ async function checkStickyApp(dir, env, { node = [process.execPath], dispatch = 
     process.kill(primaryPid, 'SIGTERM');
     terminated = true;
     const code = await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 30_000, 'no exit 30 s after SIGTERM'))]);
-    assert.equal(code, 0, 'the primary\'s exit after SIGTERM');
+    assert.equal(code, 0, "the primary's exit after SIGTERM");
     return { dispatch: used };
   } finally {
     if (child.exitCode === null && child.signalCode === null) {
@@ -187,18 +194,26 @@ const REQUIRED_ADVICE = [
 /** The published manifest: links for the registry page, no install script, only shipped scripts, `default`. */
 function checkManifest(pkgDir) {
   const m = JSON.parse(fs.readFileSync(path.join(pkgDir, 'package.json'), 'utf8'));
-  assert.match(m.repository?.url ?? '', /^git\+https:\/\//, 'repository.url (the registry resolves the README\'s relative links with it)');
+  assert.match(m.repository?.url ?? '', /^git\+https:\/\//, "repository.url (the registry resolves the README's relative links with it)");
   assert.ok(m.homepage && m.bugs?.url, 'homepage and bugs');
-  for (const hook of ['preinstall', 'install', 'postinstall', 'prepare']) assert.equal(m.scripts?.[hook], undefined, `the published package has a ${hook} script`);
+  for (const hook of ['preinstall', 'install', 'postinstall', 'prepare'])
+    assert.equal(m.scripts?.[hook], undefined, `the published package has a ${hook} script`);
   for (const [name, command] of Object.entries(m.scripts ?? {})) {
     const files = [...command.matchAll(/[\w./-]+\.m?js\b/g)].map((f) => f[0]);
-    assert.ok(files.length && files.every((f) => fs.existsSync(path.join(pkgDir, f))), `script ${name} (${command}) runs files that are not shipped`);
+    assert.ok(
+      files.length && files.every((f) => fs.existsSync(path.join(pkgDir, f))),
+      `script ${name} (${command}) runs files that are not shipped`,
+    );
   }
   assert.equal(m.exports?.['.']?.default, './index.js', 'exports["."].default');
   assert.equal(Object.keys(m.exports['.']).pop(), 'default', 'default must be the last condition');
   assert.equal(m.bin?.[BUILD_COMMAND], 'scripts/build.js');
   assert.equal(m.peerDependenciesMeta?.['@types/node']?.optional, true, '@types/node: an optional peer dependency');
-  assert.match(fs.readFileSync(path.join(pkgDir, 'index.d.ts'), 'utf8'), /^\/\/\/ <reference types="node" \/>/, 'index.d.ts references @types/node');
+  assert.match(
+    fs.readFileSync(path.join(pkgDir, 'index.d.ts'), 'utf8'),
+    /^\/\/\/ <reference types="node" \/>/,
+    'index.d.ts references @types/node',
+  );
   assert.deepEqual(Object.keys(m.optionalDependencies ?? {}).sort(), PLATFORMS.map((p) => packageName(p.key)).sort());
   const hashes = JSON.parse(fs.readFileSync(path.join(pkgDir, path.relative(root, ADDON_HASHES)), 'utf8'));
   assert.deepEqual(Object.keys(hashes).sort(), PLATFORMS.map((p) => p.key).sort(), 'a sha256 per platform package');
@@ -218,24 +233,41 @@ function checkReadme(file) {
   assert.ok(install, 'the first screen shows how to install the tarballs today');
   assert.match(install, /\bexpress\b/, 'the install line installs Express, which the first example needs');
   const blocks = [...text.matchAll(/```(?:js|ts|mjs|javascript)\n([\s\S]*?)```/g)].map((m) => m[1]);
-  const undefinedApp = blocks.filter((b) => /\bapp\b/.test(b) && !/\b(const|let|var)\s+app\b|\bimport\s+app\b|\(\s*app\s*\)\s*=>|function\s*\w*\s*\(\s*app\b/.test(b));
-  assert.deepEqual(undefinedApp.map((b) => b.split('\n')[0]), [], 'README examples use an undefined `app`');
+  const undefinedApp = blocks.filter(
+    (b) => /\bapp\b/.test(b) && !/\b(const|let|var)\s+app\b|\bimport\s+app\b|\(\s*app\s*\)\s*=>|function\s*\w*\s*\(\s*app\b/.test(b),
+  );
+  assert.deepEqual(
+    undefinedApp.map((b) => b.split('\n')[0]),
+    [],
+    'README examples use an undefined `app`',
+  );
 }
 
 /** The platform package unpacked into node_modules by hand loads; a different addon there is refused. */
 function checkHashes(bare) {
   const byHand = project('by-hand');
-  for (const [tarball, name] of [[mainTarball, PACKAGE], [platformTarball, packageName(KEY)]]) {
+  for (const [tarball, name] of [
+    [mainTarball, PACKAGE],
+    [platformTarball, packageName(KEY)],
+  ]) {
     const into = path.join(byHand, 'node_modules', name);
     fs.mkdirSync(into, { recursive: true });
     execFileSync('tar', ['-xzf', tarball, '-C', into, '--strip-components=1']);
   }
-  const loaded = nodeEval(byHand, `require('${PACKAGE}'); console.log(Object.keys(require.cache).filter((f) => f.endsWith('.node')).join())`, bare);
+  const loaded = nodeEval(
+    byHand,
+    `require('${PACKAGE}'); console.log(Object.keys(require.cache).filter((f) => f.endsWith('.node')).join())`,
+    bare,
+  );
   assert.equal(loaded, path.join(fs.realpathSync(byHand), 'node_modules', packageName(KEY), addonFile(KEY)), 'unpacked by hand');
   // A squatter's package of that name and version: any other addon bytes.
   const addon = path.join(byHand, 'node_modules', packageName(KEY), addonFile(KEY));
   fs.appendFileSync(addon, Buffer.from([0]));
-  const thrown = nodeEval(byHand, `try { require('${PACKAGE}'); console.log('loaded') } catch (e) { console.log(e.code + '\\n' + e.message) }`, bare);
+  const thrown = nodeEval(
+    byHand,
+    `try { require('${PACKAGE}'); console.log('loaded') } catch (e) { console.log(e.code + '\\n' + e.message) }`,
+    bare,
+  );
   assert.match(thrown, /^STICKY_RS_NO_ADDON\n/, 'an addon with another sha256 was loaded');
   assert.match(thrown, /is not the one released with .*: refused/);
 }
@@ -267,7 +299,11 @@ async function main() {
   measured.bytes = ours.reduce((sum, n) => sum + treeBytes(path.join(modules, n)), 0);
   assert.ok(measured.bytes <= LIMITS.bytes, `node_modules/${PACKAGE}* holds ${measured.bytes} bytes`);
   assert.ok(!fs.existsSync(path.join(modules, PACKAGE, 'sticky_rs.node')), 'the install built from source');
-  const loaded = nodeEval(app, `require('${PACKAGE}'); console.log(Object.keys(require.cache).filter((f) => f.endsWith('.node')).join())`, bare);
+  const loaded = nodeEval(
+    app,
+    `require('${PACKAGE}'); console.log(Object.keys(require.cache).filter((f) => f.endsWith('.node')).join())`,
+    bare,
+  );
   assert.equal(loaded, path.join(fs.realpathSync(modules), packageName(KEY), addonFile(KEY)));
   measured.glibc = maxGlibc(loaded);
   assert.ok(compareVersions(measured.glibc, LIMITS.glibc) <= 0, `the addon needs GLIBC_${measured.glibc}`);
@@ -286,9 +322,14 @@ async function main() {
   assert.equal(plain.status, 0, plain.output);
   const thrown = nodeEval(missing, `try { require('${PACKAGE}') } catch (e) { console.log(e.code + '\\n' + e.message) }`, bare);
   assert.match(thrown, /^STICKY_RS_NO_ADDON\n/);
-  for (const text of [...REQUIRED_ADVICE, 'not built from source']) assert.ok(thrown.includes(text), `require error lacks "${text}":\n${thrown}`);
+  for (const text of [...REQUIRED_ADVICE, 'not built from source'])
+    assert.ok(thrown.includes(text), `require error lacks "${text}":\n${thrown}`);
   const lines = thrown.split('\n');
-  assert.deepEqual([lines[2], lines[3].trim().startsWith('Install the platform package')], ['Fix:', true], `the error does not lead with the fix:\n${thrown}`);
+  assert.deepEqual(
+    [lines[2], lines[3].trim().startsWith('Install the platform package')],
+    ['Fix:', true],
+    `the error does not lead with the fix:\n${thrown}`,
+  );
   console.log('ok: without a prebuilt addon, require throws, leading with the fix');
 
   // 3. No prebuilt package, cargo present: `npx sticky-rs-build` builds in the temp dir and cleans up.
@@ -296,7 +337,12 @@ async function main() {
     const tmp = path.join(work, 'tmp');
     fs.mkdirSync(tmp);
     const started = process.hrtime.bigint();
-    const npx = spawnSync('npx', ['--no-install', BUILD_COMMAND], { cwd: missing, env: userEnv({ TMPDIR: tmp }), encoding: 'utf8', timeout: 900_000 });
+    const npx = spawnSync('npx', ['--no-install', BUILD_COMMAND], {
+      cwd: missing,
+      env: userEnv({ TMPDIR: tmp }),
+      encoding: 'utf8',
+      timeout: 900_000,
+    });
     assert.equal(npx.status, 0, `${npx.stdout}\n${npx.stderr}`);
     measured.sourceSeconds = (Number(process.hrtime.bigint() - started) / 1e9).toFixed(1);
     const pkg = path.join(missing, 'node_modules', PACKAGE);
@@ -319,13 +365,24 @@ async function main() {
     const wrapper = path.join(work, 'node-arm64');
     const qemu = execFileSync('sh', ['-c', 'command -v qemu-aarch64'], { encoding: 'utf8' }).trim();
     const libs = '/usr/aarch64-linux-gnu/lib';
-    fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${qemu} ${libs}/ld-linux-aarch64.so.1 --library-path ${libs} ${JSON.stringify(arm64Node)} "$@"\n`, { mode: 0o755 });
+    fs.writeFileSync(
+      wrapper,
+      `#!/bin/sh\nexec ${qemu} ${libs}/ld-linux-aarch64.so.1 --library-path ${libs} ${JSON.stringify(arm64Node)} "$@"\n`,
+      { mode: 0o755 },
+    );
     const env = { ...bare, NODE_WRAPPER: wrapper };
     // npm itself runs on the arm64 Node, so it picks packages for arm64 as it would on such a machine.
-    const npmCli = fs.realpathSync(path.join(path.dirname(fs.realpathSync(execFileSync('sh', ['-c', 'command -v npm'], { encoding: 'utf8' }).trim())), 'npm-cli.js'));
+    const npmCli = fs.realpathSync(
+      path.join(path.dirname(fs.realpathSync(execFileSync('sh', ['-c', 'command -v npm'], { encoding: 'utf8' }).trim())), 'npm-cli.js'),
+    );
     const arm64 = project('arm64');
     const started = Date.now();
-    const r = spawnSync(wrapper, [npmCli, 'install', '--no-audit', '--no-fund', mainTarball, arm64Tarball, 'express'], { cwd: arm64, env, encoding: 'utf8', timeout: 600_000 });
+    const r = spawnSync(wrapper, [npmCli, 'install', '--no-audit', '--no-fund', mainTarball, arm64Tarball, 'express'], {
+      cwd: arm64,
+      env,
+      encoding: 'utf8',
+      timeout: 600_000,
+    });
     assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
     assert.ok(fs.existsSync(path.join(arm64, 'node_modules', packageName('linux-arm64-gnu'))));
     const installSeconds = ((Date.now() - started) / 1000).toFixed(1);
@@ -337,7 +394,9 @@ async function main() {
       const { dispatch: used } = await checkStickyApp(arm64, env, { node: [wrapper], dispatch, readyMs: 180_000 });
       assert.equal(used, 'primary', `dispatch '${dispatch}' under qemu`);
       measured.arm64[dispatch] = `${((Date.now() - started) / 1000).toFixed(1)} s`;
-      console.log(`ok: arm64 under qemu (${version}), dispatch '${dispatch}' -> stats().dispatch 'primary': ${LIMITS.clients} clients sticky, exit 0 on SIGTERM`);
+      console.log(
+        `ok: arm64 under qemu (${version}), dispatch '${dispatch}' -> stats().dispatch 'primary': ${LIMITS.clients} clients sticky, exit 0 on SIGTERM`,
+      );
     }
   }
   console.log(`measured: ${JSON.stringify(measured)}`);

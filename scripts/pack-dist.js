@@ -85,7 +85,8 @@ function provision(platforms) {
   if (!works(cargo, ['zigbuild', '--help'])) {
     console.error(`pack:dist: installing ${CARGO_ZIGBUILD} (cargo install, ~2 min)`);
     const r = run(cargo, ['install', '--locked', '--quiet', CARGO_ZIGBUILD], { stdio: ['ignore', 'inherit', 'inherit'], timeout: 900_000 });
-    if (r.status !== 0 || !works(cargo, ['zigbuild', '--help'])) fail(`cargo-zigbuild is missing and \`cargo install --locked ${CARGO_ZIGBUILD}\` failed`);
+    if (r.status !== 0 || !works(cargo, ['zigbuild', '--help']))
+      fail(`cargo-zigbuild is missing and \`cargo install --locked ${CARGO_ZIGBUILD}\` failed`);
   }
 }
 
@@ -142,7 +143,8 @@ function addonHashes(work) {
   const hashes = {};
   for (const { key } of PLATFORMS) {
     const tarball = tarballOf(key);
-    if (!fs.existsSync(tarball)) fail(`${path.relative(root, tarball)} is missing: the main package records every addon's sha256 (run without --main)`);
+    if (!fs.existsSync(tarball))
+      fail(`${path.relative(root, tarball)} is missing: the main package records every addon's sha256 (run without --main)`);
     const dir = fs.mkdtempSync(path.join(work, `hash-${key}-`));
     execFileSync('tar', ['-xzf', tarball, '-C', dir]);
     const file = path.join(dir, 'package', addonFile(key));

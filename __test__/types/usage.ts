@@ -35,7 +35,11 @@ if (primary) {
   if (stats) console.log(stats.slots[0].delivered, stats.acceptErrors);
   const dispatch: 'kernel' | 'primary' | undefined = stats?.dispatch;
   console.log(dispatch);
-  void primary.reload().then(({ drained }) => drained).then(() => primary.shutdown()).then((code: number) => code);
+  void primary
+    .reload()
+    .then(({ drained }) => drained)
+    .then(() => primary.shutdown())
+    .then((code: number) => code);
   primary.on('respawn', ({ slot, delay }) => console.log(slot, delay));
 }
 

@@ -68,7 +68,10 @@ switch (process.env.SETUP) {
     const { spawn } = require('node:child_process');
     let ready = 0;
     for (let i = 0; i < workers; i++) {
-      const child = spawn(process.execPath, [__filename], { env: { ...process.env, SETUP: 'reuseport-member' }, stdio: ['ignore', 'pipe', 'inherit'] });
+      const child = spawn(process.execPath, [__filename], {
+        env: { ...process.env, SETUP: 'reuseport-member' },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
       child.stdout.once('data', () => ++ready === workers && announce());
       child.once('exit', (code, signal) => {
         console.error(`reuseport member exited (${signal || code})`);
@@ -85,19 +88,25 @@ switch (process.env.SETUP) {
   }
   case 'sticky-rs':
   case 'sticky-rs-primary':
-    require('../..')((cb) => {
-      const server = http.createServer(handler);
-      maybeIo(server);
-      cb(server);
-    }, { concurrency: workers, port, dispatch: process.env.SETUP === 'sticky-rs-primary' ? 'primary' : undefined });
+    require('../..')(
+      (cb) => {
+        const server = http.createServer(handler);
+        maybeIo(server);
+        cb(server);
+      },
+      { concurrency: workers, port, dispatch: process.env.SETUP === 'sticky-rs-primary' ? 'primary' : undefined },
+    );
     if (cluster.isPrimary) announce();
     break;
   case 'sticky-cluster':
-    require('sticky-cluster')((cb) => {
-      const server = http.createServer(handler);
-      maybeIo(server);
-      cb(server);
-    }, { concurrency: workers, port });
+    require('sticky-cluster')(
+      (cb) => {
+        const server = http.createServer(handler);
+        maybeIo(server);
+        cb(server);
+      },
+      { concurrency: workers, port },
+    );
     if (cluster.isPrimary) setTimeout(announce, 200);
     break;
   case 'sticky-session': {
@@ -123,10 +132,12 @@ switch (process.env.SETUP) {
       });
       // sticky-rs: a worker serves once the router delivers to it ('ready'), after setupWorker.
       if (ours) {
-        require('../..').primary().on('ready', () => {
-          ready++;
-          check();
-        });
+        require('../..')
+          .primary()
+          .on('ready', () => {
+            ready++;
+            check();
+          });
       } else {
         cluster.on('message', (worker, msg) => {
           if (msg && msg.bench === 'ready') {

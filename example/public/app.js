@@ -18,8 +18,12 @@
 
   fetch('/health')
     .then((res) => res.json())
-    .then((w) => { $('http-worker').textContent = describe(w); })
-    .catch(() => { $('http-worker').textContent = 'unavailable'; });
+    .then((w) => {
+      $('http-worker').textContent = describe(w);
+    })
+    .catch(() => {
+      $('http-worker').textContent = 'unavailable';
+    });
 
   function whoami() {
     socket.emit('whoami', (w) => {
@@ -76,9 +80,18 @@
   socket.io.on('open', () => socket.io.engine.on('upgrade', whoami));
 
   socket.on('chat', (m) => {
-    add('chat', [['from', `${m.from}: `], ['text', m.text], ['meta', `${time(m.at)} · via slot ${m.worker.slot}`]]);
+    add('chat', [
+      ['from', `${m.from}: `],
+      ['text', m.text],
+      ['meta', `${time(m.at)} · via slot ${m.worker.slot}`],
+    ]);
   });
-  socket.on('system', (m) => add('system', [['text', m.text], ['meta', time(m.at)]]));
+  socket.on('system', (m) =>
+    add('system', [
+      ['text', m.text],
+      ['meta', time(m.at)],
+    ]),
+  );
 
   $('join-form').addEventListener('submit', (event) => {
     event.preventDefault();
