@@ -11,13 +11,13 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
-use sticky_rs::address::AddressText;
-use sticky_rs::channel::Meta;
-use sticky_rs::hash::{djb2_str, Hash};
-use sticky_rs::resolve::{RouteBy, Rules, MAX_PEEK_LIMIT};
-use sticky_rs::slot_for;
-use sticky_rs::trust::Trusted;
-use sticky_rs::{listener, receiver, router};
+use sticky_rs::key::address::AddressText;
+use sticky_rs::key::hash::{djb2_str, slot_for, Hash};
+use sticky_rs::key::resolve::{RouteBy, Rules, MAX_PEEK_LIMIT};
+use sticky_rs::key::trust::Trusted;
+use sticky_rs::router::{self, listener};
+use sticky_rs::wire::record::Meta;
+use sticky_rs::worker::receiver;
 
 fn os_error(e: io::Error) -> Error {
     let bind = e

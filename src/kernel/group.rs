@@ -20,7 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::asm::{op, Insn};
 use super::program::{probe_source, program, slot_member, steering, Family, FALLBACK_MEMBER};
-use crate::hash::Hash;
+use crate::key::hash::Hash;
 
 // Socket options of asm-generic (x86, arm, aarch64, riscv, s390, powerpc), not all in `libc`.
 const SO_DETACH_FILTER: libc::c_int = 27;
@@ -737,8 +737,8 @@ fn set_filter(member: BorrowedFd<'_>, option: libc::c_int, prog: &[Insn]) -> io:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::AddressText;
     use crate::kernel::program::MAX_SLOTS;
+    use crate::key::address::AddressText;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use socket2::SockRef;
     use std::collections::{HashMap, HashSet};
@@ -916,7 +916,7 @@ mod tests {
         let err = Group::bind(wildcard, 2, Hash::Djb2, 16).err();
         assert_eq!(err.and_then(|e| e.raw_os_error()), Some(libc::EADDRINUSE));
         // So does an ordinary listener, as the router binds it.
-        let plain = crate::listener::bind(addr("127.0.0.1:0"), 16)?;
+        let plain = crate::router::listener::bind(addr("127.0.0.1:0"), 16)?;
         let taken = plain
             .local_addr()?
             .as_socket()

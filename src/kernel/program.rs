@@ -13,7 +13,7 @@
 //! that grows by appending members never renumbers an existing slot.
 
 use super::asm::{op, Asm, AsmError, Insn, Label, Target};
-use crate::hash::Hash;
+use crate::key::hash::Hash;
 use std::net::IpAddr;
 
 use Target::{Next, To};
@@ -428,7 +428,7 @@ fn hex_digit(a: &mut Asm) {
     hash_a(a);
 }
 
-/// murmur3's finalizer on A, as [`crate::hash::fmix32`].
+/// murmur3's finalizer on A, as [`crate::key::hash::fmix32`].
 fn fmix32(a: &mut Asm) {
     for (shift, multiplier) in [(16, Some(0x85eb_ca6b)), (13, Some(0xc2b2_ae35)), (16, None)] {
         a.st(TMP);
@@ -445,9 +445,9 @@ fn fmix32(a: &mut Asm) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::AddressText;
     use crate::kernel::asm::MAX_INSNS;
     use crate::kernel::interp::{run, run_counted};
+    use crate::key::address::AddressText;
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -710,7 +710,7 @@ mod tests {
                     assert_eq!(AddressText::from_v6(&ip).as_str(), text, "reference");
                     assert_eq!(
                         got,
-                        (crate::hash::djb2_ascii(text.as_bytes()) % 1024) + 1,
+                        (crate::key::hash::djb2_ascii(text.as_bytes()) % 1024) + 1,
                         "{input}"
                     );
                 }

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use crate::hash::Hash;
+use crate::key::hash::Hash;
 
 pub use super::HealthReport;
 

@@ -7,10 +7,8 @@
 
 use std::collections::VecDeque;
 
-use crate::hash::Hash;
-
-/// Identifies one worker's channel for its whole life; never reused.
-pub type ChannelId = u64;
+use crate::key::hash::{slot_for, Hash};
+use crate::router::ChannelId;
 
 /// One worker index and the connections waiting for it.
 #[derive(Debug)]
@@ -27,12 +25,6 @@ pub(crate) struct Table<C> {
     slots: Vec<Slot<C>>,
     limit: usize,
     hash: Hash,
-}
-
-/// The slot a route key belongs to: `hash(key) % slots` (djb2: as sticky-cluster computes it).
-#[inline]
-pub fn slot_for(key: &[u8], slots: usize, hash: Hash) -> usize {
-    hash.of(key) as usize % slots.max(1)
 }
 
 impl<C> Table<C> {
@@ -145,14 +137,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_by_djb2_modulo() {
-        // djb2("::ffff:127.0.0.1") = 339916724; 339916724 % 4 = 0, % 3 = 2.
-        assert_eq!(slot_for(b"::ffff:127.0.0.1", 4, Hash::Djb2), 0);
-        assert_eq!(slot_for(b"::ffff:127.0.0.1", 3, Hash::Djb2), 2);
-        // An empty key (unknown peer) hashes like sticky-cluster's `remoteAddress || ''`.
-        assert_eq!(slot_for(b"", 7, Hash::Djb2), 5381 % 7);
-        let mixed = crate::hash::fmix32(339916724) as usize % 4;
-        assert_eq!(slot_for(b"::ffff:127.0.0.1", 4, Hash::Djb2Mix), mixed);
+    fn a_route_key_maps_to_its_slot() {
         let t: Table<u32> = Table::new(3, 10, Hash::Djb2);
         assert_eq!(t.slot_of(b"::ffff:127.0.0.1"), 2);
     }

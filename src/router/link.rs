@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::channel::{self, Meta, PrimaryReader, ToPrimary, MAX_BATCH};
+use crate::wire::record::{Meta, ToPrimary, MAX_BATCH};
+use crate::wire::transport::{self, PrimaryReader};
 
 /// Connections sent to one worker and not yet acknowledged, at most.
 pub(crate) const WINDOW: usize = 1024;
@@ -238,9 +239,9 @@ impl Link {
                 *fd = held.conn.as_raw_fd();
                 *meta = held.meta;
             }
-            match channel::send_connections(self.fd.as_fd(), &batch[..n], &metas[..n]) {
+            match transport::send_connections(self.fd.as_fd(), &batch[..n], &metas[..n]) {
                 Ok(()) => self.in_flight.extend(waiting.drain(..n)),
-                Err(e) if channel::is_peer_gone(&e) => return Err(Gone),
+                Err(e) if transport::is_peer_gone(&e) => return Err(Gone),
                 // The worker has not read what it was sent: try again after the pause.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.paused_until = Some(now + retry);
@@ -273,7 +274,7 @@ impl Link {
                 Ok(Some(records)) => messages.extend(records),
                 Ok(None) => break false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if channel::is_peer_gone(&e) => break false,
+                Err(e) if transport::is_peer_gone(&e) => break false,
                 // WouldBlock, or a transient failure (ENOMEM, ENOBUFS): read again later.
                 Err(_) => break true,
             }
@@ -374,7 +375,7 @@ mod tests {
 
     /// Reads every batch waiting on the worker end: the listener bytes received, in order.
     fn worker_receives(worker: &OwnedFd) -> io::Result<Vec<u8>> {
-        let mut reader = channel::WorkerReader::default();
+        let mut reader = transport::WorkerReader::default();
         let mut listeners = Vec::new();
         loop {
             match reader.recv(worker.as_fd()) {
@@ -391,12 +392,12 @@ mod tests {
     }
 
     fn answer(worker: &OwnedFd, message: ToPrimary) -> io::Result<()> {
-        channel::send(worker.as_fd(), message)
+        transport::send(worker.as_fd(), message)
     }
 
     fn pair() -> io::Result<(Link, OwnedFd)> {
-        let (primary, worker) = channel::pair()?;
-        channel::set_nonblocking(worker.as_fd())?;
+        let (primary, worker) = transport::pair()?;
+        transport::set_nonblocking(worker.as_fd())?;
         Ok((Link::new(primary, 3, true), worker))
     }
 
@@ -502,7 +503,7 @@ mod tests {
             assert_eq!(answers.accepted_itself, 1000);
         }
         // With the router, a worker accepts nothing itself.
-        let (primary, worker) = channel::pair()?;
+        let (primary, worker) = transport::pair()?;
         let mut link = Link::new(primary, 0, false);
         answer(&worker, ToPrimary::Accepted(1))?;
         let why = link.read(Instant::now(), &mut Vec::new()).impossible;

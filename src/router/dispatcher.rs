@@ -14,14 +14,15 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::address::AddressText;
-use crate::budget::Budget;
-use crate::channel::Meta;
-use crate::hash::Hash;
-use crate::link::{self, Gone, Held, Link};
-use crate::resolve::{self, Outcome, RouteBy, Rules};
-use crate::stats::Stats;
-use crate::table::{ChannelId, Table};
+use crate::key::address::AddressText;
+use crate::key::hash::Hash;
+use crate::key::resolve::{self, Outcome, RouteBy, Rules};
+use crate::router::budget::Budget;
+use crate::router::link::{self, Gone, Held, Link};
+use crate::router::stats::Stats;
+use crate::router::table::Table;
+use crate::router::ChannelId;
+use crate::wire::record::Meta;
 
 /// Pause after the process ran out of descriptors, leaving clients in the kernel's backlog.
 pub(crate) const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
@@ -877,9 +878,10 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
-    use crate::channel::{self, ToPrimary, WorkerReader};
-    use crate::resolve::RouteBy;
-    use crate::trust::Trusted;
+    use crate::key::resolve::RouteBy;
+    use crate::key::trust::Trusted;
+    use crate::wire::record::ToPrimary;
+    use crate::wire::transport::{self, WorkerReader};
 
     fn dispatcher(queue_limit: usize, queue_timeout: Option<Duration>) -> (Dispatcher, Arc<Stats>) {
         dispatcher_of(1, queue_limit, queue_timeout)
@@ -934,11 +936,11 @@ mod tests {
         slot: usize,
         silent: bool,
     ) -> io::Result<OwnedFd> {
-        let (primary, worker) = channel::pair()?;
-        channel::set_nonblocking(worker.as_fd())?;
+        let (primary, worker) = transport::pair()?;
+        transport::set_nonblocking(worker.as_fd())?;
         d.open(id, slot, primary);
         if !silent {
-            channel::send(worker.as_fd(), ToPrimary::Hello)?;
+            transport::send(worker.as_fd(), ToPrimary::Hello)?;
         }
         d.service();
         Ok(worker)
@@ -990,14 +992,14 @@ mod tests {
         let first = worker(&mut d, 1, false)?;
         accept(&mut d, 10)?;
         assert_eq!(received(&first)?, 10);
-        channel::send(first.as_fd(), ToPrimary::Ack(4))?;
+        transport::send(first.as_fd(), ToPrimary::Ack(4))?;
         drop(first);
         d.service();
         let s = stats.snapshot(0);
         assert_eq!((s.delivered, s.redelivered, s.queued), (4, 6, 6));
         let next = worker(&mut d, 2, false)?;
         assert_eq!(received(&next)?, 6);
-        channel::send(next.as_fd(), ToPrimary::Ack(6))?;
+        transport::send(next.as_fd(), ToPrimary::Ack(6))?;
         d.service();
         assert_eq!(received(&next)?, 0);
         let s = stats.snapshot(0);
@@ -1013,13 +1015,13 @@ mod tests {
         for _ in 0..3 {
             // The worker never gets them: each time it reports all three lost.
             assert_eq!(received(&out_of_fds)?, 3);
-            channel::send(out_of_fds.as_fd(), ToPrimary::Lost(3))?;
+            transport::send(out_of_fds.as_fd(), ToPrimary::Lost(3))?;
             d.service();
             // Sent again after the pause (50 ms).
             std::thread::sleep(Duration::from_millis(60));
             d.service();
         }
-        channel::send(out_of_fds.as_fd(), ToPrimary::Ack(3))?;
+        transport::send(out_of_fds.as_fd(), ToPrimary::Ack(3))?;
         d.service();
         let s = stats.snapshot(0);
         assert_eq!((s.delivered, s.redelivered, s.in_flight), (3, 3, 0));
@@ -1035,7 +1037,7 @@ mod tests {
         d.retire(1);
         accept(&mut d, 3)?;
         assert_eq!(received(&old)?, 0);
-        channel::send(old.as_fd(), ToPrimary::Ack(2))?;
+        transport::send(old.as_fd(), ToPrimary::Ack(2))?;
         d.service();
         let s = stats.snapshot(0);
         assert_eq!((s.delivered, s.queued, s.channel), (2, 3, 0));
@@ -1049,7 +1051,8 @@ mod tests {
         (1..=250u8)
             .map(|i| SocketAddr::from(([127, 0, 1, i], 4000)))
             .find(|p| {
-                crate::table::slot_for(AddressText::new(p).as_bytes(), slots, Hash::Djb2) == slot
+                crate::key::hash::slot_for(AddressText::new(p).as_bytes(), slots, Hash::Djb2)
+                    == slot
             })
             .ok_or_else(|| io::Error::other("no such peer"))
     }
@@ -1082,7 +1085,7 @@ mod tests {
         assert_eq!((d.budget.held(0), d.budget.held(1)), (30, 10));
         assert!(d.full());
         // Slot 1's worker adopts them: room for slot 1 again, none for slot 0 beyond its 30.
-        channel::send(worker_one.as_fd(), ToPrimary::Ack(10))?;
+        transport::send(worker_one.as_fd(), ToPrimary::Ack(10))?;
         d.service();
         assert_eq!((d.budget.held(1), d.room()), (0, 10));
         d.route(std::fs::File::open("/dev/null")?.into(), Some(zero), 0);
@@ -1090,7 +1093,7 @@ mod tests {
         // Slot 0's worker comes: it gets the 30 and, once they are adopted, its full share again.
         let worker_zero = worker_in(&mut d, 2, 0, false)?;
         assert_eq!(received(&worker_zero)?, 30);
-        channel::send(worker_zero.as_fd(), ToPrimary::Ack(30))?;
+        transport::send(worker_zero.as_fd(), ToPrimary::Ack(30))?;
         d.service();
         assert_eq!((d.held(0), d.budget.held(0), d.room()), (0, 0, 40));
         Ok(())
@@ -1164,15 +1167,15 @@ mod tests {
             session(&mut d, Outcome::Place(0))?;
         }
         assert_eq!(received(&zero)?, 3);
-        channel::send(zero.as_fd(), ToPrimary::Ack(3))?;
+        transport::send(zero.as_fd(), ToPrimary::Ack(3))?;
         // New sessions fill slot 1 up to the same count.
         for _ in 0..3 {
             session(&mut d, Outcome::NewSession)?;
         }
         assert_eq!((received(&zero)?, received(&one)?), (0, 3));
-        channel::send(one.as_fd(), ToPrimary::Ack(3))?;
+        transport::send(one.as_fd(), ToPrimary::Ack(3))?;
         // Slot 0's three closed: the next two new sessions go there.
-        channel::send(zero.as_fd(), ToPrimary::Closed(3))?;
+        transport::send(zero.as_fd(), ToPrimary::Closed(3))?;
         session(&mut d, Outcome::NewSession)?;
         session(&mut d, Outcome::NewSession)?;
         assert_eq!((received(&zero)?, received(&one)?), (2, 0));

@@ -14,11 +14,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
-use crate::address::AddressText;
-use crate::forwarded::{self, Key};
-use crate::proxy::{self, Header};
-use crate::sid::{self, Sid};
-use crate::trust::Trusted;
+use crate::key::address::AddressText;
+use crate::key::forwarded::{self, Key};
+use crate::key::proxy::{self, Header};
+use crate::key::sid::{self, Sid};
+use crate::key::trust::Trusted;
 
 /// Where the route key of a connection comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub enum RouteBy {
     Header(String),
     /// A PROXY protocol header sent by a trusted proxy.
     ProxyProtocol,
-    /// The engine.io session id in the request line of any peer (see [`crate::sid`]): the
+    /// The engine.io session id in the request line of any peer (see [`crate::key::sid`]): the
     /// worker whose place it names, or a new session chosen by the balancing method.
     Sid,
 }

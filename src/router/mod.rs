@@ -25,14 +25,23 @@ use tokio::io::Interest;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 
-use crate::channel;
-pub use crate::dispatcher::{Balance, Event, OnEvent, Policy};
-use crate::dispatcher::{Dispatcher, REPORTS, TICK};
 use crate::kernel::group::Group;
 use crate::kernel::program::slot_member;
-use crate::listener;
-use crate::stats::Stats;
-use crate::table::ChannelId;
+use crate::wire::transport;
+pub use dispatcher::{Balance, Event, OnEvent, Policy};
+use dispatcher::{Dispatcher, REPORTS, TICK};
+
+mod budget;
+mod dispatcher;
+mod link;
+pub mod listener;
+pub mod stats;
+mod table;
+
+use stats::Stats;
+
+/// Identifies one worker's channel for its whole life; never reused.
+pub type ChannelId = u64;
 
 /// Connections accepted per wake-up before delivering, so batches form under load.
 const ACCEPT_BURST: usize = 256;
@@ -132,14 +141,14 @@ impl Router {
     /// are returned here, before anything runs.
     pub fn start(config: Config, on_event: OnEvent) -> io::Result<Router> {
         let slots = config.policy.slots.max(1);
-        if config.policy.rules.route_by == crate::resolve::RouteBy::Sid
-            && slots > crate::sid::MAX_PLACES
+        if config.policy.rules.route_by == crate::key::resolve::RouteBy::Sid
+            && slots > crate::key::sid::MAX_PLACES
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "routeBy 'sid' names at most {} workers, {slots} slots asked",
-                    crate::sid::MAX_PLACES
+                    crate::key::sid::MAX_PLACES
                 ),
             ));
         }
@@ -165,7 +174,7 @@ impl Router {
                 .collect::<io::Result<Vec<Socket>>>()?,
             Dispatch::Kernel => groups
                 .iter()
-                .map(|g| channel::duplicate(g.fallback()).map(Socket::from))
+                .map(|g| transport::duplicate(g.fallback()).map(Socket::from))
                 .collect::<io::Result<Vec<Socket>>>()?,
         };
         let local_addrs = sockets
@@ -258,7 +267,7 @@ impl Router {
                     format!("no kernel-dispatch member for listener {listener}, slot {slot}"),
                 )
             })?;
-        channel::duplicate(member)
+        transport::duplicate(member)
     }
 
     /// With kernel dispatch: connections waiting in the kernel's accept queues of `slot`'s
@@ -307,7 +316,7 @@ impl Router {
                 ),
             ));
         }
-        let (primary, worker) = channel::pair()?;
+        let (primary, worker) = transport::pair()?;
         self.send(Command::Open {
             id,
             slot,
@@ -549,11 +558,11 @@ mod tests {
     use std::sync::mpsc;
     use std::sync::Mutex;
 
-    use crate::channel::ToPrimary;
-    use crate::hash::Hash;
-    use crate::resolve::{RouteBy, Rules};
+    use crate::key::hash::Hash;
+    use crate::key::resolve::{RouteBy, Rules};
+    use crate::wire::record::ToPrimary;
 
-    use crate::trust::Trusted;
+    use crate::key::trust::Trusted;
 
     const WAIT: Duration = Duration::from_secs(5);
 
@@ -592,7 +601,7 @@ mod tests {
     }
 
     fn hello(worker: &OwnedFd) -> io::Result<()> {
-        channel::send(worker.as_fd(), ToPrimary::Hello)
+        transport::send(worker.as_fd(), ToPrimary::Hello)
     }
 
     fn next(events: &mpsc::Receiver<Event>) -> io::Result<Event> {

@@ -74,6 +74,12 @@ pub fn djb2_str(text: &str) -> u32 {
     djb2(units.into_iter())
 }
 
+/// The slot a route key belongs to: `hash(key) % slots` (djb2: as sticky-cluster computes it).
+#[inline]
+pub fn slot_for(key: &[u8], slots: usize, hash: Hash) -> usize {
+    hash.of(key) as usize % slots.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +120,16 @@ mod tests {
         assert_eq!(djb2_str("é"), 5381u32.wrapping_mul(33) ^ 0xE9);
         // A character outside the BMP is two units (a surrogate pair).
         assert_eq!(djb2_str("😀"), djb2([0xD83D, 0xDE00].into_iter()));
+    }
+
+    #[test]
+    fn routes_by_djb2_modulo() {
+        // djb2("::ffff:127.0.0.1") = 339916724; 339916724 % 4 = 0, % 3 = 2.
+        assert_eq!(slot_for(b"::ffff:127.0.0.1", 4, Hash::Djb2), 0);
+        assert_eq!(slot_for(b"::ffff:127.0.0.1", 3, Hash::Djb2), 2);
+        // An empty key (unknown peer) hashes like sticky-cluster's `remoteAddress || ''`.
+        assert_eq!(slot_for(b"", 7, Hash::Djb2), 5381 % 7);
+        let mixed = crate::key::hash::fmix32(339916724) as usize % 4;
+        assert_eq!(slot_for(b"::ffff:127.0.0.1", 4, Hash::Djb2Mix), mixed);
     }
 }
