@@ -15,6 +15,9 @@ use sticky_rs::key::address::AddressText;
 use sticky_rs::key::hash::{djb2_str, slot_for, Hash};
 use sticky_rs::key::resolve::{RouteBy, Rules, MAX_PEEK_LIMIT};
 use sticky_rs::key::trust::Trusted;
+use sticky_rs::router::config::{Config, Dispatch, Listen, Policy};
+use sticky_rs::router::error::BindError;
+use sticky_rs::router::event::{Event, OnEvent};
 use sticky_rs::router::{self, listener};
 use sticky_rs::wire::record::Meta;
 use sticky_rs::worker::receiver;
@@ -22,7 +25,7 @@ use sticky_rs::worker::receiver;
 fn os_error(e: io::Error) -> Error {
     let bind = e
         .get_ref()
-        .and_then(|inner| inner.downcast_ref::<router::BindError>());
+        .and_then(|inner| inner.downcast_ref::<BindError>());
     let (code, listener) = match bind {
         Some(b) => (Some(b.code), Some(b.listener)),
         None => (e.raw_os_error(), None),
@@ -184,8 +187,8 @@ pub struct RouterEvent {
     pub message: Option<String>,
 }
 
-impl From<router::Event> for RouterEvent {
-    fn from(event: router::Event) -> Self {
+impl From<Event> for RouterEvent {
+    fn from(event: Event) -> Self {
         let empty = RouterEvent {
             kind: String::new(),
             slot: None,
@@ -194,24 +197,24 @@ impl From<router::Event> for RouterEvent {
             message: None,
         };
         match event {
-            router::Event::Switched { slot, channel } => RouterEvent {
+            Event::Switched { slot, channel } => RouterEvent {
                 kind: "switched".into(),
                 slot: Some(slot as u32),
                 channel: Some(channel as i64),
                 ..empty
             },
-            router::Event::Drained { slot } => RouterEvent {
+            Event::Drained { slot } => RouterEvent {
                 kind: "drained".into(),
                 slot: Some(slot as u32),
                 ..empty
             },
-            router::Event::ListenerFailed { listener, error } => RouterEvent {
+            Event::ListenerFailed { listener, error } => RouterEvent {
                 kind: "listenerFailed".into(),
                 listener: Some(u32::from(listener)),
                 message: Some(error),
                 ..empty
             },
-            router::Event::Misbehaved {
+            Event::Misbehaved {
                 slot,
                 channel,
                 reason,
@@ -222,7 +225,7 @@ impl From<router::Event> for RouterEvent {
                 message: Some(reason),
                 ..empty
             },
-            router::Event::Stopped { reason } => RouterEvent {
+            Event::Stopped { reason } => RouterEvent {
                 kind: "stopped".into(),
                 message: Some(reason),
                 ..empty
@@ -252,7 +255,7 @@ impl Router {
             .map(|l| {
                 let port = u16::try_from(l.port)
                     .map_err(|_| Error::new(Status::InvalidArg, "port out of range"))?;
-                Ok(router::Listen {
+                Ok(Listen {
                     addr: listener::resolve(&l.host, port).map_err(os_error)?,
                     backlog: i32::try_from(l.backlog).unwrap_or(i32::MAX),
                 })
@@ -268,9 +271,9 @@ impl Router {
             Ok(route_by) => route_by,
             Err(never) => match never {},
         };
-        let config = router::Config {
+        let config = Config {
             listeners,
-            policy: router::Policy {
+            policy: Policy {
                 rules: Rules {
                     route_by,
                     trusted,
@@ -299,7 +302,7 @@ impl Router {
                 .parse()
                 .map_err(|reason: String| Error::new(Status::InvalidArg, reason))?,
         };
-        let on_event: router::OnEvent = std::sync::Arc::new(move |event| {
+        let on_event: OnEvent = std::sync::Arc::new(move |event| {
             on_event.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
         });
         let inner = router::Router::start(config, on_event).map_err(os_error)?;
@@ -390,8 +393,8 @@ impl Router {
         let stats = inner.stats();
         Ok(RouterStats {
             dispatch: match inner.dispatch() {
-                router::Dispatch::Primary => "primary",
-                router::Dispatch::Kernel => "kernel",
+                Dispatch::Primary => "primary",
+                Dispatch::Kernel => "kernel",
             }
             .into(),
             slots: (0..inner.slots())

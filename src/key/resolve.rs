@@ -93,14 +93,15 @@ pub enum Outcome {
     Reject,
     /// `routeBy: 'sid'`: the request names a session of this place (live or not).
     Place(usize),
+    /// `routeBy: 'sid'`: a TLS handshake, whose request line cannot be read: routed by the
+    /// peer's address among the ready workers.
+    Tls,
     /// `routeBy: 'sid'`: no session id (or none readable in time): a new session.
     NewSession,
     /// `routeBy: 'sid'`: the id names a session of another node (its name). No worker here
     /// knows it, so the router answered engine.io's 400 "Session ID unknown" itself and the
     /// connection is only to be closed.
     OtherNode(String),
-    // With `routeBy: 'sid'`, `Fallback` is a TLS connection: routed by the peer's address among
-    // the ready workers.
 }
 
 /// The most bytes a route key may be looked for in: a head must fit in the socket's receive
@@ -234,7 +235,7 @@ fn decide(conn: &OwnedFd, rules: &Rules, buf: &mut [u8], seen: usize) -> Option<
             Sid::Place(place) => Some(Outcome::Place(place)),
             Sid::OtherNode(name) => Some(Outcome::OtherNode(name)),
             Sid::New => Some(Outcome::NewSession),
-            Sid::Tls => Some(Outcome::Fallback),
+            Sid::Tls => Some(Outcome::Tls),
             Sid::Incomplete if full => Some(Outcome::NewSession),
             Sid::Incomplete => None,
         },

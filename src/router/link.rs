@@ -141,16 +141,11 @@ pub(crate) struct Answers {
 #[derive(Debug)]
 pub(crate) struct Link {
     fd: OwnedFd,
-    slot: usize,
     reader: PrimaryReader,
     /// Sent, not yet acknowledged, oldest first.
     in_flight: VecDeque<Held>,
     /// Not before this instant may more be sent (the socket was full, or the worker lost some).
     paused_until: Option<Instant>,
-    /// The worker said hello.
-    pub ready: bool,
-    /// Its worker is finishing: it must not become the slot's target again.
-    pub retired: bool,
     /// Adopted connections its worker has not reported closed (`Ack`s minus `Closed`s).
     open: u64,
     /// When the link was made: what its worker can have accepted itself grows with it.
@@ -164,28 +159,20 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// A link over the primary's end of a channel to a worker of `slot`, which accepts
-    /// connections itself (`accepts_itself`, kernel dispatch) or gets every one from the router.
-    pub(crate) fn new(fd: OwnedFd, slot: usize, accepts_itself: bool) -> Link {
+    /// A link over the primary's end of a channel to a worker, which accepts connections
+    /// itself (`accepts_itself`, kernel dispatch) or gets every one from the router.
+    pub(crate) fn new(fd: OwnedFd, accepts_itself: bool) -> Link {
         Link {
             fd,
-            slot,
             reader: PrimaryReader::default(),
             in_flight: VecDeque::new(),
             paused_until: None,
-            ready: false,
-            retired: false,
             open: 0,
             since: Instant::now(),
             accepted_itself: 0,
             distrusted: false,
             accepts_itself,
         }
-    }
-
-    /// The slot its worker serves.
-    pub(crate) fn slot(&self) -> usize {
-        self.slot
     }
 
     /// Connections sent and not acknowledged yet.
@@ -199,9 +186,10 @@ impl Link {
         self.open + self.in_flight.len() as u64
     }
 
-    /// Whether the worker owes an answer (a hello, or acknowledgements).
-    pub(crate) fn owes_answer(&self) -> bool {
-        !self.ready || !self.in_flight.is_empty()
+    /// Whether the worker owes acknowledgements (whether it owes a hello is for
+    /// [`super::channels::Channels`] to say).
+    pub(crate) fn awaits_acks(&self) -> bool {
+        !self.in_flight.is_empty()
     }
 
     /// Whether sending waits for a pause to end.
@@ -398,7 +386,7 @@ mod tests {
     fn pair() -> io::Result<(Link, OwnedFd)> {
         let (primary, worker) = transport::pair()?;
         transport::set_nonblocking(worker.as_fd())?;
-        Ok((Link::new(primary, 3, true), worker))
+        Ok((Link::new(primary, true), worker))
     }
 
     /// A link that sent `n` connections to its worker, and the worker's end.
@@ -504,7 +492,7 @@ mod tests {
         }
         // With the router, a worker accepts nothing itself.
         let (primary, worker) = transport::pair()?;
-        let mut link = Link::new(primary, 0, false);
+        let mut link = Link::new(primary, false);
         answer(&worker, ToPrimary::Accepted(1))?;
         let why = link.read(Instant::now(), &mut Vec::new()).impossible;
         assert!(why
