@@ -12,7 +12,6 @@
 //! between makes the members' binds fail, or joins if it set `SO_REUSEPORT` itself.)
 
 use std::io;
-use std::mem::{align_of, size_of};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -20,14 +19,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::asm::{op, Insn};
 use super::program::{probe_source, program, slot_member, steering, Family, FALLBACK_MEMBER};
+use super::sockopt::{
+    attach, backlog, drops, filter_len, get_int, new_socket, probe, set_filter, set_int,
+    set_md5_key, tcp_info, SO_DETACH_FILTER, SO_LOCK_FILTER,
+};
 use crate::key::hash::Hash;
 
-// Socket options of asm-generic (x86, arm, aarch64, riscv, s390, powerpc), not all in `libc`.
-const SO_DETACH_FILTER: libc::c_int = 27;
-const SO_LOCK_FILTER: libc::c_int = 44;
-const SO_MEMINFO: libc::c_int = 55;
-/// `SK_MEMINFO_VARS`: the words `SO_MEMINFO` returns.
-const MEMINFO_WORDS: usize = 9;
 /// How long a probe's SYN may take to be counted (on loopback it is counted before `connect`
 /// returns; this bounds a probe to a member that is not ours).
 const PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
@@ -43,12 +40,6 @@ const MIN_PROBES: usize = 12;
 /// Foreign sockets a measurement passes over before it gives up (every slot then goes to the
 /// fallback).
 const MAX_FOREIGN: usize = 64;
-
-// `Insn` is passed to the kernel as `struct sock_filter`.
-const _: () = assert!(
-    size_of::<Insn>() == size_of::<libc::sock_filter>()
-        && align_of::<Insn>() == align_of::<libc::sock_filter>()
-);
 
 /// The members of one reuseport group, all listening, with the program attached.
 #[derive(Debug)]
@@ -93,7 +84,7 @@ struct Health {
     no_probes: bool,
 }
 
-pub use super::HealthReport;
+use super::HealthReport;
 
 impl Group {
     /// Binds `slots + 1` listeners to `addr` with `SO_REUSEPORT` (the fallback first, then one
@@ -168,18 +159,8 @@ impl Group {
         })
     }
 
-    /// The address every member is bound to (with the port picked for port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// The family of the listeners, which decides the text the program hashes.
-    pub fn family(&self) -> Family {
-        self.family
-    }
-
     /// The number of slots (members other than the fallback).
-    pub fn slots(&self) -> usize {
+    fn slots(&self) -> usize {
         self.members.len() - 1
     }
 
@@ -191,17 +172,6 @@ impl Group {
     /// The member serving `slot`, for its worker to listen on (`None` past the last slot).
     pub fn slot(&self, slot: usize) -> Option<BorrowedFd<'_>> {
         self.members.get(slot_member(slot)).map(AsFd::as_fd)
-    }
-
-    /// Every member, in `listen()` order (the fallback, then slot `s` at index `s + 1`).
-    pub fn members(&self) -> &[OwnedFd] {
-        &self.members
-    }
-
-    /// Every member, in `listen()` order, to own elsewhere (e.g. one per worker). The group's
-    /// numbering only holds while every one of them stays open.
-    pub fn into_members(self) -> Vec<OwnedFd> {
-        self.members
     }
 
     /// The first step of a graceful stop: every member drops new SYNs (a socket filter that
@@ -535,10 +505,6 @@ fn outcome(result: io::Result<()>, done: &str) -> String {
     }
 }
 
-fn backlog(n: i32) -> nix::sys::socket::Backlog {
-    nix::sys::socket::Backlog::new(n).unwrap_or(nix::sys::socket::Backlog::MAXCONN)
-}
-
 /// Where probes connect: the loopback address for a wildcard, or the bound IPv4 address; none
 /// for an IPv6 address (probes are IPv4).
 fn probe_target(local: SocketAddr) -> Option<Ipv4Addr> {
@@ -550,162 +516,6 @@ fn probe_target(local: SocketAddr) -> Option<Ipv4Addr> {
     }
 }
 
-/// A listener's `TCP_INFO` (for a listener, `tcpi_unacked` is the accept queue and
-/// `tcpi_sacked` its limit).
-fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
-    // SAFETY: tcp_info is plain data; all-zero is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is writable for `len` bytes and the kernel writes at most `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(info)
-}
-
-fn get_int(fd: BorrowedFd<'_>, level: libc::c_int, option: libc::c_int) -> io::Result<i32> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` is writable for `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            option,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value)
-}
-
-fn set_int(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    option: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: the option reads one int.
-    unsafe { set_option(fd, level, option, &value) }
-}
-
-/// `setsockopt(fd, level, option, value, size_of::<T>())`.
-///
-/// # Safety
-/// `T` must be what the kernel expects for `option`, and any pointer inside `value` must be
-/// valid for what the kernel reads through it during the call.
-unsafe fn set_option<T>(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    option: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
-    // SAFETY: `value` is readable for `size_of::<T>()` bytes; the rest is the caller's promise.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            option,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The number of instructions of the socket filter on `fd` (0: none), from `SO_GET_FILTER`
-/// asked with no buffer.
-fn filter_len(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut len: libc::socklen_t = 0;
-    // SAFETY: with a zero length the kernel writes no value, only the length.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            std::ptr::null_mut(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(len)
-}
-
-/// Packets the socket dropped (`SO_MEMINFO`, `SK_MEMINFO_DROPS`); 0 if unknown.
-fn drops(fd: BorrowedFd<'_>) -> u32 {
-    let mut words = [0u32; MEMINFO_WORDS];
-    let mut len = size_of::<[u32; MEMINFO_WORDS]>() as libc::socklen_t;
-    // SAFETY: `words` is writable for `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_MEMINFO,
-            words.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return 0;
-    }
-    words[libc::SK_MEMINFO_DROPS as usize]
-}
-
-/// Gives a probe socket an MD5 key (`TCP_MD5SIG`) for `peer`: its SYN carries the option.
-fn set_md5_key(fd: BorrowedFd<'_>, peer: Ipv4Addr) -> io::Result<()> {
-    // struct tcp_md5sig: sockaddr_storage (128), flags, prefixlen, keylen (u16), ifindex (i32),
-    // key[80].
-    let mut raw = [0u8; 128 + 1 + 1 + 2 + 4 + 80];
-    raw[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-    raw[4..8].copy_from_slice(&peer.octets());
-    raw[130..132].copy_from_slice(&4u16.to_ne_bytes());
-    raw[136..140].copy_from_slice(b"poke");
-    // SAFETY: `raw` is the kernel's `struct tcp_md5sig`, laid out above; it holds no pointer.
-    unsafe { set_option(fd, libc::IPPROTO_TCP, libc::TCP_MD5SIG, &raw) }
-}
-
-/// Fails with `EADDRINUSE` when something already listens on `addr` (a plain bind, without
-/// `SO_REUSEPORT`, cannot share the port); returns the address with the port the bind got.
-fn probe(addr: SocketAddr) -> io::Result<SocketAddr> {
-    let socket = new_socket(addr, false)?;
-    socket.bind(&addr.into())?;
-    // Never listened, so closing it leaves nothing behind for the group's binds.
-    socket
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("the bound socket has no IP address"))
-}
-
-/// A TCP socket set up as Node sets up a listener (`SO_REUSEADDR`, dual-stack on IPv6).
-fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    Ok(socket)
-}
-
 /// `ret #FALLBACK_MEMBER`.
 fn to_fallback() -> Insn {
     Insn {
@@ -714,24 +524,6 @@ fn to_fallback() -> Insn {
         jf: 0,
         k: FALLBACK_MEMBER as u32,
     }
-}
-
-/// Installs `prog` as the reuseport program of the group `member` belongs to.
-fn attach(member: BorrowedFd<'_>, prog: &[Insn]) -> io::Result<()> {
-    set_filter(member, libc::SO_ATTACH_REUSEPORT_CBPF, prog)
-}
-
-/// Installs `prog` with the socket option `option` (`SO_ATTACH_REUSEPORT_CBPF`, `SO_ATTACH_FILTER`).
-fn set_filter(member: BorrowedFd<'_>, option: libc::c_int, prog: &[Insn]) -> io::Result<()> {
-    let fprog = libc::sock_fprog {
-        len: u16::try_from(prog.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?,
-        // The kernel only reads the program (it copies it).
-        filter: prog.as_ptr().cast_mut().cast::<libc::sock_filter>(),
-    };
-    // SAFETY: `fprog` points at `prog.len()` instructions laid out as `sock_filter` (asserted
-    // above) that outlive the call; both options read a `sock_fprog`.
-    unsafe { set_option(member, libc::SOL_SOCKET, option, &fprog) }
 }
 
 #[cfg(test)]
@@ -779,7 +571,7 @@ mod tests {
         let mut accepted = HashMap::new();
         while accepted.len() < count {
             let mut fds: Vec<PollFd<'_>> = group
-                .members()
+                .members
                 .iter()
                 .map(|m| PollFd::new(m.as_fd(), PollFlags::POLLIN))
                 .collect();
@@ -790,7 +582,7 @@ mod tests {
                     count - accepted.len()
                 )));
             }
-            for (member, fd) in group.members().iter().enumerate() {
+            for (member, fd) in group.members.iter().enumerate() {
                 loop {
                     match SockRef::from(fd).accept() {
                         Ok((_conn, peer)) => {
@@ -841,7 +633,7 @@ mod tests {
             }
             let accepted = accept_all(group, batch.len())?;
             for &source in batch {
-                let peer = match (source, group.family()) {
+                let peer = match (source, group.family) {
                     (IpAddr::V4(v4), Family::V6) => IpAddr::V6(v4.to_ipv6_mapped()),
                     _ => source,
                 };
@@ -873,12 +665,10 @@ mod tests {
         for (n, &slots) in SLOT_COUNTS.iter().enumerate() {
             for hash in [Hash::Djb2, Hash::Djb2Mix] {
                 let group = Group::bind(addr("127.0.0.1:0"), slots, hash, 1024)?;
-                assert_eq!(group.family(), Family::V4);
-                assert_eq!(group.members().len(), slots + 1);
+                assert_eq!(group.family, Family::V4);
+                assert_eq!(group.members.len(), slots + 1);
                 let clients = v4_clients(n as u64 * 2 + 1 + hash as u64);
-                check_routing(&group, group.local_addr(), &clients, hash, |ip| {
-                    ip.to_string()
-                })?;
+                check_routing(&group, group.local, &clients, hash, |ip| ip.to_string())?;
             }
         }
         Ok(())
@@ -889,8 +679,8 @@ mod tests {
         for (n, &slots) in SLOT_COUNTS.iter().enumerate() {
             for hash in [Hash::Djb2, Hash::Djb2Mix] {
                 let group = Group::bind(addr("[::]:0"), slots, hash, 1024)?;
-                assert_eq!(group.family(), Family::V6);
-                let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), group.local_addr().port());
+                assert_eq!(group.family, Family::V6);
+                let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), group.local.port());
                 let clients = v4_clients(n as u64 * 2 + 100 + hash as u64);
                 check_routing(&group, target, &clients, hash, |ip| format!("::ffff:{ip}"))?;
                 let v6_target = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), target.port());
@@ -909,10 +699,10 @@ mod tests {
     #[test]
     fn a_busy_port_is_refused() -> io::Result<()> {
         let first = Group::bind(addr("127.0.0.1:0"), 2, Hash::Djb2, 64)?;
-        let err = Group::bind(first.local_addr(), 2, Hash::Djb2, 16).err();
+        let err = Group::bind(first.local, 2, Hash::Djb2, 16).err();
         assert_eq!(err.and_then(|e| e.raw_os_error()), Some(libc::EADDRINUSE));
         // A dual-stack group on the same port conflicts too.
-        let wildcard = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), first.local_addr().port());
+        let wildcard = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), first.local.port());
         let err = Group::bind(wildcard, 2, Hash::Djb2, 16).err();
         assert_eq!(err.and_then(|e| e.raw_os_error()), Some(libc::EADDRINUSE));
         // So does an ordinary listener, as the router binds it.
@@ -925,7 +715,7 @@ mod tests {
         assert_eq!(err.and_then(|e| e.raw_os_error()), Some(libc::EADDRINUSE));
         // The first group still works after the refusals.
         let clients = v4_clients(7)[..20].to_vec();
-        check_routing(&first, first.local_addr(), &clients, Hash::Djb2, |ip| {
+        check_routing(&first, first.local, &clients, Hash::Djb2, |ip| {
             ip.to_string()
         })
     }
@@ -938,7 +728,7 @@ mod tests {
         let steer = program(Family::V4, Hash::Djb2, 4)?;
         attach(group.fallback(), &steer)?;
         let clients = v4_clients(12)[..40].to_vec();
-        check_routing(&group, group.local_addr(), &clients, Hash::Djb2, |ip| {
+        check_routing(&group, group.local, &clients, Hash::Djb2, |ip| {
             ip.to_string()
         })
     }
@@ -948,7 +738,7 @@ mod tests {
         for &source in clients {
             let client = Socket::new(Domain::IPV4, Type::STREAM, None)?;
             client.bind(&SocketAddr::new(source, 0).into())?;
-            client.connect_timeout(&group.local_addr().into(), CONNECT_TIMEOUT)?;
+            client.connect_timeout(&group.local.into(), CONNECT_TIMEOUT)?;
             open.push(client);
         }
         let accepted = accept_all(group, clients.len())?;
@@ -974,12 +764,12 @@ mod tests {
         for source in sources(5, 3) {
             let client = Socket::new(Domain::IPV4, Type::STREAM, None)?;
             client.bind(&SocketAddr::new(source.into(), 0).into())?;
-            client.connect_timeout(&group.local_addr().into(), CONNECT_TIMEOUT)?;
+            client.connect_timeout(&group.local.into(), CONNECT_TIMEOUT)?;
             open.push(client);
         }
         let member = slot_member(0);
         let mut fds = [PollFd::new(
-            group.members()[member].as_fd(),
+            group.members[member].as_fd(),
             PollFlags::POLLIN,
         )];
         poll(&mut fds, PollTimeout::from(5000u16))?;
@@ -987,10 +777,10 @@ mod tests {
         assert_eq!(group.queued(FALLBACK_MEMBER)?, 0);
         assert_eq!(
             group.slot(0).map(|fd| fd.as_raw_fd()),
-            Some(group.members()[member].as_raw_fd())
+            Some(group.members[member].as_raw_fd())
         );
         assert!(group.slot(1).is_none());
-        assert_eq!(group.fallback().as_raw_fd(), group.members()[0].as_raw_fd());
+        assert_eq!(group.fallback().as_raw_fd(), group.members[0].as_raw_fd());
         Ok(())
     }
 
@@ -1010,7 +800,7 @@ mod tests {
     const SO_DETACH_REUSEPORT_BPF: libc::c_int = 68;
 
     fn attack(group: &Group, m: usize, what: Attack) -> io::Result<()> {
-        let fd = group.members()[m].as_fd();
+        let fd = group.members[m].as_fd();
         let drop_all = [Insn {
             code: op::RET | op::K,
             jt: 0,
@@ -1066,7 +856,7 @@ mod tests {
                 attack(&group, m, what)?;
                 let repairs = group.check();
                 // The last member leaving and joining again changes nothing.
-                let harmless = matches!(what, Rejoin) && m == group.members().len() - 1;
+                let harmless = matches!(what, Rejoin) && m == group.members.len() - 1;
                 assert!(
                     repairs > 0 || harmless,
                     "{what:?} with {slots} slots: nothing found"
@@ -1082,7 +872,7 @@ mod tests {
                 let clients = v4_clients(40 + n as u64 * 2 + slots as u64)[..60].to_vec();
                 check_routing_detoured(
                     &group,
-                    group.local_addr(),
+                    group.local,
                     &clients,
                     Hash::Djb2,
                     |ip| ip.to_string(),
@@ -1102,7 +892,7 @@ mod tests {
         attack(&group, 4, Attack::Rejoin)?;
         attack(&group, 1, Attack::Shutdown)?;
         assert!(group.check() > 0);
-        let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), group.local_addr().port());
+        let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), group.local.port());
         let clients = v4_clients(77)[..100].to_vec();
         check_routing(&group, target, &clients, Hash::Djb2, |ip| {
             format!("::ffff:{ip}")
@@ -1114,10 +904,10 @@ mod tests {
     #[test]
     fn a_foreign_socket_with_its_own_program_is_noticed_and_outlived() -> io::Result<()> {
         let group = Group::bind(addr("127.0.0.1:0"), 3, Hash::Djb2, 64)?;
-        let foreign = new_socket(group.local_addr(), true)?;
-        foreign.bind(&group.local_addr().into())?;
+        let foreign = new_socket(group.local, true)?;
+        foreign.bind(&group.local.into())?;
         foreign.listen(16)?;
-        let its_index = group.members().len() as u32;
+        let its_index = group.members.len() as u32;
         attach(
             foreign.as_fd(),
             &[Insn {
@@ -1132,7 +922,7 @@ mod tests {
         assert!(group.check() > 0);
         assert!(!group.health().damage.is_empty(), "{:?}", group.health());
         let clients = v4_clients(91)[..60].to_vec();
-        check_routing(&group, group.local_addr(), &clients, Hash::Djb2, |ip| {
+        check_routing(&group, group.local, &clients, Hash::Djb2, |ip| {
             ip.to_string()
         })?;
         // It leaves: the kernel moves the last member into its index.
@@ -1140,7 +930,7 @@ mod tests {
         group.check();
         assert_eq!(group.health().damage, Vec::<String>::new());
         let clients = v4_clients(92)[..60].to_vec();
-        check_routing(&group, group.local_addr(), &clients, Hash::Djb2, |ip| {
+        check_routing(&group, group.local, &clients, Hash::Djb2, |ip| {
             ip.to_string()
         })
     }
@@ -1149,7 +939,7 @@ mod tests {
     fn an_ipv6_address_that_cannot_be_probed_detours_every_slot_once_renumbered() -> io::Result<()>
     {
         let group = Group::bind(addr("[::1]:0"), 3, Hash::Djb2, 64)?;
-        let local = group.local_addr();
+        let local = group.local;
         let text = |_| "::1".to_owned();
         // A foreign program is undone blindly: the program is attached at every check.
         attack(&group, 2, Attack::ForeignProgram)?;

@@ -15,6 +15,8 @@ pub mod group;
 #[cfg(test)]
 mod interp;
 pub mod program;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod sockopt;
 
 /// What a group's `health()` reports (kernel dispatch's checks and repairs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

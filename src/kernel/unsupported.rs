@@ -3,11 +3,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 
 use crate::key::hash::Hash;
 
-pub use super::HealthReport;
+use super::HealthReport;
 
 /// Never built (it holds an uninhabited value): see the module docs.
 #[derive(Debug)]
@@ -31,11 +31,6 @@ impl Group {
 
     /// See the Linux group.
     pub fn slot(&self, _slot: usize) -> Option<BorrowedFd<'_>> {
-        match self.never {}
-    }
-
-    /// See the Linux group.
-    pub fn members(&self) -> &[OwnedFd] {
         match self.never {}
     }
 
