@@ -43,7 +43,7 @@ const MAX_FOREIGN: usize = 64;
 
 /// The members of one reuseport group, all listening, with the program attached.
 #[derive(Debug)]
-pub struct Group {
+pub(crate) struct Group {
     /// In `listen()` order: [`FALLBACK_MEMBER`] first, then slot `s` at `slot_member(s)`.
     members: Vec<OwnedFd>,
     local: SocketAddr,
@@ -95,7 +95,12 @@ impl Group {
     /// first). Port 0 picks a free port for the whole group. An IPv6 wildcard is dual-stack; on a
     /// machine without IPv6 it falls back to `0.0.0.0`, as Node does. Members are non-blocking
     /// and close-on-exec.
-    pub fn bind(addr: SocketAddr, slots: usize, hash: Hash, backlog: i32) -> io::Result<Group> {
+    pub(crate) fn bind(
+        addr: SocketAddr,
+        slots: usize,
+        hash: Hash,
+        backlog: i32,
+    ) -> io::Result<Group> {
         match Self::bind_exact(addr, slots, hash, backlog) {
             Err(e)
                 if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
@@ -165,19 +170,19 @@ impl Group {
     }
 
     /// The member that receives link-local IPv6 peers, for the router to accept on.
-    pub fn fallback(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fallback(&self) -> BorrowedFd<'_> {
         self.members[FALLBACK_MEMBER].as_fd()
     }
 
     /// The member serving `slot`, for its worker to listen on (`None` past the last slot).
-    pub fn slot(&self, slot: usize) -> Option<BorrowedFd<'_>> {
+    pub(crate) fn slot(&self, slot: usize) -> Option<BorrowedFd<'_>> {
         self.members.get(slot_member(slot)).map(AsFd::as_fd)
     }
 
     /// The first step of a graceful stop: every member drops new SYNs (a socket filter that
     /// returns 0), so that nothing more joins the accept queues while the workers accept what is
     /// in them. Clients whose SYN was dropped retry, and are refused once [`Group::stop`] ran.
-    pub fn refuse_new(&self) -> io::Result<()> {
+    pub(crate) fn refuse_new(&self) -> io::Result<()> {
         self.lock().stopped = true;
         let drop_all = [Insn {
             code: op::RET | op::K,
@@ -193,7 +198,7 @@ impl Group {
 
     /// The members stop listening, for every process that holds them: new clients are refused.
     /// Connections already accepted go on; any still queued are reset.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.lock().stopped = true;
         for member in &self.members {
             let _ =
@@ -203,7 +208,7 @@ impl Group {
 
     /// How many connections wait in a member's accept queue (`tcpi_unacked` of `TCP_INFO` on a
     /// listener), e.g. for a slot whose worker is not listening yet.
-    pub fn queued(&self, member: usize) -> io::Result<u32> {
+    pub(crate) fn queued(&self, member: usize) -> io::Result<u32> {
         let fd = self
             .members
             .get(member)
@@ -218,7 +223,7 @@ impl Group {
     }
 
     /// What the checks repaired, and what is damaged now.
-    pub fn health(&self) -> HealthReport {
+    pub(crate) fn health(&self) -> HealthReport {
         let h = self.lock();
         let detoured: Vec<usize> = (0..h.detoured.len()).filter(|&s| h.detoured[s]).collect();
         let mut damage: Vec<String> = detoured
@@ -247,7 +252,7 @@ impl Group {
     /// `SO_DETACH_REUSEPORT_BPF`), following the kernel's numbering of the members, which the
     /// probes measure (see [`super::program::PROBE_NET`]). Returns how many repairs it made.
     /// Never closes a member, and member `slot_member(s)` keeps serving slot `s`.
-    pub fn check(&self) -> u64 {
+    pub(crate) fn check(&self) -> u64 {
         let mut h = self.lock();
         if h.stopped {
             return 0;

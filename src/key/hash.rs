@@ -6,7 +6,7 @@
 /// Hashes a sequence of UTF-16 code units the way `string-hash` does: seed 5381, multiply by 33,
 /// XOR (not add) the unit, walking from the last unit to the first.
 #[inline]
-pub fn djb2<I>(units: I) -> u32
+pub(crate) fn djb2<I>(units: I) -> u32
 where
     I: DoubleEndedIterator<Item = u16>,
 {
@@ -26,7 +26,7 @@ pub fn djb2_ascii(text: &[u8]) -> u32 {
 /// to 32 it only XORs the characters, ignoring their order, which leaves sequential address
 /// blocks unevenly spread over 16 or 32 workers. Mixing djb2's output fixes that.
 #[inline]
-pub fn fmix32(mut h: u32) -> u32 {
+pub(crate) fn fmix32(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
@@ -60,7 +60,7 @@ impl std::str::FromStr for Hash {
 impl Hash {
     /// The hash of an ASCII route key.
     #[inline]
-    pub fn of(self, key: &[u8]) -> u32 {
+    pub(crate) fn of(self, key: &[u8]) -> u32 {
         match self {
             Hash::Djb2 => djb2_ascii(key),
             Hash::Djb2Mix => fmix32(djb2_ascii(key)),

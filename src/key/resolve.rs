@@ -69,7 +69,7 @@ impl Rules {
     /// Whether a connection from `peer` is resolved here rather than routed by its address.
     /// Session ids are read from every peer: an id only names a worker, it is no claim to
     /// believe (a forged one reaches a worker that does not know it, as a new session would).
-    pub fn applies_to(&self, peer: &SocketAddr) -> bool {
+    pub(crate) fn applies_to(&self, peer: &SocketAddr) -> bool {
         match self.route_by {
             RouteBy::Address => false,
             RouteBy::Sid => true,
@@ -80,7 +80,7 @@ impl Rules {
 
 /// What resolution found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Route by this key.
     Key(String),
     /// A PROXY header spoke for this client: route by its address, and tell the worker.
@@ -119,7 +119,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(32);
 /// Reads the route key of `conn` under `rules`; gives the connection back with the outcome.
 /// `give_up` ends the reading early (the router needs the room) with the same outcome as a
 /// timeout.
-pub async fn resolve(
+pub(crate) async fn resolve(
     conn: OwnedFd,
     rules: Arc<Rules>,
     mut give_up_now: oneshot::Receiver<()>,
@@ -298,7 +298,7 @@ fn recv(fd: &OwnedFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
 }
 
 /// The route key text of an outcome that names one, else of the peer.
-pub fn key_of(outcome: &Outcome, peer: Option<&SocketAddr>) -> String {
+pub(crate) fn key_of(outcome: &Outcome, peer: Option<&SocketAddr>) -> String {
     match (outcome, peer) {
         (Outcome::Key(text), _) => text.clone(),
         (Outcome::Client(client), _) => AddressText::new(client).as_str().to_owned(),

@@ -51,7 +51,7 @@ pub(super) enum Command {
     /// Stop the thread.
     Close,
     /// Makes the thread panic (tests of what a dead router does).
-    #[cfg(any(test, feature = "test-hooks"))]
+    #[cfg(test)]
     Panic,
 }
 
@@ -107,7 +107,7 @@ pub(super) async fn run(
                     state.stop_accepting(kernel_until);
                 }
                 Some(Command::Close) | None => break,
-                #[cfg(any(test, feature = "test-hooks"))]
+                #[cfg(test)]
                 Some(Command::Panic) => panic!("panic requested by a test"),
             },
             done = state.next_resolved() => {

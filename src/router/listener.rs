@@ -35,7 +35,7 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
 
 /// Binds and listens: `SO_REUSEADDR` as Node sets it, dual-stack on an IPv6 wildcard, close-on-exec,
 /// non-blocking. On a machine without IPv6, `::` falls back to `0.0.0.0` as Node does.
-pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     match bind_exact(addr, backlog) {
         Err(e)
             if e.raw_os_error() == Some(libc::EAFNOSUPPORT)

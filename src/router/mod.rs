@@ -288,8 +288,8 @@ impl Router {
     }
 
     /// Makes the router thread panic, to test what its owner does then.
-    #[cfg(any(test, feature = "test-hooks"))]
-    pub fn panic_for_test(&self) -> io::Result<()> {
+    #[cfg(test)]
+    pub(crate) fn panic_for_test(&self) -> io::Result<()> {
         self.send(Command::Panic)
     }
 }

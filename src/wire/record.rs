@@ -5,11 +5,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Most descriptors sent in one message (the kernel allows 253).
-pub const MAX_BATCH: usize = 64;
+pub(crate) const MAX_BATCH: usize = 64;
 
 /// A record from a worker to the primary: a tag byte and a little-endian `u32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToPrimary {
+pub(crate) enum ToPrimary {
     /// The worker holds its end and is ready for connections.
     Hello,
     /// The worker adopted this many more connections.
@@ -31,9 +31,9 @@ pub enum ToPrimary {
 const CONNECTIONS: u8 = b'C';
 
 /// The size of every record.
-pub const RECORD: usize = 5;
+pub(crate) const RECORD: usize = 5;
 /// The size of one connection's [`Meta`].
-pub const META: usize = 20;
+pub(crate) const META: usize = 20;
 
 /// What a worker needs to know about a connection besides its descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,7 +46,7 @@ pub struct Meta {
 
 impl Meta {
     /// `[listener, family (0, 4, 6), port (big-endian), address (16 bytes)]`.
-    pub fn encode(&self) -> [u8; META] {
+    pub(crate) fn encode(&self) -> [u8; META] {
         let mut out = [0u8; META];
         out[0] = self.listener;
         if let Some(client) = self.client {
@@ -66,7 +66,7 @@ impl Meta {
     }
 
     /// Reads one entry; an unknown family means no client.
-    pub fn decode(bytes: &[u8; META]) -> Meta {
+    pub(crate) fn decode(bytes: &[u8; META]) -> Meta {
         let port = u16::from_be_bytes([bytes[2], bytes[3]]);
         let ip: Option<IpAddr> = match bytes[1] {
             4 => Some(Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7]).into()),
@@ -86,7 +86,7 @@ impl Meta {
 
 impl ToPrimary {
     /// The record of this message.
-    pub fn encode(self) -> [u8; RECORD] {
+    pub(crate) fn encode(self) -> [u8; RECORD] {
         let (tag, arg) = match self {
             ToPrimary::Hello => (b'H', 0),
             ToPrimary::Ack(n) => (b'A', n),
@@ -99,7 +99,7 @@ impl ToPrimary {
     }
 
     /// Reads one record; `None` for a tag that is not one of these.
-    pub fn decode(record: &[u8; RECORD]) -> Option<ToPrimary> {
+    pub(crate) fn decode(record: &[u8; RECORD]) -> Option<ToPrimary> {
         let arg = u32::from_le_bytes([record[1], record[2], record[3], record[4]]);
         match record[0] {
             b'H' => Some(ToPrimary::Hello),

@@ -28,11 +28,11 @@ use super::record::{
 /// write: possible on any stream socket, the norm on macOS when the buffer is nearly full). The
 /// record must be finished before anything else is written, or the stream would desynchronise;
 /// a peer that reads nothing for this long is treated as gone ([`is_peer_gone`]).
-pub const SHORT_WRITE_WAIT: Duration = Duration::from_millis(200);
+pub(crate) const SHORT_WRITE_WAIT: Duration = Duration::from_millis(200);
 
 /// Creates a channel: `(primary end, worker end)`, both close-on-exec, the primary's end
 /// non-blocking.
-pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let flags = SockFlag::SOCK_CLOEXEC;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -56,7 +56,7 @@ fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Puts a descriptor in non-blocking mode.
-pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
@@ -64,7 +64,7 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Duplicates a descriptor owned by someone else (close-on-exec), so it can outlive the original.
-pub fn duplicate(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+pub(crate) fn duplicate(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     use nix::fcntl::{fcntl, FcntlArg};
     let dup = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(0))?;
     // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor that nobody else owns.
@@ -82,7 +82,11 @@ fn send_flags() -> MsgFlags {
 /// caller keeps its copies: the kernel holds its own reference while the message is in flight.
 /// `WouldBlock`: nothing was sent. A short write (the descriptors and the first bytes went) is
 /// finished here, waiting at most [`SHORT_WRITE_WAIT`] for room.
-pub fn send_connections(channel: BorrowedFd<'_>, fds: &[RawFd], metas: &[Meta]) -> io::Result<()> {
+pub(crate) fn send_connections(
+    channel: BorrowedFd<'_>,
+    fds: &[RawFd],
+    metas: &[Meta],
+) -> io::Result<()> {
     send_batch(channel, fds, metas, usize::MAX)
 }
 
@@ -119,7 +123,7 @@ fn send_batch(
 
 /// Sends a worker's record without blocking; a full channel is `WouldBlock` (nothing sent). A
 /// short write is finished as in [`send_connections`].
-pub fn send(channel: BorrowedFd<'_>, message: ToPrimary) -> io::Result<()> {
+pub(crate) fn send(channel: BorrowedFd<'_>, message: ToPrimary) -> io::Result<()> {
     let record = message.encode();
     send_whole(
         channel,
@@ -193,7 +197,7 @@ fn wait_writable(channel: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool>
 }
 
 /// Whether an error means the other end of a socket is gone.
-pub fn is_peer_gone(e: &io::Error) -> bool {
+pub(crate) fn is_peer_gone(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
         || matches!(
             e.raw_os_error(),
@@ -266,7 +270,7 @@ fn recv_with_fds(
 
 /// Reads the primary's end: the worker's records, keeping a partial record between reads.
 #[derive(Debug, Default)]
-pub struct PrimaryReader {
+pub(crate) struct PrimaryReader {
     pending: Vec<u8>,
 }
 
@@ -274,7 +278,7 @@ impl PrimaryReader {
     /// Receives what is there without blocking. `Ok(None)`: the worker closed its end;
     /// `WouldBlock`: nothing is there yet. Unknown records are skipped, and descriptors (a
     /// worker never sends any) closed.
-    pub fn recv(&mut self, channel: BorrowedFd<'_>) -> io::Result<Option<Vec<ToPrimary>>> {
+    pub(crate) fn recv(&mut self, channel: BorrowedFd<'_>) -> io::Result<Option<Vec<ToPrimary>>> {
         let mut buf = [0u8; 4096];
         let mut stray = Vec::new();
         let received = recv_with_fds(channel, &mut buf, &mut stray)?;
@@ -312,7 +316,7 @@ pub struct Batch {
 /// Reads the worker's end: batches of connections, keeping a partial record, and the descriptors
 /// that came with its first bytes, between reads (a short write splits a record).
 #[derive(Debug, Default)]
-pub struct WorkerReader {
+pub(crate) struct WorkerReader {
     pending: Vec<u8>,
     fds: VecDeque<OwnedFd>,
 }
@@ -321,7 +325,7 @@ impl WorkerReader {
     /// Receives what is there without blocking (one `recvmsg`). `Ok(None)`: the primary closed
     /// its end; `WouldBlock`: nothing is there yet. The batch holds the connections of the
     /// records completed so far (possibly none).
-    pub fn recv(&mut self, channel: BorrowedFd<'_>) -> io::Result<Option<Batch>> {
+    pub(crate) fn recv(&mut self, channel: BorrowedFd<'_>) -> io::Result<Option<Batch>> {
         let mut buf = [0u8; 4096];
         let mut arrived = Vec::new();
         let received = recv_with_fds(channel, &mut buf, &mut arrived)?;
