@@ -1,8 +1,8 @@
 //! The binding: JavaScript classes over the core, nothing more.
 //!
-//! OS errors are thrown as `Error`s whose message starts with the errno name (`EADDRINUSE: ...`),
-//! ending with `[listener N]` when binding listener N failed;
-//! `lib/binding.js` turns them into Node-style errors with `code`, `errno` and `syscall`.
+//! Errors are thrown with a `code` (see `errors.rs`); `lib/binding.js` turns the router's
+//! start errors into Node-style errors with `code`, `errno`, `syscall`, `address` and `port`.
+//! Channel ids are `u32` everywhere (the core's `ChannelId`).
 
 use std::io;
 use std::os::fd::{BorrowedFd, IntoRawFd};
@@ -11,37 +11,20 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
+mod errors;
+
+use errors::{error, os_error, start_error, Result, CLOSED, FAILED, INVALID};
+
 use sticky_rs::key::address::AddressText;
 use sticky_rs::key::hash::{djb2_str, slot_for, Hash};
 use sticky_rs::key::resolve::{RouteBy, Rules, MAX_PEEK_LIMIT};
 use sticky_rs::key::trust::Trusted;
 use sticky_rs::router::config::{Config, Dispatch, Listen, Policy};
-use sticky_rs::router::error::BindError;
 use sticky_rs::router::event::{Event, OnEvent};
+use sticky_rs::router::ChannelId;
 use sticky_rs::router::{self, listener};
 use sticky_rs::wire::record::Meta;
 use sticky_rs::worker::receiver;
-
-fn os_error(e: io::Error) -> Error {
-    let bind = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<BindError>());
-    let (code, listener) = match bind {
-        Some(b) => (Some(b.code), Some(b.listener)),
-        None => (e.raw_os_error(), None),
-    };
-    let mut reason = match code {
-        Some(code) => {
-            let errno = nix::errno::Errno::from_raw(code);
-            format!("{errno:?}: {}", errno.desc())
-        }
-        None => e.to_string(),
-    };
-    if let Some(listener) = listener {
-        reason.push_str(&format!(" [listener {listener}]"));
-    }
-    Error::new(Status::GenericFailure, reason)
-}
 
 /// One address to listen on.
 #[napi(object)]
@@ -102,7 +85,7 @@ pub struct AddressInfo {
 #[napi(object)]
 pub struct ChannelEnd {
     /// Names the channel in `release`, `retire` and the router's `switched` events.
-    pub id: i64,
+    pub id: ChannelId,
     /// The worker's end; the caller owns it.
     pub fd: i32,
 }
@@ -180,7 +163,7 @@ pub struct RouterEvent {
     /// With `switched` and `drained`: the slot.
     pub slot: Option<u32>,
     /// With `switched`: the channel the slot delivers to now.
-    pub channel: Option<i64>,
+    pub channel: Option<ChannelId>,
     /// With `listenerFailed`: the listener's index.
     pub listener: Option<u32>,
     /// With `listenerFailed` and `stopped`: why.
@@ -200,7 +183,7 @@ impl From<Event> for RouterEvent {
             Event::Switched { slot, channel } => RouterEvent {
                 kind: "switched".into(),
                 slot: Some(slot as u32),
-                channel: Some(channel as i64),
+                channel: Some(channel),
                 ..empty
             },
             Event::Drained { slot } => RouterEvent {
@@ -221,7 +204,7 @@ impl From<Event> for RouterEvent {
             } => RouterEvent {
                 kind: "misbehaved".into(),
                 slot: Some(slot as u32),
-                channel: Some(channel as i64),
+                channel: Some(channel),
                 message: Some(reason),
                 ..empty
             },
@@ -245,28 +228,24 @@ pub struct Router {
 
 #[napi]
 impl Router {
-    /// Binds and starts accepting; throws `EADDRINUSE: ...` and the like. `onEvent` gets the
-    /// router's events.
+    /// Binds and starts accepting; throws `EADDRINUSE` and the like (see
+    /// [`errors::start_error`]). `onEvent` gets the router's events.
     #[napi(constructor)]
-    pub fn new(options: RouterOptions, on_event: OnRouterEvent) -> Result<Self> {
+    pub fn new(env: Env, options: RouterOptions, on_event: OnRouterEvent) -> Result<Self> {
         let listeners = options
             .listeners
             .iter()
             .map(|l| {
-                let port = u16::try_from(l.port)
-                    .map_err(|_| Error::new(Status::InvalidArg, "port out of range"))?;
+                let port =
+                    u16::try_from(l.port).map_err(|_| error(INVALID, "port out of range"))?;
                 Ok(Listen {
-                    addr: listener::resolve(&l.host, port).map_err(os_error)?,
+                    addr: listener::resolve(&l.host, port).map_err(|e| start_error(&env, &e))?,
                     backlog: i32::try_from(l.backlog).unwrap_or(i32::MAX),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let trusted = Trusted::parse(&options.trusted_proxies).map_err(|entry| {
-            Error::new(
-                Status::InvalidArg,
-                format!("not an address or range: {entry}"),
-            )
-        })?;
+        let trusted = Trusted::parse(&options.trusted_proxies)
+            .map_err(|entry| error(INVALID, format!("not an address or range: {entry}")))?;
         let route_by: RouteBy = match options.route_by.parse() {
             Ok(route_by) => route_by,
             Err(never) => match never {},
@@ -295,24 +274,24 @@ impl Router {
                     .as_deref()
                     .unwrap_or("least-connection")
                     .parse()
-                    .map_err(|reason: String| Error::new(Status::InvalidArg, reason))?,
+                    .map_err(|reason: String| error(INVALID, reason))?,
             },
             dispatch: options
                 .dispatch
                 .parse()
-                .map_err(|reason: String| Error::new(Status::InvalidArg, reason))?,
+                .map_err(|reason: String| error(INVALID, reason))?,
         };
         let on_event: OnEvent = std::sync::Arc::new(move |event| {
             on_event.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
         });
-        let inner = router::Router::start(config, on_event).map_err(os_error)?;
+        let inner = router::Router::start(config, on_event).map_err(|e| start_error(&env, &e))?;
         Ok(Router { inner: Some(inner) })
     }
 
     fn inner(&self) -> Result<&router::Router> {
         self.inner.as_ref().ok_or_else(|| {
-            Error::new(
-                Status::GenericFailure,
+            error(
+                CLOSED,
                 "sticky-rs: router is closed (the primary has shut down)",
             )
         })
@@ -344,13 +323,13 @@ impl Router {
     /// Opens channel `id` for a new worker of `slot`: ids follow the order the workers were
     /// started in (see the core's `Router::open_channel`).
     #[napi]
-    pub fn open_channel(&self, slot: u32, id: u32) -> Result<ChannelEnd> {
+    pub fn open_channel(&self, slot: u32, id: ChannelId) -> Result<ChannelEnd> {
         let fd = self
             .inner()?
-            .open_channel(slot as usize, u64::from(id))
+            .open_channel(slot as usize, id)
             .map_err(os_error)?;
         Ok(ChannelEnd {
-            id: i64::from(id),
+            id,
             fd: fd.into_raw_fd(),
         })
     }
@@ -368,8 +347,8 @@ impl Router {
 
     /// Sends nothing more to a channel whose worker is finishing; the slot waits for a new one.
     #[napi]
-    pub fn retire(&self, id: i64) -> Result<()> {
-        self.unless_closed(|inner| inner.retire(id as u64))
+    pub fn retire(&self, id: ChannelId) -> Result<()> {
+        self.unless_closed(|inner| inner.retire(id))
     }
 
     /// Closes the listener; accepted connections are still delivered. Kernel dispatch: the
@@ -382,8 +361,8 @@ impl Router {
 
     /// Releases a channel whose worker is gone; nothing to do once the router is closed.
     #[napi]
-    pub fn release(&self, id: i64) -> Result<()> {
-        self.unless_closed(|inner| inner.release(id as u64))
+    pub fn release(&self, id: ChannelId) -> Result<()> {
+        self.unless_closed(|inner| inner.release(id))
     }
 
     /// A snapshot of the counters.
@@ -440,9 +419,7 @@ impl Router {
     #[napi]
     pub fn close(&mut self) -> Result<()> {
         match self.inner.take() {
-            Some(mut inner) => inner
-                .close()
-                .map_err(|e| Error::new(Status::GenericFailure, e.to_string())),
+            Some(mut inner) => inner.close().map_err(|e| error(FAILED, e.to_string())),
             None => Ok(()),
         }
     }
@@ -487,10 +464,7 @@ impl Receiver {
     #[napi(constructor)]
     pub fn new(fd: i32, on_connections: OnConnections) -> Result<Self> {
         if fd < 0 {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("not a descriptor: {fd}"),
-            ));
+            return Err(error(INVALID, format!("not a descriptor: {fd}")));
         }
         // SAFETY: the caller (lib/worker.js) passes the fd of a handle it keeps open during this
         // call; the receiver only duplicates it.
@@ -544,7 +518,7 @@ impl Receiver {
     fn inner(&self) -> Result<&receiver::Receiver> {
         self.inner
             .as_ref()
-            .ok_or_else(|| Error::new(Status::GenericFailure, "sticky-rs: receiver is closed"))
+            .ok_or_else(|| error(CLOSED, "sticky-rs: receiver is closed"))
     }
 
     // Each report returns true once everything is sent, false if it waits in the outbox for a
@@ -598,7 +572,7 @@ pub fn djb2(text: String) -> u32 {
 fn parse_ip(ip: &str) -> Result<AddressText> {
     let parsed: std::net::IpAddr = ip
         .parse()
-        .map_err(|_| Error::new(Status::InvalidArg, format!("not an IP address: {ip}")))?;
+        .map_err(|_| error(INVALID, format!("not an IP address: {ip}")))?;
     Ok(AddressText::from_ip(&parsed))
 }
 
@@ -610,7 +584,7 @@ pub fn address_text(ip: String) -> Result<String> {
 
 fn hash_named(name: &str) -> Result<Hash> {
     name.parse()
-        .map_err(|reason: String| Error::new(Status::InvalidArg, reason))
+        .map_err(|reason: String| error(INVALID, reason))
 }
 
 /// The slot of each address (formatted by the router's rules, then `hash % slots`; `hash` is

@@ -269,7 +269,7 @@ mod tests {
     fn a_closed_channels_slot_goes_to_the_newest_ready_one() {
         let mut c: Channels<u32> = Channels::new(1);
         for id in 1..=4 {
-            c.open(id, 0, id as u32 * 10);
+            c.open(id, 0, id * 10);
         }
         // 1 and 2 ready (2 ignored 1's late hello), 3 retired before its hello, 4 never ready.
         c.hello(2);

@@ -398,7 +398,10 @@ impl Dispatcher {
         let counters = &self.stats.slots[slot];
         Stats::set(&counters.in_flight, self.in_flight(slot) as u64);
         Stats::set(&counters.queued, self.table.waiting(slot).len() as u64);
-        Stats::set(&counters.channel, self.channels.serving(slot).unwrap_or(0));
+        Stats::set(
+            &counters.channel,
+            self.channels.serving(slot).map_or(0, u64::from),
+        );
     }
 
     /// Starts serving channel `id`. An id in use already is refused (the new end closes): the

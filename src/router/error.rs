@@ -1,4 +1,5 @@
-//! Errors of the router the binding turns into JavaScript errors with a code.
+//! Errors of the router the binding turns into JavaScript errors with a code: which listener
+//! could not be bound, and a host name that did not resolve.
 
 use std::io;
 
@@ -27,3 +28,20 @@ impl std::fmt::Display for BindError {
 }
 
 impl std::error::Error for BindError {}
+
+/// A listener's host name that did not resolve (`getaddrinfo` failed).
+#[derive(Debug)]
+pub struct LookupError {
+    /// Node's code for it: `ENOTFOUND`, or `EAI_AGAIN` when the resolver could not be reached.
+    pub code: &'static str,
+    /// The host name.
+    pub host: String,
+}
+
+impl std::fmt::Display for LookupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "getaddrinfo {} {}", self.code, self.host)
+    }
+}
+
+impl std::error::Error for LookupError {}

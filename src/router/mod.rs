@@ -47,7 +47,7 @@ pub mod stats;
 mod table;
 
 /// Identifies one worker's channel for its whole life; never reused.
-pub type ChannelId = u64;
+pub type ChannelId = u32;
 
 /// How long `close` waits for the router thread before it gives up on it.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -420,7 +420,7 @@ mod tests {
         switched(&events, 0, new)?;
         hello(&old_end)?;
         settle(&router, &events, 1)?;
-        assert_eq!(router.stats().snapshot(0).channel, new);
+        assert_eq!(router.stats().snapshot(0).channel, u64::from(new));
         // The newer worker goes: the older one, ready and not retired, serves the slot.
         router.release(new)?;
         switched(&events, 0, old)?;
@@ -441,7 +441,7 @@ mod tests {
         hello(&old_end)?;
         hello(&old_end)?;
         settle(&router, &events, 1)?;
-        assert_eq!(router.stats().snapshot(0).channel, new);
+        assert_eq!(router.stats().snapshot(0).channel, u64::from(new));
         // Not even once the new worker is gone: the retired one never serves the slot again.
         router.release(new)?;
         settle(&router, &events, 1)?;
@@ -478,7 +478,7 @@ mod tests {
             }
         );
         settle(&router, &events, 1)?;
-        assert_eq!(router.stats().snapshot(0).channel, new);
+        assert_eq!(router.stats().snapshot(0).channel, u64::from(new));
         Ok(())
     }
 
