@@ -65,6 +65,7 @@ pub(super) fn kernel_queued(groups: &[Group], slot: usize) -> u64 {
         .sum()
 }
 
+/// Runs until [`Command::Close`] (or the handle is gone), then closes everything held.
 pub(super) async fn run(
     mut listeners: Vec<(u8, AsyncFd<Socket>)>,
     mut commands: UnboundedReceiver<Command>,
@@ -84,31 +85,8 @@ pub(super) async fn run(
         let accepting = !listeners.is_empty() && paused_until.is_none() && !state.full();
         tokio::select! {
             command = commands.recv() => match command {
-                Some(Command::Open { id, slot, fd }) => state.open(id, slot, fd),
-                Some(Command::Release { id }) => {
-                    // Acknowledgements still in the channel say what the worker had adopted.
-                    state.read_channel(id);
-                    state.close_channel(id);
-                }
-                Some(Command::Retire { id }) => state.retire(id),
-                Some(Command::StopAccepting { drain }) => {
-                    listeners.clear();
-                    // Kernel dispatch: no new SYN joins the members' queues from now on; the
-                    // workers accept what is queued, then the members stop listening (below).
-                    let mut kernel_until = None;
-                    if !groups.is_empty() {
-                        for group in groups {
-                            if group.refuse_new().is_err() {
-                                group.stop();
-                            }
-                        }
-                        kernel_until = Some(Instant::now() + drain);
-                    }
-                    state.stop_accepting(kernel_until);
-                }
                 Some(Command::Close) | None => break,
-                #[cfg(test)]
-                Some(Command::Panic) => panic!("panic requested by a test"),
+                Some(command) => obey(command, &mut state, &mut listeners, groups),
             },
             done = state.next_resolved() => {
                 state.resolved(done);
@@ -135,23 +113,11 @@ pub(super) async fn run(
                 state.expire();
             }
             (position, ready) = first_ready(&listeners, first), if accepting => match ready {
-                Ok(mut guard) => {
-                    let listener = listeners[position].0;
+                Ok(guard) => {
                     // The next wake-up looks at the following listener first: none starves.
                     first = position + 1;
-                    // Each accept holds at most one more connection: the room, counted once,
-                    // bounds the whole burst.
-                    for _ in 0..ACCEPT_BURST.min(state.room()) {
-                        match guard.try_io(|l| l.get_ref().accept()) {
-                            Ok(Ok((conn, peer))) => state.route(conn.into(), peer.as_socket(), listener),
-                            Ok(Err(e)) => {
-                                if let Some(pause) = state.accept_failed(&e) {
-                                    paused_until = Some(Instant::now() + pause);
-                                    break;
-                                }
-                            }
-                            Err(_would_block) => break,
-                        }
+                    if let Some(pause) = accept_burst(guard, listeners[position].0, &mut state) {
+                        paused_until = Some(Instant::now() + pause);
                     }
                     // Awake anyway: collect acknowledgements, then send the new connections. The
                     // tick is for lulls only, so it adds no wake-ups under load.
@@ -167,6 +133,65 @@ pub(super) async fn run(
         }
     }
     state.shutdown();
+}
+
+/// Does what the handle asked (all but `Close`, which ends the loop).
+fn obey(
+    command: Command,
+    state: &mut Dispatcher,
+    listeners: &mut Vec<(u8, AsyncFd<Socket>)>,
+    groups: &[Group],
+) {
+    match command {
+        Command::Open { id, slot, fd } => state.open(id, slot, fd),
+        Command::Release { id } => {
+            // Acknowledgements still in the channel say what the worker had adopted.
+            state.read_channel(id);
+            state.close_channel(id);
+        }
+        Command::Retire { id } => state.retire(id),
+        Command::StopAccepting { drain } => {
+            listeners.clear();
+            // Kernel dispatch: no new SYN joins the members' queues from now on; the workers
+            // accept what is queued, then the members stop listening (on the tick).
+            let mut kernel_until = None;
+            if !groups.is_empty() {
+                for group in groups {
+                    if group.refuse_new().is_err() {
+                        group.stop();
+                    }
+                }
+                kernel_until = Some(Instant::now() + drain);
+            }
+            state.stop_accepting(kernel_until);
+        }
+        Command::Close => {}
+        #[cfg(test)]
+        Command::Panic => panic!("panic requested by a test"),
+    }
+}
+
+/// Accepts on a ready listener until it would block, at most [`ACCEPT_BURST`] and the room
+/// the dispatcher has; each connection goes to the dispatcher. Returns the pause the
+/// dispatcher asked for after a failed accept, if any.
+fn accept_burst(
+    mut guard: tokio::io::unix::AsyncFdReadyGuard<'_, Socket>,
+    listener: u8,
+    state: &mut Dispatcher,
+) -> Option<Duration> {
+    // Each accept holds at most one more connection: the room, counted once, bounds the burst.
+    for _ in 0..ACCEPT_BURST.min(state.room()) {
+        match guard.try_io(|l| l.get_ref().accept()) {
+            Ok(Ok((conn, peer))) => state.route(conn.into(), peer.as_socket(), listener),
+            Ok(Err(e)) => {
+                if let Some(pause) = state.accept_failed(&e) {
+                    return Some(pause);
+                }
+            }
+            Err(_would_block) => break,
+        }
+    }
+    None
 }
 
 /// The first listener ready to accept, looking from position `first` on; with its position.
