@@ -144,6 +144,20 @@ impl Group {
             }
             members.push(OwnedFd::from(socket));
         }
+        Group::assemble(members, local, Hash::Djb2, backlog)
+    }
+
+    /// A group of members that listen already, in `listen()` order (the fallback, then one per
+    /// slot), all bound to `local`, whose program (if any) hashes with `hash`: what the checks
+    /// need to know of them is read off the sockets. [`Group::bind`] makes its members with
+    /// [`Group::form`]; members received from elsewhere (another process's group) come in here.
+    pub(crate) fn assemble(
+        members: Vec<OwnedFd>,
+        local: SocketAddr,
+        hash: Hash,
+        backlog: i32,
+    ) -> io::Result<Group> {
+        let slots = members.len().saturating_sub(1);
         let health = Health {
             max_backlog: members
                 .iter()
@@ -158,7 +172,7 @@ impl Group {
             members,
             local,
             family: Family::of(&local.ip()),
-            hash: Hash::Djb2,
+            hash,
             backlog,
             health: std::sync::Mutex::new(health),
         })
