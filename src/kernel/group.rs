@@ -273,47 +273,8 @@ impl Group {
         }
         let before = h.repairs;
         let mut renumbered = false;
-        for (m, member) in self.members.iter().enumerate() {
-            let fd = member.as_fd();
-            let who = who(m);
-            let listening =
-                nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::AcceptConn)
-                    .unwrap_or(true);
-            if !listening {
-                // Left the group (the kernel moved its last member into its index): it joins
-                // again at the end; the probes below measure the new numbering.
-                let done = nix::sys::socket::listen(&fd, backlog(self.backlog));
-                h.note(format!(
-                    "{who} had stopped listening (shutdown()): {}",
-                    outcome(done.map_err(io::Error::from), "it listens again")
-                ));
-                renumbered = true;
-            }
-            if let Ok(info) = tcp_info(fd) {
-                if info.tcpi_sacked != h.max_backlog[m] && listening {
-                    let done = nix::sys::socket::listen(&fd, backlog(self.backlog));
-                    let restored = format!("set back to {}", h.max_backlog[m]);
-                    h.note(format!(
-                        "{who}'s backlog had been set to {} (listen()): {}",
-                        info.tcpi_sacked,
-                        outcome(done.map_err(io::Error::from), &restored)
-                    ));
-                }
-            }
-            if filter_len(fd).unwrap_or(0) > 0 {
-                let locked = get_int(fd, libc::SOL_SOCKET, SO_LOCK_FILTER).unwrap_or(0) != 0;
-                if !locked {
-                    let done = set_int(fd, libc::SOL_SOCKET, SO_DETACH_FILTER, 0);
-                    h.note(format!(
-                        "{who} carried a socket filter (SO_ATTACH_FILTER): {}",
-                        outcome(done, "removed")
-                    ));
-                } else if m != FALLBACK_MEMBER && !h.detoured[m - 1] {
-                    h.detoured[m - 1] = true;
-                    // The program attached at the end of the check applies the detour.
-                    h.note(format!("{who} carries a socket filter locked with SO_LOCK_FILTER, which no one can remove: its clients go to the fallback member, where the primary routes them"));
-                }
-            }
+        for m in 0..self.members.len() {
+            renumbered |= self.repair_member(&mut h, m);
         }
         if h.no_probes {
             // Nothing to measure with: once a member left and joined again, the numbering is
@@ -365,6 +326,53 @@ impl Group {
         // A foreign program could agree with the probes: attach ours every time anyway.
         let _ = self.reattach(&h);
         h.repairs - before
+    }
+
+    /// Undoes what code holding member `m` changed on the socket itself: it listens again if it
+    /// had stopped, its backlog is set back, an unlocked socket filter is removed and a locked
+    /// one detours its slot. True if it had stopped listening (the kernel's numbering changed).
+    fn repair_member(&self, h: &mut Health, m: usize) -> bool {
+        let mut stopped = false;
+        let fd = self.members[m].as_fd();
+        let who = who(m);
+        let listening = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::AcceptConn)
+            .unwrap_or(true);
+        if !listening {
+            // Left the group (the kernel moved its last member into its index): it joins
+            // again at the end; the check's probes measure the new numbering.
+            let done = nix::sys::socket::listen(&fd, backlog(self.backlog));
+            h.note(format!(
+                "{who} had stopped listening (shutdown()): {}",
+                outcome(done.map_err(io::Error::from), "it listens again")
+            ));
+            stopped = true;
+        }
+        if let Ok(info) = tcp_info(fd) {
+            if info.tcpi_sacked != h.max_backlog[m] && listening {
+                let done = nix::sys::socket::listen(&fd, backlog(self.backlog));
+                let restored = format!("set back to {}", h.max_backlog[m]);
+                h.note(format!(
+                    "{who}'s backlog had been set to {} (listen()): {}",
+                    info.tcpi_sacked,
+                    outcome(done.map_err(io::Error::from), &restored)
+                ));
+            }
+        }
+        if filter_len(fd).unwrap_or(0) > 0 {
+            let locked = get_int(fd, libc::SOL_SOCKET, SO_LOCK_FILTER).unwrap_or(0) != 0;
+            if !locked {
+                let done = set_int(fd, libc::SOL_SOCKET, SO_DETACH_FILTER, 0);
+                h.note(format!(
+                    "{who} carried a socket filter (SO_ATTACH_FILTER): {}",
+                    outcome(done, "removed")
+                ));
+            } else if m != FALLBACK_MEMBER && !h.detoured[m - 1] {
+                h.detoured[m - 1] = true;
+                // The program attached at the end of the check applies the detour.
+                h.note(format!("{who} carries a socket filter locked with SO_LOCK_FILTER, which no one can remove: its clients go to the fallback member, where the primary routes them"));
+            }
+        }
+        stopped
     }
 
     /// Measures every member's index in the kernel, then attaches the program for it.
