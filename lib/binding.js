@@ -32,20 +32,19 @@ function load() {
 const native = load();
 
 /**
- * Turns an addon error (`EADDRINUSE: Address already in use`) into an error of this realm shaped
- * like Node's own: `listen EADDRINUSE: address already in use :::8080`, with code/errno/syscall.
+ * Turns an error of the router's start (`code` EADDRINUSE, with `errno`, `description` and the
+ * index of the `listener` that could not be bound) into an error of this realm shaped like
+ * Node's own: `listen EADDRINUSE: address already in use :::8080`, with code/errno/syscall.
+ * An error without `errno` keeps its message, with the code `ERR_STICKY_RS`.
  */
 function nodeError(err, syscall, listeners) {
-  const which = /^(.*) \[listener (\d+)\]$/s.exec(err.message);
-  const message = which ? which[1] : err.message;
-  const { host, port } = listeners[which ? Number(which[2]) : 0];
+  const { host, port } = listeners[err.listener ?? 0];
   const address = host || '::';
-  const match = /^(E[A-Z0-9]+): (.*)$/s.exec(message);
-  const code = match ? match[1] : 'ERR_STICKY_RS';
-  const text = match ? match[2].charAt(0).toLowerCase() + match[2].slice(1) : err.message;
-  const out = new Error(match ? `${syscall} ${code}: ${text} ${address}:${port}` : message);
+  const fromOs = Number.isInteger(err.errno) && typeof err.code === 'string';
+  const code = fromOs ? err.code : 'ERR_STICKY_RS';
+  const out = new Error(fromOs ? `${syscall} ${code}: ${err.description} ${address}:${port}` : err.message);
   out.code = code;
-  if (match && os.constants.errno[code] !== undefined) out.errno = -os.constants.errno[code];
+  if (fromOs && os.constants.errno[code] !== undefined) out.errno = -os.constants.errno[code];
   out.syscall = syscall;
   return Object.assign(out, { address, port });
 }

@@ -21,13 +21,13 @@ function withoutOwnFrames(err) {
 const LOOKUP_ERRNO = { ENOTFOUND: -3008, EAI_AGAIN: -3001 };
 
 /**
- * A failed listen: a host that does not resolve becomes Node's
- * `getaddrinfo ENOTFOUND <host>` (code, errno, syscall, hostname); the rest `listen EADDRINUSE: ...`.
+ * A failed listen: a host that does not resolve (the addon's error has `syscall: 'getaddrinfo'`)
+ * becomes Node's `getaddrinfo ENOTFOUND <host>` (code, errno, syscall, hostname); the rest
+ * `listen EADDRINUSE: ...`.
  */
 function listenError(err, listeners) {
-  const lookup = /^(ENOTFOUND|EAI_AGAIN) getaddrinfo (.*)$/s.exec(err.message);
-  if (!lookup) return withoutOwnFrames(nodeError(err, 'listen', listeners));
-  const [, code, hostname] = lookup;
+  if (err.syscall !== 'getaddrinfo') return withoutOwnFrames(nodeError(err, 'listen', listeners));
+  const { code, hostname } = err;
   const out = new Error(`getaddrinfo ${code} ${hostname}`);
   return withoutOwnFrames(Object.assign(out, { errno: LOOKUP_ERRNO[code], code, syscall: 'getaddrinfo', hostname }));
 }

@@ -1,17 +1,15 @@
 //! sticky-rs: a sticky-session router for Node.js clusters.
 //!
-//! The pure core (no napi types) is split by concept: [`address`] formats peers as Node shows
-//! them, [`hash`] is djb2, [`table`] holds the slots, [`channel`] carries descriptors to a
-//! worker, [`link`] is one channel's flow control (window, acknowledgements, losses,
-//! redelivery), [`dispatcher`] decides what happens to each connection (admission, slot queue,
-//! expiry, which channel serves a slot) within each slot's [`budget`], [`listener`] binds, [`router`] is the event loop in the
-//! primary, [`receiver`] is
-//! the worker's end; [`trust`], [`forwarded`] and [`proxy`] read route keys that trusted proxies
-//! forward; [`kernel`] builds the classic BPF program and the `SO_REUSEPORT` group of kernel
-//! dispatch, which the router sets up when it is asked for (the default on Linux).
+//! The pure core (no napi types), by layer, following a connection: [`key`] says what a
+//! connection is routed by (the peer's address as Node shows it, the hash, keys forwarded by
+//! trusted proxies, session ids); [`router`] is the primary's router (the event loop, the
+//! dispatcher and its parts, each channel's flow control, the listeners, the counters);
+//! [`wire`] is the channel to a worker (records and the descriptor-passing transport);
+//! [`worker`] is the worker's end of it; [`kernel`] builds the classic BPF program and the
+//! `SO_REUSEPORT` group of kernel dispatch, which the router sets up when it is asked for.
 //!
 //! This crate knows nothing of JavaScript: the napi binding is its own crate (`node/`), which
-//! only converts values and errors. Modules the binding needs are public; the rest is
+//! only converts values and errors. What the binding needs is public; the rest is
 //! `pub(crate)`, so the compiler sees what is unused.
 #![warn(
     missing_docs,
@@ -31,22 +29,8 @@ macro_rules! debug_line {
     }};
 }
 
-pub mod address;
-mod budget;
-pub mod channel;
-mod dispatcher;
-mod forwarded;
-pub mod hash;
 pub mod kernel;
-mod link;
-pub mod listener;
-mod proxy;
-pub mod receiver;
-pub mod resolve;
+pub mod key;
 pub mod router;
-mod sid;
-pub mod stats;
-mod table;
-pub mod trust;
-
-pub use table::{slot_for, ChannelId};
+pub mod wire;
+pub mod worker;

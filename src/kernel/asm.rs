@@ -11,7 +11,7 @@ use std::fmt;
 /// One classic BPF instruction, laid out as the kernel's `struct sock_filter`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Insn {
+pub(crate) struct Insn {
     /// Class, size/operation, mode/source bits (see [`op`]).
     pub code: u16,
     /// Conditional jumps: instructions to skip when the condition holds.
@@ -23,99 +23,99 @@ pub struct Insn {
 }
 
 /// Opcode bits of `linux/bpf_common.h` (here so that the assembler builds on every OS).
-pub mod op {
+pub(crate) mod op {
     /// Load into A.
-    pub const LD: u16 = 0x00;
+    pub(crate) const LD: u16 = 0x00;
     /// Load into X.
-    pub const LDX: u16 = 0x01;
+    pub(crate) const LDX: u16 = 0x01;
     /// Store A into a memory cell.
-    pub const ST: u16 = 0x02;
+    pub(crate) const ST: u16 = 0x02;
     /// Store X into a memory cell.
-    pub const STX: u16 = 0x03;
+    pub(crate) const STX: u16 = 0x03;
     /// Arithmetic on A.
-    pub const ALU: u16 = 0x04;
+    pub(crate) const ALU: u16 = 0x04;
     /// Jumps.
-    pub const JMP: u16 = 0x05;
+    pub(crate) const JMP: u16 = 0x05;
     /// Return.
-    pub const RET: u16 = 0x06;
+    pub(crate) const RET: u16 = 0x06;
     /// `tax` / `txa`.
-    pub const MISC: u16 = 0x07;
+    pub(crate) const MISC: u16 = 0x07;
     /// Word (32-bit) load.
-    pub const W: u16 = 0x00;
+    pub(crate) const W: u16 = 0x00;
     /// Half-word (16-bit) load.
-    pub const H: u16 = 0x08;
+    pub(crate) const H: u16 = 0x08;
     /// Byte load.
-    pub const B: u16 = 0x10;
+    pub(crate) const B: u16 = 0x10;
     /// Immediate operand.
-    pub const IMM: u16 = 0x00;
+    pub(crate) const IMM: u16 = 0x00;
     /// Packet load at an absolute offset.
-    pub const ABS: u16 = 0x20;
+    pub(crate) const ABS: u16 = 0x20;
     /// Packet load at X + k.
-    pub const IND: u16 = 0x40;
+    pub(crate) const IND: u16 = 0x40;
     /// Memory cell.
-    pub const MEM: u16 = 0x60;
+    pub(crate) const MEM: u16 = 0x60;
     /// Packet length.
-    pub const LEN: u16 = 0x80;
+    pub(crate) const LEN: u16 = 0x80;
     /// `ldx 4*([k]&0xf)`.
-    pub const MSH: u16 = 0xa0;
+    pub(crate) const MSH: u16 = 0xa0;
     /// A + operand.
-    pub const ADD: u16 = 0x00;
+    pub(crate) const ADD: u16 = 0x00;
     /// A - operand.
-    pub const SUB: u16 = 0x10;
+    pub(crate) const SUB: u16 = 0x10;
     /// A * operand (32-bit, wrapping).
-    pub const MUL: u16 = 0x20;
+    pub(crate) const MUL: u16 = 0x20;
     /// A / operand (unsigned).
-    pub const DIV: u16 = 0x30;
+    pub(crate) const DIV: u16 = 0x30;
     /// A | operand.
-    pub const OR: u16 = 0x40;
+    pub(crate) const OR: u16 = 0x40;
     /// A & operand.
-    pub const AND: u16 = 0x50;
+    pub(crate) const AND: u16 = 0x50;
     /// A << operand.
-    pub const LSH: u16 = 0x60;
+    pub(crate) const LSH: u16 = 0x60;
     /// A >> operand.
-    pub const RSH: u16 = 0x70;
+    pub(crate) const RSH: u16 = 0x70;
     /// -A.
-    pub const NEG: u16 = 0x80;
+    pub(crate) const NEG: u16 = 0x80;
     /// A % operand (unsigned).
-    pub const MOD: u16 = 0x90;
+    pub(crate) const MOD: u16 = 0x90;
     /// A ^ operand.
-    pub const XOR: u16 = 0xa0;
+    pub(crate) const XOR: u16 = 0xa0;
     /// Unconditional jump.
-    pub const JA: u16 = 0x00;
+    pub(crate) const JA: u16 = 0x00;
     /// Jump if A == operand.
-    pub const JEQ: u16 = 0x10;
+    pub(crate) const JEQ: u16 = 0x10;
     /// Jump if A > operand (unsigned).
-    pub const JGT: u16 = 0x20;
+    pub(crate) const JGT: u16 = 0x20;
     /// Jump if A >= operand (unsigned).
-    pub const JGE: u16 = 0x30;
+    pub(crate) const JGE: u16 = 0x30;
     /// Jump if A & operand != 0.
-    pub const JSET: u16 = 0x40;
+    pub(crate) const JSET: u16 = 0x40;
     /// The operand is k.
-    pub const K: u16 = 0x00;
+    pub(crate) const K: u16 = 0x00;
     /// The operand is X.
-    pub const X: u16 = 0x08;
+    pub(crate) const X: u16 = 0x08;
     /// `ret a` (return A rather than k).
-    pub const RET_A: u16 = 0x10;
+    pub(crate) const RET_A: u16 = 0x10;
     /// `tax`.
-    pub const TAX: u16 = 0x00;
+    pub(crate) const TAX: u16 = 0x00;
     /// `txa`.
-    pub const TXA: u16 = 0x80;
+    pub(crate) const TXA: u16 = 0x80;
 }
 
 /// The kernel's limit on a classic program (`BPF_MAXINSNS`).
-pub const MAX_INSNS: usize = 4096;
+pub(crate) const MAX_INSNS: usize = 4096;
 /// Scratch memory cells M[0..16] (`BPF_MEMWORDS`).
-pub const MEM_WORDS: u32 = 16;
+pub(crate) const MEM_WORDS: u32 = 16;
 /// Packet loads at `NET_OFF + n` read byte n of the network (IP) header (`SKF_NET_OFF`).
-pub const NET_OFF: i32 = -0x10_0000;
+pub(crate) const NET_OFF: i32 = -0x10_0000;
 
 /// A jump target, bound to a position with [`Asm::bind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Label(usize);
+pub(crate) struct Label(usize);
 
 /// Where one branch of a conditional jump goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// The instruction that follows the jump.
     Next,
     /// A label bound later in the program.
@@ -176,30 +176,30 @@ enum Item {
 
 /// Builds a program from instructions and labels; [`Asm::assemble`] resolves the jumps.
 #[derive(Debug, Default)]
-pub struct Asm {
+pub(crate) struct Asm {
     items: Vec<Item>,
     labels: usize,
 }
 
 impl Asm {
     /// An empty program.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// A fresh label, to be bound once with [`Asm::bind`].
-    pub fn label(&mut self) -> Label {
+    pub(crate) fn label(&mut self) -> Label {
         self.labels += 1;
         Label(self.labels - 1)
     }
 
     /// Binds `label` to the next instruction.
-    pub fn bind(&mut self, label: Label) {
+    pub(crate) fn bind(&mut self, label: Label) {
         self.items.push(Item::Bind(label));
     }
 
     /// Any instruction without jump targets.
-    pub fn insn(&mut self, code: u16, k: u32) {
+    pub(crate) fn insn(&mut self, code: u16, k: u32) {
         self.items.push(Item::Plain(Insn {
             code,
             jt: 0,
@@ -209,93 +209,93 @@ impl Asm {
     }
 
     /// `ja label`.
-    pub fn ja(&mut self, label: Label) {
+    pub(crate) fn ja(&mut self, label: Label) {
         self.items.push(Item::Ja(label));
     }
 
     /// A conditional jump: `code` is `op::JMP | op::JEQ/JGT/JGE/JSET | op::K/X`.
-    pub fn jump(&mut self, code: u16, k: u32, jt: Target, jf: Target) {
+    pub(crate) fn jump(&mut self, code: u16, k: u32, jt: Target, jf: Target) {
         self.items.push(Item::Cond { code, k, jt, jf });
     }
 
     /// `jeq #k, jt, jf`.
-    pub fn jeq(&mut self, k: u32, jt: Target, jf: Target) {
+    pub(crate) fn jeq(&mut self, k: u32, jt: Target, jf: Target) {
         self.jump(op::JMP | op::JEQ | op::K, k, jt, jf);
     }
 
     /// `jge #k, jt, jf` (unsigned).
-    pub fn jge(&mut self, k: u32, jt: Target, jf: Target) {
+    pub(crate) fn jge(&mut self, k: u32, jt: Target, jf: Target) {
         self.jump(op::JMP | op::JGE | op::K, k, jt, jf);
     }
 
     /// `jgt #k, jt, jf` (unsigned).
-    pub fn jgt(&mut self, k: u32, jt: Target, jf: Target) {
+    pub(crate) fn jgt(&mut self, k: u32, jt: Target, jf: Target) {
         self.jump(op::JMP | op::JGT | op::K, k, jt, jf);
     }
 
     /// `jgt x, jt, jf` (unsigned A > X).
-    pub fn jgt_x(&mut self, jt: Target, jf: Target) {
+    pub(crate) fn jgt_x(&mut self, jt: Target, jf: Target) {
         self.jump(op::JMP | op::JGT | op::X, 0, jt, jf);
     }
 
     /// `ld #k`.
-    pub fn ld_imm(&mut self, k: u32) {
+    pub(crate) fn ld_imm(&mut self, k: u32) {
         self.insn(op::LD | op::W | op::IMM, k);
     }
 
     /// `ld M[cell]`.
-    pub fn ld_mem(&mut self, cell: u32) {
+    pub(crate) fn ld_mem(&mut self, cell: u32) {
         self.insn(op::LD | op::W | op::MEM, cell);
     }
 
     /// `ldx M[cell]`.
-    pub fn ldx_mem(&mut self, cell: u32) {
+    pub(crate) fn ldx_mem(&mut self, cell: u32) {
         self.insn(op::LDX | op::W | op::MEM, cell);
     }
 
     /// `ldb [NET_OFF + offset]`: a byte of the network header.
-    pub fn ldb_net(&mut self, offset: u32) {
+    pub(crate) fn ldb_net(&mut self, offset: u32) {
         self.insn(op::LD | op::B | op::ABS, net(offset));
     }
 
     /// `ldh [NET_OFF + offset]`: a big-endian half-word of the network header.
-    pub fn ldh_net(&mut self, offset: u32) {
+    pub(crate) fn ldh_net(&mut self, offset: u32) {
         self.insn(op::LD | op::H | op::ABS, net(offset));
     }
 
     /// `st M[cell]`.
-    pub fn st(&mut self, cell: u32) {
+    pub(crate) fn st(&mut self, cell: u32) {
         self.insn(op::ST, cell);
     }
 
     /// `<alu> #k`, e.g. `alu(op::MUL, 33)`.
-    pub fn alu(&mut self, alu_op: u16, k: u32) {
+    pub(crate) fn alu(&mut self, alu_op: u16, k: u32) {
         self.insn(op::ALU | alu_op | op::K, k);
     }
 
     /// `<alu> x`, e.g. `alu_x(op::XOR)`.
-    pub fn alu_x(&mut self, alu_op: u16) {
+    pub(crate) fn alu_x(&mut self, alu_op: u16) {
         self.insn(op::ALU | alu_op | op::X, 0);
     }
 
     /// `tax`: X = A.
-    pub fn tax(&mut self) {
+    pub(crate) fn tax(&mut self) {
         self.insn(op::MISC | op::TAX, 0);
     }
 
     /// `ret #k`.
-    pub fn ret_k(&mut self, k: u32) {
+    pub(crate) fn ret_k(&mut self, k: u32) {
         self.insn(op::RET | op::K, k);
     }
 
     /// `ret a`.
-    pub fn ret_a(&mut self) {
+    pub(crate) fn ret_a(&mut self) {
         self.insn(op::RET | op::RET_A, 0);
     }
 
     /// Resolves labels (adding a `ja` trampoline for every branch that cannot reach its target)
     /// and checks the result as the kernel would.
-    pub fn assemble(self) -> Result<Vec<Insn>, AsmError> {
+    pub(crate) fn assemble(self) -> Result<Vec<Insn>, AsmError> {
         let mut bound_at = vec![None; self.labels];
         for (index, item) in self.items.iter().enumerate() {
             if let Item::Bind(Label(l)) = *item {
@@ -436,7 +436,7 @@ fn net(offset: u32) -> u32 {
 /// The checks of the kernel's `bpf_check_classic`: only the opcodes it accepts, jumps inside the
 /// program, memory cells in range and written before they are read on every path, no division
 /// by a constant zero or shift by 32 or more, a `ret` at the end.
-pub fn verify(prog: &[Insn]) -> Result<(), AsmError> {
+pub(crate) fn verify(prog: &[Insn]) -> Result<(), AsmError> {
     use op::*;
     if prog.is_empty() || prog.len() > MAX_INSNS {
         return Err(AsmError::TooLong(prog.len()));

@@ -12,7 +12,6 @@
 //! between makes the members' binds fail, or joins if it set `SO_REUSEPORT` itself.)
 
 use std::io;
-use std::mem::{align_of, size_of};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -20,14 +19,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::asm::{op, Insn};
 use super::program::{probe_source, program, slot_member, steering, Family, FALLBACK_MEMBER};
-use crate::hash::Hash;
+use super::sockopt::{
+    attach, backlog, drops, filter_len, get_int, new_socket, probe, set_filter, set_int,
+    set_md5_key, tcp_info, SO_DETACH_FILTER, SO_LOCK_FILTER,
+};
+use crate::key::hash::Hash;
 
-// Socket options of asm-generic (x86, arm, aarch64, riscv, s390, powerpc), not all in `libc`.
-const SO_DETACH_FILTER: libc::c_int = 27;
-const SO_LOCK_FILTER: libc::c_int = 44;
-const SO_MEMINFO: libc::c_int = 55;
-/// `SK_MEMINFO_VARS`: the words `SO_MEMINFO` returns.
-const MEMINFO_WORDS: usize = 9;
 /// How long a probe's SYN may take to be counted (on loopback it is counted before `connect`
 /// returns; this bounds a probe to a member that is not ours).
 const PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
@@ -44,15 +41,9 @@ const MIN_PROBES: usize = 12;
 /// fallback).
 const MAX_FOREIGN: usize = 64;
 
-// `Insn` is passed to the kernel as `struct sock_filter`.
-const _: () = assert!(
-    size_of::<Insn>() == size_of::<libc::sock_filter>()
-        && align_of::<Insn>() == align_of::<libc::sock_filter>()
-);
-
 /// The members of one reuseport group, all listening, with the program attached.
 #[derive(Debug)]
-pub struct Group {
+pub(crate) struct Group {
     /// In `listen()` order: [`FALLBACK_MEMBER`] first, then slot `s` at `slot_member(s)`.
     members: Vec<OwnedFd>,
     local: SocketAddr,
@@ -93,7 +84,7 @@ struct Health {
     no_probes: bool,
 }
 
-pub use super::HealthReport;
+use super::HealthReport;
 
 impl Group {
     /// Binds `slots + 1` listeners to `addr` with `SO_REUSEPORT` (the fallback first, then one
@@ -104,7 +95,12 @@ impl Group {
     /// first). Port 0 picks a free port for the whole group. An IPv6 wildcard is dual-stack; on a
     /// machine without IPv6 it falls back to `0.0.0.0`, as Node does. Members are non-blocking
     /// and close-on-exec.
-    pub fn bind(addr: SocketAddr, slots: usize, hash: Hash, backlog: i32) -> io::Result<Group> {
+    pub(crate) fn bind(
+        addr: SocketAddr,
+        slots: usize,
+        hash: Hash,
+        backlog: i32,
+    ) -> io::Result<Group> {
         match Self::bind_exact(addr, slots, hash, backlog) {
             Err(e)
                 if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
@@ -148,6 +144,20 @@ impl Group {
             }
             members.push(OwnedFd::from(socket));
         }
+        Group::assemble(members, local, Hash::Djb2, backlog)
+    }
+
+    /// A group of members that listen already, in `listen()` order (the fallback, then one per
+    /// slot), all bound to `local`, whose program (if any) hashes with `hash`: what the checks
+    /// need to know of them is read off the sockets. [`Group::bind`] makes its members with
+    /// [`Group::form`]; members received from elsewhere (another process's group) come in here.
+    pub(crate) fn assemble(
+        members: Vec<OwnedFd>,
+        local: SocketAddr,
+        hash: Hash,
+        backlog: i32,
+    ) -> io::Result<Group> {
+        let slots = members.len().saturating_sub(1);
         let health = Health {
             max_backlog: members
                 .iter()
@@ -162,52 +172,31 @@ impl Group {
             members,
             local,
             family: Family::of(&local.ip()),
-            hash: Hash::Djb2,
+            hash,
             backlog,
             health: std::sync::Mutex::new(health),
         })
     }
 
-    /// The address every member is bound to (with the port picked for port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// The family of the listeners, which decides the text the program hashes.
-    pub fn family(&self) -> Family {
-        self.family
-    }
-
     /// The number of slots (members other than the fallback).
-    pub fn slots(&self) -> usize {
+    fn slots(&self) -> usize {
         self.members.len() - 1
     }
 
     /// The member that receives link-local IPv6 peers, for the router to accept on.
-    pub fn fallback(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fallback(&self) -> BorrowedFd<'_> {
         self.members[FALLBACK_MEMBER].as_fd()
     }
 
     /// The member serving `slot`, for its worker to listen on (`None` past the last slot).
-    pub fn slot(&self, slot: usize) -> Option<BorrowedFd<'_>> {
+    pub(crate) fn slot(&self, slot: usize) -> Option<BorrowedFd<'_>> {
         self.members.get(slot_member(slot)).map(AsFd::as_fd)
-    }
-
-    /// Every member, in `listen()` order (the fallback, then slot `s` at index `s + 1`).
-    pub fn members(&self) -> &[OwnedFd] {
-        &self.members
-    }
-
-    /// Every member, in `listen()` order, to own elsewhere (e.g. one per worker). The group's
-    /// numbering only holds while every one of them stays open.
-    pub fn into_members(self) -> Vec<OwnedFd> {
-        self.members
     }
 
     /// The first step of a graceful stop: every member drops new SYNs (a socket filter that
     /// returns 0), so that nothing more joins the accept queues while the workers accept what is
     /// in them. Clients whose SYN was dropped retry, and are refused once [`Group::stop`] ran.
-    pub fn refuse_new(&self) -> io::Result<()> {
+    pub(crate) fn refuse_new(&self) -> io::Result<()> {
         self.lock().stopped = true;
         let drop_all = [Insn {
             code: op::RET | op::K,
@@ -223,7 +212,7 @@ impl Group {
 
     /// The members stop listening, for every process that holds them: new clients are refused.
     /// Connections already accepted go on; any still queued are reset.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.lock().stopped = true;
         for member in &self.members {
             let _ =
@@ -233,7 +222,7 @@ impl Group {
 
     /// How many connections wait in a member's accept queue (`tcpi_unacked` of `TCP_INFO` on a
     /// listener), e.g. for a slot whose worker is not listening yet.
-    pub fn queued(&self, member: usize) -> io::Result<u32> {
+    pub(crate) fn queued(&self, member: usize) -> io::Result<u32> {
         let fd = self
             .members
             .get(member)
@@ -248,7 +237,7 @@ impl Group {
     }
 
     /// What the checks repaired, and what is damaged now.
-    pub fn health(&self) -> HealthReport {
+    pub(crate) fn health(&self) -> HealthReport {
         let h = self.lock();
         let detoured: Vec<usize> = (0..h.detoured.len()).filter(|&s| h.detoured[s]).collect();
         let mut damage: Vec<String> = detoured
@@ -277,54 +266,15 @@ impl Group {
     /// `SO_DETACH_REUSEPORT_BPF`), following the kernel's numbering of the members, which the
     /// probes measure (see [`super::program::PROBE_NET`]). Returns how many repairs it made.
     /// Never closes a member, and member `slot_member(s)` keeps serving slot `s`.
-    pub fn check(&self) -> u64 {
+    pub(crate) fn check(&self) -> u64 {
         let mut h = self.lock();
         if h.stopped {
             return 0;
         }
         let before = h.repairs;
         let mut renumbered = false;
-        for (m, member) in self.members.iter().enumerate() {
-            let fd = member.as_fd();
-            let who = who(m);
-            let listening =
-                nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::AcceptConn)
-                    .unwrap_or(true);
-            if !listening {
-                // Left the group (the kernel moved its last member into its index): it joins
-                // again at the end; the probes below measure the new numbering.
-                let done = nix::sys::socket::listen(&fd, backlog(self.backlog));
-                h.note(format!(
-                    "{who} had stopped listening (shutdown()): {}",
-                    outcome(done.map_err(io::Error::from), "it listens again")
-                ));
-                renumbered = true;
-            }
-            if let Ok(info) = tcp_info(fd) {
-                if info.tcpi_sacked != h.max_backlog[m] && listening {
-                    let done = nix::sys::socket::listen(&fd, backlog(self.backlog));
-                    let restored = format!("set back to {}", h.max_backlog[m]);
-                    h.note(format!(
-                        "{who}'s backlog had been set to {} (listen()): {}",
-                        info.tcpi_sacked,
-                        outcome(done.map_err(io::Error::from), &restored)
-                    ));
-                }
-            }
-            if filter_len(fd).unwrap_or(0) > 0 {
-                let locked = get_int(fd, libc::SOL_SOCKET, SO_LOCK_FILTER).unwrap_or(0) != 0;
-                if !locked {
-                    let done = set_int(fd, libc::SOL_SOCKET, SO_DETACH_FILTER, 0);
-                    h.note(format!(
-                        "{who} carried a socket filter (SO_ATTACH_FILTER): {}",
-                        outcome(done, "removed")
-                    ));
-                } else if m != FALLBACK_MEMBER && !h.detoured[m - 1] {
-                    h.detoured[m - 1] = true;
-                    // The program attached at the end of the check applies the detour.
-                    h.note(format!("{who} carries a socket filter locked with SO_LOCK_FILTER, which no one can remove: its clients go to the fallback member, where the primary routes them"));
-                }
-            }
+        for m in 0..self.members.len() {
+            renumbered |= self.repair_member(&mut h, m);
         }
         if h.no_probes {
             // Nothing to measure with: once a member left and joined again, the numbering is
@@ -376,6 +326,53 @@ impl Group {
         // A foreign program could agree with the probes: attach ours every time anyway.
         let _ = self.reattach(&h);
         h.repairs - before
+    }
+
+    /// Undoes what code holding member `m` changed on the socket itself: it listens again if it
+    /// had stopped, its backlog is set back, an unlocked socket filter is removed and a locked
+    /// one detours its slot. True if it had stopped listening (the kernel's numbering changed).
+    fn repair_member(&self, h: &mut Health, m: usize) -> bool {
+        let mut stopped = false;
+        let fd = self.members[m].as_fd();
+        let who = who(m);
+        let listening = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::AcceptConn)
+            .unwrap_or(true);
+        if !listening {
+            // Left the group (the kernel moved its last member into its index): it joins
+            // again at the end; the check's probes measure the new numbering.
+            let done = nix::sys::socket::listen(&fd, backlog(self.backlog));
+            h.note(format!(
+                "{who} had stopped listening (shutdown()): {}",
+                outcome(done.map_err(io::Error::from), "it listens again")
+            ));
+            stopped = true;
+        }
+        if let Ok(info) = tcp_info(fd) {
+            if info.tcpi_sacked != h.max_backlog[m] && listening {
+                let done = nix::sys::socket::listen(&fd, backlog(self.backlog));
+                let restored = format!("set back to {}", h.max_backlog[m]);
+                h.note(format!(
+                    "{who}'s backlog had been set to {} (listen()): {}",
+                    info.tcpi_sacked,
+                    outcome(done.map_err(io::Error::from), &restored)
+                ));
+            }
+        }
+        if filter_len(fd).unwrap_or(0) > 0 {
+            let locked = get_int(fd, libc::SOL_SOCKET, SO_LOCK_FILTER).unwrap_or(0) != 0;
+            if !locked {
+                let done = set_int(fd, libc::SOL_SOCKET, SO_DETACH_FILTER, 0);
+                h.note(format!(
+                    "{who} carried a socket filter (SO_ATTACH_FILTER): {}",
+                    outcome(done, "removed")
+                ));
+            } else if m != FALLBACK_MEMBER && !h.detoured[m - 1] {
+                h.detoured[m - 1] = true;
+                // The program attached at the end of the check applies the detour.
+                h.note(format!("{who} carries a socket filter locked with SO_LOCK_FILTER, which no one can remove: its clients go to the fallback member, where the primary routes them"));
+            }
+        }
+        stopped
     }
 
     /// Measures every member's index in the kernel, then attaches the program for it.
@@ -535,10 +532,6 @@ fn outcome(result: io::Result<()>, done: &str) -> String {
     }
 }
 
-fn backlog(n: i32) -> nix::sys::socket::Backlog {
-    nix::sys::socket::Backlog::new(n).unwrap_or(nix::sys::socket::Backlog::MAXCONN)
-}
-
 /// Where probes connect: the loopback address for a wildcard, or the bound IPv4 address; none
 /// for an IPv6 address (probes are IPv4).
 fn probe_target(local: SocketAddr) -> Option<Ipv4Addr> {
@@ -548,162 +541,6 @@ fn probe_target(local: SocketAddr) -> Option<Ipv4Addr> {
         std::net::IpAddr::V6(v6) if v6.is_unspecified() => Some(Ipv4Addr::LOCALHOST),
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped(),
     }
-}
-
-/// A listener's `TCP_INFO` (for a listener, `tcpi_unacked` is the accept queue and
-/// `tcpi_sacked` its limit).
-fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
-    // SAFETY: tcp_info is plain data; all-zero is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is writable for `len` bytes and the kernel writes at most `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(info)
-}
-
-fn get_int(fd: BorrowedFd<'_>, level: libc::c_int, option: libc::c_int) -> io::Result<i32> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` is writable for `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            option,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value)
-}
-
-fn set_int(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    option: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: the option reads one int.
-    unsafe { set_option(fd, level, option, &value) }
-}
-
-/// `setsockopt(fd, level, option, value, size_of::<T>())`.
-///
-/// # Safety
-/// `T` must be what the kernel expects for `option`, and any pointer inside `value` must be
-/// valid for what the kernel reads through it during the call.
-unsafe fn set_option<T>(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    option: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
-    // SAFETY: `value` is readable for `size_of::<T>()` bytes; the rest is the caller's promise.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            option,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The number of instructions of the socket filter on `fd` (0: none), from `SO_GET_FILTER`
-/// asked with no buffer.
-fn filter_len(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut len: libc::socklen_t = 0;
-    // SAFETY: with a zero length the kernel writes no value, only the length.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            std::ptr::null_mut(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(len)
-}
-
-/// Packets the socket dropped (`SO_MEMINFO`, `SK_MEMINFO_DROPS`); 0 if unknown.
-fn drops(fd: BorrowedFd<'_>) -> u32 {
-    let mut words = [0u32; MEMINFO_WORDS];
-    let mut len = size_of::<[u32; MEMINFO_WORDS]>() as libc::socklen_t;
-    // SAFETY: `words` is writable for `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_MEMINFO,
-            words.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return 0;
-    }
-    words[libc::SK_MEMINFO_DROPS as usize]
-}
-
-/// Gives a probe socket an MD5 key (`TCP_MD5SIG`) for `peer`: its SYN carries the option.
-fn set_md5_key(fd: BorrowedFd<'_>, peer: Ipv4Addr) -> io::Result<()> {
-    // struct tcp_md5sig: sockaddr_storage (128), flags, prefixlen, keylen (u16), ifindex (i32),
-    // key[80].
-    let mut raw = [0u8; 128 + 1 + 1 + 2 + 4 + 80];
-    raw[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-    raw[4..8].copy_from_slice(&peer.octets());
-    raw[130..132].copy_from_slice(&4u16.to_ne_bytes());
-    raw[136..140].copy_from_slice(b"poke");
-    // SAFETY: `raw` is the kernel's `struct tcp_md5sig`, laid out above; it holds no pointer.
-    unsafe { set_option(fd, libc::IPPROTO_TCP, libc::TCP_MD5SIG, &raw) }
-}
-
-/// Fails with `EADDRINUSE` when something already listens on `addr` (a plain bind, without
-/// `SO_REUSEPORT`, cannot share the port); returns the address with the port the bind got.
-fn probe(addr: SocketAddr) -> io::Result<SocketAddr> {
-    let socket = new_socket(addr, false)?;
-    socket.bind(&addr.into())?;
-    // Never listened, so closing it leaves nothing behind for the group's binds.
-    socket
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("the bound socket has no IP address"))
-}
-
-/// A TCP socket set up as Node sets up a listener (`SO_REUSEADDR`, dual-stack on IPv6).
-fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    Ok(socket)
 }
 
 /// `ret #FALLBACK_MEMBER`.
@@ -716,29 +553,11 @@ fn to_fallback() -> Insn {
     }
 }
 
-/// Installs `prog` as the reuseport program of the group `member` belongs to.
-fn attach(member: BorrowedFd<'_>, prog: &[Insn]) -> io::Result<()> {
-    set_filter(member, libc::SO_ATTACH_REUSEPORT_CBPF, prog)
-}
-
-/// Installs `prog` with the socket option `option` (`SO_ATTACH_REUSEPORT_CBPF`, `SO_ATTACH_FILTER`).
-fn set_filter(member: BorrowedFd<'_>, option: libc::c_int, prog: &[Insn]) -> io::Result<()> {
-    let fprog = libc::sock_fprog {
-        len: u16::try_from(prog.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?,
-        // The kernel only reads the program (it copies it).
-        filter: prog.as_ptr().cast_mut().cast::<libc::sock_filter>(),
-    };
-    // SAFETY: `fprog` points at `prog.len()` instructions laid out as `sock_filter` (asserted
-    // above) that outlive the call; both options read a `sock_fprog`.
-    unsafe { set_option(member, libc::SOL_SOCKET, option, &fprog) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::AddressText;
     use crate::kernel::program::MAX_SLOTS;
+    use crate::key::address::AddressText;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use socket2::SockRef;
     use std::collections::{HashMap, HashSet};
@@ -779,7 +598,7 @@ mod tests {
         let mut accepted = HashMap::new();
         while accepted.len() < count {
             let mut fds: Vec<PollFd<'_>> = group
-                .members()
+                .members
                 .iter()
                 .map(|m| PollFd::new(m.as_fd(), PollFlags::POLLIN))
                 .collect();
@@ -790,7 +609,7 @@ mod tests {
                     count - accepted.len()
                 )));
             }
-            for (member, fd) in group.members().iter().enumerate() {
+            for (member, fd) in group.members.iter().enumerate() {
                 loop {
                     match SockRef::from(fd).accept() {
                         Ok((_conn, peer)) => {
@@ -841,7 +660,7 @@ mod tests {
             }
             let accepted = accept_all(group, batch.len())?;
             for &source in batch {
-                let peer = match (source, group.family()) {
+                let peer = match (source, group.family) {
                     (IpAddr::V4(v4), Family::V6) => IpAddr::V6(v4.to_ipv6_mapped()),
                     _ => source,
                 };
@@ -873,12 +692,10 @@ mod tests {
         for (n, &slots) in SLOT_COUNTS.iter().enumerate() {
             for hash in [Hash::Djb2, Hash::Djb2Mix] {
                 let group = Group::bind(addr("127.0.0.1:0"), slots, hash, 1024)?;
-                assert_eq!(group.family(), Family::V4);
-                assert_eq!(group.members().len(), slots + 1);
+                assert_eq!(group.family, Family::V4);
+                assert_eq!(group.members.len(), slots + 1);
                 let clients = v4_clients(n as u64 * 2 + 1 + hash as u64);
-                check_routing(&group, group.local_addr(), &clients, hash, |ip| {
-                    ip.to_string()
-                })?;
+                check_routing(&group, group.local, &clients, hash, |ip| ip.to_string())?;
             }
         }
         Ok(())
@@ -889,8 +706,8 @@ mod tests {
         for (n, &slots) in SLOT_COUNTS.iter().enumerate() {
             for hash in [Hash::Djb2, Hash::Djb2Mix] {
                 let group = Group::bind(addr("[::]:0"), slots, hash, 1024)?;
-                assert_eq!(group.family(), Family::V6);
-                let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), group.local_addr().port());
+                assert_eq!(group.family, Family::V6);
+                let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), group.local.port());
                 let clients = v4_clients(n as u64 * 2 + 100 + hash as u64);
                 check_routing(&group, target, &clients, hash, |ip| format!("::ffff:{ip}"))?;
                 let v6_target = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), target.port());
@@ -909,14 +726,14 @@ mod tests {
     #[test]
     fn a_busy_port_is_refused() -> io::Result<()> {
         let first = Group::bind(addr("127.0.0.1:0"), 2, Hash::Djb2, 64)?;
-        let err = Group::bind(first.local_addr(), 2, Hash::Djb2, 16).err();
+        let err = Group::bind(first.local, 2, Hash::Djb2, 16).err();
         assert_eq!(err.and_then(|e| e.raw_os_error()), Some(libc::EADDRINUSE));
         // A dual-stack group on the same port conflicts too.
-        let wildcard = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), first.local_addr().port());
+        let wildcard = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), first.local.port());
         let err = Group::bind(wildcard, 2, Hash::Djb2, 16).err();
         assert_eq!(err.and_then(|e| e.raw_os_error()), Some(libc::EADDRINUSE));
         // So does an ordinary listener, as the router binds it.
-        let plain = crate::listener::bind(addr("127.0.0.1:0"), 16)?;
+        let plain = crate::router::listener::bind(addr("127.0.0.1:0"), 16)?;
         let taken = plain
             .local_addr()?
             .as_socket()
@@ -925,7 +742,7 @@ mod tests {
         assert_eq!(err.and_then(|e| e.raw_os_error()), Some(libc::EADDRINUSE));
         // The first group still works after the refusals.
         let clients = v4_clients(7)[..20].to_vec();
-        check_routing(&first, first.local_addr(), &clients, Hash::Djb2, |ip| {
+        check_routing(&first, first.local, &clients, Hash::Djb2, |ip| {
             ip.to_string()
         })
     }
@@ -938,7 +755,7 @@ mod tests {
         let steer = program(Family::V4, Hash::Djb2, 4)?;
         attach(group.fallback(), &steer)?;
         let clients = v4_clients(12)[..40].to_vec();
-        check_routing(&group, group.local_addr(), &clients, Hash::Djb2, |ip| {
+        check_routing(&group, group.local, &clients, Hash::Djb2, |ip| {
             ip.to_string()
         })
     }
@@ -948,7 +765,7 @@ mod tests {
         for &source in clients {
             let client = Socket::new(Domain::IPV4, Type::STREAM, None)?;
             client.bind(&SocketAddr::new(source, 0).into())?;
-            client.connect_timeout(&group.local_addr().into(), CONNECT_TIMEOUT)?;
+            client.connect_timeout(&group.local.into(), CONNECT_TIMEOUT)?;
             open.push(client);
         }
         let accepted = accept_all(group, clients.len())?;
@@ -974,12 +791,12 @@ mod tests {
         for source in sources(5, 3) {
             let client = Socket::new(Domain::IPV4, Type::STREAM, None)?;
             client.bind(&SocketAddr::new(source.into(), 0).into())?;
-            client.connect_timeout(&group.local_addr().into(), CONNECT_TIMEOUT)?;
+            client.connect_timeout(&group.local.into(), CONNECT_TIMEOUT)?;
             open.push(client);
         }
         let member = slot_member(0);
         let mut fds = [PollFd::new(
-            group.members()[member].as_fd(),
+            group.members[member].as_fd(),
             PollFlags::POLLIN,
         )];
         poll(&mut fds, PollTimeout::from(5000u16))?;
@@ -987,10 +804,10 @@ mod tests {
         assert_eq!(group.queued(FALLBACK_MEMBER)?, 0);
         assert_eq!(
             group.slot(0).map(|fd| fd.as_raw_fd()),
-            Some(group.members()[member].as_raw_fd())
+            Some(group.members[member].as_raw_fd())
         );
         assert!(group.slot(1).is_none());
-        assert_eq!(group.fallback().as_raw_fd(), group.members()[0].as_raw_fd());
+        assert_eq!(group.fallback().as_raw_fd(), group.members[0].as_raw_fd());
         Ok(())
     }
 
@@ -1010,7 +827,7 @@ mod tests {
     const SO_DETACH_REUSEPORT_BPF: libc::c_int = 68;
 
     fn attack(group: &Group, m: usize, what: Attack) -> io::Result<()> {
-        let fd = group.members()[m].as_fd();
+        let fd = group.members[m].as_fd();
         let drop_all = [Insn {
             code: op::RET | op::K,
             jt: 0,
@@ -1066,7 +883,7 @@ mod tests {
                 attack(&group, m, what)?;
                 let repairs = group.check();
                 // The last member leaving and joining again changes nothing.
-                let harmless = matches!(what, Rejoin) && m == group.members().len() - 1;
+                let harmless = matches!(what, Rejoin) && m == group.members.len() - 1;
                 assert!(
                     repairs > 0 || harmless,
                     "{what:?} with {slots} slots: nothing found"
@@ -1082,7 +899,7 @@ mod tests {
                 let clients = v4_clients(40 + n as u64 * 2 + slots as u64)[..60].to_vec();
                 check_routing_detoured(
                     &group,
-                    group.local_addr(),
+                    group.local,
                     &clients,
                     Hash::Djb2,
                     |ip| ip.to_string(),
@@ -1102,7 +919,7 @@ mod tests {
         attack(&group, 4, Attack::Rejoin)?;
         attack(&group, 1, Attack::Shutdown)?;
         assert!(group.check() > 0);
-        let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), group.local_addr().port());
+        let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), group.local.port());
         let clients = v4_clients(77)[..100].to_vec();
         check_routing(&group, target, &clients, Hash::Djb2, |ip| {
             format!("::ffff:{ip}")
@@ -1114,10 +931,10 @@ mod tests {
     #[test]
     fn a_foreign_socket_with_its_own_program_is_noticed_and_outlived() -> io::Result<()> {
         let group = Group::bind(addr("127.0.0.1:0"), 3, Hash::Djb2, 64)?;
-        let foreign = new_socket(group.local_addr(), true)?;
-        foreign.bind(&group.local_addr().into())?;
+        let foreign = new_socket(group.local, true)?;
+        foreign.bind(&group.local.into())?;
         foreign.listen(16)?;
-        let its_index = group.members().len() as u32;
+        let its_index = group.members.len() as u32;
         attach(
             foreign.as_fd(),
             &[Insn {
@@ -1132,7 +949,7 @@ mod tests {
         assert!(group.check() > 0);
         assert!(!group.health().damage.is_empty(), "{:?}", group.health());
         let clients = v4_clients(91)[..60].to_vec();
-        check_routing(&group, group.local_addr(), &clients, Hash::Djb2, |ip| {
+        check_routing(&group, group.local, &clients, Hash::Djb2, |ip| {
             ip.to_string()
         })?;
         // It leaves: the kernel moves the last member into its index.
@@ -1140,7 +957,7 @@ mod tests {
         group.check();
         assert_eq!(group.health().damage, Vec::<String>::new());
         let clients = v4_clients(92)[..60].to_vec();
-        check_routing(&group, group.local_addr(), &clients, Hash::Djb2, |ip| {
+        check_routing(&group, group.local, &clients, Hash::Djb2, |ip| {
             ip.to_string()
         })
     }
@@ -1149,7 +966,7 @@ mod tests {
     fn an_ipv6_address_that_cannot_be_probed_detours_every_slot_once_renumbered() -> io::Result<()>
     {
         let group = Group::bind(addr("[::1]:0"), 3, Hash::Djb2, 64)?;
-        let local = group.local_addr();
+        let local = group.local;
         let text = |_| "::1".to_owned();
         // A foreign program is undone blindly: the program is attached at every check.
         attack(&group, 2, Attack::ForeignProgram)?;

@@ -5,16 +5,22 @@
 //! [`asm`] assembles classic BPF with labels, [`program`] generates the slot-picking program,
 //! `group` (Linux) binds the members and attaches the program.
 
-pub mod asm;
+// Elsewhere than Linux nothing attaches the program: only the tests (and `slot_member`) use
+// the assembler and the generator, which are still built and checked there.
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+pub(crate) mod asm;
 #[cfg(any(target_os = "linux", target_os = "android"))]
-pub mod group;
+pub(crate) mod group;
 /// Elsewhere kernel dispatch does not exist: binding a group fails with `Unsupported`.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 #[path = "unsupported.rs"]
-pub mod group;
+pub(crate) mod group;
 #[cfg(test)]
 mod interp;
-pub mod program;
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+pub(crate) mod program;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod sockopt;
 
 /// What a group's `health()` reports (kernel dispatch's checks and repairs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -13,26 +13,26 @@
 //! that grows by appending members never renumbers an existing slot.
 
 use super::asm::{op, Asm, AsmError, Insn, Label, Target};
-use crate::hash::Hash;
+use crate::key::hash::Hash;
 use std::net::IpAddr;
 
 use Target::{Next, To};
 
 /// The most slots a program serves; the options accept at most 1,024 workers.
-pub const MAX_SLOTS: usize = 1024;
+pub(crate) const MAX_SLOTS: usize = 1024;
 
 /// The member that receives what the program does not hash (link-local IPv6 peers, and any
 /// packet that is neither IPv4 nor IPv6): the router accepts on it and routes those itself.
-pub const FALLBACK_MEMBER: usize = 0;
+pub(crate) const FALLBACK_MEMBER: usize = 0;
 
 /// The member (in `listen()` order) that serves slot `slot`.
-pub const fn slot_member(slot: usize) -> usize {
+pub(crate) const fn slot_member(slot: usize) -> usize {
     slot + 1
 }
 
 /// The family of the listening socket, which decides the text Node shows for a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
+pub(crate) enum Family {
     /// An IPv4 listener: peers are `a.b.c.d`.
     V4,
     /// An IPv6 listener (dual-stack on `::`): IPv4 peers are `::ffff:a.b.c.d`, IPv6 peers are
@@ -42,7 +42,7 @@ pub enum Family {
 
 impl Family {
     /// The family of a listener bound to `ip`.
-    pub fn of(ip: &IpAddr) -> Family {
+    pub(crate) fn of(ip: &IpAddr) -> Family {
         match ip {
             IpAddr::V4(_) => Family::V4,
             IpAddr::V6(_) => Family::V6,
@@ -112,11 +112,11 @@ const IPV6_SOURCE: u32 = 8;
 /// key, so the kernel drops the SYN on that member and counts it in its `SO_MEMINFO` drops: the
 /// primary learns which socket holds an index without a connection ever being made. A real client
 /// never matches (its SYN would be dropped by any member anyway).
-pub const PROBE_NET: u32 = 0x7fff_f800;
+pub(crate) const PROBE_NET: u32 = 0x7fff_f800;
 /// The mask of [`PROBE_NET`].
-pub const PROBE_MASK: u32 = 0xffff_f800;
+pub(crate) const PROBE_MASK: u32 = 0xffff_f800;
 /// The bits of a probe's source address that name the member index.
-pub const PROBE_INDEX: u32 = 0x7ff;
+pub(crate) const PROBE_INDEX: u32 = 0x7ff;
 /// The first word of a TCP header's options on Linux when the MD5 option is present (NOP, NOP,
 /// kind 19, length 18), at offset 20 of the TCP header.
 const MD5_OPTION: u32 = 0x0101_1312;
@@ -124,14 +124,14 @@ const MD5_OPTION: u32 = 0x0101_1312;
 const IPV4_MD5_OPTION: u32 = 40;
 
 /// The source address of a probe for member index `index` (`None` past the probe range).
-pub fn probe_source(index: usize) -> Option<std::net::Ipv4Addr> {
+pub(crate) fn probe_source(index: usize) -> Option<std::net::Ipv4Addr> {
     let index = u32::try_from(index).ok().filter(|&i| i <= PROBE_INDEX)?;
     Some(std::net::Ipv4Addr::from(PROBE_NET | index))
 }
 
 /// The program for `slots` slots behind a `family` listener hashing with `hash`. It returns
 /// `slot_member(hash(text) % slots)`, or [`FALLBACK_MEMBER`] for link-local IPv6 peers.
-pub fn program(family: Family, hash: Hash, slots: usize) -> Result<Vec<Insn>, ProgramError> {
+pub(crate) fn program(family: Family, hash: Hash, slots: usize) -> Result<Vec<Insn>, ProgramError> {
     let identity: Vec<u32> = (0..slots).map(|s| slot_member(s) as u32).collect();
     steering(family, hash, slots, &identity)
 }
@@ -139,7 +139,7 @@ pub fn program(family: Family, hash: Hash, slots: usize) -> Result<Vec<Insn>, Pr
 /// [`program`] when the kernel's numbering of the members is not the one they were formed in:
 /// slot `s` goes to member index `table[s]` (which may be [`FALLBACK_MEMBER`], for a slot the
 /// router serves). Also answers the primary's health probes (see [`PROBE_NET`]).
-pub fn steering(
+pub(crate) fn steering(
     family: Family,
     hash: Hash,
     slots: usize,
@@ -428,7 +428,7 @@ fn hex_digit(a: &mut Asm) {
     hash_a(a);
 }
 
-/// murmur3's finalizer on A, as [`crate::hash::fmix32`].
+/// murmur3's finalizer on A, as [`crate::key::hash::fmix32`].
 fn fmix32(a: &mut Asm) {
     for (shift, multiplier) in [(16, Some(0x85eb_ca6b)), (13, Some(0xc2b2_ae35)), (16, None)] {
         a.st(TMP);
@@ -445,9 +445,9 @@ fn fmix32(a: &mut Asm) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::AddressText;
     use crate::kernel::asm::MAX_INSNS;
     use crate::kernel::interp::{run, run_counted};
+    use crate::key::address::AddressText;
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -710,7 +710,7 @@ mod tests {
                     assert_eq!(AddressText::from_v6(&ip).as_str(), text, "reference");
                     assert_eq!(
                         got,
-                        (crate::hash::djb2_ascii(text.as_bytes()) % 1024) + 1,
+                        (crate::key::hash::djb2_ascii(text.as_bytes()) % 1024) + 1,
                         "{input}"
                     );
                 }

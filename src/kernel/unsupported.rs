@@ -3,21 +3,26 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 
-use crate::hash::Hash;
+use crate::key::hash::Hash;
 
-pub use super::HealthReport;
+use super::HealthReport;
 
 /// Never built (it holds an uninhabited value): see the module docs.
 #[derive(Debug)]
-pub struct Group {
+pub(crate) struct Group {
     never: std::convert::Infallible,
 }
 
 impl Group {
     /// Fails: kernel dispatch needs Linux (`SO_ATTACH_REUSEPORT_CBPF`).
-    pub fn bind(_addr: SocketAddr, _slots: usize, _hash: Hash, _backlog: i32) -> io::Result<Group> {
+    pub(crate) fn bind(
+        _addr: SocketAddr,
+        _slots: usize,
+        _hash: Hash,
+        _backlog: i32,
+    ) -> io::Result<Group> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "kernel dispatch needs Linux (SO_ATTACH_REUSEPORT_CBPF)",
@@ -25,42 +30,37 @@ impl Group {
     }
 
     /// See the Linux group.
-    pub fn fallback(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fallback(&self) -> BorrowedFd<'_> {
         match self.never {}
     }
 
     /// See the Linux group.
-    pub fn slot(&self, _slot: usize) -> Option<BorrowedFd<'_>> {
+    pub(crate) fn slot(&self, _slot: usize) -> Option<BorrowedFd<'_>> {
         match self.never {}
     }
 
     /// See the Linux group.
-    pub fn members(&self) -> &[OwnedFd] {
+    pub(crate) fn queued(&self, _member: usize) -> io::Result<u32> {
         match self.never {}
     }
 
     /// See the Linux group.
-    pub fn queued(&self, _member: usize) -> io::Result<u32> {
+    pub(crate) fn refuse_new(&self) -> io::Result<()> {
         match self.never {}
     }
 
     /// See the Linux group.
-    pub fn refuse_new(&self) -> io::Result<()> {
+    pub(crate) fn stop(&self) {
         match self.never {}
     }
 
     /// See the Linux group.
-    pub fn stop(&self) {
+    pub(crate) fn health(&self) -> HealthReport {
         match self.never {}
     }
 
     /// See the Linux group.
-    pub fn health(&self) -> HealthReport {
-        match self.never {}
-    }
-
-    /// See the Linux group.
-    pub fn check(&self) -> u64 {
+    pub(crate) fn check(&self) -> u64 {
         match self.never {}
     }
 }

@@ -1,7 +1,7 @@
 //! ns per address of what the router does per accepted connection to pick a slot:
 //! `AddressText::new(&peer)` + `djb2_ascii` + `% slots` (`slot_for`), from the core crate.
 //! usage: route-cost [addresses=100000] [slots=10]   (prints one JSON line)
-use sticky_rs::{address, hash};
+use sticky_rs::key::{address, hash};
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};

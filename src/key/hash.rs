@@ -6,7 +6,7 @@
 /// Hashes a sequence of UTF-16 code units the way `string-hash` does: seed 5381, multiply by 33,
 /// XOR (not add) the unit, walking from the last unit to the first.
 #[inline]
-pub fn djb2<I>(units: I) -> u32
+pub(crate) fn djb2<I>(units: I) -> u32
 where
     I: DoubleEndedIterator<Item = u16>,
 {
@@ -26,7 +26,7 @@ pub fn djb2_ascii(text: &[u8]) -> u32 {
 /// to 32 it only XORs the characters, ignoring their order, which leaves sequential address
 /// blocks unevenly spread over 16 or 32 workers. Mixing djb2's output fixes that.
 #[inline]
-pub fn fmix32(mut h: u32) -> u32 {
+pub(crate) fn fmix32(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
@@ -60,7 +60,7 @@ impl std::str::FromStr for Hash {
 impl Hash {
     /// The hash of an ASCII route key.
     #[inline]
-    pub fn of(self, key: &[u8]) -> u32 {
+    pub(crate) fn of(self, key: &[u8]) -> u32 {
         match self {
             Hash::Djb2 => djb2_ascii(key),
             Hash::Djb2Mix => fmix32(djb2_ascii(key)),
@@ -72,6 +72,12 @@ impl Hash {
 pub fn djb2_str(text: &str) -> u32 {
     let units: Vec<u16> = text.encode_utf16().collect();
     djb2(units.into_iter())
+}
+
+/// The slot a route key belongs to: `hash(key) % slots` (djb2: as sticky-cluster computes it).
+#[inline]
+pub fn slot_for(key: &[u8], slots: usize, hash: Hash) -> usize {
+    hash.of(key) as usize % slots.max(1)
 }
 
 #[cfg(test)]
@@ -114,5 +120,16 @@ mod tests {
         assert_eq!(djb2_str("é"), 5381u32.wrapping_mul(33) ^ 0xE9);
         // A character outside the BMP is two units (a surrogate pair).
         assert_eq!(djb2_str("😀"), djb2([0xD83D, 0xDE00].into_iter()));
+    }
+
+    #[test]
+    fn routes_by_djb2_modulo() {
+        // djb2("::ffff:127.0.0.1") = 339916724; 339916724 % 4 = 0, % 3 = 2.
+        assert_eq!(slot_for(b"::ffff:127.0.0.1", 4, Hash::Djb2), 0);
+        assert_eq!(slot_for(b"::ffff:127.0.0.1", 3, Hash::Djb2), 2);
+        // An empty key (unknown peer) hashes like sticky-cluster's `remoteAddress || ''`.
+        assert_eq!(slot_for(b"", 7, Hash::Djb2), 5381 % 7);
+        let mixed = crate::key::hash::fmix32(339916724) as usize % 4;
+        assert_eq!(slot_for(b"::ffff:127.0.0.1", 4, Hash::Djb2Mix), mixed);
     }
 }

@@ -4,31 +4,31 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Counters of one slot.
 #[derive(Debug, Default)]
-pub struct SlotCounters {
+pub(crate) struct SlotCounters {
     /// Connections accepted for this slot: by the router, or (kernel dispatch) by the slot's
     /// workers themselves, as they report them.
-    pub accepted: AtomicU64,
+    pub(crate) accepted: AtomicU64,
     /// Connections a worker confirmed it adopted, or accepted itself (kernel dispatch).
-    pub delivered: AtomicU64,
+    pub(crate) delivered: AtomicU64,
     /// Connections waiting in the primary now.
-    pub queued: AtomicU64,
+    pub(crate) queued: AtomicU64,
     /// Connections sent and not yet confirmed now.
-    pub in_flight: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
     /// Connections put back in the queue because their worker died before confirming them, or
     /// never got them (out of descriptors); each counted once, however often it is sent again.
-    pub redelivered: AtomicU64,
+    pub(crate) redelivered: AtomicU64,
     /// Connections closed unserved: the slot's queue was full, it held its share of the
     /// router's connections, or they waited too long.
-    pub dropped: AtomicU64,
+    pub(crate) dropped: AtomicU64,
     /// The part of `dropped` that waited longer than `queue_timeout` (the rest found the queue full).
-    pub expired: AtomicU64,
+    pub(crate) expired: AtomicU64,
     /// The part of `dropped` closed on arrival because the slot held its share of the
     /// connections the router may hold (its worker stuck, slow, out of descriptors or not ready).
-    pub over_share: AtomicU64,
+    pub(crate) over_share: AtomicU64,
     /// Waiting connections closed because their client hung up (not in `dropped`).
-    pub abandoned: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
     /// The channel the slot delivers to now (0: none, the slot has no ready worker).
-    pub channel: AtomicU64,
+    pub(crate) channel: AtomicU64,
 }
 
 /// A plain copy of [`SlotCounters`].
@@ -60,31 +60,31 @@ pub struct SlotSnapshot {
 #[derive(Debug)]
 pub struct Stats {
     /// One entry per slot.
-    pub slots: Vec<SlotCounters>,
+    pub(crate) slots: Vec<SlotCounters>,
     /// Failed `accept` calls (EMFILE, ENFILE, ...).
-    pub accept_errors: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
     /// Connections from trusted proxies closed for a missing or malformed PROXY header.
-    pub rejected: AtomicU64,
+    pub(crate) rejected: AtomicU64,
     /// Connections from trusted proxies routed by their address for lack of a usable header.
-    pub fallbacks: AtomicU64,
+    pub(crate) fallbacks: AtomicU64,
     /// (`routeBy: 'sid'` with `node`) Requests for a session of another node, answered 400
     /// "Session ID unknown" by the router and closed: a balancer sent them to the wrong host.
-    pub other_node: AtomicU64,
+    pub(crate) other_node: AtomicU64,
     /// Connections from trusted proxies whose route key is being read now.
-    pub resolving: AtomicU64,
+    pub(crate) resolving: AtomicU64,
     /// Connections from trusted proxies whose head was given up unread for a newer one (the
     /// share of slow heads was full); also counted in `rejected` or `fallbacks`.
-    pub given_up: AtomicU64,
+    pub(crate) given_up: AtomicU64,
     /// Listeners that failed and accept no more.
-    pub listener_failures: AtomicU64,
+    pub(crate) listener_failures: AtomicU64,
     /// Sends to a worker that failed for another reason than a full socket or a gone worker
     /// (ETOOMANYREFS, ENOBUFS...); each is retried.
-    pub send_errors: AtomicU64,
+    pub(crate) send_errors: AtomicU64,
 }
 
 impl Stats {
     /// Zeroed counters for `slots` slots.
-    pub fn new(slots: usize) -> Self {
+    pub(crate) fn new(slots: usize) -> Self {
         Stats {
             slots: (0..slots).map(|_| SlotCounters::default()).collect(),
             accept_errors: AtomicU64::new(0),
@@ -100,13 +100,13 @@ impl Stats {
 
     /// Adds `n` to a counter.
     #[inline]
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
 
     /// Sets a gauge.
     #[inline]
-    pub fn set(counter: &AtomicU64, n: u64) {
+    pub(crate) fn set(counter: &AtomicU64, n: u64) {
         counter.store(n, Relaxed);
     }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::channel::{self, Meta, PrimaryReader, ToPrimary, MAX_BATCH};
+use crate::wire::record::{Meta, ToPrimary, MAX_BATCH};
+use crate::wire::transport::{self, PrimaryReader};
 
 /// Connections sent to one worker and not yet acknowledged, at most.
 pub(crate) const WINDOW: usize = 1024;
@@ -140,16 +141,11 @@ pub(crate) struct Answers {
 #[derive(Debug)]
 pub(crate) struct Link {
     fd: OwnedFd,
-    slot: usize,
     reader: PrimaryReader,
     /// Sent, not yet acknowledged, oldest first.
     in_flight: VecDeque<Held>,
     /// Not before this instant may more be sent (the socket was full, or the worker lost some).
     paused_until: Option<Instant>,
-    /// The worker said hello.
-    pub ready: bool,
-    /// Its worker is finishing: it must not become the slot's target again.
-    pub retired: bool,
     /// Adopted connections its worker has not reported closed (`Ack`s minus `Closed`s).
     open: u64,
     /// When the link was made: what its worker can have accepted itself grows with it.
@@ -163,28 +159,20 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// A link over the primary's end of a channel to a worker of `slot`, which accepts
-    /// connections itself (`accepts_itself`, kernel dispatch) or gets every one from the router.
-    pub(crate) fn new(fd: OwnedFd, slot: usize, accepts_itself: bool) -> Link {
+    /// A link over the primary's end of a channel to a worker, which accepts connections
+    /// itself (`accepts_itself`, kernel dispatch) or gets every one from the router.
+    pub(crate) fn new(fd: OwnedFd, accepts_itself: bool) -> Link {
         Link {
             fd,
-            slot,
             reader: PrimaryReader::default(),
             in_flight: VecDeque::new(),
             paused_until: None,
-            ready: false,
-            retired: false,
             open: 0,
             since: Instant::now(),
             accepted_itself: 0,
             distrusted: false,
             accepts_itself,
         }
-    }
-
-    /// The slot its worker serves.
-    pub(crate) fn slot(&self) -> usize {
-        self.slot
     }
 
     /// Connections sent and not acknowledged yet.
@@ -198,9 +186,10 @@ impl Link {
         self.open + self.in_flight.len() as u64
     }
 
-    /// Whether the worker owes an answer (a hello, or acknowledgements).
-    pub(crate) fn owes_answer(&self) -> bool {
-        !self.ready || !self.in_flight.is_empty()
+    /// Whether the worker owes acknowledgements (whether it owes a hello is for
+    /// [`super::channels::Channels`] to say).
+    pub(crate) fn awaits_acks(&self) -> bool {
+        !self.in_flight.is_empty()
     }
 
     /// Whether sending waits for a pause to end.
@@ -238,9 +227,9 @@ impl Link {
                 *fd = held.conn.as_raw_fd();
                 *meta = held.meta;
             }
-            match channel::send_connections(self.fd.as_fd(), &batch[..n], &metas[..n]) {
+            match transport::send_connections(self.fd.as_fd(), &batch[..n], &metas[..n]) {
                 Ok(()) => self.in_flight.extend(waiting.drain(..n)),
-                Err(e) if channel::is_peer_gone(&e) => return Err(Gone),
+                Err(e) if transport::is_peer_gone(&e) => return Err(Gone),
                 // The worker has not read what it was sent: try again after the pause.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.paused_until = Some(now + retry);
@@ -273,7 +262,7 @@ impl Link {
                 Ok(Some(records)) => messages.extend(records),
                 Ok(None) => break false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if channel::is_peer_gone(&e) => break false,
+                Err(e) if transport::is_peer_gone(&e) => break false,
                 // WouldBlock, or a transient failure (ENOMEM, ENOBUFS): read again later.
                 Err(_) => break true,
             }
@@ -374,7 +363,7 @@ mod tests {
 
     /// Reads every batch waiting on the worker end: the listener bytes received, in order.
     fn worker_receives(worker: &OwnedFd) -> io::Result<Vec<u8>> {
-        let mut reader = channel::WorkerReader::default();
+        let mut reader = transport::WorkerReader::default();
         let mut listeners = Vec::new();
         loop {
             match reader.recv(worker.as_fd()) {
@@ -391,13 +380,13 @@ mod tests {
     }
 
     fn answer(worker: &OwnedFd, message: ToPrimary) -> io::Result<()> {
-        channel::send(worker.as_fd(), message)
+        transport::send(worker.as_fd(), message)
     }
 
     fn pair() -> io::Result<(Link, OwnedFd)> {
-        let (primary, worker) = channel::pair()?;
-        channel::set_nonblocking(worker.as_fd())?;
-        Ok((Link::new(primary, 3, true), worker))
+        let (primary, worker) = transport::pair()?;
+        transport::set_nonblocking(worker.as_fd())?;
+        Ok((Link::new(primary, true), worker))
     }
 
     /// A link that sent `n` connections to its worker, and the worker's end.
@@ -502,8 +491,8 @@ mod tests {
             assert_eq!(answers.accepted_itself, 1000);
         }
         // With the router, a worker accepts nothing itself.
-        let (primary, worker) = channel::pair()?;
-        let mut link = Link::new(primary, 0, false);
+        let (primary, worker) = transport::pair()?;
+        let mut link = Link::new(primary, false);
         answer(&worker, ToPrimary::Accepted(1))?;
         let why = link.read(Instant::now(), &mut Vec::new()).impossible;
         assert!(why

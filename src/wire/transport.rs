@@ -14,140 +14,25 @@
 use std::collections::VecDeque;
 use std::io;
 use std::io::IoSlice;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self, ControlMessage, MsgFlags, SockFlag, SockType};
 
-/// Most descriptors sent in one message (the kernel allows 253).
-pub const MAX_BATCH: usize = 64;
+use super::record::{
+    connections_count, connections_record, Meta, ToPrimary, MAX_BATCH, META, RECORD,
+};
 
 /// Longest a sender waits for room for the rest of a record whose first bytes went out (a short
 /// write: possible on any stream socket, the norm on macOS when the buffer is nearly full). The
 /// record must be finished before anything else is written, or the stream would desynchronise;
 /// a peer that reads nothing for this long is treated as gone ([`is_peer_gone`]).
-pub const SHORT_WRITE_WAIT: Duration = Duration::from_millis(200);
-
-/// A record from a worker to the primary: a tag byte and a little-endian `u32`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToPrimary {
-    /// The worker holds its end and is ready for connections.
-    Hello,
-    /// The worker adopted this many more connections.
-    Ack(u32),
-    /// The next this many connections never arrived (the worker was out of descriptors and the
-    /// kernel dropped them); the primary still has them and sends them again.
-    Lost(u32),
-    /// This many adopted connections closed since the last such record (sent once per event
-    /// loop turn at most): the primary's live count per worker for `least-connection`.
-    Closed(u32),
-    /// Kernel dispatch: this many connections the worker accepted itself, on its slot's member,
-    /// since the last such record (coalesced, a few per second at most): the slot's `accepted`
-    /// and `delivered` counters.
-    Accepted(u32),
-}
-
-/// The tag of the one record the primary sends: `C n`, `n` connections as the message's
-/// descriptors, followed by `n` [`Meta`] entries of [`META`] bytes.
-const CONNECTIONS: u8 = b'C';
-
-/// The size of every record.
-pub const RECORD: usize = 5;
-/// The size of one connection's [`Meta`].
-pub const META: usize = 20;
-
-/// What a worker needs to know about a connection besides its descriptor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Meta {
-    /// Which of the primary's listeners accepted it (the worker's server of the same index).
-    pub listener: u8,
-    /// The client a PROXY protocol header spoke for; `None`: the socket's own peer.
-    pub client: Option<SocketAddr>,
-}
-
-impl Meta {
-    /// `[listener, family (0, 4, 6), port (big-endian), address (16 bytes)]`.
-    pub fn encode(&self) -> [u8; META] {
-        let mut out = [0u8; META];
-        out[0] = self.listener;
-        if let Some(client) = self.client {
-            out[2..4].copy_from_slice(&client.port().to_be_bytes());
-            match client.ip() {
-                IpAddr::V4(ip) => {
-                    out[1] = 4;
-                    out[4..8].copy_from_slice(&ip.octets());
-                }
-                IpAddr::V6(ip) => {
-                    out[1] = 6;
-                    out[4..20].copy_from_slice(&ip.octets());
-                }
-            }
-        }
-        out
-    }
-
-    /// Reads one entry; an unknown family means no client.
-    pub fn decode(bytes: &[u8; META]) -> Meta {
-        let port = u16::from_be_bytes([bytes[2], bytes[3]]);
-        let ip: Option<IpAddr> = match bytes[1] {
-            4 => Some(Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7]).into()),
-            6 => {
-                let mut octets = [0u8; 16];
-                octets.copy_from_slice(&bytes[4..20]);
-                Some(Ipv6Addr::from(octets).into())
-            }
-            _ => None,
-        };
-        Meta {
-            listener: bytes[0],
-            client: ip.map(|ip| SocketAddr::new(ip, port)),
-        }
-    }
-}
-
-impl ToPrimary {
-    /// The record of this message.
-    pub fn encode(self) -> [u8; RECORD] {
-        let (tag, arg) = match self {
-            ToPrimary::Hello => (b'H', 0),
-            ToPrimary::Ack(n) => (b'A', n),
-            ToPrimary::Lost(n) => (b'L', n),
-            ToPrimary::Closed(n) => (b'D', n),
-            ToPrimary::Accepted(n) => (b'K', n),
-        };
-        let a = arg.to_le_bytes();
-        [tag, a[0], a[1], a[2], a[3]]
-    }
-
-    /// Reads one record; `None` for a tag that is not one of these.
-    pub fn decode(record: &[u8; RECORD]) -> Option<ToPrimary> {
-        let arg = u32::from_le_bytes([record[1], record[2], record[3], record[4]]);
-        match record[0] {
-            b'H' => Some(ToPrimary::Hello),
-            b'A' => Some(ToPrimary::Ack(arg)),
-            b'L' => Some(ToPrimary::Lost(arg)),
-            b'D' => Some(ToPrimary::Closed(arg)),
-            b'K' => Some(ToPrimary::Accepted(arg)),
-            _ => None,
-        }
-    }
-}
-
-/// The header of a batch of `n` connections.
-fn connections_record(n: u8) -> [u8; RECORD] {
-    [CONNECTIONS, n, 0, 0, 0]
-}
-
-/// The count of a batch header, or `None` for anything else.
-fn connections_count(record: &[u8; RECORD]) -> Option<usize> {
-    let arg = u32::from_le_bytes([record[1], record[2], record[3], record[4]]);
-    (record[0] == CONNECTIONS && arg <= MAX_BATCH as u32).then_some(arg as usize)
-}
+pub(crate) const SHORT_WRITE_WAIT: Duration = Duration::from_millis(200);
 
 /// Creates a channel: `(primary end, worker end)`, both close-on-exec, the primary's end
 /// non-blocking.
-pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let flags = SockFlag::SOCK_CLOEXEC;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -171,7 +56,7 @@ fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Puts a descriptor in non-blocking mode.
-pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
@@ -179,7 +64,7 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Duplicates a descriptor owned by someone else (close-on-exec), so it can outlive the original.
-pub fn duplicate(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+pub(crate) fn duplicate(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     use nix::fcntl::{fcntl, FcntlArg};
     let dup = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(0))?;
     // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor that nobody else owns.
@@ -197,7 +82,11 @@ fn send_flags() -> MsgFlags {
 /// caller keeps its copies: the kernel holds its own reference while the message is in flight.
 /// `WouldBlock`: nothing was sent. A short write (the descriptors and the first bytes went) is
 /// finished here, waiting at most [`SHORT_WRITE_WAIT`] for room.
-pub fn send_connections(channel: BorrowedFd<'_>, fds: &[RawFd], metas: &[Meta]) -> io::Result<()> {
+pub(crate) fn send_connections(
+    channel: BorrowedFd<'_>,
+    fds: &[RawFd],
+    metas: &[Meta],
+) -> io::Result<()> {
     send_batch(channel, fds, metas, usize::MAX)
 }
 
@@ -234,7 +123,7 @@ fn send_batch(
 
 /// Sends a worker's record without blocking; a full channel is `WouldBlock` (nothing sent). A
 /// short write is finished as in [`send_connections`].
-pub fn send(channel: BorrowedFd<'_>, message: ToPrimary) -> io::Result<()> {
+pub(crate) fn send(channel: BorrowedFd<'_>, message: ToPrimary) -> io::Result<()> {
     let record = message.encode();
     send_whole(
         channel,
@@ -308,7 +197,7 @@ fn wait_writable(channel: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool>
 }
 
 /// Whether an error means the other end of a socket is gone.
-pub fn is_peer_gone(e: &io::Error) -> bool {
+pub(crate) fn is_peer_gone(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
         || matches!(
             e.raw_os_error(),
@@ -381,7 +270,7 @@ fn recv_with_fds(
 
 /// Reads the primary's end: the worker's records, keeping a partial record between reads.
 #[derive(Debug, Default)]
-pub struct PrimaryReader {
+pub(crate) struct PrimaryReader {
     pending: Vec<u8>,
 }
 
@@ -389,7 +278,7 @@ impl PrimaryReader {
     /// Receives what is there without blocking. `Ok(None)`: the worker closed its end;
     /// `WouldBlock`: nothing is there yet. Unknown records are skipped, and descriptors (a
     /// worker never sends any) closed.
-    pub fn recv(&mut self, channel: BorrowedFd<'_>) -> io::Result<Option<Vec<ToPrimary>>> {
+    pub(crate) fn recv(&mut self, channel: BorrowedFd<'_>) -> io::Result<Option<Vec<ToPrimary>>> {
         let mut buf = [0u8; 4096];
         let mut stray = Vec::new();
         let received = recv_with_fds(channel, &mut buf, &mut stray)?;
@@ -427,7 +316,7 @@ pub struct Batch {
 /// Reads the worker's end: batches of connections, keeping a partial record, and the descriptors
 /// that came with its first bytes, between reads (a short write splits a record).
 #[derive(Debug, Default)]
-pub struct WorkerReader {
+pub(crate) struct WorkerReader {
     pending: Vec<u8>,
     fds: VecDeque<OwnedFd>,
 }
@@ -436,7 +325,7 @@ impl WorkerReader {
     /// Receives what is there without blocking (one `recvmsg`). `Ok(None)`: the primary closed
     /// its end; `WouldBlock`: nothing is there yet. The batch holds the connections of the
     /// records completed so far (possibly none).
-    pub fn recv(&mut self, channel: BorrowedFd<'_>) -> io::Result<Option<Batch>> {
+    pub(crate) fn recv(&mut self, channel: BorrowedFd<'_>) -> io::Result<Option<Batch>> {
         let mut buf = [0u8; 4096];
         let mut arrived = Vec::new();
         let received = recv_with_fds(channel, &mut buf, &mut arrived)?;
@@ -481,41 +370,7 @@ impl WorkerReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn records_round_trip() {
-        for m in [
-            ToPrimary::Hello,
-            ToPrimary::Ack(0),
-            ToPrimary::Ack(u32::MAX),
-            ToPrimary::Lost(3),
-        ] {
-            assert_eq!(ToPrimary::decode(&m.encode()), Some(m));
-        }
-        // A batch header is not a worker's record, and the other way round.
-        assert_eq!(ToPrimary::decode(&connections_record(3)), None);
-        assert_eq!(connections_count(&connections_record(64)), Some(64));
-        assert_eq!(connections_count(b"C\x00\x01\x00\x00"), None);
-        assert_eq!(connections_count(&ToPrimary::Ack(2).encode()), None);
-        assert_eq!(ToPrimary::decode(b"Xabcd"), None);
-    }
-
-    #[test]
-    fn meta_round_trips() {
-        for meta in [
-            Meta::default(),
-            Meta {
-                listener: 7,
-                client: "1.2.3.4:5".parse().ok(),
-            },
-            Meta {
-                listener: 0,
-                client: "[2001:db8::1]:65535".parse().ok(),
-            },
-        ] {
-            assert_eq!(Meta::decode(&meta.encode()), meta);
-        }
-    }
+    use std::net::SocketAddr;
 
     #[test]
     fn descriptors_cross_in_batches() -> io::Result<()> {

@@ -14,11 +14,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
-use crate::address::AddressText;
-use crate::forwarded::{self, Key};
-use crate::proxy::{self, Header};
-use crate::sid::{self, Sid};
-use crate::trust::Trusted;
+use crate::key::address::AddressText;
+use crate::key::forwarded::{self, Key};
+use crate::key::proxy::{self, Header};
+use crate::key::sid::{self, Sid};
+use crate::key::trust::Trusted;
 
 /// Where the route key of a connection comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub enum RouteBy {
     Header(String),
     /// A PROXY protocol header sent by a trusted proxy.
     ProxyProtocol,
-    /// The engine.io session id in the request line of any peer (see [`crate::sid`]): the
+    /// The engine.io session id in the request line of any peer (see [`crate::key::sid`]): the
     /// worker whose place it names, or a new session chosen by the balancing method.
     Sid,
 }
@@ -69,7 +69,7 @@ impl Rules {
     /// Whether a connection from `peer` is resolved here rather than routed by its address.
     /// Session ids are read from every peer: an id only names a worker, it is no claim to
     /// believe (a forged one reaches a worker that does not know it, as a new session would).
-    pub fn applies_to(&self, peer: &SocketAddr) -> bool {
+    pub(crate) fn applies_to(&self, peer: &SocketAddr) -> bool {
         match self.route_by {
             RouteBy::Address => false,
             RouteBy::Sid => true,
@@ -80,7 +80,7 @@ impl Rules {
 
 /// What resolution found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Route by this key.
     Key(String),
     /// A PROXY header spoke for this client: route by its address, and tell the worker.
@@ -93,14 +93,15 @@ pub enum Outcome {
     Reject,
     /// `routeBy: 'sid'`: the request names a session of this place (live or not).
     Place(usize),
+    /// `routeBy: 'sid'`: a TLS handshake, whose request line cannot be read: routed by the
+    /// peer's address among the ready workers.
+    Tls,
     /// `routeBy: 'sid'`: no session id (or none readable in time): a new session.
     NewSession,
     /// `routeBy: 'sid'`: the id names a session of another node (its name). No worker here
     /// knows it, so the router answered engine.io's 400 "Session ID unknown" itself and the
     /// connection is only to be closed.
     OtherNode(String),
-    // With `routeBy: 'sid'`, `Fallback` is a TLS connection: routed by the peer's address among
-    // the ready workers.
 }
 
 /// The most bytes a route key may be looked for in: a head must fit in the socket's receive
@@ -118,7 +119,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(32);
 /// Reads the route key of `conn` under `rules`; gives the connection back with the outcome.
 /// `give_up` ends the reading early (the router needs the room) with the same outcome as a
 /// timeout.
-pub async fn resolve(
+pub(crate) async fn resolve(
     conn: OwnedFd,
     rules: Arc<Rules>,
     mut give_up_now: oneshot::Receiver<()>,
@@ -234,7 +235,7 @@ fn decide(conn: &OwnedFd, rules: &Rules, buf: &mut [u8], seen: usize) -> Option<
             Sid::Place(place) => Some(Outcome::Place(place)),
             Sid::OtherNode(name) => Some(Outcome::OtherNode(name)),
             Sid::New => Some(Outcome::NewSession),
-            Sid::Tls => Some(Outcome::Fallback),
+            Sid::Tls => Some(Outcome::Tls),
             Sid::Incomplete if full => Some(Outcome::NewSession),
             Sid::Incomplete => None,
         },
@@ -297,7 +298,7 @@ fn recv(fd: &OwnedFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
 }
 
 /// The route key text of an outcome that names one, else of the peer.
-pub fn key_of(outcome: &Outcome, peer: Option<&SocketAddr>) -> String {
+pub(crate) fn key_of(outcome: &Outcome, peer: Option<&SocketAddr>) -> String {
     match (outcome, peer) {
         (Outcome::Key(text), _) => text.clone(),
         (Outcome::Client(client), _) => AddressText::new(client).as_str().to_owned(),

@@ -67,14 +67,14 @@ impl AddressText {
     }
 
     /// The text of an IPv4 address, dotted.
-    pub fn from_v4(ip: &Ipv4Addr) -> Self {
+    pub(crate) fn from_v4(ip: &Ipv4Addr) -> Self {
         let mut text = AddressText::empty();
         text.push_v4(ip);
         text
     }
 
     /// The text of an IPv6 address without a scope.
-    pub fn from_v6(ip: &Ipv6Addr) -> Self {
+    pub(crate) fn from_v6(ip: &Ipv6Addr) -> Self {
         let mut text = AddressText::empty();
         text.push_v6(ip);
         text

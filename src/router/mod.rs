@@ -1,116 +1,56 @@
-//! The router: a thread of its own that accepts every connection and hands it to the
-//! [`Dispatcher`], which routes it to a slot and passes it down the slot's worker channel. This
-//! file is the handle JavaScript holds (commands in, events out) and the event loop, I/O only.
+//! The router in the primary: a thread of its own that accepts every connection and hands it
+//! to the dispatcher, which routes it to a slot and passes it down the slot's worker channel.
+//! This file is the handle JavaScript holds (commands in, events out); the thread runs
+//! `event_loop`, which does the I/O; `dispatcher` decides, with `admission`, `channels` (which
+//! channel serves a slot), `placement`, `drain`, `table` and `budget`; `link` is one channel's
+//! flow control; [`listener`] binds; [`stats`] are the counters JavaScript reads.
 //!
 //! Each channel keeps the primary's copy of a connection until the worker acknowledges it, so a
 //! worker that dies first costs nothing: its unacknowledged connections go back to the front of
 //! the slot's queue and reach the replacement.
-//!
-//! Only the listener wakes the thread. Wake-ups are the dominant cost per connection (a context
-//! switch each), so channels are not watched: what workers send back (hello, acks, losses, end of
-//! file) is read without blocking after each burst of accepts, while the thread is awake anyway,
-//! and on a short tick that runs only while something is pending.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use socket2::Socket;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::time::Instant;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
-use crate::channel;
-pub use crate::dispatcher::{Balance, Event, OnEvent, Policy};
-use crate::dispatcher::{Dispatcher, REPORTS, TICK};
 use crate::kernel::group::Group;
-use crate::kernel::program::slot_member;
-use crate::listener;
-use crate::stats::Stats;
-use crate::table::ChannelId;
+use crate::kernel::HealthReport;
+use crate::wire::transport;
+use config::{Config, Dispatch};
+use dispatcher::Dispatcher;
+use event::{Event, OnEvent};
+use event_loop::Command;
+use stats::Stats;
 
-/// Connections accepted per wake-up before delivering, so batches form under load.
-const ACCEPT_BURST: usize = 256;
-/// Kernel dispatch: how often every group is checked for what code holding a member changed
-/// (see [`Group::check`]), and repaired.
-pub const HEAL_INTERVAL: Duration = Duration::from_millis(250);
-/// One address to listen on.
-#[derive(Debug, Clone)]
-pub struct Listen {
-    /// The address.
-    pub addr: SocketAddr,
-    /// The `listen` backlog.
-    pub backlog: i32,
-}
+mod admission;
+mod budget;
+mod channels;
+pub mod config;
+mod dispatcher;
+mod drain;
+pub mod error;
+pub mod event;
+mod event_loop;
+mod link;
+pub mod listener;
+mod placement;
+mod resolution;
+pub mod stats;
+mod table;
 
-/// Who picks each connection's worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Dispatch {
-    /// The router accepts every connection, routes it and passes it to the worker (any
-    /// `routeBy`).
-    #[default]
-    Primary,
-    /// A `SO_REUSEPORT` group per listener whose program makes the kernel pick the slot's
-    /// member from the client address; the slot's worker listens on it and accepts itself. The
-    /// router accepts only on the fallback member: what the kernel cannot hash (link-local IPv6
-    /// peers, whose text carries `%ifname`). Linux only; routing by address only.
-    Kernel,
-}
-
-impl std::str::FromStr for Dispatch {
-    type Err = String;
-
-    /// `primary` or `kernel` (`lib/options.js` resolves `auto`).
-    fn from_str(text: &str) -> Result<Dispatch, String> {
-        match text {
-            "primary" => Ok(Dispatch::Primary),
-            "kernel" => Ok(Dispatch::Kernel),
-            other => Err(format!("unknown dispatch {other:?}")),
-        }
-    }
-}
-
-/// What a router listens on and how it routes.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The addresses to listen on; a client lands on the same slot on each of them.
-    pub listeners: Vec<Listen>,
-    /// How connections are routed and bounded.
-    pub policy: Policy,
-    /// Who picks each connection's worker.
-    pub dispatch: Dispatch,
-}
+/// Identifies one worker's channel for its whole life; never reused.
+pub type ChannelId = u32;
 
 /// How long `close` waits for the router thread before it gives up on it.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
-
-enum Command {
-    Open {
-        id: ChannelId,
-        slot: usize,
-        fd: OwnedFd,
-    },
-    Release {
-        id: ChannelId,
-    },
-    Retire {
-        id: ChannelId,
-    },
-    StopAccepting {
-        /// Kernel dispatch: the longest the workers get to accept what the members had queued
-        /// (a worker may be busy) before the members stop listening.
-        drain: Duration,
-    },
-    Close,
-    /// Makes the thread panic (tests of what a dead router does).
-    #[cfg(any(test, feature = "test-hooks"))]
-    Panic,
-}
 
 /// A listening router and its accept thread.
 #[derive(Debug)]
@@ -129,45 +69,31 @@ pub struct Router {
 
 impl Router {
     /// Binds, listens, and starts accepting on a new thread. Bind errors (EADDRINUSE, EACCES...)
-    /// are returned here, before anything runs.
+    /// are returned here, before anything runs, as a [`error::BindError`].
     pub fn start(config: Config, on_event: OnEvent) -> io::Result<Router> {
-        let slots = config.policy.slots.max(1);
-        if config.policy.rules.route_by == crate::resolve::RouteBy::Sid
-            && slots > crate::sid::MAX_PLACES
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "routeBy 'sid' names at most {} workers, {slots} slots asked",
-                    crate::sid::MAX_PLACES
-                ),
-            ));
-        }
-        let groups: Arc<Vec<Group>> = Arc::new(match config.dispatch {
+        config.policy.check()?;
+        let groups = match config.dispatch {
             Dispatch::Primary => Vec::new(),
-            Dispatch::Kernel => config
-                .listeners
-                .iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    Group::bind(l.addr, slots, config.policy.hash, l.backlog)
-                        .map_err(|e| bind_error(i, e))
-                })
-                .collect::<io::Result<Vec<Group>>>()?,
-        });
-        // What the router itself accepts on: the listeners, or each group's fallback member.
-        let sockets = match config.dispatch {
-            Dispatch::Primary => config
-                .listeners
-                .iter()
-                .enumerate()
-                .map(|(i, l)| listener::bind(l.addr, l.backlog).map_err(|e| bind_error(i, e)))
-                .collect::<io::Result<Vec<Socket>>>()?,
-            Dispatch::Kernel => groups
-                .iter()
-                .map(|g| channel::duplicate(g.fallback()).map(Socket::from))
-                .collect::<io::Result<Vec<Socket>>>()?,
+            Dispatch::Kernel => bind_groups(&config)?,
         };
+        let sockets = match config.dispatch {
+            Dispatch::Primary => bind_listeners(&config)?,
+            Dispatch::Kernel => fallbacks(&groups)?,
+        };
+        Router::run(config, groups, sockets, on_event)
+    }
+
+    /// Starts the thread on bound sockets: `groups`, one per listener with kernel dispatch
+    /// (else none), and `sockets`, what the router itself accepts on (the listeners, or each
+    /// group's fallback member), in the order of `config.listeners`.
+    fn run(
+        config: Config,
+        groups: Vec<Group>,
+        sockets: Vec<Socket>,
+        on_event: OnEvent,
+    ) -> io::Result<Router> {
+        let slots = config.policy.slots.max(1);
+        let groups = Arc::new(groups);
         let local_addrs = sockets
             .iter()
             .map(|s| {
@@ -204,12 +130,16 @@ impl Router {
             .name("sticky-rs-router".into())
             .spawn(move || {
                 let _ended = ended_tx;
-                let mut state = Dispatcher::new(&config.policy, stats_for_thread, on_event.clone());
-                if config.dispatch == Dispatch::Kernel {
-                    state.kernel_dispatch();
-                }
+                let kernel = config.dispatch == Dispatch::Kernel;
+                let state =
+                    Dispatcher::new(&config.policy, kernel, stats_for_thread, on_event.clone());
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    runtime.block_on(run(listeners, command_rx, state, &groups_for_thread))
+                    runtime.block_on(event_loop::run(
+                        listeners,
+                        command_rx,
+                        state,
+                        &groups_for_thread,
+                    ))
                 }));
                 if let Err(panic) = result {
                     let reason = panic
@@ -258,22 +188,18 @@ impl Router {
                     format!("no kernel-dispatch member for listener {listener}, slot {slot}"),
                 )
             })?;
-        channel::duplicate(member)
+        transport::duplicate(member)
     }
 
     /// With kernel dispatch: connections waiting in the kernel's accept queues of `slot`'s
     /// members (all listeners), e.g. while its worker is being replaced; 0 otherwise.
     pub fn queued_in_kernel(&self, slot: usize) -> u64 {
-        self.groups
-            .iter()
-            .filter_map(|g| g.queued(slot_member(slot)).ok())
-            .map(u64::from)
-            .sum()
+        event_loop::kernel_queued(&self.groups, slot)
     }
 
     /// With kernel dispatch: per listener, what the checks of its group repaired and what is
     /// damaged now; empty otherwise.
-    pub fn kernel_health(&self) -> Vec<crate::kernel::group::HealthReport> {
+    pub fn kernel_health(&self) -> Vec<HealthReport> {
         self.groups.iter().map(Group::health).collect()
     }
 
@@ -307,7 +233,7 @@ impl Router {
                 ),
             ));
         }
-        let (primary, worker) = channel::pair()?;
+        let (primary, worker) = transport::pair()?;
         self.send(Command::Open {
             id,
             slot,
@@ -362,8 +288,8 @@ impl Router {
     }
 
     /// Makes the router thread panic, to test what its owner does then.
-    #[cfg(any(test, feature = "test-hooks"))]
-    pub fn panic_for_test(&self) -> io::Result<()> {
+    #[cfg(test)]
+    pub(crate) fn panic_for_test(&self) -> io::Result<()> {
         self.send(Command::Panic)
     }
 }
@@ -376,170 +302,36 @@ impl Drop for Router {
     }
 }
 
-async fn run(
-    mut listeners: Vec<(u8, AsyncFd<Socket>)>,
-    mut commands: UnboundedReceiver<Command>,
-    mut state: Dispatcher,
-    groups: &[Group],
-) {
-    let Some(mut resolved) = state.resolved_rx.take() else {
-        return;
-    };
-    let mut paused_until: Option<Instant> = None;
-    // Kernel dispatch, stopping: until when the workers may take what the members queued.
-    let mut kernel_drain: Option<Instant> = None;
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reports = tokio::time::interval(REPORTS);
-    reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heal = tokio::time::interval(HEAL_INTERVAL);
-    heal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut first = 0;
-    loop {
-        let resume_at = paused_until.unwrap_or_else(Instant::now);
-        let accepting = !listeners.is_empty() && paused_until.is_none() && !state.full();
-        tokio::select! {
-            command = commands.recv() => match command {
-                Some(Command::Open { id, slot, fd }) => state.open(id, slot, fd),
-                Some(Command::Release { id }) => {
-                    // Acknowledgements still in the channel say what the worker had adopted.
-                    state.read_channel(id);
-                    state.close_channel(id);
-                }
-                Some(Command::Retire { id }) => state.retire(id),
-                Some(Command::StopAccepting { drain }) => {
-                    listeners.clear();
-                    // Kernel dispatch: no new SYN joins the members' queues from now on; the
-                    // workers accept what is queued, then the members stop listening (below).
-                    if !groups.is_empty() {
-                        for group in groups {
-                            if group.refuse_new().is_err() {
-                                group.stop();
-                            }
-                        }
-                        kernel_drain = Some(Instant::now() + drain);
-                    }
-                    state.stop_accepting(kernel_drain.is_some());
-                }
-                Some(Command::Close) | None => break,
-                #[cfg(any(test, feature = "test-hooks"))]
-                Some(Command::Panic) => panic!("panic requested by a test"),
-            },
-            Some(done) = resolved.recv() => {
-                state.resolved(done);
-                state.service();
-            }
-            _ = heal.tick(), if !groups.is_empty() && !listeners.is_empty() => {
-                for group in groups {
-                    group.check();
-                }
-            }
-            _ = reports.tick() => {
-                state.read_reports();
-                state.service();
-            }
-            _ = tick.tick(), if state.pending() => {
-                if let Some(deadline) = kernel_drain {
-                    // Only slots with a ready worker can still take what their members hold: a
-                    // slot without one (dead, given up) and the fallback, which the router no
-                    // longer accepts on, must not hold the others' shutdown back.
-                    let waiting = state.served_slots().any(|slot| {
-                        groups
-                            .iter()
-                            .any(|g| g.queued(slot_member(slot)).is_ok_and(|n| n > 0))
-                    });
-                    if !waiting || Instant::now() >= deadline {
-                        for group in groups {
-                            group.stop();
-                        }
-                        kernel_drain = None;
-                        state.kernel_stopped();
-                    }
-                }
-                state.release_hung_up();
-                state.service();
-                state.expire();
-            }
-            (position, ready) = first_ready(&listeners, first), if accepting => match ready {
-                Ok(mut guard) => {
-                    let listener = listeners[position].0;
-                    // The next wake-up looks at the following listener first: none starves.
-                    first = position + 1;
-                    // Each accept holds at most one more connection: the room, counted once,
-                    // bounds the whole burst.
-                    for _ in 0..ACCEPT_BURST.min(state.room()) {
-                        match guard.try_io(|l| l.get_ref().accept()) {
-                            Ok(Ok((conn, peer))) => state.route(conn.into(), peer.as_socket(), listener),
-                            Ok(Err(e)) => {
-                                if let Some(pause) = state.accept_failed(&e) {
-                                    paused_until = Some(Instant::now() + pause);
-                                    break;
-                                }
-                            }
-                            Err(_would_block) => break,
-                        }
-                    }
-                    // Awake anyway: collect acknowledgements, then send the new connections. The
-                    // tick is for lulls only, so it adds no wake-ups under load.
-                    state.service();
-                    tick.reset();
-                }
-                Err(e) => {
-                    let (listener, _) = listeners.remove(position);
-                    state.listener_failed(listener, &e);
-                }
-            },
-            _ = tokio::time::sleep_until(resume_at), if paused_until.is_some() => paused_until = None,
-        }
-    }
-    state.shutdown();
+/// Kernel dispatch: one `SO_REUSEPORT` group per listener, in order.
+fn bind_groups(config: &Config) -> io::Result<Vec<Group>> {
+    let slots = config.policy.slots.max(1);
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            Group::bind(l.addr, slots, config.policy.hash, l.backlog)
+                .map_err(|e| error::bind_error(i, e))
+        })
+        .collect()
 }
 
-/// Says which listener failed, keeping the OS error code.
-fn bind_error(listener: usize, e: io::Error) -> io::Error {
-    match e.raw_os_error() {
-        Some(code) => io::Error::other(BindError { listener, code }),
-        None => e,
-    }
+/// Primary dispatch: one listening socket per listener, in order.
+fn bind_listeners(config: &Config) -> io::Result<Vec<Socket>> {
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| listener::bind(l.addr, l.backlog).map_err(|e| error::bind_error(i, e)))
+        .collect()
 }
 
-/// A listener that could not be bound.
-#[derive(Debug)]
-pub struct BindError {
-    /// Its index in [`Config::listeners`].
-    pub listener: usize,
-    /// The OS error code (errno).
-    pub code: i32,
-}
-
-impl std::fmt::Display for BindError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let e = io::Error::from_raw_os_error(self.code);
-        write!(f, "listener {}: {e}", self.listener)
-    }
-}
-
-impl std::error::Error for BindError {}
-
-/// The first listener ready to accept, looking from position `first` on; with its position.
-async fn first_ready(
-    listeners: &[(u8, AsyncFd<Socket>)],
-    first: usize,
-) -> (
-    usize,
-    io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, Socket>>,
-) {
-    std::future::poll_fn(|cx| {
-        let n = listeners.len();
-        for k in 0..n {
-            let position = (first + k) % n;
-            if let Poll::Ready(ready) = listeners[position].1.poll_read_ready(cx) {
-                return Poll::Ready((position, ready));
-            }
-        }
-        Poll::Pending
-    })
-    .await
+/// Kernel dispatch: what the router accepts on, a copy of each group's fallback member.
+fn fallbacks(groups: &[Group]) -> io::Result<Vec<Socket>> {
+    groups
+        .iter()
+        .map(|g| transport::duplicate(g.fallback()).map(Socket::from))
+        .collect()
 }
 
 #[cfg(test)]
@@ -549,11 +341,12 @@ mod tests {
     use std::sync::mpsc;
     use std::sync::Mutex;
 
-    use crate::channel::ToPrimary;
-    use crate::hash::Hash;
-    use crate::resolve::{RouteBy, Rules};
+    use crate::key::hash::Hash;
+    use crate::key::resolve::{RouteBy, Rules};
+    use crate::wire::record::ToPrimary;
+    use config::{Balance, Listen, Policy};
 
-    use crate::trust::Trusted;
+    use crate::key::trust::Trusted;
 
     const WAIT: Duration = Duration::from_secs(5);
 
@@ -592,7 +385,7 @@ mod tests {
     }
 
     fn hello(worker: &OwnedFd) -> io::Result<()> {
-        channel::send(worker.as_fd(), ToPrimary::Hello)
+        transport::send(worker.as_fd(), ToPrimary::Hello)
     }
 
     fn next(events: &mpsc::Receiver<Event>) -> io::Result<Event> {
@@ -627,7 +420,7 @@ mod tests {
         switched(&events, 0, new)?;
         hello(&old_end)?;
         settle(&router, &events, 1)?;
-        assert_eq!(router.stats().snapshot(0).channel, new);
+        assert_eq!(router.stats().snapshot(0).channel, u64::from(new));
         // The newer worker goes: the older one, ready and not retired, serves the slot.
         router.release(new)?;
         switched(&events, 0, old)?;
@@ -648,7 +441,7 @@ mod tests {
         hello(&old_end)?;
         hello(&old_end)?;
         settle(&router, &events, 1)?;
-        assert_eq!(router.stats().snapshot(0).channel, new);
+        assert_eq!(router.stats().snapshot(0).channel, u64::from(new));
         // Not even once the new worker is gone: the retired one never serves the slot again.
         router.release(new)?;
         settle(&router, &events, 1)?;
@@ -685,7 +478,7 @@ mod tests {
             }
         );
         settle(&router, &events, 1)?;
-        assert_eq!(router.stats().snapshot(0).channel, new);
+        assert_eq!(router.stats().snapshot(0).channel, u64::from(new));
         Ok(())
     }
 

@@ -30,7 +30,7 @@ impl Trusted {
     /// `::ffff:a.b.c.d` (how a dual-stack listener and Node's `remoteAddress` show it), and
     /// matches an entry written either way: `127.0.0.1`, `::ffff:127.0.0.1`,
     /// `::ffff:127.0.0.0/104`; `::/0` covers every peer, `0.0.0.0/0` every IPv4 peer.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let (v4, v6) = match ip {
             IpAddr::V4(v4) => (Some(v4), IpAddr::V6(v4.to_ipv6_mapped())),
             IpAddr::V6(v6) => (v6.to_ipv4_mapped(), ip),

@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{shutdown, Shutdown};
 
-use crate::channel::{self, Batch, ToPrimary, WorkerReader};
+use crate::wire::record::ToPrimary;
+use crate::wire::transport::{self, Batch, WorkerReader};
 
 /// A worker's channel end and the thread reading it.
 ///
@@ -36,9 +37,9 @@ impl Receiver {
     where
         F: FnMut(io::Result<Batch>) + Send + 'static,
     {
-        let fd = Arc::new(channel::duplicate(fd)?);
+        let fd = Arc::new(transport::duplicate(fd)?);
         // Non-blocking on our own terms; whoever had the original may have set it either way.
-        channel::set_nonblocking(fd.as_fd())?;
+        transport::set_nonblocking(fd.as_fd())?;
         let reader = fd.clone();
         let thread = std::thread::Builder::new()
             .name("sticky-rs-receiver".into())
@@ -79,7 +80,7 @@ impl Receiver {
     pub fn flush(&self) -> io::Result<bool> {
         let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(&record) = outbox.front() {
-            match channel::send(self.fd.as_fd(), record) {
+            match transport::send(self.fd.as_fd(), record) {
                 Ok(()) => {
                     outbox.pop_front();
                 }
@@ -165,7 +166,7 @@ fn read_loop<F: FnMut(io::Result<Batch>)>(fd: &OwnedFd, mut deliver: F) {
                 }
                 Ok(None) => break Some(Ok(())),
                 // The primary's end closed with reports of ours unread (it exited): the same end.
-                Err(e) if channel::is_peer_gone(&e) => break Some(Ok(())),
+                Err(e) if transport::is_peer_gone(&e) => break Some(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break Some(Err(e)),
@@ -186,7 +187,7 @@ fn read_loop<F: FnMut(io::Result<Batch>)>(fd: &OwnedFd, mut deliver: F) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::PrimaryReader;
+    use crate::wire::transport::PrimaryReader;
     use ToPrimary::{Accepted, Ack, Closed, Hello, Lost};
 
     /// Everything the primary end can read now.
@@ -223,13 +224,13 @@ mod tests {
 
     #[test]
     fn a_full_channel_keeps_reports_in_order_until_flushed() -> io::Result<()> {
-        let (primary, worker) = channel::pair()?;
+        let (primary, worker) = transport::pair()?;
         let receiver = Receiver::start(worker.as_fd(), |_| {})?;
         // Fill the worker-to-primary direction with hellos until the kernel refuses more.
-        channel::set_nonblocking(worker.as_fd())?;
+        transport::set_nonblocking(worker.as_fd())?;
         let mut filled = 0usize;
         loop {
-            match channel::send(worker.as_fd(), Hello) {
+            match transport::send(worker.as_fd(), Hello) {
                 Ok(()) => filled += 1,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),

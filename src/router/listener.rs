@@ -5,6 +5,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::error::LookupError;
+
 /// Resolves `host` (an IP literal or a name) the way `listen` would: the first address found.
 /// An empty host means Node's default, dual-stack `::`.
 pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
@@ -13,12 +15,14 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
     }
     let unbracketed = host.trim_start_matches('[').trim_end_matches(']');
     // std reports a failed lookup as text only ("failed to lookup address information: ...");
-    // Node says `getaddrinfo ENOTFOUND <host>` (or EAI_AGAIN when the resolver is unreachable),
-    // which the JavaScript side rebuilds from "<code> getaddrinfo <host>".
-    let not_found = |code: &str| {
+    // Node says `getaddrinfo ENOTFOUND <host>` (or EAI_AGAIN when the resolver is unreachable).
+    let not_found = |code: &'static str| {
         io::Error::new(
             io::ErrorKind::NotFound,
-            format!("{code} getaddrinfo {host}"),
+            LookupError {
+                code,
+                host: host.to_owned(),
+            },
         )
     };
     let mut found = (unbracketed, port).to_socket_addrs().map_err(|e| {
@@ -35,7 +39,7 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
 
 /// Binds and listens: `SO_REUSEADDR` as Node sets it, dual-stack on an IPv6 wildcard, close-on-exec,
 /// non-blocking. On a machine without IPv6, `::` falls back to `0.0.0.0` as Node does.
-pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     match bind_exact(addr, backlog) {
         Err(e)
             if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
@@ -79,12 +83,14 @@ mod tests {
 
     #[test]
     fn an_unknown_host_reports_enotfound() {
-        let err = resolve("no-such-host.invalid", 80)
-            .err()
-            .map(|e| e.to_string());
+        let err = resolve("no-such-host.invalid", 80).err();
+        let lookup = err
+            .as_ref()
+            .and_then(|e| e.get_ref())
+            .and_then(|e| e.downcast_ref::<LookupError>());
         assert_eq!(
-            err.as_deref(),
-            Some("ENOTFOUND getaddrinfo no-such-host.invalid")
+            lookup.map(|l| (l.code, l.host.as_str())),
+            Some(("ENOTFOUND", "no-such-host.invalid"))
         );
     }
 

@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
-use crate::address::AddressText;
-use crate::trust::Trusted;
+use crate::key::address::AddressText;
+use crate::key::trust::Trusted;
 
 /// What the peeked bytes give.
 #[derive(Debug, Clone, PartialEq, Eq)]
