@@ -240,7 +240,7 @@ row(
   'ip.toBuffer + hash',
 );
 
-// Pure Rust: bench/route-cost runs the router's own src/address.rs + djb2 (no napi, no parsing).
+// Pure Rust: bench/route-cost runs the router's own src/key/address.rs + djb2 (no napi, no parsing).
 const routeCost = path.join(__dirname, 'route-cost', 'target', 'release', 'route-cost');
 if (!fs.existsSync(routeCost)) {
   // small standalone crate (libc only); build it once, quietly, if cargo is there
@@ -252,7 +252,7 @@ if (fs.existsSync(routeCost)) {
   try {
     const out = JSON.parse(execFileSync(routeCost, [String(N), String(WORKERS)], { encoding: 'utf8' }));
     console.log(
-      `| Rust: router format + djb2 + % K, IPv4 | ${out.v4_ns.toFixed(1)} | src/address.rs AddressText::new(&SocketAddr) + djb2_ascii + %, as on accept |`,
+      `| Rust: router format + djb2 + % K, IPv4 | ${out.v4_ns.toFixed(1)} | src/key/address.rs AddressText::new(&SocketAddr) + djb2_ascii + %, as on accept |`,
     );
     console.log(`| Rust: router format + djb2 + % K, ::ffff: | ${out.mapped_ns.toFixed(1)} | same, peer on a dual-stack listener |`);
     console.log(`| Rust: format only, IPv4 | ${out.v4_format_ns.toFixed(1)} | AddressText::new |`);

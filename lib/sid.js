@@ -1,6 +1,6 @@
 'use strict';
 // Engine.io session ids that name their worker's slot (`routeBy: 'sid'`): the JavaScript mirror
-// of src/sid.rs. An id is 20 base64url characters; the first two are the slot (its "place"),
+// of src/key/sid.rs. An id is 20 base64url characters; the first two are the slot (its "place"),
 // the other 18 are random. With the `node` option it starts with `<node>.` (the host's name).
 const crypto = require('node:crypto');
 

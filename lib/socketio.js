@@ -1,7 +1,7 @@
 'use strict';
 // @socket.io/sticky's API over the native router: setupMaster(httpServer, { loadBalancingMethod })
 // in the primary, setupWorker(io) in each worker the user forks. Routing is by engine.io session
-// id (routeBy 'sid'): each worker's ids encode its slot (src/sid.rs), so the primary keeps no
+// id (routeBy 'sid'): each worker's ids encode its slot (src/key/sid.rs), so the primary keeps no
 // session map and never reads a request body.
 const cluster = require('node:cluster');
 const net = require('node:net');
