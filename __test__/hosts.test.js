@@ -8,6 +8,7 @@
 //   pending long-poll): its clients reconnect to the others within 10 s, no one else notices,
 //   HAProxy's health check takes it out.
 // - address mode: HAProxy balances by source and sends PROXY v2; every worker sees its client.
+//   The same with example/haproxy/haproxy.cfg (HTTP, X-Forwarded-For) on two of the hosts.
 // Network namespaces need root (CI runs as root); elsewhere the suite is skipped and says why.
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -319,50 +320,70 @@ if (reason && IN_CI) {
     }, TEST_TIMEOUT);
   });
 
-  describe('routeBy proxy-protocol behind HAProxy (balance source, send-proxy-v2)', () => {
-    let apps = [];
-    beforeAll(async () => {
-      apps = await startHosts(() => ({ ROUTE_BY: 'proxy-protocol', TRUSTED_PROXIES: `${NET}.1`, REDIS_URL: report.redis }));
-    }, 120000);
-    afterAll(stopAllExamples, 30000);
+  // By client address, each with its shipped config: `servers` are the config's, on the first hosts.
+  const ADDRESS_MODES = [
+    {
+      describe: 'routeBy proxy-protocol behind HAProxy (balance source, send-proxy-v2)',
+      test: '200 client addresses: each on one host and one worker (its djb2 slot there), seen as itself; each host 15-55%',
+      config: 'haproxy-proxy-v2.cfg', backend: 'hosts', servers: HOSTS, routeBy: 'proxy-protocol', seenAsItself: true, share: [0.15, 0.55], report: 'proxy v2',
+    },
+    {
+      // X-Forwarded-For: the worker's socket is HAProxy's; sticky-rs routes by the header.
+      describe: 'routeBy x-forwarded-for behind HAProxy (example/haproxy/haproxy.cfg: balance source, option forwardfor)',
+      test: '200 client addresses: each on one host and one worker (the djb2 slot of its own address there); each of the 2 hosts 15-85%',
+      config: 'haproxy.cfg', backend: 'sticky_rs_http', servers: ['m1', 'm2'], routeBy: 'x-forwarded-for', seenAsItself: false, share: [0.15, 0.85], report: 'x-forwarded-for',
+    },
+  ];
+  for (const mode of ADDRESS_MODES) {
+    describe(mode.describe, () => {
+      let apps = [];
+      beforeAll(async () => {
+        apps = await startHosts(() => ({ ROUTE_BY: mode.routeBy, TRUSTED_PROXIES: `${NET}.1`, REDIS_URL: report.redis }));
+      }, 120000);
+      afterAll(stopAllExamples, 30000);
 
-    test('200 client addresses: each on one host and one worker (its djb2 slot there), seen as itself; each host 15-55%', async () => {
-      const port = await freePort();
-      const lb = await startHaproxy('haproxy-proxy-v2.cfg', port);
-      try {
-        for (const h of HOSTS) await waitUntil(async () => (await lb.server('hosts', h)) === 'UP', 10000, `haproxy sees ${h} up`);
-        const get = (ipAddr) => new Promise((resolve, reject) => {
-          http.get({ host: '127.0.0.1', port, path: '/health', localAddress: ipAddr, agent: false }, (res) => {
-            let body = '';
-            res.on('data', (d) => (body += d));
-            res.on('end', () => resolve(JSON.parse(body)));
-          }).on('error', reject);
-        });
-        const seen = await pool([...Array(200).keys()], 20, async (i) => {
-          const ipAddr = clientIp(2000 + i);
-          const answers = [await get(ipAddr), await get(ipAddr), await get(ipAddr)];
-          return { ip: ipAddr, answers };
-        });
-        const perHost = Object.fromEntries(HOSTS.map((h) => [h, 0]));
-        const wrong = [];
-        for (const { ip: ipAddr, answers } of seen) {
-          const [first] = answers;
-          if (!answers.every((a) => a.pid === first.pid)) wrong.push(`${ipAddr}: several workers ${answers.map((a) => a.pid)}`);
-          if (first.address.replace(/^::ffff:/, '') !== ipAddr) wrong.push(`${ipAddr}: seen as ${first.address}`);
-          if (first.slot !== stringHash(first.address) % WORKERS) wrong.push(`${ipAddr}: slot ${first.slot}, djb2 says ${stringHash(first.address) % WORKERS}`);
-          const host = hostOfPid(apps, first.pid);
-          if (!host) wrong.push(`${ipAddr}: pid ${first.pid} of no host`);
-          else perHost[host]++;
+      test(mode.test, async () => {
+        const port = await freePort();
+        const lb = await startHaproxy(mode.config, port);
+        const hosts = HOSTS.slice(0, mode.servers.length);
+        try {
+          for (const name of mode.servers) await waitUntil(async () => (await lb.server(mode.backend, name)) === 'UP', 10000, `haproxy sees ${name} up`);
+          const get = (ipAddr) => new Promise((resolve, reject) => {
+            http.get({ host: '127.0.0.1', port, path: '/health', localAddress: ipAddr, agent: false }, (res) => {
+              let body = '';
+              res.on('data', (d) => (body += d));
+              res.on('end', () => resolve(JSON.parse(body)));
+            }).on('error', reject);
+          });
+          const seen = await pool([...Array(200).keys()], 20, async (i) => {
+            const ipAddr = clientIp(2000 + i);
+            const answers = [await get(ipAddr), await get(ipAddr), await get(ipAddr)];
+            return { ip: ipAddr, answers };
+          });
+          const perHost = Object.fromEntries(hosts.map((h) => [h, 0]));
+          const wrong = [];
+          for (const { ip: ipAddr, answers } of seen) {
+            const [first] = answers;
+            // The route key: the address PROXY v2 named (as the worker's socket shows it), or
+            // the X-Forwarded-For entry HAProxy appended (the client's address as text).
+            const key = mode.seenAsItself ? first.address : ipAddr;
+            if (!answers.every((a) => a.pid === first.pid)) wrong.push(`${ipAddr}: several workers ${answers.map((a) => a.pid)}`);
+            if (mode.seenAsItself && first.address.replace(/^::ffff:/, '') !== ipAddr) wrong.push(`${ipAddr}: seen as ${first.address}`);
+            if (first.slot !== stringHash(key) % WORKERS) wrong.push(`${ipAddr}: slot ${first.slot}, djb2 says ${stringHash(key) % WORKERS}`);
+            const host = hostOfPid(apps, first.pid);
+            if (!hosts.includes(host)) wrong.push(`${ipAddr}: pid ${first.pid} of ${host ? `host ${host}, not behind ${mode.config}` : 'no host'}`);
+            else perHost[host]++;
+          }
+          expect(wrong).toEqual([]);
+          report[`${mode.report}: addresses per host`] = perHost;
+          for (const h of hosts) {
+            expect(perHost[h]).toBeGreaterThanOrEqual(mode.share[0] * 200);
+            expect(perHost[h]).toBeLessThanOrEqual(mode.share[1] * 200);
+          }
+        } finally {
+          await lb.stop();
         }
-        expect(wrong).toEqual([]);
-        report['proxy v2: addresses per host'] = perHost;
-        for (const h of HOSTS) {
-          expect(perHost[h]).toBeGreaterThanOrEqual(0.15 * 200);
-          expect(perHost[h]).toBeLessThanOrEqual(0.55 * 200);
-        }
-      } finally {
-        await lb.stop();
-      }
-    }, TEST_TIMEOUT);
-  });
+      }, TEST_TIMEOUT);
+    });
+  }
 }
