@@ -87,7 +87,11 @@ test('a worker SIGKILLed before acknowledging its connections: the replacement a
     const ips = ipsOf(0, 2, 20);
     const before = (await app.stats()).slots[0];
     const answers = ips.map((ip, i) => rawGet(port, ip, `/held-${i}`));
-    await until('20 connections sent to slot 0 and not acknowledged', async () => (await app.stats()).slots[0].inFlight === 20);
+    // In flight as soon as they are sent; held once the worker received them (the marker says so).
+    await until(
+      '20 connections sent to slot 0, received and not acknowledged',
+      async () => fs.existsSync(marker) && (await app.stats()).slots[0].inFlight === 20,
+    );
     const holder = Number(fs.readFileSync(marker, 'utf8'));
     expect(holder).toBe(before.pid);
     const killedAt = Date.now();
