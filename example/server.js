@@ -7,6 +7,9 @@
 //   WORKERS  number of workers (default: one per CPU)
 //   REDIS_URL Redis to share rooms and broadcasts with other machines (e.g. redis://127.0.0.1:6379).
 //            Without it, the workers of this machine share them through the primary.
+//   REDIS_ADAPTER with REDIS_URL: 'streams' (default, @socket.io/redis-streams-adapter: a Redis
+//            restart delays broadcasts) or 'sharded' (@socket.io/redis-adapter's sharded Pub/Sub,
+//            Redis >= 7: broadcasts published while Redis is down are lost). See docs/EXAMPLE.md.
 //   ROUTE_BY  'sid': by Socket.IO session (clients behind one address spread over the workers);
 //            behind a proxy: 'x-forwarded-for', 'proxy-protocol' or a header name to pick the
 //            worker by (sticky-rs `routeBy`; default: the TCP peer's address)
@@ -51,6 +54,12 @@ const METRICS_PORT = positiveInt('METRICS_PORT', 0);
 const HOST = process.env.HOST || undefined;
 const WORKERS = positiveInt('WORKERS', os.availableParallelism());
 const REDIS_URL = process.env.REDIS_URL || '';
+const REDIS_ADAPTER = process.env.REDIS_ADAPTER || 'streams';
+if (!['streams', 'sharded'].includes(REDIS_ADAPTER)) {
+  console.error(`REDIS_ADAPTER must be 'streams' or 'sharded', got ${JSON.stringify(REDIS_ADAPTER)}`);
+  process.exit(1);
+}
+const ADAPTER_NAME = REDIS_ADAPTER === 'sharded' ? '@socket.io/redis-adapter (sharded Pub/Sub)' : '@socket.io/redis-streams-adapter';
 const ROUTE_BY = process.env.ROUTE_BY || undefined;
 const STICKY_NODE = process.env.STICKY_NODE || undefined;
 const TRUSTED_PROXIES = (process.env.TRUSTED_PROXIES || '')
@@ -81,30 +90,45 @@ function redactUrl(url) {
  * One machine: @socket.io/cluster-adapter relays broadcasts through the cluster primary (Node's
  * IPC channel). Several machines: @socket.io/redis-streams-adapter appends them to a Redis
  * stream that every worker of every machine reads from its last offset, so a Redis restart
- * delays broadcasts instead of dropping them (see docs/EXAMPLE.md).
+ * delays broadcasts instead of dropping them; or (REDIS_ADAPTER=sharded) @socket.io/redis-adapter
+ * publishes them with sharded Pub/Sub (Redis >= 7), which keeps nothing: what is published
+ * while a subscriber is disconnected never reaches it (see docs/EXAMPLE.md).
  */
 async function createSocketAdapter(self) {
   if (!REDIS_URL) return clusterAdapter.createAdapter();
 
   const { createClient } = require('redis');
+  const client = watchRedis(createClient({ url: REDIS_URL }), self, 'Redis');
+  if (REDIS_ADAPTER === 'sharded') {
+    const { createShardedAdapter } = require('@socket.io/redis-adapter');
+    // A connection in subscriber mode cannot publish: a second one for SSUBSCRIBE.
+    const subscriber = watchRedis(client.duplicate(), self, 'Redis subscriber');
+    // Waits (retrying) until Redis answers; connections wait in the primary meanwhile.
+    await Promise.all([client.connect(), subscriber.connect()]);
+    return createShardedAdapter(client, subscriber);
+  }
   const { createAdapter } = require('@socket.io/redis-streams-adapter');
-  const client = createClient({ url: REDIS_URL });
-  // Without an 'error' listener a Redis outage would crash the worker. The client reconnects
-  // by itself (back-off up to 2 s) and queues commands meanwhile; log once per outage.
+  await client.connect();
+  return createAdapter(client);
+}
+
+/**
+ * Without an 'error' listener a Redis outage would crash the worker. The client reconnects by
+ * itself (back-off up to 2 s) and queues commands meanwhile; log once per outage, as `what`.
+ */
+function watchRedis(client, self, what) {
   let down = false;
   client.on('error', (err) => {
     if (down) return;
     down = true;
-    console.error(`worker slot ${self.slot} (pid ${self.pid}): Redis unavailable (${err.message || err.code || err}); retrying`);
+    console.error(`worker slot ${self.slot} (pid ${self.pid}): ${what} unavailable (${err.message || err.code || err}); retrying`);
   });
   client.on('ready', () => {
     if (!down) return;
     down = false;
-    console.error(`worker slot ${self.slot} (pid ${self.pid}): Redis connection restored`);
+    console.error(`worker slot ${self.slot} (pid ${self.pid}): ${what} connection restored`);
   });
-  // Waits (retrying) until Redis answers; connections wait in the primary meanwhile.
-  await client.connect();
-  return createAdapter(client);
+  return client;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,7 +241,7 @@ if (cluster.isPrimary) {
   console.log(`Chat on http://${host}:${port} (polling only: http://${host}:${port}/?transport=polling)`);
   console.log(
     REDIS_URL
-      ? `${WORKERS} worker(s), Socket.IO adapter: @socket.io/redis-streams-adapter (Redis ${redactUrl(REDIS_URL)}, shared by every machine using it)`
+      ? `${WORKERS} worker(s), Socket.IO adapter: ${ADAPTER_NAME} (Redis ${redactUrl(REDIS_URL)}, shared by every machine using it)`
       : `${WORKERS} worker(s), Socket.IO adapter: @socket.io/cluster-adapter (through this primary, one machine)`,
   );
   if (BY_PROXY) console.log(`Routing by ${ROUTE_BY} from trusted proxies ${TRUSTED_PROXIES.join(', ')}`);
