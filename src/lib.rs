@@ -37,9 +37,12 @@ pub mod channel;
 mod dispatcher;
 mod forwarded;
 pub mod hash;
+// Upgrade (issue 22): inherited listening sockets, sd_notify.
+mod inherit;
 pub mod kernel;
 mod link;
 pub mod listener;
+pub mod notify;
 mod proxy;
 pub mod receiver;
 pub mod resolve;

@@ -13,7 +13,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::task::Poll;
 use std::thread::JoinHandle;
@@ -105,6 +105,13 @@ enum Command {
         /// Kernel dispatch: the longest the workers get to accept what the members had queued
         /// (a worker may be busy) before the members stop listening.
         drain: Duration,
+        /// An upgrade's new primary holds the same sockets (issue 22): this router only stops
+        /// accepting on its copies; the sockets keep listening, untouched.
+        hand_over: bool,
+    },
+    /// Copies (close-on-exec) of the listeners the thread accepts on, by listener index.
+    Duplicate {
+        reply: std::sync::mpsc::Sender<io::Result<Vec<(u8, OwnedFd)>>>,
     },
     Close,
     /// Makes the thread panic (tests of what a dead router does).
@@ -131,6 +138,17 @@ impl Router {
     /// Binds, listens, and starts accepting on a new thread. Bind errors (EADDRINUSE, EACCES...)
     /// are returned here, before anything runs.
     pub fn start(config: Config, on_event: OnEvent) -> io::Result<Router> {
+        Self::start_inherited(config, on_event, None)
+    }
+
+    /// As [`Router::start`], or, with `inherited` (an upgrade, issue 22), on the listening
+    /// sockets an old primary passed on instead of binding: see `crate::inherit` for their
+    /// order and checks. This process owns those descriptors from here on.
+    pub fn start_inherited(
+        config: Config,
+        on_event: OnEvent,
+        inherited: Option<Vec<i32>>,
+    ) -> io::Result<Router> {
         let slots = config.policy.slots.max(1);
         if config.policy.rules.route_by == crate::resolve::RouteBy::Sid
             && slots > crate::sid::MAX_PLACES
@@ -143,9 +161,12 @@ impl Router {
                 ),
             ));
         }
-        let groups: Arc<Vec<Group>> = Arc::new(match config.dispatch {
-            Dispatch::Primary => Vec::new(),
-            Dispatch::Kernel => config
+        let groups: Arc<Vec<Group>> = Arc::new(match (config.dispatch, &inherited) {
+            (Dispatch::Primary, _) => Vec::new(),
+            (Dispatch::Kernel, Some(fds)) => {
+                crate::inherit::groups(fds, &config.listeners, slots, config.policy.hash)?
+            }
+            (Dispatch::Kernel, None) => config
                 .listeners
                 .iter()
                 .enumerate()
@@ -156,14 +177,15 @@ impl Router {
                 .collect::<io::Result<Vec<Group>>>()?,
         });
         // What the router itself accepts on: the listeners, or each group's fallback member.
-        let sockets = match config.dispatch {
-            Dispatch::Primary => config
+        let sockets = match (config.dispatch, &inherited) {
+            (Dispatch::Primary, Some(fds)) => crate::inherit::listeners(fds, &config.listeners)?,
+            (Dispatch::Primary, None) => config
                 .listeners
                 .iter()
                 .enumerate()
                 .map(|(i, l)| listener::bind(l.addr, l.backlog).map_err(|e| bind_error(i, e)))
                 .collect::<io::Result<Vec<Socket>>>()?,
-            Dispatch::Kernel => groups
+            (Dispatch::Kernel, _) => groups
                 .iter()
                 .map(|g| channel::duplicate(g.fallback()).map(Socket::from))
                 .collect::<io::Result<Vec<Socket>>>()?,
@@ -337,8 +359,63 @@ impl Router {
     /// new clients are refused by the kernel, accepted ones still reach their workers). With
     /// kernel dispatch the workers get at most `drain` to accept what the members had queued.
     pub fn stop_accepting(&self, drain: Duration) -> io::Result<()> {
-        self.send(Command::StopAccepting { drain })
+        self.send(Command::StopAccepting {
+            drain,
+            hand_over: false,
+        })
     }
+
+    // --- upgrade (issue 22) ---
+    /// An upgrade's new primary is ready on the same sockets: stop accepting on this router's
+    /// copies only (the sockets stay listening for the new primary; nothing is refused, and with
+    /// kernel dispatch no filter is attached and no member shut down). Accepted connections
+    /// are still delivered, then slots report `drained` as in a shutdown.
+    pub fn hand_over(&self) -> io::Result<()> {
+        self.send(Command::StopAccepting {
+            drain: Duration::ZERO,
+            hand_over: true,
+        })
+    }
+
+    /// Copies (close-on-exec; the caller owns them) of every listening socket, to pass to a
+    /// new primary: `(listener, member, fd)`, with `member` the index in the kernel's group
+    /// with kernel dispatch (0 the fallback, slot `s` at `s + 1`), `None` with the router.
+    pub fn listening_fds(&self) -> io::Result<Vec<(usize, Option<usize>, OwnedFd)>> {
+        if !self.groups.is_empty() {
+            let mut all = Vec::new();
+            for (listener, group) in self.groups.iter().enumerate() {
+                for (member, fd) in group.members().iter().enumerate() {
+                    all.push((listener, Some(member), channel::duplicate(fd.as_fd())?));
+                }
+            }
+            return Ok(all);
+        }
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.send(Command::Duplicate { reply })?;
+        let copies = answer.recv_timeout(CLOSE_WAIT).map_err(|_| {
+            io::Error::new(io::ErrorKind::TimedOut, "the router thread did not answer")
+        })??;
+        if copies.len() != self.local_addrs.len() {
+            return Err(io::Error::other(format!(
+                "{} of {} listeners still accept (stopping, or one failed)",
+                copies.len(),
+                self.local_addrs.len()
+            )));
+        }
+        Ok(copies
+            .into_iter()
+            .map(|(listener, fd)| (usize::from(listener), None, fd))
+            .collect())
+    }
+
+    /// Kernel dispatch: pauses (or resumes) the checks of every group while another process
+    /// checks the same members (see [`Group::pause_checks`]).
+    pub fn pause_checks(&self, paused: bool) {
+        for group in self.groups.iter() {
+            group.pause_checks(paused);
+        }
+    }
+    // --- end upgrade ---
 
     /// Stops accepting, closes the listener, every channel and every queued connection, and
     /// waits for the thread, at most [`CLOSE_WAIT`]: a thread that does not end by then is left
@@ -407,11 +484,12 @@ async fn run(
                     state.close_channel(id);
                 }
                 Some(Command::Retire { id }) => state.retire(id),
-                Some(Command::StopAccepting { drain }) => {
+                Some(Command::StopAccepting { drain, hand_over }) => {
                     listeners.clear();
                     // Kernel dispatch: no new SYN joins the members' queues from now on; the
                     // workers accept what is queued, then the members stop listening (below).
-                    if !groups.is_empty() {
+                    // Not in a hand-over: the new primary's workers accept from them.
+                    if !groups.is_empty() && !hand_over {
                         for group in groups {
                             if group.refuse_new().is_err() {
                                 group.stop();
@@ -420,6 +498,13 @@ async fn run(
                         kernel_drain = Some(Instant::now() + drain);
                     }
                     state.stop_accepting(kernel_drain.is_some());
+                }
+                Some(Command::Duplicate { reply }) => {
+                    let copies = listeners
+                        .iter()
+                        .map(|(i, l)| channel::duplicate(l.get_ref().as_fd()).map(|fd| (*i, fd)))
+                        .collect();
+                    let _ = reply.send(copies);
                 }
                 Some(Command::Close) | None => break,
                 #[cfg(any(test, feature = "test-hooks"))]

@@ -19,6 +19,8 @@ use sticky_rs::slot_for;
 use sticky_rs::trust::Trusted;
 use sticky_rs::{listener, receiver, router};
 
+pub mod upgrade;
+
 fn os_error(e: io::Error) -> Error {
     let bind = e
         .get_ref()
@@ -82,6 +84,9 @@ pub struct RouterOptions {
     pub load_balancing_method: Option<String>,
     /// `routeBy: 'sid'`: this server's node name, which its session ids start with.
     pub node: Option<String>,
+    /// An upgrade (issue 22): listening descriptors the old primary passed on, used instead of
+    /// binding, in the order of its `listeningFds()`.
+    pub inherited: Option<Vec<i32>>,
 }
 
 /// The address a router listens on, shaped like `server.address()`.
@@ -302,7 +307,8 @@ impl Router {
         let on_event: router::OnEvent = std::sync::Arc::new(move |event| {
             on_event.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
         });
-        let inner = router::Router::start(config, on_event).map_err(os_error)?;
+        let inner = router::Router::start_inherited(config, on_event, options.inherited)
+            .map_err(os_error)?;
         Ok(Router { inner: Some(inner) })
     }
 

@@ -84,6 +84,8 @@ struct Health {
     rotate: usize,
     /// Stopping (a socket filter drops every SYN on purpose): nothing is checked any more.
     stopped: bool,
+    /// Another process checks the same members for now (an upgrade, see [`Group::pause_checks`]).
+    paused: bool,
     /// Repairs made since the group was bound.
     repairs: u64,
     /// What was found and done, newest last (at most [`RECENT`]).
@@ -120,16 +122,20 @@ impl Group {
     fn bind_exact(addr: SocketAddr, slots: usize, hash: Hash, backlog: i32) -> io::Result<Group> {
         let family = Family::of(&addr.ip());
         let steer = program(family, hash, slots)?;
-        let mut group = Self::form(addr, slots, backlog)?;
-        group.hash = hash;
-        // Attached once every member listens: a program attached to a member that does not
-        // listen yet is dropped.
-        attach(group.fallback(), &steer)?;
+        Self::form(addr, slots, backlog)?.steer(&steer, hash)
+    }
+
+    /// Attaches `steer`, the program computed with `hash`, once every member listens (a program
+    /// attached to a member that does not listen yet is dropped), and finds out whether probes
+    /// work here.
+    fn steer(mut self, steer: &[Insn], hash: Hash) -> io::Result<Group> {
+        self.hash = hash;
+        attach(self.fallback(), steer)?;
         // Probes need TCP MD5 (CONFIG_TCP_MD5SIG) and SO_MEMINFO (Linux 4.12): without them,
         // every probe would look lost and the checks would detour every slot.
-        let probes_work = (0..3).any(|_| group.probe(FALLBACK_MEMBER) == Some(FALLBACK_MEMBER));
-        group.lock().no_probes |= !probes_work;
-        Ok(group)
+        let probes_work = (0..3).any(|_| self.probe(FALLBACK_MEMBER) == Some(FALLBACK_MEMBER));
+        self.lock().no_probes |= !probes_work;
+        Ok(self)
     }
 
     /// Binds and listens on every member, with a program that sends every SYN to the fallback
@@ -148,6 +154,35 @@ impl Group {
             }
             members.push(OwnedFd::from(socket));
         }
+        Self::assemble(members, local, backlog)
+    }
+
+    // --- upgrade (issue 22) ---
+    /// A group whose members another process formed and passed on (a binary upgrade, see
+    /// `crate::inherit`, which checked them): `members` in the kernel's order, the fallback
+    /// first. The program is attached again (the new version's; the group is the same), and
+    /// nothing is bound, so member `i` stays at index `i` and every client on its slot.
+    pub fn adopt(
+        members: Vec<OwnedFd>,
+        local: SocketAddr,
+        hash: Hash,
+        backlog: i32,
+    ) -> io::Result<Group> {
+        let slots = members.len().saturating_sub(1);
+        let steer = program(Family::of(&local.ip()), hash, slots)?;
+        Self::assemble(members, local, backlog)?.steer(&steer, hash)
+    }
+
+    /// Another process holds the same members and checks them (an upgrade under way): two
+    /// processes probing at once would count each other's probes, so one of them pauses.
+    pub fn pause_checks(&self, paused: bool) {
+        self.lock().paused = paused;
+    }
+    // --- end upgrade ---
+
+    /// The group over listening `members` in `listen()` order: what the checks start from.
+    fn assemble(members: Vec<OwnedFd>, local: SocketAddr, backlog: i32) -> io::Result<Group> {
+        let slots = members.len().saturating_sub(1);
         let health = Health {
             max_backlog: members
                 .iter()
@@ -279,7 +314,7 @@ impl Group {
     /// Never closes a member, and member `slot_member(s)` keeps serving slot `s`.
     pub fn check(&self) -> u64 {
         let mut h = self.lock();
-        if h.stopped {
+        if h.stopped || h.paused {
             return 0;
         }
         let before = h.repairs;
