@@ -109,6 +109,8 @@ enum Command {
         /// accepting on its copies; the sockets keep listening, untouched.
         hand_over: bool,
     },
+    /// Starts accepting on inherited listeners (see [`Router::accept`]).
+    Accept,
     /// Copies (close-on-exec) of the listeners the thread accepts on, by listener index.
     Duplicate {
         reply: std::sync::mpsc::Sender<io::Result<Vec<(u8, OwnedFd)>>>,
@@ -220,6 +222,13 @@ impl Router {
                 })
                 .collect::<io::Result<Vec<_>>>()?
         };
+        // Upgrade: the new primary accepts only once every slot has a ready worker (accept());
+        // until then the old one serves everything, and a new version that never gets ready
+        // has taken no connection that would be lost with it.
+        let (listeners, held) = match inherited {
+            Some(_) => (Vec::new(), listeners),
+            None => (listeners, Vec::new()),
+        };
         let groups_for_thread = groups.clone();
         let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -231,7 +240,7 @@ impl Router {
                     state.kernel_dispatch();
                 }
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    runtime.block_on(run(listeners, command_rx, state, &groups_for_thread))
+                    runtime.block_on(run(listeners, held, command_rx, state, &groups_for_thread))
                 }));
                 if let Err(panic) = result {
                     let reason = panic
@@ -408,6 +417,12 @@ impl Router {
             .collect())
     }
 
+    /// A router started on inherited sockets accepts only from now on: the new primary calls it
+    /// once every slot has a ready worker. Does nothing otherwise.
+    pub fn accept(&self) -> io::Result<()> {
+        self.send(Command::Accept)
+    }
+
     /// Kernel dispatch: pauses (or resumes) the checks of every group while another process
     /// checks the same members (see [`Group::pause_checks`]).
     pub fn pause_checks(&self, paused: bool) {
@@ -455,6 +470,7 @@ impl Drop for Router {
 
 async fn run(
     mut listeners: Vec<(u8, AsyncFd<Socket>)>,
+    mut held: Vec<(u8, AsyncFd<Socket>)>,
     mut commands: UnboundedReceiver<Command>,
     mut state: Dispatcher,
     groups: &[Group],
@@ -486,6 +502,7 @@ async fn run(
                 Some(Command::Retire { id }) => state.retire(id),
                 Some(Command::StopAccepting { drain, hand_over }) => {
                     listeners.clear();
+                    held.clear();
                     // Kernel dispatch: no new SYN joins the members' queues from now on; the
                     // workers accept what is queued, then the members stop listening (below).
                     // Not in a hand-over: the new primary's workers accept from them.
@@ -499,9 +516,11 @@ async fn run(
                     }
                     state.stop_accepting(kernel_drain.is_some());
                 }
+                Some(Command::Accept) => listeners.append(&mut held),
                 Some(Command::Duplicate { reply }) => {
                     let copies = listeners
                         .iter()
+                        .chain(held.iter())
                         .map(|(i, l)| channel::duplicate(l.get_ref().as_fd()).map(|fd| (*i, fd)))
                         .collect();
                     let _ = reply.send(copies);

@@ -46,6 +46,13 @@ impl Router {
         self.unless_closed(|inner| inner.hand_over())
     }
 
+    /// A router on inherited sockets starts accepting (every slot of the new primary has a
+    /// ready worker).
+    #[napi]
+    pub fn accept(&self) -> Result<()> {
+        self.unless_closed(|inner| inner.accept())
+    }
+
     /// Kernel dispatch: pauses or resumes the group checks while another primary holds the
     /// same members.
     #[napi]
