@@ -1,0 +1,200 @@
+'use strict';
+// Issue 22: upgrading the whole server (a new primary with new app code takes over the listening
+// sockets) under continuous load from 240 client addresses: nothing refused, reset or failed,
+// every client on its slot throughout, each old primary exits 0, the pid file names the current
+// primary, systemd's NOTIFY_SOCKET hears MAINPID and READY; a broken version changes nothing.
+// Real processes; DISPATCH=primary runs the router instead of kernel dispatch.
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { freePort, clientIp, startFixture, stopAll, get, slotOf, alive } = require('./helpers');
+
+jest.setTimeout(120000);
+
+const DISPATCH = process.env.DISPATCH || undefined;
+const WORKERS = 2;
+const IPS = Array.from({ length: 240 }, (_, i) => clientIp(i));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const cleanups = [];
+
+afterEach(async () => {
+  await stopAll();
+  for (const f of cleanups.splice(0)) f();
+});
+
+/** A directory with the app's module (rewritten between upgrades) and its pid file. */
+function workdir() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sticky-rs-upgrade-'));
+  cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const module = path.join(dir, 'app.js');
+  const write = (fields) => fs.writeFileSync(module, `module.exports = ${JSON.stringify(fields)};\n`);
+  return { dir, module, pidFile: path.join(dir, 'app.pid'), write };
+}
+
+/** Every process in the fixture's process group (the first primary's pid is its id). */
+function groupMembers(pgid) {
+  const found = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[2]) === pgid && fields[0] !== 'Z') found.push(Number(entry));
+    } catch {}
+  }
+  return found;
+}
+
+async function until(what, predicate, timeout) {
+  const deadline = Date.now() + timeout;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`not within ${timeout} ms: ${what}`);
+    await sleep(25);
+  }
+}
+
+/**
+ * Requests from IPS, 16 at a time, each on a new connection, until stop(). Records per
+ * address the slots that answered, and every failure by kind.
+ */
+function load(port) {
+  let running = true;
+  const answers = [];
+  const failures = [];
+  const slots = new Map();
+  const loops = Array.from({ length: 16 }, async (_, k) => {
+    for (let i = k; running; i += 16) {
+      const ip = IPS[i % IPS.length];
+      try {
+        const r = await get(port, ip, '/', { timeout: 10000 });
+        if (r.status !== 200) throw new Error(`status ${r.status}`);
+        answers.push({ at: Date.now(), ip, ...r.body });
+        if (!slots.has(ip)) slots.set(ip, new Set());
+        slots.get(ip).add(r.body.slot);
+      } catch (err) {
+        failures.push({ ip, error: err.code || err.message });
+      }
+    }
+  });
+  return {
+    answers,
+    failures,
+    slots,
+    async stop() {
+      running = false;
+      await Promise.all(loops);
+    },
+  };
+}
+
+/** A fake systemd: a Unix datagram socket (python3) that prints each message as a JSON line. */
+function notifyReceiver(dir) {
+  const socket = path.join(dir, 'notify.sock');
+  const script = 'import socket,sys,json\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("bound",flush=True)\nwhile True:\n  print(json.dumps(s.recv(4096).decode()),flush=True)\n';
+  const child = spawn('python3', ['-c', script, socket], { stdio: ['ignore', 'pipe', 'inherit'] });
+  cleanups.push(() => child.kill('SIGKILL'));
+  const messages = [];
+  let buffered = '';
+  let bound;
+  const isBound = new Promise((r) => (bound = r));
+  child.stdout.on('data', (d) => {
+    buffered += d;
+    const lines = buffered.split('\n');
+    buffered = lines.pop();
+    for (const line of lines) {
+      if (line === 'bound') bound();
+      else messages.push(JSON.parse(line));
+    }
+  });
+  return { socket, messages, isBound };
+}
+
+test('3 upgrades in a row under load, new app code each time: 0 failed, every client on its slot, old primaries exit 0, pid file and NOTIFY_SOCKET follow', async () => {
+  const port = await freePort();
+  const w = workdir();
+  w.write({ version: 1 });
+  const notify = notifyReceiver(w.dir);
+  await notify.isBound;
+  const app = startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH, APP_MODULE: w.module, PID_FILE: w.pidFile, NOTIFY_SOCKET: notify.socket });
+  const pgid = app.child.pid;
+  await app.count('ready', WORKERS);
+  await until('the pid file', () => fs.existsSync(w.pidFile), 5000);
+  expect(Number(fs.readFileSync(w.pidFile, 'utf8'))).toBe(pgid);
+  const traffic = load(port);
+  await sleep(500);
+  const timings = [];
+  let current = pgid;
+  for (let version = 2; version <= 4; version++) {
+    w.write({ version });
+    const old = current;
+    const asked = Date.now();
+    process.kill(old, 'SIGUSR2');
+    const took = await app.next((e) => e.event === 'takeover' && e.previous === old, 20000);
+    current = took.pid;
+    const exit = await app.next((e) => e.event === 'primary-exit' && e.pid === old, 20000);
+    const exitedAt = Date.now();
+    timings.push(exitedAt - asked);
+    expect(exit.code).toBe(0);
+    expect(took.stats.dispatch).toBe(DISPATCH === 'primary' ? 'primary' : 'kernel');
+    expect(Number(fs.readFileSync(w.pidFile, 'utf8'))).toBe(current);
+    expect(notify.messages).toContain(`MAINPID=${current}\nREADY=1`);
+    // 2 s after the old primary exited, every answer comes from the new code.
+    await sleep(2500);
+    const late = traffic.answers.filter((a) => a.at > exitedAt + 2000);
+    expect(late.length).toBeGreaterThan(0);
+    expect(late.filter((a) => a.version !== version || a.primary !== current)).toEqual([]);
+  }
+  await traffic.stop();
+  const moved = [...traffic.slots.entries()].filter(([ip, s]) => s.size !== 1 || !s.has(slotOf(ip, WORKERS)));
+  console.log(`upgrade (${DISPATCH || 'kernel'}): ${traffic.answers.length} requests from ${traffic.slots.size} addresses over 3 upgrades, ${traffic.failures.length} failed; trigger to old primary's exit ${timings.join(', ')} ms`);
+  expect(traffic.failures).toEqual([]);
+  expect(traffic.slots.size).toBe(IPS.length);
+  expect(moved).toEqual([]);
+  // The final SIGTERM ends everything within 10 s, exit 0, nothing left in the process group.
+  const stopped = Date.now();
+  process.kill(current, 'SIGTERM');
+  const last = await app.next((e) => e.event === 'primary-exit' && e.pid === current, 10000);
+  expect(last.code).toBe(0);
+  await until('no process left in the group', () => groupMembers(pgid).length === 0, 10000 - (Date.now() - stopped));
+  expect(fs.existsSync(w.pidFile)).toBe(false);
+});
+
+test.each([
+  ['its primary throws at start', { throwInPrimary: true }, /exited with code 1 before it was ready/],
+  ['its workers never become ready', { stall: true }, /not ready on every slot within readyTimeout/],
+])('a broken new version (%s): the old primary keeps serving, 0 failed, says why, pid file unchanged, nothing stray', async (_, broken, why) => {
+  const port = await freePort();
+  const w = workdir();
+  w.write({ version: 1 });
+  const app = startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH, APP_MODULE: w.module, PID_FILE: w.pidFile, READY_TIMEOUT: 3000 });
+  const pgid = app.child.pid;
+  await app.count('ready', WORKERS);
+  await until('the pid file', () => fs.existsSync(w.pidFile), 5000);
+  const before = groupMembers(pgid).sort();
+  const traffic = load(port);
+  await sleep(300);
+  w.write({ version: 2, ...broken });
+  process.kill(pgid, 'SIGUSR2');
+  // Repeated signals during the upgrade: one upgrade, the others are refused with a message.
+  await sleep(100);
+  process.kill(pgid, 'SIGUSR2');
+  await until('the old primary says why', () => why.test(app.stderr), 15000);
+  await until('the broken primary and its workers are gone', () => groupMembers(pgid).sort().join() === before.join(), 10000);
+  await sleep(500);
+  await traffic.stop();
+  console.log(`broken upgrade (${DISPATCH || 'kernel'}, ${Object.keys(broken)[0]}): ${traffic.answers.length} requests, ${traffic.failures.length} failed`);
+  expect(app.stderr).toMatch(/upgrade refused: an upgrade is under way/);
+  expect(app.events.filter((e) => e.event === 'listening').length).toBe(1 + (broken.stall ? 1 : 0));
+  expect(traffic.failures).toEqual([]);
+  expect(traffic.answers.every((a) => a.version === 1 && a.primary === pgid)).toBe(true);
+  expect(Number(fs.readFileSync(w.pidFile, 'utf8'))).toBe(pgid);
+  expect(alive(pgid)).toBe(true);
+  // Still upgradable once fixed.
+  w.write({ version: 3 });
+  process.kill(pgid, 'SIGUSR2');
+  const took = await app.next((e) => e.event === 'takeover' && e.previous === pgid, 20000);
+  expect((await get(port, IPS[0])).body.version).toBe(3);
+  process.kill(took.pid, 'SIGTERM');
+  await app.next((e) => e.event === 'primary-exit' && e.pid === took.pid, 10000);
+});
