@@ -198,3 +198,69 @@ test.each([
   process.kill(took.pid, 'SIGTERM');
   await app.next((e) => e.event === 'primary-exit' && e.pid === took.pid, 10000);
 });
+
+/**
+ * Socket.IO clients from distinct addresses, reconnecting on their own (as browsers do); each
+ * records every 'hello' (one per connection: version, slot, worker, primary).
+ */
+function socketioClients(port, ips) {
+  const http = require('node:http');
+  const { io } = require('socket.io-client');
+  return ips.map((ip) => {
+    const agent = new http.Agent({ localAddress: ip });
+    const socket = io(`http://127.0.0.1:${port}`, { forceNew: true, agent, reconnectionDelay: 100, reconnectionDelayMax: 500 });
+    cleanups.push(() => {
+      socket.disconnect();
+      agent.destroy();
+    });
+    const client = { ip, socket, hellos: [], errors: [] };
+    socket.on('hello', (h) => client.hellos.push(h));
+    socket.on('connect_error', (err) => client.errors.push(err.message));
+    return client;
+  });
+}
+
+test.each([['address', undefined], ['sid', 'sid']])('Socket.IO clients through an upgrade (routeBy %s): each reconnects once, to its slot when routing by address', async (_, routeBy) => {
+  const port = await freePort();
+  const w = workdir();
+  w.write({ version: 1 });
+  const app = startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH: routeBy ? undefined : DISPATCH, ROUTE_BY: routeBy, SOCKETIO: 1, APP_MODULE: w.module, PID_FILE: w.pidFile });
+  await app.count('ready', WORKERS);
+  const clients = socketioClients(port, IPS.slice(0, 40));
+  await until('every client connected', () => clients.every((c) => c.hellos.length === 1), 15000);
+  w.write({ version: 2 });
+  process.kill(app.child.pid, 'SIGUSR2');
+  const took = await app.next((e) => e.event === 'takeover', 20000);
+  await until('every client reconnected to the new primary', () => clients.every((c) => c.hellos.some((h) => h.primary === took.pid)), 15000);
+  await sleep(1000);
+  const reconnected = clients.filter((c) => c.hellos.length > 1).length;
+  const sameSlot = clients.filter((c) => c.hellos[0].slot === c.hellos[c.hellos.length - 1].slot).length;
+  const extra = clients.filter((c) => c.hellos.length > 2);
+  console.log(`Socket.IO through an upgrade (routeBy ${routeBy || 'address'}, ${DISPATCH || 'auto'}): ${reconnected} of ${clients.length} clients had to reconnect (their old worker retired), ${sameSlot} on the same slot, ${extra.length} more than once, connect errors: ${clients.reduce((n, c) => n + c.errors.length, 0)}`);
+  expect(clients.every((c) => c.hellos[c.hellos.length - 1].version === 2)).toBe(true);
+  expect(extra).toEqual([]);
+  if (!routeBy) expect(sameSlot).toBe(clients.length);
+  process.kill(took.pid, 'SIGTERM');
+  await app.next((e) => e.event === 'primary-exit' && e.pid === took.pid, 10000);
+});
+
+test('without upgradeSignal, nodemon (which restarts its child with SIGUSR2) restarts a sticky-rs app cleanly: no handler, no second primary', async () => {
+  const port = await freePort();
+  const w = workdir();
+  w.write({ version: 1 });
+  const run = startFixture('nodemon-run.js', { PORT: port, WORKERS, DISPATCH, APP_MODULE: w.module, WATCH_DIR: w.dir, UPGRADE_SIGNAL: '' });
+  const pgid = run.child.pid;
+  const first = await run.next((e) => e.event === 'listening', 20000);
+  expect(first.upgradeHandlers).toBe(0);
+  await run.count('ready', WORKERS);
+  w.write({ version: 2 });
+  const second = await run.next((e) => e.event === 'listening' && e.pid !== first.pid, 20000);
+  await run.next((e) => e.event === 'ready' && e.primary === second.pid, 20000);
+  await until('both slots of the new primary ready', () => run.events.filter((e) => e.event === 'ready' && e.primary === second.pid).length === WORKERS, 10000);
+  expect(alive(first.pid)).toBe(false);
+  expect(run.events.filter((e) => e.event === 'error')).toEqual([]);
+  const answers = await Promise.all(IPS.slice(0, 20).map((ip) => get(port, ip)));
+  expect(answers.every((a) => a.body.version === 2 && a.body.primary === second.pid)).toBe(true);
+  // nodemon, the new primary and its workers: nothing else in the group.
+  await until('only the new primary and its workers besides nodemon', () => groupMembers(pgid).length === 1 + 1 + WORKERS, 5000);
+});
