@@ -264,3 +264,32 @@ test('without upgradeSignal, nodemon (which restarts its child with SIGUSR2) res
   // nodemon, the new primary and its workers: nothing else in the group.
   await until('only the new primary and its workers besides nodemon', () => groupMembers(pgid).length === 1 + 1 + WORKERS, 5000);
 });
+
+test('primary.upgrade() resolves with the new pid; a second call during it is refused', async () => {
+  const port = await freePort();
+  const w = workdir();
+  w.write({ version: 1 });
+  const app = startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH, APP_MODULE: w.module });
+  await app.count('ready', WORKERS);
+  w.write({ version: 2 });
+  app.command('upgrade');
+  const refused = await app.next((e) => e.event === 'upgrade-failed', 20000);
+  expect(refused).toMatchObject({ call: 2, message: expect.stringMatching(/upgrade refused: an upgrade is under way \(new primary pid \d+\)/) });
+  const done = await app.next((e) => e.event === 'upgraded', 20000);
+  const took = await app.next((e) => e.event === 'takeover', 20000);
+  expect(done).toMatchObject({ call: 1, pid: took.pid });
+  expect((await app.exited).code).toBe(0);
+  expect((await get(port, IPS[0])).body).toMatchObject({ version: 2, primary: took.pid });
+  process.kill(took.pid, 'SIGTERM');
+  await app.next((e) => e.event === 'primary-exit' && e.pid === took.pid, 10000);
+});
+
+test('upgrade options are checked', () => {
+  const sticky = require('..');
+  const start = (options) => () => sticky(() => {}, { port: 1, ...options });
+  expect(start({ upgradeSignal: 'SIGTERM' })).toThrow(/option "upgradeSignal" must be a signal name other than SIGINT, SIGTERM, SIGHUP, SIGKILL, SIGSTOP \(e.g. "SIGUSR2"\), got "SIGTERM"/);
+  expect(start({ upgradeSignal: 'SIGNOPE' })).toThrow(/option "upgradeSignal" must be a signal name/);
+  expect(start({ upgradeSignal: 12 })).toThrow(/option "upgradeSignal" must be a string, got 12/);
+  expect(start({ pidFile: {} })).toThrow(/option "pidFile" must be a string, got an object/);
+  expect(start({ upgradeExecPath: true })).toThrow(/option "upgradeExecPath" must be a string, got true/);
+});
