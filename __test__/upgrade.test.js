@@ -293,3 +293,27 @@ test('upgrade options are checked', () => {
   expect(start({ pidFile: {} })).toThrow(/option "pidFile" must be a string, got an object/);
   expect(start({ upgradeExecPath: true })).toThrow(/option "upgradeExecPath" must be a string, got true/);
 });
+
+test('upgradeExecPath picks the binary the new primary runs (resolved at upgrade time)', async () => {
+  const port = await freePort();
+  const w = workdir();
+  w.write({ version: 1 });
+  // A "new Node": a wrapper that marks its process, then runs this Node. The link is switched
+  // to it after the start, as nvm or a deploy switches a symlink.
+  const wrapper = path.join(w.dir, 'node-wrapper.sh');
+  fs.writeFileSync(wrapper, `#!/bin/sh\nVIA_WRAPPER=1 exec "${process.execPath}" "$@"\n`, { mode: 0o755 });
+  const link = path.join(w.dir, 'node');
+  fs.symlinkSync(process.execPath, link);
+  const app = startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH, APP_MODULE: w.module, UPGRADE_EXEC_PATH: link });
+  const first = await app.next((e) => e.event === 'listening');
+  expect(first.via).toBe(null);
+  await app.count('ready', WORKERS);
+  fs.unlinkSync(link);
+  fs.symlinkSync(wrapper, link);
+  process.kill(first.pid, 'SIGUSR2');
+  const took = await app.next((e) => e.event === 'takeover', 20000);
+  const second = app.events.find((e) => e.event === 'listening' && e.pid === took.pid);
+  expect(second.via).toBe('1');
+  process.kill(took.pid, 'SIGTERM');
+  await app.next((e) => e.event === 'primary-exit' && e.pid === took.pid, 10000);
+});
