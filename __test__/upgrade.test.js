@@ -317,3 +317,21 @@ test('upgradeExecPath picks the binary the new primary runs (resolved at upgrade
   process.kill(took.pid, 'SIGTERM');
   await app.next((e) => e.event === 'primary-exit' && e.pid === took.pid, 10000);
 });
+
+test('an upgradeExecPath that cannot run: the upgrade fails, said, the old primary keeps serving', async () => {
+  const port = await freePort();
+  const w = workdir();
+  w.write({ version: 1 });
+  const notExecutable = path.join(w.dir, 'not-node');
+  fs.writeFileSync(notExecutable, 'not a program\n', { mode: 0o644 });
+  const app = startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH, APP_MODULE: w.module, UPGRADE_EXEC_PATH: notExecutable });
+  await app.count('ready', WORKERS);
+  app.command('upgrade');
+  const failed = await app.next((e) => e.event === 'upgrade-failed' && e.call === 1, 10000);
+  expect(failed.message).toMatch(/upgrade failed: cannot start .*not-node: spawn .*EACCES/);
+  expect(app.stderr).toMatch(/upgrade failed: cannot start .*; this primary \(pid \d+\) keeps serving/);
+  expect((await get(port, IPS[0])).body).toMatchObject({ version: 1, primary: app.child.pid });
+  // And a later upgrade is not refused as "under way".
+  app.command('upgrade');
+  await until('a second attempt fails the same way', () => app.events.filter((e) => e.event === 'upgrade-failed' && e.call === 1).length === 2, 10000);
+});

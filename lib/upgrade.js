@@ -206,7 +206,13 @@ function upgrade(primary) {
   if (o.debug) log('primary', `upgrade: started the new primary, pid ${child.pid} (${execPath})`);
   return new Promise((resolve, reject) => {
     let done = false;
-    const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
+    // A binary that cannot be run (EACCES, ENOENT) gets 'error' and no 'exit'.
+    const exited = new Promise((r) => {
+      child.once('exit', (code, signal) => r({ code, signal }));
+      child.once('error', () => {
+        if (child.pid === undefined) r({ code: null, signal: null });
+      });
+    });
     const fail = (why) => {
       if (done) return;
       done = true;
@@ -230,7 +236,7 @@ function upgrade(primary) {
     run.abort = fail;
     const timer = setTimeout(() => fail(`the new primary (pid ${child.pid}) was not ready on every slot within readyTimeout (${o.readyTimeout} ms)`), o.readyTimeout);
     child.once('error', (err) => fail(`cannot start ${execPath}: ${err.message}`));
-    exited.then(({ code, signal }) => fail(`the new primary (pid ${child.pid}) ${signal ? `was killed by ${signal}` : `exited with code ${code}`} before it was ready`));
+    exited.then(({ code, signal }) => child.pid !== undefined && fail(`the new primary (pid ${child.pid}) ${signal ? `was killed by ${signal}` : `exited with code ${code}`} before it was ready`));
     let said = '';
     child.stdio[CONTROL_FD].on('error', () => {});
     child.stdio[CONTROL_FD].on('data', (chunk) => {
