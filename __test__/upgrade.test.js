@@ -8,14 +8,13 @@ const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { freePort, clientIp, startFixture, stopAll, get, slotOf, alive } = require('./helpers');
+const { freePort, clientIp, startFixture, stopAll, get, slotOf, alive, range, sleep, until } = require('./helpers');
 
 jest.setTimeout(120000);
 
 const DISPATCH = process.env.DISPATCH || undefined;
 const WORKERS = 2;
-const IPS = Array.from({ length: 240 }, (_, i) => clientIp(i));
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const IPS = range(240).map(clientIp);
 const cleanups = [];
 
 afterEach(async () => {
@@ -44,14 +43,6 @@ function groupMembers(pgid) {
     } catch {}
   }
   return found;
-}
-
-async function until(what, predicate, timeout) {
-  const deadline = Date.now() + timeout;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`not within ${timeout} ms: ${what}`);
-    await sleep(25);
-  }
 }
 
 /**
@@ -91,7 +82,8 @@ function load(port) {
 /** A fake systemd: a Unix datagram socket (python3) that prints each message as a JSON line. */
 function notifyReceiver(dir) {
   const socket = path.join(dir, 'notify.sock');
-  const script = 'import socket,sys,json\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("bound",flush=True)\nwhile True:\n  print(json.dumps(s.recv(4096).decode()),flush=True)\n';
+  const script =
+    'import socket,sys,json\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("bound",flush=True)\nwhile True:\n  print(json.dumps(s.recv(4096).decode()),flush=True)\n';
   const child = spawn('python3', ['-c', script, socket], { stdio: ['ignore', 'pipe', 'inherit'] });
   cleanups.push(() => child.kill('SIGKILL'));
   const messages = [];
@@ -116,7 +108,14 @@ test('3 upgrades in a row under load, new app code each time: 0 failed, every cl
   w.write({ version: 1 });
   const notify = notifyReceiver(w.dir);
   await notify.isBound;
-  const app = startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH, APP_MODULE: w.module, PID_FILE: w.pidFile, NOTIFY_SOCKET: notify.socket });
+  const app = startFixture('upgrade-app.js', {
+    PORT: port,
+    WORKERS,
+    DISPATCH,
+    APP_MODULE: w.module,
+    PID_FILE: w.pidFile,
+    NOTIFY_SOCKET: notify.socket,
+  });
   const pgid = app.child.pid;
   await app.count('ready', WORKERS);
   await until('the pid file', () => fs.existsSync(w.pidFile), 5000);
@@ -147,7 +146,9 @@ test('3 upgrades in a row under load, new app code each time: 0 failed, every cl
   }
   await traffic.stop();
   const moved = [...traffic.slots.entries()].filter(([ip, s]) => s.size !== 1 || !s.has(slotOf(ip, WORKERS)));
-  console.log(`upgrade (${DISPATCH || 'kernel'}): ${traffic.answers.length} requests from ${traffic.slots.size} addresses over 3 upgrades, ${traffic.failures.length} failed; trigger to old primary's exit ${timings.join(', ')} ms`);
+  console.log(
+    `upgrade (${DISPATCH || 'kernel'}): ${traffic.answers.length} requests from ${traffic.slots.size} addresses over 3 upgrades, ${traffic.failures.length} failed; trigger to old primary's exit ${timings.join(', ')} ms`,
+  );
   expect(traffic.failures).toEqual([]);
   expect(traffic.slots.size).toBe(IPS.length);
   expect(moved).toEqual([]);
@@ -163,41 +164,53 @@ test('3 upgrades in a row under load, new app code each time: 0 failed, every cl
 test.each([
   ['its primary throws at start', { throwInPrimary: true }, /exited with code 1 before it was ready/],
   ['its workers never become ready', { stall: true }, /not ready on every slot within readyTimeout/],
-])('a broken new version (%s): the old primary keeps serving, 0 failed, says why, pid file unchanged, nothing stray', async (_, broken, why) => {
-  const port = await freePort();
-  const w = workdir();
-  w.write({ version: 1 });
-  const app = startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH, APP_MODULE: w.module, PID_FILE: w.pidFile, READY_TIMEOUT: 3000 });
-  const pgid = app.child.pid;
-  await app.count('ready', WORKERS);
-  await until('the pid file', () => fs.existsSync(w.pidFile), 5000);
-  const before = groupMembers(pgid).sort();
-  const traffic = load(port);
-  await sleep(300);
-  w.write({ version: 2, ...broken });
-  process.kill(pgid, 'SIGUSR2');
-  // Repeated signals during the upgrade: one upgrade, the others are refused with a message.
-  await sleep(100);
-  process.kill(pgid, 'SIGUSR2');
-  await until('the old primary says why', () => why.test(app.stderr), 15000);
-  await until('the broken primary and its workers are gone', () => groupMembers(pgid).sort().join() === before.join(), 10000);
-  await sleep(500);
-  await traffic.stop();
-  console.log(`broken upgrade (${DISPATCH || 'kernel'}, ${Object.keys(broken)[0]}): ${traffic.answers.length} requests, ${traffic.failures.length} failed`);
-  expect(app.stderr).toMatch(/upgrade refused: an upgrade is under way/);
-  expect(app.events.filter((e) => e.event === 'listening').length).toBe(1 + (broken.stall ? 1 : 0));
-  expect(traffic.failures).toEqual([]);
-  expect(traffic.answers.every((a) => a.version === 1 && a.primary === pgid)).toBe(true);
-  expect(Number(fs.readFileSync(w.pidFile, 'utf8'))).toBe(pgid);
-  expect(alive(pgid)).toBe(true);
-  // Still upgradable once fixed.
-  w.write({ version: 3 });
-  process.kill(pgid, 'SIGUSR2');
-  const took = await app.next((e) => e.event === 'takeover' && e.previous === pgid, 20000);
-  expect((await get(port, IPS[0])).body.version).toBe(3);
-  process.kill(took.pid, 'SIGTERM');
-  await app.next((e) => e.event === 'primary-exit' && e.pid === took.pid, 10000);
-});
+])(
+  'a broken new version (%s): the old primary keeps serving, 0 failed, says why, pid file unchanged, nothing stray',
+  async (_, broken, why) => {
+    const port = await freePort();
+    const w = workdir();
+    w.write({ version: 1 });
+    const app = startFixture('upgrade-app.js', {
+      PORT: port,
+      WORKERS,
+      DISPATCH,
+      APP_MODULE: w.module,
+      PID_FILE: w.pidFile,
+      READY_TIMEOUT: 3000,
+    });
+    const pgid = app.child.pid;
+    await app.count('ready', WORKERS);
+    await until('the pid file', () => fs.existsSync(w.pidFile), 5000);
+    const before = groupMembers(pgid).sort();
+    const traffic = load(port);
+    await sleep(300);
+    w.write({ version: 2, ...broken });
+    process.kill(pgid, 'SIGUSR2');
+    // Repeated signals during the upgrade: one upgrade, the others are refused with a message.
+    await sleep(100);
+    process.kill(pgid, 'SIGUSR2');
+    await until('the old primary says why', () => why.test(app.stderr), 15000);
+    await until('the broken primary and its workers are gone', () => groupMembers(pgid).sort().join() === before.join(), 10000);
+    await sleep(500);
+    await traffic.stop();
+    console.log(
+      `broken upgrade (${DISPATCH || 'kernel'}, ${Object.keys(broken)[0]}): ${traffic.answers.length} requests, ${traffic.failures.length} failed`,
+    );
+    expect(app.stderr).toMatch(/upgrade refused: an upgrade is under way/);
+    expect(app.events.filter((e) => e.event === 'listening').length).toBe(1 + (broken.stall ? 1 : 0));
+    expect(traffic.failures).toEqual([]);
+    expect(traffic.answers.every((a) => a.version === 1 && a.primary === pgid)).toBe(true);
+    expect(Number(fs.readFileSync(w.pidFile, 'utf8'))).toBe(pgid);
+    expect(alive(pgid)).toBe(true);
+    // Still upgradable once fixed.
+    w.write({ version: 3 });
+    process.kill(pgid, 'SIGUSR2');
+    const took = await app.next((e) => e.event === 'takeover' && e.previous === pgid, 20000);
+    expect((await get(port, IPS[0])).body.version).toBe(3);
+    process.kill(took.pid, 'SIGTERM');
+    await app.next((e) => e.event === 'primary-exit' && e.pid === took.pid, 10000);
+  },
+);
 
 /**
  * Socket.IO clients from distinct addresses, reconnecting on their own (as browsers do); each
@@ -220,23 +233,40 @@ function socketioClients(port, ips) {
   });
 }
 
-test.each([['address', undefined], ['sid', 'sid']])('Socket.IO clients through an upgrade (routeBy %s): each reconnects once, to its slot when routing by address', async (_, routeBy) => {
+test.each([
+  ['address', undefined],
+  ['sid', 'sid'],
+])('Socket.IO clients through an upgrade (routeBy %s): each reconnects once, to its slot when routing by address', async (_, routeBy) => {
   const port = await freePort();
   const w = workdir();
   w.write({ version: 1 });
-  const app = startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH: routeBy ? undefined : DISPATCH, ROUTE_BY: routeBy, SOCKETIO: 1, APP_MODULE: w.module, PID_FILE: w.pidFile });
+  const app = startFixture('upgrade-app.js', {
+    PORT: port,
+    WORKERS,
+    DISPATCH: routeBy ? undefined : DISPATCH,
+    ROUTE_BY: routeBy,
+    SOCKETIO: 1,
+    APP_MODULE: w.module,
+    PID_FILE: w.pidFile,
+  });
   await app.count('ready', WORKERS);
   const clients = socketioClients(port, IPS.slice(0, 40));
   await until('every client connected', () => clients.every((c) => c.hellos.length === 1), 15000);
   w.write({ version: 2 });
   process.kill(app.child.pid, 'SIGUSR2');
   const took = await app.next((e) => e.event === 'takeover', 20000);
-  await until('every client reconnected to the new primary', () => clients.every((c) => c.hellos.some((h) => h.primary === took.pid)), 15000);
+  await until(
+    'every client reconnected to the new primary',
+    () => clients.every((c) => c.hellos.some((h) => h.primary === took.pid)),
+    15000,
+  );
   await sleep(1000);
   const reconnected = clients.filter((c) => c.hellos.length > 1).length;
   const sameSlot = clients.filter((c) => c.hellos[0].slot === c.hellos[c.hellos.length - 1].slot).length;
   const extra = clients.filter((c) => c.hellos.length > 2);
-  console.log(`Socket.IO through an upgrade (routeBy ${routeBy || 'address'}, ${DISPATCH || 'auto'}): ${reconnected} of ${clients.length} clients had to reconnect (their old worker retired), ${sameSlot} on the same slot, ${extra.length} more than once, connect errors: ${clients.reduce((n, c) => n + c.errors.length, 0)}`);
+  console.log(
+    `Socket.IO through an upgrade (routeBy ${routeBy || 'address'}, ${DISPATCH || 'auto'}): ${reconnected} of ${clients.length} clients had to reconnect (their old worker retired), ${sameSlot} on the same slot, ${extra.length} more than once, connect errors: ${clients.reduce((n, c) => n + c.errors.length, 0)}`,
+  );
   expect(clients.every((c) => c.hellos[c.hellos.length - 1].version === 2)).toBe(true);
   expect(extra).toEqual([]);
   if (!routeBy) expect(sameSlot).toBe(clients.length);
@@ -256,7 +286,11 @@ test('without upgradeSignal, nodemon (which restarts its child with SIGUSR2) res
   w.write({ version: 2 });
   const second = await run.next((e) => e.event === 'listening' && e.pid !== first.pid, 20000);
   await run.next((e) => e.event === 'ready' && e.primary === second.pid, 20000);
-  await until('both slots of the new primary ready', () => run.events.filter((e) => e.event === 'ready' && e.primary === second.pid).length === WORKERS, 10000);
+  await until(
+    'both slots of the new primary ready',
+    () => run.events.filter((e) => e.event === 'ready' && e.primary === second.pid).length === WORKERS,
+    10000,
+  );
   expect(alive(first.pid)).toBe(false);
   expect(run.events.filter((e) => e.event === 'error')).toEqual([]);
   const answers = await Promise.all(IPS.slice(0, 20).map((ip) => get(port, ip)));
@@ -274,7 +308,10 @@ test('primary.upgrade() resolves with the new pid; a second call during it is re
   w.write({ version: 2 });
   app.command('upgrade');
   const refused = await app.next((e) => e.event === 'upgrade-failed', 20000);
-  expect(refused).toMatchObject({ call: 2, message: expect.stringMatching(/upgrade refused: an upgrade is under way \(new primary pid \d+\)/) });
+  expect(refused).toMatchObject({
+    call: 2,
+    message: expect.stringMatching(/upgrade refused: an upgrade is under way \(new primary pid \d+\)/),
+  });
   const done = await app.next((e) => e.event === 'upgraded', 20000);
   const took = await app.next((e) => e.event === 'takeover', 20000);
   expect(done).toMatchObject({ call: 1, pid: took.pid });
@@ -287,7 +324,9 @@ test('primary.upgrade() resolves with the new pid; a second call during it is re
 test('upgrade options are checked', () => {
   const sticky = require('..');
   const start = (options) => () => sticky(() => {}, { port: 1, ...options });
-  expect(start({ upgradeSignal: 'SIGTERM' })).toThrow(/option "upgradeSignal" must be a signal name other than SIGINT, SIGTERM, SIGHUP, SIGKILL, SIGSTOP \(e.g. "SIGUSR2"\), got "SIGTERM"/);
+  expect(start({ upgradeSignal: 'SIGTERM' })).toThrow(
+    /option "upgradeSignal" must be a signal name other than SIGINT, SIGTERM, SIGHUP, SIGKILL, SIGSTOP \(e.g. "SIGUSR2"\), got "SIGTERM"/,
+  );
   expect(start({ upgradeSignal: 'SIGNOPE' })).toThrow(/option "upgradeSignal" must be a signal name/);
   expect(start({ upgradeSignal: 12 })).toThrow(/option "upgradeSignal" must be a string, got 12/);
   expect(start({ pidFile: {} })).toThrow(/option "pidFile" must be a string, got an object/);
@@ -333,5 +372,9 @@ test('an upgradeExecPath that cannot run: the upgrade fails, said, the old prima
   expect((await get(port, IPS[0])).body).toMatchObject({ version: 1, primary: app.child.pid });
   // And a later upgrade is not refused as "under way".
   app.command('upgrade');
-  await until('a second attempt fails the same way', () => app.events.filter((e) => e.event === 'upgrade-failed' && e.call === 1).length === 2, 10000);
+  await until(
+    'a second attempt fails the same way',
+    () => app.events.filter((e) => e.event === 'upgrade-failed' && e.call === 1).length === 2,
+    10000,
+  );
 });

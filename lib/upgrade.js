@@ -100,7 +100,13 @@ function sdNotify(message) {
 function routerOptions(options) {
   if (!inheritance) return options;
   const dispatch = options.dispatchFallback ? inheritance.dispatch : options.dispatch;
-  return { ...options, dispatch, dispatchFallback: false, dispatchWhy: `${options.dispatchWhy}; inherited from the old primary (pid ${inheritance.parent})`, inherited: inheritance.fds };
+  return {
+    ...options,
+    dispatch,
+    dispatchFallback: false,
+    dispatchWhy: `${options.dispatchWhy}; inherited from the old primary (pid ${inheritance.parent})`,
+    inherited: inheritance.fds,
+  };
 }
 
 /**
@@ -157,7 +163,7 @@ function ready(primary) {
 
 /** Stops accepting for a shutdown: on copies only while another primary holds the sockets. */
 function stopAccepting(primary, drainMs) {
-  if (primary.upgrading && primary.upgrading.abort) primary.upgrading.abort('this primary is shutting down');
+  if (primary.upgrading?.abort) primary.upgrading.abort('this primary is shutting down');
   if (primary.sharedSockets) primary.router.handOver();
   else primary.router.stopAccepting(drainMs);
 }
@@ -173,7 +179,7 @@ function upgrade(primary) {
     warn(`upgrade refused: ${why}`);
     return Promise.reject(new Error(`sticky-rs: upgrade refused: ${why}`));
   };
-  if (o.adopt) return refuse('setupMaster: the workers are the app\'s own');
+  if (o.adopt) return refuse("setupMaster: the workers are the app's own");
   if (primary.stopping) return refuse('this primary is shutting down');
   if (primary.upgrading) return refuse(`an upgrade is under way (new primary pid ${primary.upgrading.pid})`);
   if (primary.sharedSockets) return refuse('this primary is still taking over from the previous one');
@@ -234,9 +240,16 @@ function upgrade(primary) {
       });
     };
     run.abort = fail;
-    const timer = setTimeout(() => fail(`the new primary (pid ${child.pid}) was not ready on every slot within readyTimeout (${o.readyTimeout} ms)`), o.readyTimeout);
+    const timer = setTimeout(
+      () => fail(`the new primary (pid ${child.pid}) was not ready on every slot within readyTimeout (${o.readyTimeout} ms)`),
+      o.readyTimeout,
+    );
     child.once('error', (err) => fail(`cannot start ${execPath}: ${err.message}`));
-    exited.then(({ code, signal }) => child.pid !== undefined && fail(`the new primary (pid ${child.pid}) ${signal ? `was killed by ${signal}` : `exited with code ${code}`} before it was ready`));
+    exited.then(
+      ({ code, signal }) =>
+        child.pid !== undefined &&
+        fail(`the new primary (pid ${child.pid}) ${signal ? `was killed by ${signal}` : `exited with code ${code}`} before it was ready`),
+    );
     let said = '';
     child.stdio[CONTROL_FD].on('error', () => {});
     child.stdio[CONTROL_FD].on('data', (chunk) => {
@@ -245,7 +258,9 @@ function upgrade(primary) {
       if (primary.stopping) return fail('this primary is shutting down');
       done = true;
       clearTimeout(timer);
-      notice(`upgrade: the new primary (pid ${child.pid}) is ready on every slot after ${Date.now() - started} ms; this primary (pid ${process.pid}) stops accepting, retires its workers and exits`);
+      notice(
+        `upgrade: the new primary (pid ${child.pid}) is ready on every slot after ${Date.now() - started} ms; this primary (pid ${process.pid}) stops accepting, retires its workers and exits`,
+      );
       // This process ends now as a shutdown does, but on copies of sockets the new one keeps.
       primary.sharedSockets = true;
       child.unref();
