@@ -136,6 +136,8 @@ test('3 upgrades in a row under load, new app code each time: 0 failed, every cl
     timings.push(exitedAt - asked);
     expect(exit.code).toBe(0);
     expect(took.stats.dispatch).toBe(DISPATCH === 'primary' ? 'primary' : 'kernel');
+    // The inherited groups are whole: the old primary's checks paused while the new one probed.
+    expect(took.stats.kernel.filter((k) => k.repairs > 0 || k.damage.length > 0)).toEqual([]);
     expect(Number(fs.readFileSync(w.pidFile, 'utf8'))).toBe(current);
     expect(notify.messages).toContain(`MAINPID=${current}\nREADY=1`);
     // 2 s after the old primary exited, every answer comes from the new code.
@@ -216,12 +218,18 @@ test.each([
  * Socket.IO clients from distinct addresses, reconnecting on their own (as browsers do); each
  * records every 'hello' (one per connection: version, slot, worker, primary).
  */
-function socketioClients(port, ips) {
+function socketioClients(port, ips, transports) {
   const http = require('node:http');
   const { io } = require('socket.io-client');
   return ips.map((ip) => {
     const agent = new http.Agent({ localAddress: ip });
-    const socket = io(`http://127.0.0.1:${port}`, { forceNew: true, agent, reconnectionDelay: 100, reconnectionDelayMax: 500 });
+    const socket = io(`http://127.0.0.1:${port}`, {
+      forceNew: true,
+      agent,
+      reconnectionDelay: 100,
+      reconnectionDelayMax: 500,
+      ...(transports ? { transports } : {}),
+    });
     cleanups.push(() => {
       socket.disconnect();
       agent.destroy();
@@ -234,45 +242,49 @@ function socketioClients(port, ips) {
 }
 
 test.each([
-  ['address', undefined],
-  ['sid', 'sid'],
-])('Socket.IO clients through an upgrade (routeBy %s): each reconnects once, to its slot when routing by address', async (_, routeBy) => {
-  const port = await freePort();
-  const w = workdir();
-  w.write({ version: 1 });
-  const app = startFixture('upgrade-app.js', {
-    PORT: port,
-    WORKERS,
-    DISPATCH: routeBy ? undefined : DISPATCH,
-    ROUTE_BY: routeBy,
-    SOCKETIO: 1,
-    APP_MODULE: w.module,
-    PID_FILE: w.pidFile,
-  });
-  await app.count('ready', WORKERS);
-  const clients = socketioClients(port, IPS.slice(0, 40));
-  await until('every client connected', () => clients.every((c) => c.hellos.length === 1), 15000);
-  w.write({ version: 2 });
-  process.kill(app.child.pid, 'SIGUSR2');
-  const took = await app.next((e) => e.event === 'takeover', 20000);
-  await until(
-    'every client reconnected to the new primary',
-    () => clients.every((c) => c.hellos.some((h) => h.primary === took.pid)),
-    15000,
-  );
-  await sleep(1000);
-  const reconnected = clients.filter((c) => c.hellos.length > 1).length;
-  const sameSlot = clients.filter((c) => c.hellos[0].slot === c.hellos[c.hellos.length - 1].slot).length;
-  const extra = clients.filter((c) => c.hellos.length > 2);
-  console.log(
-    `Socket.IO through an upgrade (routeBy ${routeBy || 'address'}, ${DISPATCH || 'auto'}): ${reconnected} of ${clients.length} clients had to reconnect (their old worker retired), ${sameSlot} on the same slot, ${extra.length} more than once, connect errors: ${clients.reduce((n, c) => n + c.errors.length, 0)}`,
-  );
-  expect(clients.every((c) => c.hellos[c.hellos.length - 1].version === 2)).toBe(true);
-  expect(extra).toEqual([]);
-  if (!routeBy) expect(sameSlot).toBe(clients.length);
-  process.kill(took.pid, 'SIGTERM');
-  await app.next((e) => e.event === 'primary-exit' && e.pid === took.pid, 10000);
-});
+  ['address', 'websocket', undefined, undefined],
+  ['sid', 'websocket', 'sid', undefined],
+  ['sid', 'polling', 'sid', ['polling']],
+])(
+  'Socket.IO clients through an upgrade (routeBy %s, %s): each reconnects once, to its slot when routing by address',
+  async (_, __, routeBy, transports) => {
+    const port = await freePort();
+    const w = workdir();
+    w.write({ version: 1 });
+    const app = startFixture('upgrade-app.js', {
+      PORT: port,
+      WORKERS,
+      DISPATCH: routeBy ? undefined : DISPATCH,
+      ROUTE_BY: routeBy,
+      SOCKETIO: 1,
+      APP_MODULE: w.module,
+      PID_FILE: w.pidFile,
+    });
+    await app.count('ready', WORKERS);
+    const clients = socketioClients(port, IPS.slice(0, 40), transports);
+    await until('every client connected', () => clients.every((c) => c.hellos.length === 1), 15000);
+    w.write({ version: 2 });
+    process.kill(app.child.pid, 'SIGUSR2');
+    const took = await app.next((e) => e.event === 'takeover', 20000);
+    await until(
+      'every client reconnected to the new primary',
+      () => clients.every((c) => c.hellos.some((h) => h.primary === took.pid)),
+      15000,
+    );
+    await sleep(1000);
+    const reconnected = clients.filter((c) => c.hellos.length > 1).length;
+    const sameSlot = clients.filter((c) => c.hellos[0].slot === c.hellos[c.hellos.length - 1].slot).length;
+    const extra = clients.filter((c) => c.hellos.length > 2);
+    console.log(
+      `Socket.IO through an upgrade (routeBy ${routeBy || 'address'}, ${transports ? transports.join() : 'websocket'}, ${DISPATCH || 'auto'}): ${reconnected} of ${clients.length} clients had to reconnect (their old worker retired), ${sameSlot} on the same slot, ${extra.length} more than once, connect errors: ${clients.reduce((n, c) => n + c.errors.length, 0)}`,
+    );
+    expect(clients.every((c) => c.hellos[c.hellos.length - 1].version === 2)).toBe(true);
+    expect(extra).toEqual([]);
+    if (!routeBy) expect(sameSlot).toBe(clients.length);
+    process.kill(took.pid, 'SIGTERM');
+    await app.next((e) => e.event === 'primary-exit' && e.pid === took.pid, 10000);
+  },
+);
 
 test('without upgradeSignal, nodemon (which restarts its child with SIGUSR2) restarts a sticky-rs app cleanly: no handler, no second primary', async () => {
   const port = await freePort();
@@ -377,4 +389,30 @@ test('an upgradeExecPath that cannot run: the upgrade fails, said, the old prima
     () => app.events.filter((e) => e.event === 'upgrade-failed' && e.call === 1).length === 2,
     10000,
   );
+});
+
+test('SIGTERM to the old primary during an upgrade: the new one is ended too, everything exits within 10 s, nothing stray', async () => {
+  const port = await freePort();
+  const w = workdir();
+  w.write({ version: 1 });
+  const app = startFixture('upgrade-app.js', {
+    PORT: port,
+    WORKERS,
+    DISPATCH,
+    APP_MODULE: w.module,
+    PID_FILE: w.pidFile,
+    READY_TIMEOUT: 15000,
+  });
+  const pgid = app.child.pid;
+  await app.count('ready', WORKERS);
+  w.write({ version: 2, stall: true });
+  process.kill(pgid, 'SIGUSR2');
+  await app.next((e) => e.event === 'listening' && e.pid !== pgid, 10000);
+  const stopped = Date.now();
+  process.kill(pgid, 'SIGTERM');
+  expect((await app.exited).code).toBe(0);
+  expect(app.stderr).toMatch(/upgrade failed: this primary is shutting down/);
+  // The new primary included (a zombie once its parent exited: not counted, nothing runs).
+  await until('no process left in the group', () => groupMembers(pgid).length === 0, 10000 - (Date.now() - stopped));
+  expect(fs.existsSync(w.pidFile)).toBe(false);
 });
