@@ -226,4 +226,79 @@ mod tests {
         );
         Ok(())
     }
+
+    fn config(dispatch: crate::router::Dispatch, addr: SocketAddr) -> crate::router::Config {
+        use crate::resolve::{RouteBy, Rules};
+        crate::router::Config {
+            listeners: vec![Listen { addr, backlog: 16 }],
+            policy: crate::router::Policy {
+                rules: Rules {
+                    route_by: RouteBy::Address,
+                    trusted: crate::trust::Trusted::default(),
+                    limit: 256,
+                    timeout: std::time::Duration::from_secs(1),
+                    node: None,
+                },
+                slots: 2,
+                queue_limit: 16,
+                queue_timeout: None,
+                hash: Hash::Djb2,
+                debug: false,
+                debug_connections: false,
+                balance: crate::router::Balance::default(),
+            },
+            dispatch,
+        }
+    }
+
+    /// A router on inherited sockets takes no connection before `accept()`: the old primary's
+    /// router, which holds the same listener, takes them all meanwhile; after `hand_over()` it
+    /// takes none, and the listener still listens for the new one.
+    #[test]
+    fn an_inherited_router_accepts_only_once_asked_and_a_hand_over_leaves_the_socket_listening(
+    ) -> io::Result<()> {
+        use crate::router::{Dispatch, OnEvent, Router};
+        use std::sync::Arc;
+        let on_event: OnEvent = Arc::new(|_| {});
+        let old = Router::start(
+            config(
+                Dispatch::Primary,
+                "127.0.0.1:0".parse().map_err(io::Error::other)?,
+            ),
+            on_event.clone(),
+        )?;
+        let at = old.local_addrs()[0];
+        let fds: Vec<RawFd> = old
+            .listening_fds()?
+            .into_iter()
+            .map(|(_, _, fd)| fd.into_raw_fd())
+            .collect();
+        let new = Router::start_inherited(config(Dispatch::Primary, at), on_event, Some(fds))?;
+        assert_eq!(new.local_addrs(), &[at]);
+        let accepted = |router: &Router| {
+            router.stats().snapshot(0).accepted + router.stats().snapshot(1).accepted
+        };
+        let connect_some = || -> io::Result<Vec<std::net::TcpStream>> {
+            (0..8).map(|_| std::net::TcpStream::connect(at)).collect()
+        };
+        let wait_for = |what: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !what() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            what()
+        };
+        let _first = connect_some()?;
+        assert!(wait_for(&|| accepted(&old) == 8));
+        assert_eq!(accepted(&new), 0, "accepted before accept()");
+        old.hand_over()?;
+        new.accept()?;
+        // Commands run in order: once a later one is answered, the old router has dropped its
+        // copy (and has none left to copy).
+        assert!(old.listening_fds().is_err());
+        let _second = connect_some()?;
+        assert!(wait_for(&|| accepted(&new) == 8));
+        assert_eq!(accepted(&old), 8);
+        Ok(())
+    }
 }
