@@ -191,7 +191,7 @@ test.each([
     // Repeated signals during the upgrade: one upgrade, the others are refused with a message.
     await sleep(100);
     process.kill(pgid, 'SIGUSR2');
-    await until('the old primary says why', () => why.test(app.stderr), 15000);
+    await app.said(why, 15000);
     await until('the broken primary and its workers are gone', () => groupMembers(pgid).sort().join() === before.join(), 10000);
     await sleep(500);
     await traffic.stop();
