@@ -86,6 +86,9 @@ const VALUES = {
   peekTimeout: { valid: [], invalid: [] },
   loadBalancingMethod: { valid: [], invalid: [['fastest', TypeError], ['random', TypeError]] }, // needs routeBy 'sid': below
   node: { valid: [], invalid: [['web-1', RangeError], ['a'.repeat(17), RangeError], [7, TypeError], ['web1', TypeError]] }, // needs routeBy 'sid': below
+  upgradeSignal: { valid: [['SIGUSR2', 'SIGUSR2'], ['SIGWINCH', 'SIGWINCH']], invalid: [['SIGTERM', RangeError], ['SIGHUP', RangeError], ['USR2', RangeError], [12, TypeError]] },
+  upgradeExecPath: { valid: [['/usr/local/bin/node', '/usr/local/bin/node']], invalid: [[true, TypeError]] },
+  pidFile: { valid: [['/run/app.pid', '/run/app.pid']], invalid: [[{}, TypeError]] },
   dispatch: { valid: [['primary', 'primary'], ['kernel', 'kernel'], ['auto', process.platform === 'linux' ? 'kernel' : 'primary']], invalid: [['fast', TypeError], [3, TypeError]] },
 };
 

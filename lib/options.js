@@ -20,10 +20,12 @@ const SHARED_KEYS = [
   'loadBalancingMethod', 'node',
 ];
 const BALANCING = ['least-connection', 'round-robin', 'random'];
-const CLUSTER_KEYS = ['concurrency', 'port', 'listeners', 'env', 'errorHandler', ...SHARED_KEYS];
+// Upgrade (issue 22): only where sticky-rs forks the workers (not setupMaster).
+const UPGRADE_KEYS = ['upgradeSignal', 'upgradeExecPath', 'pidFile'];
+const CLUSTER_KEYS = ['concurrency', 'port', 'listeners', 'env', 'errorHandler', ...SHARED_KEYS, ...UPGRADE_KEYS];
 // An HTTP header name (RFC 9110 token).
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-const SESSION_KEYS = ['workers', 'env', ...SHARED_KEYS];
+const SESSION_KEYS = ['workers', 'env', ...SHARED_KEYS, ...UPGRADE_KEYS];
 const MAX_MS = 2 ** 31 - 1;
 
 /** Whether sticky-cluster's `value || fallback` would take the fallback. */
@@ -274,6 +276,22 @@ function common(o) {
   };
 }
 
+// Signals the primary handles otherwise, or that cannot be caught.
+const TAKEN_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGKILL', 'SIGSTOP'];
+
+/** Upgrade (issue 22): `upgradeSignal` (opt-in: nodemon sends SIGUSR2 and expects an exit), `upgradeExecPath`, `pidFile`. */
+function upgradeOptions(o) {
+  const signal = unset(o.upgradeSignal) ? null : ofType('upgradeSignal', o.upgradeSignal, 'string');
+  if (signal && (!Object.hasOwn(os.constants.signals, signal) || TAKEN_SIGNALS.includes(signal))) {
+    throw new RangeError(`sticky-rs: option "upgradeSignal" must be a signal name other than ${TAKEN_SIGNALS.join(', ')} (e.g. "SIGUSR2"), got ${describe(signal)}`);
+  }
+  return {
+    upgradeSignal: signal,
+    upgradeExecPath: unset(o.upgradeExecPath) ? null : ofType('upgradeExecPath', o.upgradeExecPath, 'string'),
+    pidFile: unset(o.pidFile) ? null : ofType('pidFile', o.pidFile, 'string'),
+  };
+}
+
 function defaultErrorHandler(err) {
   // sticky-cluster's handler; the error's stack holds no frame of sticky-rs (see errors.js).
   console.log(err);
@@ -290,6 +308,7 @@ function clusterOptions(startFn, options) {
   const shared = common(o);
   return {
     ...shared,
+    ...upgradeOptions(o),
     slots: count(o, 'concurrency', os.availableParallelism(), 1, 1024),
     listeners: listenersOf(o, { port: unset(o.port) ? 8080 : port('port', o.port, 1), host: shared.host, backlog: shared.backlog }),
     env: userEnv || ((index) => ({ stickycluster_worker_index: index })),
@@ -310,6 +329,7 @@ function sessionOptions(server, portValue, options) {
   const shared = common(o);
   return {
     ...shared,
+    ...upgradeOptions(o),
     slots: count(o, 'workers', os.availableParallelism(), 1, 1024),
     listeners: [{ port: port('port', portValue, 0), host: shared.host, backlog: shared.backlog }],
     env: () => env,

@@ -16,6 +16,7 @@ const { Slot } = require('./slot');
 const strays = require('./strays');
 const { watchCounters } = require('./watch');
 const { WorkerProcess } = require('./worker-process');
+const handover = require('./upgrade'); // upgrade (issue 22)
 
 // A worker stopping on a signal of its own: how long the primary waits before it replaces it.
 // Ctrl-C signals the whole group, and the worker's notice can arrive before the primary's own
@@ -59,6 +60,12 @@ class Primary extends EventEmitter {
     this.reloading = null;
     this.reloadAgain = null;
     this.warnings = new Warnings();
+    // Upgrade (issue 22, lib/upgrade.js): another primary holds the same listening sockets (the
+    // new one after a hand-over, the old one until it exits); the upgrade under way; the pipe to
+    // the old primary.
+    this.sharedSockets = false;
+    this.upgrading = null;
+    this.control = null;
     /** Start-up failures already printed (their first lines), with how often each came. */
     this.failures = new Map();
     /** Process signal handlers installed by start() (sticky()/listen(); not setupMaster). */
@@ -107,6 +114,7 @@ class Primary extends EventEmitter {
       debugConnections: o.debugConnections,
       loadBalancingMethod: o.loadBalancingMethod,
       node: o.node || undefined,
+      inherited: o.inherited, // upgrade (issue 22): the old primary's sockets
     }, (event) => this.onRouterEvent(event));
     try {
       return open(o.dispatch);
@@ -123,6 +131,7 @@ class Primary extends EventEmitter {
   /** Binds; on a bind error calls `onError` and forks nothing. */
   start(onError) {
     internals.selfCheck();
+    this.options = handover.routerOptions(this.options); // upgrade (issue 22)
     try {
       this.router = this.openRouter();
     } catch (err) {
@@ -153,7 +162,13 @@ class Primary extends EventEmitter {
       SIGHUP: () => this.onSighup(),
     };
     for (const [signal, handler] of Object.entries(this.signals)) process.on(signal, handler);
+    handover.started(this); // upgrade (issue 22): upgradeSignal, pidFile, the old primary's pipe
     return this;
+  }
+
+  /** Upgrade (issue 22): a new primary takes over this one's sockets; see lib/upgrade.js. */
+  upgrade() {
+    return handover.upgrade(this);
   }
 
   /**
@@ -423,6 +438,7 @@ class Primary extends EventEmitter {
     const where = this.addresses().map(({ address, port }) => (address === '::' || address === '0.0.0.0' ? `port ${port} (all addresses)` : `${address.includes(':') ? `[${address}]` : address}:${port}`));
     // console.log: a closed stdout is no error here.
     console.log(`sticky-rs: listening on ${where.join(', ')} with ${o.slots} worker(s) (primary pid ${process.pid})`);
+    handover.ready(this); // upgrade (issue 22)
   }
 
   onExit(proc, code, signal) {
@@ -747,7 +763,7 @@ class Primary extends EventEmitter {
     }, drainMs);
     // Kernel dispatch: a busy worker accepts what its member queued when it is free again; the
     // members stop listening once the queues of ready slots are empty, at the latest by then.
-    if (this.router) this.router.stopAccepting(drainMs);
+    if (this.router) handover.stopAccepting(this, drainMs); // upgrade (issue 22): not the sockets while shared
     // Workers forked behind our back have nothing of ours to finish.
     for (const worker of Object.values(cluster.workers)) {
       if (!this.processes.has(worker)) worker.process.kill('SIGTERM');
