@@ -87,8 +87,21 @@ declare namespace sticky {
     backlog?: Count;
   }
 
+  /** Upgrading the whole server without downtime (README "Upgrading without downtime"). */
+  interface UpgradeOptions {
+    /**
+     * A signal that makes the primary upgrade itself (`primary.upgrade()`), e.g. `'SIGUSR2'` as
+     * nginx. Default: none, and no handler is installed (nodemon sends SIGUSR2 and expects an exit).
+     */
+    upgradeSignal?: string;
+    /** The Node binary the new primary runs, resolved at upgrade time. Default `process.execPath`. */
+    upgradeExecPath?: string;
+    /** A file that holds the pid of the primary owning the listening sockets (written atomically). */
+    pidFile?: string;
+  }
+
   /** sticky-cluster 0.3.5's options; a falsy value means the default, as there. */
-  interface ClusterOptions extends CommonOptions {
+  interface ClusterOptions extends CommonOptions, UpgradeOptions {
     /** Number of workers. Default: number of CPUs. */
     concurrency?: Count;
     /** Port to listen on. Default 8080. */
@@ -102,7 +115,7 @@ declare namespace sticky {
   }
 
   /** sticky-session 1.x's options. */
-  interface SessionOptions extends CommonOptions {
+  interface SessionOptions extends CommonOptions, UpgradeOptions {
     /** Number of workers. Default: number of CPUs. */
     workers?: Count;
     /** Extra environment of every worker. */
@@ -201,6 +214,8 @@ declare namespace sticky {
     respawn: RespawnEvent;
     /** A listener failed and accepts no more (the others go on). */
     error: Error;
+    /** In a primary started by an upgrade: the old primary has exited; the sockets are this one's alone. */
+    takeover: { previous: number };
   }
 
   type PrimaryListener<E extends keyof PrimaryEvents> = (event: PrimaryEvents[E]) => void;
@@ -230,6 +245,13 @@ declare namespace sticky {
      * resolves once they are all gone.
      */
     reload(): Promise<{ drained: Promise<void> }>;
+    /**
+     * Starts a new primary (same argv, cwd and start-up environment: it re-reads the app's code)
+     * on this one's listening sockets; resolves with its pid once it is ready on every slot, after
+     * which this primary retires its workers and exits 0. Rejects, this primary still serving, if
+     * the new one exits or is not ready within readyTimeout, or if an upgrade is under way.
+     */
+    upgrade(): Promise<{ pid: number }>;
     on<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;
     once<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;
     off<E extends keyof PrimaryEvents>(event: E, listener: PrimaryListener<E>): this;

@@ -14,16 +14,35 @@ const HASHES = ['djb2', 'djb2-mix'];
 const DISPATCHES = ['auto', 'kernel', 'primary'];
 
 const SHARED_KEYS = [
-  'host', 'backlog', 'debug', 'prefix', 'queueLimit', 'queueTimeout', 'hash',
-  'readyTimeout', 'respawnDelay', 'maxRespawnDelay', 'respawnResetAfter', 'hardShutdownDelay',
-  'routeBy', 'trustedProxies', 'peekLimit', 'peekTimeout', 'maxRestarts', 'restartWindow', 'dispatch',
-  'loadBalancingMethod', 'node',
+  'host',
+  'backlog',
+  'debug',
+  'prefix',
+  'queueLimit',
+  'queueTimeout',
+  'hash',
+  'readyTimeout',
+  'respawnDelay',
+  'maxRespawnDelay',
+  'respawnResetAfter',
+  'hardShutdownDelay',
+  'routeBy',
+  'trustedProxies',
+  'peekLimit',
+  'peekTimeout',
+  'maxRestarts',
+  'restartWindow',
+  'dispatch',
+  'loadBalancingMethod',
+  'node',
 ];
 const BALANCING = ['least-connection', 'round-robin', 'random'];
-const CLUSTER_KEYS = ['concurrency', 'port', 'listeners', 'env', 'errorHandler', ...SHARED_KEYS];
+// Upgrade (issue 22): only where sticky-rs forks the workers (not setupMaster).
+const UPGRADE_KEYS = ['upgradeSignal', 'upgradeExecPath', 'pidFile'];
+const CLUSTER_KEYS = ['concurrency', 'port', 'listeners', 'env', 'errorHandler', ...SHARED_KEYS, ...UPGRADE_KEYS];
 // An HTTP header name (RFC 9110 token).
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-const SESSION_KEYS = ['workers', 'env', ...SHARED_KEYS];
+const SESSION_KEYS = ['workers', 'env', ...SHARED_KEYS, ...UPGRADE_KEYS];
 const MAX_MS = 2 ** 31 - 1;
 
 /** Whether sticky-cluster's `value || fallback` would take the fallback. */
@@ -37,9 +56,7 @@ function integer(name, value, min, max) {
     throw new TypeError(`sticky-rs: option "${name}" must be a number, got ${describe(value)}${hint}`);
   }
   if (!Number.isInteger(value) || value < min || value > max) {
-    throw new RangeError(
-      `sticky-rs: option "${name}" must be an integer from ${min} to ${max}, got ${describe(value)}`,
-    );
+    throw new RangeError(`sticky-rs: option "${name}" must be an integer from ${min} to ${max}, got ${describe(value)}`);
   }
   return value;
 }
@@ -102,9 +119,11 @@ function checkKeys(options, known) {
   for (const key of Object.keys(options)) {
     if (!known.includes(key)) {
       const meant = suggestion(key, known);
-      throw new TypeError(meant
-        ? `sticky-rs: unknown option "${key}": did you mean "${meant}"?`
-        : `sticky-rs: unknown option "${key}" (known: ${known.join(', ')})`);
+      throw new TypeError(
+        meant
+          ? `sticky-rs: unknown option "${key}": did you mean "${meant}"?`
+          : `sticky-rs: unknown option "${key}" (known: ${known.join(', ')})`,
+      );
     }
   }
   return options;
@@ -122,22 +141,30 @@ function backlog(name, value) {
 function routing(o) {
   const routeBy = unset(o.routeBy) ? 'address' : ofType('routeBy', o.routeBy, 'string').toLowerCase();
   if (!HEADER_NAME.test(routeBy)) {
-    throw new TypeError(`sticky-rs: option "routeBy" must be 'address', 'sid', 'x-forwarded-for', 'proxy-protocol' or a header name, got ${describe(o.routeBy)}`);
+    throw new TypeError(
+      `sticky-rs: option "routeBy" must be 'address', 'sid', 'x-forwarded-for', 'proxy-protocol' or a header name, got ${describe(o.routeBy)}`,
+    );
   }
   let trustedProxies = [];
   if (!unset(o.trustedProxies)) {
     if (!Array.isArray(o.trustedProxies) || !o.trustedProxies.every((e) => typeof e === 'string')) {
-      throw new TypeError(`sticky-rs: option "trustedProxies" must be an array of addresses and CIDR ranges, got ${describe(o.trustedProxies)}`);
+      throw new TypeError(
+        `sticky-rs: option "trustedProxies" must be an array of addresses and CIDR ranges, got ${describe(o.trustedProxies)}`,
+      );
     }
     const bad = native.invalidTrustedProxy(o.trustedProxies);
     if (bad !== null && bad !== undefined) {
-      throw new TypeError(`sticky-rs: option "trustedProxies" has an entry that is neither an address nor a CIDR range: ${JSON.stringify(bad)}`);
+      throw new TypeError(
+        `sticky-rs: option "trustedProxies" has an entry that is neither an address nor a CIDR range: ${JSON.stringify(bad)}`,
+      );
     }
     trustedProxies = o.trustedProxies;
   }
   // Session ids are read from every client (an id names a worker, it is no claim to believe).
   if (routeBy !== 'address' && routeBy !== 'sid' && trustedProxies.length === 0) {
-    throw new TypeError(`sticky-rs: option "routeBy": ${JSON.stringify(routeBy)} needs "trustedProxies" (the proxies whose ${routeBy} data is believed)`);
+    throw new TypeError(
+      `sticky-rs: option "routeBy": ${JSON.stringify(routeBy)} needs "trustedProxies" (the proxies whose ${routeBy} data is believed)`,
+    );
   }
   const peek = { peekLimit: count(o, 'peekLimit', 8192, 64, 64 * 1024), peekTimeout: ms(o, 'peekTimeout', 3000) };
   // Options that only matter behind a proxy, given without routeBy, are a mistake (a routeBy
@@ -145,17 +172,23 @@ function routing(o) {
   if (routeBy === 'address') {
     for (const name of ['trustedProxies', 'peekLimit', 'peekTimeout']) {
       if (!unset(o[name]) && !(name === 'trustedProxies' && trustedProxies.length === 0)) {
-        throw new TypeError(`sticky-rs: option "${name}" has no effect with "routeBy": 'address' (the default); set "routeBy" to 'x-forwarded-for', 'proxy-protocol' or a header name, or remove "${name}"`);
+        throw new TypeError(
+          `sticky-rs: option "${name}" has no effect with "routeBy": 'address' (the default); set "routeBy" to 'x-forwarded-for', 'proxy-protocol' or a header name, or remove "${name}"`,
+        );
       }
     }
   }
   let loadBalancingMethod = 'least-connection';
   if (!unset(o.loadBalancingMethod)) {
     if (!BALANCING.includes(o.loadBalancingMethod)) {
-      throw new TypeError(`sticky-rs: option "loadBalancingMethod" must be one of ${BALANCING.map((b) => `'${b}'`).join(', ')}, got ${describe(o.loadBalancingMethod)}`);
+      throw new TypeError(
+        `sticky-rs: option "loadBalancingMethod" must be one of ${BALANCING.map((b) => `'${b}'`).join(', ')}, got ${describe(o.loadBalancingMethod)}`,
+      );
     }
     if (routeBy !== 'sid') {
-      throw new TypeError(`sticky-rs: option "loadBalancingMethod" only places new Socket.IO sessions with "routeBy": 'sid'; set it or remove "loadBalancingMethod"`);
+      throw new TypeError(
+        `sticky-rs: option "loadBalancingMethod" only places new Socket.IO sessions with "routeBy": 'sid'; set it or remove "loadBalancingMethod"`,
+      );
     }
     loadBalancingMethod = o.loadBalancingMethod;
   }
@@ -172,7 +205,9 @@ function nodeName(o, routeBy) {
     throw new RangeError(`sticky-rs: option "node" must be 1 to 16 characters [a-z0-9], got ${describe(o.node)}`);
   }
   if (routeBy !== 'sid') {
-    throw new TypeError(`sticky-rs: option "node" names this server in Socket.IO session ids, which only "routeBy": 'sid' routes by; set "routeBy": 'sid' or remove "node"`);
+    throw new TypeError(
+      `sticky-rs: option "node" names this server in Socket.IO session ids, which only "routeBy": 'sid' routes by; set "routeBy": 'sid' or remove "node"`,
+    );
   }
   return o.node;
 }
@@ -184,14 +219,20 @@ function listenersOf(o, single) {
     throw new TypeError('sticky-rs: give either "listeners" or "port"/"host", not both');
   }
   if (!Array.isArray(o.listeners) || o.listeners.length === 0 || o.listeners.length > 255) {
-    throw new TypeError(`sticky-rs: option "listeners" must be an array of 1 to 255 { port, host, backlog } objects, got ${describe(o.listeners)}`);
+    throw new TypeError(
+      `sticky-rs: option "listeners" must be an array of 1 to 255 { port, host, backlog } objects, got ${describe(o.listeners)}`,
+    );
   }
   return o.listeners.map((l, i) => {
     if (!l || typeof l !== 'object') throw new TypeError(`sticky-rs: option "listeners[${i}]" must be an object, got ${describe(l)}`);
     for (const key of Object.keys(l)) {
       if (!['port', 'host', 'backlog'].includes(key)) throw new TypeError(`sticky-rs: unknown option "listeners[${i}].${key}"`);
     }
-    return { port: port(`listeners[${i}].port`, l.port, 0), host: host(`listeners[${i}].host`, l.host), backlog: backlog(`listeners[${i}].backlog`, l.backlog) };
+    return {
+      port: port(`listeners[${i}].port`, l.port, 0),
+      host: host(`listeners[${i}].host`, l.host),
+      backlog: backlog(`listeners[${i}].backlog`, l.backlog),
+    };
   });
 }
 
@@ -217,7 +258,9 @@ function respawnDelays(o) {
   const respawnDelay = ms(o, 'respawnDelay', 100);
   const maxRespawnDelay = ms(o, 'maxRespawnDelay', 10_000);
   if (respawnDelay > maxRespawnDelay) {
-    throw new RangeError(`sticky-rs: option "respawnDelay" (${respawnDelay}) must not be greater than "maxRespawnDelay" (${maxRespawnDelay}${unset(o.maxRespawnDelay) ? ', the default' : ''}): raise "maxRespawnDelay" or lower "respawnDelay"`);
+    throw new RangeError(
+      `sticky-rs: option "respawnDelay" (${respawnDelay}) must not be greater than "maxRespawnDelay" (${maxRespawnDelay}${unset(o.maxRespawnDelay) ? ', the default' : ''}): raise "maxRespawnDelay" or lower "respawnDelay"`,
+    );
   }
   return { respawnDelay, maxRespawnDelay };
 }
@@ -274,6 +317,24 @@ function common(o) {
   };
 }
 
+// Signals the primary handles otherwise, or that cannot be caught.
+const TAKEN_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGKILL', 'SIGSTOP'];
+
+/** Upgrade (issue 22): `upgradeSignal` (opt-in: nodemon sends SIGUSR2 and expects an exit), `upgradeExecPath`, `pidFile`. */
+function upgradeOptions(o) {
+  const signal = unset(o.upgradeSignal) ? null : ofType('upgradeSignal', o.upgradeSignal, 'string');
+  if (signal && (!Object.hasOwn(os.constants.signals, signal) || TAKEN_SIGNALS.includes(signal))) {
+    throw new RangeError(
+      `sticky-rs: option "upgradeSignal" must be a signal name other than ${TAKEN_SIGNALS.join(', ')} (e.g. "SIGUSR2"), got ${describe(signal)}`,
+    );
+  }
+  return {
+    upgradeSignal: signal,
+    upgradeExecPath: unset(o.upgradeExecPath) ? null : ofType('upgradeExecPath', o.upgradeExecPath, 'string'),
+    pidFile: unset(o.pidFile) ? null : ofType('pidFile', o.pidFile, 'string'),
+  };
+}
+
 function defaultErrorHandler(err) {
   // sticky-cluster's handler; the error's stack holds no frame of sticky-rs (see errors.js).
   console.log(err);
@@ -290,6 +351,7 @@ function clusterOptions(startFn, options) {
   const shared = common(o);
   return {
     ...shared,
+    ...upgradeOptions(o),
     slots: count(o, 'concurrency', os.availableParallelism(), 1, 1024),
     listeners: listenersOf(o, { port: unset(o.port) ? 8080 : port('port', o.port, 1), host: shared.host, backlog: shared.backlog }),
     env: userEnv || ((index) => ({ stickycluster_worker_index: index })),
@@ -310,6 +372,7 @@ function sessionOptions(server, portValue, options) {
   const shared = common(o);
   return {
     ...shared,
+    ...upgradeOptions(o),
     slots: count(o, 'workers', os.availableParallelism(), 1, 1024),
     listeners: [{ port: port('port', portValue, 0), host: shared.host, backlog: shared.backlog }],
     env: () => env,

@@ -10,12 +10,27 @@ const { native } = require('./binding');
 const { listenError } = require('./errors');
 const { log, warn, notice, Warnings } = require('./log');
 const { startedOnTerminal, terminalAlive, ignoreDeadTerminal, exitHungUp } = require('./terminal');
-const { READY, CHANNEL, LISTEN, PLACE, SHUTDOWN, CLOSING, STOPPING, OPEN, WORKER_INDEX, NODE_NAME, INTERNAL, FAILED, noticeType } = require('./messages');
+const {
+  READY,
+  CHANNEL,
+  LISTEN,
+  PLACE,
+  SHUTDOWN,
+  CLOSING,
+  STOPPING,
+  OPEN,
+  WORKER_INDEX,
+  NODE_NAME,
+  INTERNAL,
+  FAILED,
+  noticeType,
+} = require('./messages');
 const internals = require('./node-internals');
 const { Slot } = require('./slot');
 const strays = require('./strays');
 const { watchCounters } = require('./watch');
 const { WorkerProcess } = require('./worker-process');
+const handover = require('./upgrade'); // upgrade (issue 22)
 
 // A worker stopping on a signal of its own: how long the primary waits before it replaces it.
 // Ctrl-C signals the whole group, and the worker's notice can arrive before the primary's own
@@ -59,6 +74,12 @@ class Primary extends EventEmitter {
     this.reloading = null;
     this.reloadAgain = null;
     this.warnings = new Warnings();
+    // Upgrade (issue 22, lib/upgrade.js): another primary holds the same listening sockets (the
+    // new one after a hand-over, the old one until it exits); the upgrade under way; the pipe to
+    // the old primary.
+    this.sharedSockets = false;
+    this.upgrading = null;
+    this.control = null;
     /** Start-up failures already printed (their first lines), with how often each came. */
     this.failures = new Map();
     /** Process signal handlers installed by start() (sticky()/listen(); not setupMaster). */
@@ -92,30 +113,41 @@ class Primary extends EventEmitter {
    */
   openRouter() {
     const o = this.options;
-    const open = (dispatch) => new native.Router({
-      listeners: o.listeners,
-      routeBy: o.routeBy,
-      trustedProxies: o.trustedProxies,
-      peekLimit: o.peekLimit,
-      peekTimeout: o.peekTimeout,
-      slots: o.slots,
-      queueLimit: o.queueLimit,
-      queueTimeout: o.queueTimeout,
-      hash: o.hash,
-      debug: o.debug,
-      dispatch,
-      debugConnections: o.debugConnections,
-      loadBalancingMethod: o.loadBalancingMethod,
-      node: o.node || undefined,
-    }, (event) => this.onRouterEvent(event));
+    const open = (dispatch) =>
+      new native.Router(
+        {
+          listeners: o.listeners,
+          routeBy: o.routeBy,
+          trustedProxies: o.trustedProxies,
+          peekLimit: o.peekLimit,
+          peekTimeout: o.peekTimeout,
+          slots: o.slots,
+          queueLimit: o.queueLimit,
+          queueTimeout: o.queueTimeout,
+          hash: o.hash,
+          debug: o.debug,
+          dispatch,
+          debugConnections: o.debugConnections,
+          loadBalancingMethod: o.loadBalancingMethod,
+          node: o.node || undefined,
+          inherited: o.inherited, // upgrade (issue 22): the old primary's sockets
+        },
+        (event) => this.onRouterEvent(event),
+      );
     try {
       return open(o.dispatch);
     } catch (err) {
       if (!o.dispatchFallback) throw err;
       const router = open('primary');
-      this.options = { ...o, dispatch: 'primary', dispatchWhy: `dispatch "auto": the kernel refused the SO_REUSEPORT group (${err.message})` };
+      this.options = {
+        ...o,
+        dispatch: 'primary',
+        dispatchWhy: `dispatch "auto": the kernel refused the SO_REUSEPORT group (${err.message})`,
+      };
       // Not what the platform promises (an old kernel, a sandbox, qemu-user): said, always.
-      warn(`kernel dispatch is not available here, the primary's router routes every connection (dispatch "primary"): ${this.options.dispatchWhy}`);
+      warn(
+        `kernel dispatch is not available here, the primary's router routes every connection (dispatch "primary"): ${this.options.dispatchWhy}`,
+      );
       return router;
     }
   }
@@ -123,6 +155,7 @@ class Primary extends EventEmitter {
   /** Binds; on a bind error calls `onError` and forks nothing. */
   start(onError) {
     internals.selfCheck();
+    this.options = handover.routerOptions(this.options); // upgrade (issue 22)
     try {
       this.router = this.openRouter();
     } catch (err) {
@@ -134,7 +167,8 @@ class Primary extends EventEmitter {
     this.startedAt = Date.now();
     this.stopWatching = watchCounters(this);
     this.watchForeignForks();
-    if (o.debug) log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s), ${o.dispatch} dispatch (${o.dispatchWhy})`);
+    if (o.debug)
+      log('primary', `listening on ${JSON.stringify(this.addresses())}, ${o.slots} slot(s), ${o.dispatch} dispatch (${o.dispatchWhy})`);
     for (let index = 0; index < o.slots; index++) {
       this.slots.push(new Slot(index, o));
       if (!o.adopt) this.slots[index].forked(this.fork(index));
@@ -153,7 +187,13 @@ class Primary extends EventEmitter {
       SIGHUP: () => this.onSighup(),
     };
     for (const [signal, handler] of Object.entries(this.signals)) process.on(signal, handler);
+    handover.started(this); // upgrade (issue 22): upgradeSignal, pidFile, the old primary's pipe
     return this;
+  }
+
+  /** Upgrade (issue 22): a new primary takes over this one's sockets; see lib/upgrade.js. */
+  upgrade() {
+    return handover.upgrade(this);
   }
 
   /**
@@ -170,7 +210,9 @@ class Primary extends EventEmitter {
       this.shutdown().then(exitHungUp);
       return;
     }
-    notice(`SIGHUP: reloading every worker (${this.terminal ? 'its terminal is still open: a deliberate kill -HUP' : 'not started from a terminal'})`);
+    notice(
+      `SIGHUP: reloading every worker (${this.terminal ? 'its terminal is still open: a deliberate kill -HUP' : 'not started from a terminal'})`,
+    );
     this.reload().catch(() => {});
   }
 
@@ -220,7 +262,12 @@ class Primary extends EventEmitter {
     const o = this.options;
     // WORKER_INDEX marks our own workers (a worker without it was forked by someone else);
     // STICKY_RS_DISPATCH tells the worker how connections reach it, before any message.
-    const worker = cluster.fork({ ...o.env(index), [WORKER_INDEX]: index, STICKY_RS_DISPATCH: o.dispatch, ...(o.node ? { [NODE_NAME]: o.node } : {}) });
+    const worker = cluster.fork({
+      ...o.env(index),
+      [WORKER_INDEX]: index,
+      STICKY_RS_DISPATCH: o.dispatch,
+      ...(o.node ? { [NODE_NAME]: o.node } : {}),
+    });
     strays.ours.add(worker);
     const proc = new WorkerProcess(worker, { slot: index, seq: ++this.started, now: Date.now() });
     this.processes.set(worker, proc);
@@ -228,9 +275,14 @@ class Primary extends EventEmitter {
     // A worker that does not become ready (hand its server over, then say hello on its channel)
     // is replaced; its slot's clients wait meanwhile.
     proc.readyTimer = setTimeout(() => {
-      this.warnings.note(`ready:${index}`, 1, (n) =>
-        `slot ${index}: worker pid ${worker.process.pid} did not become ready within readyTimeout (${o.readyTimeout} ms); killed it` +
-        (n > 1 ? ` (${n} workers of this slot killed so)` : '') + '. Is its start-up code stuck, or does it never hand its server over (callback(server))?');
+      this.warnings.note(
+        `ready:${index}`,
+        1,
+        (n) =>
+          `slot ${index}: worker pid ${worker.process.pid} did not become ready within readyTimeout (${o.readyTimeout} ms); killed it` +
+          (n > 1 ? ` (${n} workers of this slot killed so)` : '') +
+          '. Is its start-up code stuck, or does it never hand its server over (callback(server))?',
+      );
       proc.killedNotReady = true; // warned: its exit needs no line of its own
       worker.process.kill('SIGKILL');
     }, o.readyTimeout);
@@ -282,9 +334,13 @@ class Primary extends EventEmitter {
     const after = Math.min(ADOPT_WARN_AFTER, o.readyTimeout);
     proc.readyTimer = setTimeout(() => {
       if (proc.state !== 'unplaced' || this.stopping) return;
-      this.warnings.note('not-adopted', 1, (n) =>
-        `worker pid ${worker.process.pid}${n > 1 ? ` (and ${n - 1} more)` : ''} has run for ${after} ms without calling sticky-rs's setupWorker(io): it gets no connections, and clients wait for a worker. ` +
-        "Likely cause: setupWorker still comes from @socket.io/sticky (require('@socket.io/sticky')); take setupMaster and setupWorker both from sticky-rs");
+      this.warnings.note(
+        'not-adopted',
+        1,
+        (n) =>
+          `worker pid ${worker.process.pid}${n > 1 ? ` (and ${n - 1} more)` : ''} has run for ${after} ms without calling sticky-rs's setupWorker(io): it gets no connections, and clients wait for a worker. ` +
+          "Likely cause: setupWorker still comes from @socket.io/sticky (require('@socket.io/sticky')); take setupMaster and setupWorker both from sticky-rs",
+      );
     }, after);
     proc.readyTimer.unref();
     worker.on('error', (err) => {
@@ -294,7 +350,9 @@ class Primary extends EventEmitter {
       if (proc.state !== 'unplaced' || this.stopping) return;
       const slot = this.slots.findIndex((s) => s.current === null);
       if (slot < 0) {
-        warn(`worker pid ${worker.process.pid} ran setupWorker(), but all ${this.slots.length} places are taken (setupMaster option maxWorkers): it gets no connections`);
+        warn(
+          `worker pid ${worker.process.pid} ran setupWorker(), but all ${this.slots.length} places are taken (setupMaster option maxWorkers): it gets no connections`,
+        );
         return;
       }
       proc.placed(slot);
@@ -381,8 +439,10 @@ class Primary extends EventEmitter {
     } else if (event.kind === 'drained') {
       this.onDrained(event.slot);
     } else if (event.kind === 'listenerFailed') {
-      const address = (this.router?.addresses()[event.listener]) || {};
-      const err = new Error(`sticky-rs: listener ${event.listener} (${address.address}:${address.port}) failed and accepts no more: ${event.message}`);
+      const address = this.router?.addresses()[event.listener] || {};
+      const err = new Error(
+        `sticky-rs: listener ${event.listener} (${address.address}:${address.port}) failed and accepts no more: ${event.message}`,
+      );
       warn(err.message);
       if (this.listenerCount('error') > 0) this.emit('error', err);
     } else if (event.kind === 'misbehaved') {
@@ -420,9 +480,14 @@ class Primary extends EventEmitter {
     const o = this.options;
     if (this.announced || this.stopping || o.adopt || !this.slots.every((s) => s.current?.isReady)) return;
     this.announced = true;
-    const where = this.addresses().map(({ address, port }) => (address === '::' || address === '0.0.0.0' ? `port ${port} (all addresses)` : `${address.includes(':') ? `[${address}]` : address}:${port}`));
+    const where = this.addresses().map(({ address, port }) =>
+      address === '::' || address === '0.0.0.0'
+        ? `port ${port} (all addresses)`
+        : `${address.includes(':') ? `[${address}]` : address}:${port}`,
+    );
     // console.log: a closed stdout is no error here.
     console.log(`sticky-rs: listening on ${where.join(', ')} with ${o.slots} worker(s) (primary pid ${process.pid})`);
+    handover.ready(this); // upgrade (issue 22)
   }
 
   onExit(proc, code, signal) {
@@ -469,28 +534,41 @@ class Primary extends EventEmitter {
     if (next.action === 'nothing') return; // a worker retired by reload, or a failed replacement
     // Asked to go: replaced at once, not counted, nothing to warn about.
     if (next.asked) {
-      if (o.debug) log('primary', `slot ${index}: worker #${worker.id} stopped as asked (${signal || `code ${code}`}); replacing it at once`);
+      if (o.debug)
+        log('primary', `slot ${index}: worker #${worker.id} stopped as asked (${signal || `code ${code}`}); replacing it at once`);
       if (next.action === 'respawn') this.respawn(index, next.delay);
       return;
     }
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
     const seen = proc.failure ? this.sayFailure(proc, index) : '';
     // As of the respawn this exit would wait for: a client must not wait for it past the bound.
-    if (next.action !== 'give-up' && Slot.givesUpNeverReady(o, { startedAt: this.startedAt, now: Date.now() + (next.delay || 0), anyReady: this.everReady })) {
-      warn(`no worker became ready within ${Math.min(o.queueTimeout, o.readyTimeout)} ms of the start (the shorter of queueTimeout and readyTimeout: clients waiting for a worker would wait longer); the last, slot ${index} pid ${worker.process.pid}, ${how}${seen}: giving up, shutting down with exit code 1`);
+    if (
+      next.action !== 'give-up' &&
+      Slot.givesUpNeverReady(o, { startedAt: this.startedAt, now: Date.now() + (next.delay || 0), anyReady: this.everReady })
+    ) {
+      warn(
+        `no worker became ready within ${Math.min(o.queueTimeout, o.readyTimeout)} ms of the start (the shorter of queueTimeout and readyTimeout: clients waiting for a worker would wait longer); the last, slot ${index} pid ${worker.process.pid}, ${how}${seen}: giving up, shutting down with exit code 1`,
+      );
       this.exitAfter(this.shutdown().then(() => 1));
       return;
     }
     if (next.action === 'give-up') {
       // A supervisor (systemd, Kubernetes, PM2) must see the failure: exit 1.
-      warn(`slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms${seen}, ${next.exits} exits within restartWindow (${o.restartWindow} ms), more than maxRestarts (${o.maxRestarts}): giving up, shutting down with exit code 1`);
+      warn(
+        `slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms${seen}, ${next.exits} exits within restartWindow (${o.restartWindow} ms), more than maxRestarts (${o.maxRestarts}): giving up, shutting down with exit code 1`,
+      );
       this.exitAfter(this.shutdown().then(() => 1));
       return;
     }
     if (next.lived < o.respawnResetAfter && !proc.killedNotReady) {
-      this.warnings.note(`crash:${index}`, 1, (n) =>
-        `slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms${seen}; ${next.exits} exit(s) within ${o.restartWindow} ms` +
-        (n > 1 ? ` (${n} since the last warning)` : '') + `; respawning with back-off (gives up after ${o.maxRestarts})`);
+      this.warnings.note(
+        `crash:${index}`,
+        1,
+        (n) =>
+          `slot ${index}: worker pid ${worker.process.pid} ${how} after ${next.lived} ms${seen}; ${next.exits} exit(s) within ${o.restartWindow} ms` +
+          (n > 1 ? ` (${n} since the last warning)` : '') +
+          `; respawning with back-off (gives up after ${o.maxRestarts})`,
+      );
     }
     // 'replacement': the replacement under way takes the slot.
     if (next.action === 'respawn') this.respawn(index, next.delay);
@@ -507,7 +585,9 @@ class Primary extends EventEmitter {
     this.failures.set(key, times);
     const first = failure.split('\n')[0];
     if (times === 1) {
-      warn(`slot ${index}: worker pid ${worker.process.pid} failed before it was ready (the same error from later workers is not printed again):\n    ${failure.split('\n').join('\n    ')}`);
+      warn(
+        `slot ${index}: worker pid ${worker.process.pid} failed before it was ready (the same error from later workers is not printed again):\n    ${failure.split('\n').join('\n    ')}`,
+      );
       return ` (${first})`;
     }
     return ` (${first}: the same error as printed before, ${times} times so far)`;
@@ -534,14 +614,22 @@ class Primary extends EventEmitter {
       }
       if (this.warnedForeign) return;
       this.warnedForeign = true;
-      warn(`a worker (pid ${worker.process.pid}) was forked outside sticky-rs, probably by a leftover cluster.fork() (e.g. in cluster.on('exit', ...)): sticky-rs forks and respawns its own workers, so it never routes a connection to such workers; remove that code`);
+      warn(
+        `a worker (pid ${worker.process.pid}) was forked outside sticky-rs, probably by a leftover cluster.fork() (e.g. in cluster.on('exit', ...)): sticky-rs forks and respawns its own workers, so it never routes a connection to such workers; remove that code`,
+      );
     };
     cluster.on('fork', this.onForeignFork);
     // The leftover handler's worker forked on each exit of ours: ended at once, unseen by it.
     if (!o.adopt) {
-      this.stopEndingStrays = strays.endStrays((stray, dead) => this.warnings.note('stray', 1, (n) =>
-        `ended worker pid ${stray.process.pid}${n > 1 ? ` and ${n - 1} more` : ''}: a cluster 'exit' listener forked it when worker pid ${dead.process.pid} exited (a leftover cluster.on('exit', () => cluster.fork())?). ` +
-        'sticky-rs respawns its own workers; such a worker would start nothing and idle until shutdown. Remove that listener'));
+      this.stopEndingStrays = strays.endStrays((stray, dead) =>
+        this.warnings.note(
+          'stray',
+          1,
+          (n) =>
+            `ended worker pid ${stray.process.pid}${n > 1 ? ` and ${n - 1} more` : ''}: a cluster 'exit' listener forked it when worker pid ${dead.process.pid} exited (a leftover cluster.on('exit', () => cluster.fork())?). ` +
+            'sticky-rs respawns its own workers; such a worker would start nothing and idle until shutdown. Remove that listener',
+        ),
+      );
     }
   }
 
@@ -575,10 +663,12 @@ class Primary extends EventEmitter {
       // Asked again mid-reload (a second deploy): the slots already replaced run code older than
       // this ask, so one more pass replaces every slot once this one ends. Later asks join it.
       if (!this.reloadAgain) {
-        this.reloadAgain = this.reloading.catch(() => {}).then(() => {
-          this.reloadAgain = null;
-          return this.reload();
-        });
+        this.reloadAgain = this.reloading
+          .catch(() => {})
+          .then(() => {
+            this.reloadAgain = null;
+            return this.reload();
+          });
       }
       return this.reloadAgain;
     }
@@ -599,10 +689,20 @@ class Primary extends EventEmitter {
       }
       // The old workers drain on their own, in parallel: the reload does not wait for them.
       const drained = Promise.all(exits).then(() => {
-        if (o.debug && !this.stopping) log('primary', `reload: the ${exits.length} old worker(s) finished their connections and exited, ${Date.now() - started} ms after the reload began`);
+        if (o.debug && !this.stopping)
+          log(
+            'primary',
+            `reload: the ${exits.length} old worker(s) finished their connections and exited, ${Date.now() - started} ms after the reload began`,
+          );
       });
       if (failed.length > 0) throw new Error(`sticky-rs: reload incomplete: slot(s) ${failed.join(', ')} still run their previous worker`);
-      if (o.debug) log('primary', this.stopping ? 'reload cut short by shutdown' : `reload: every slot switched to a new worker in ${Date.now() - started} ms; the old ones finish their connections meanwhile`);
+      if (o.debug)
+        log(
+          'primary',
+          this.stopping
+            ? 'reload cut short by shutdown'
+            : `reload: every slot switched to a new worker in ${Date.now() - started} ms; the old ones finish their connections meanwhile`,
+        );
       return { drained };
     })().finally(() => {
       this.reloading = null;
@@ -632,7 +732,9 @@ class Primary extends EventEmitter {
       if (this.stopping) return { exited: Promise.resolve() };
       if (!ok) {
         if (this.processes.has(next.worker)) next.worker.process.kill('SIGKILL');
-        throw new Error(`sticky-rs: replacing slot ${index} failed: the new worker did not become ready within readyTimeout (${o.readyTimeout} ms)`);
+        throw new Error(
+          `sticky-rs: replacing slot ${index} failed: the new worker did not become ready within readyTimeout (${o.readyTimeout} ms)`,
+        );
       }
       const previous = slot.replaced(next);
       if (!previous || !this.processes.has(previous.worker)) return { exited: Promise.resolve() };
@@ -655,7 +757,9 @@ class Primary extends EventEmitter {
   onMisbehaved({ slot: index, channel, message }) {
     const proc = this.byChannel(channel);
     const pid = proc ? proc.worker.process.pid : 'gone';
-    warn(`slot ${index}: worker pid ${pid} sent a record it cannot have sent honestly (${message}); its counts are ignored and it is ${this.options.adopt ? 'asked to exit' : 'replaced'}`);
+    warn(
+      `slot ${index}: worker pid ${pid} sent a record it cannot have sent honestly (${message}); its counts are ignored and it is ${this.options.adopt ? 'asked to exit' : 'replaced'}`,
+    );
     if (!proc || proc.retired || this.stopping) return;
     if (this.options.adopt || this.slots[index].current !== proc) {
       this.retire(proc);
@@ -674,7 +778,11 @@ class Primary extends EventEmitter {
   onClosing(proc) {
     const slot = this.slots[proc.slot];
     if (this.stopping || !slot || slot.current !== proc || !proc.channel || proc.state === 'exited') return;
-    if (this.options.debug) log('primary', `slot ${proc.slot}: worker #${proc.worker.id} is stopping (it closed its server, or got a signal of its own): replacing it`);
+    if (this.options.debug)
+      log(
+        'primary',
+        `slot ${proc.slot}: worker #${proc.worker.id} is stopping (it closed its server, or got a signal of its own): replacing it`,
+      );
     this.router.retire(proc.channel.id);
     this.replace(proc.slot).catch((err) => {
       warn(err.message);
@@ -734,7 +842,9 @@ class Primary extends EventEmitter {
     this.hardTimer = setTimeout(() => {
       // Said always: the exit code alone does not tell an operator which workers hung.
       const left = [...this.processes.values()].map((m) => `slot ${m.slot} (pid ${m.worker.process.pid})`);
-      warn(`shutdown: hardShutdownDelay (${o.hardShutdownDelay} ms) ran out with ${left.length} worker(s) still finishing their connections: ${left.join(', ')}; killing them, exit code 1`);
+      warn(
+        `shutdown: hardShutdownDelay (${o.hardShutdownDelay} ms) ran out with ${left.length} worker(s) still finishing their connections: ${left.join(', ')}; killing them, exit code 1`,
+      );
       this.finish(1);
     }, o.hardShutdownDelay);
     // Each worker is retired once the router says its slot delivered what was accepted for it
@@ -747,7 +857,7 @@ class Primary extends EventEmitter {
     }, drainMs);
     // Kernel dispatch: a busy worker accepts what its member queued when it is free again; the
     // members stop listening once the queues of ready slots are empty, at the latest by then.
-    if (this.router) this.router.stopAccepting(drainMs);
+    if (this.router) handover.stopAccepting(this, drainMs); // upgrade (issue 22): not the sockets while shared
     // Workers forked behind our back have nothing of ours to finish.
     for (const worker of Object.values(cluster.workers)) {
       if (!this.processes.has(worker)) worker.process.kill('SIGTERM');
@@ -767,7 +877,9 @@ class Primary extends EventEmitter {
     const connections = busy.reduce((n, m) => n + m.open, 0);
     if (connections === 0) return;
     const seconds = Math.round(this.options.hardShutdownDelay / 1000);
-    warn(`shutdown: waiting for ${connections} connection(s) on ${busy.length} worker(s), up to ${seconds} s (hardShutdownDelay); Ctrl-C again to force`);
+    warn(
+      `shutdown: waiting for ${connections} connection(s) on ${busy.length} worker(s), up to ${seconds} s (hardShutdownDelay); Ctrl-C again to force`,
+    );
   }
 
   finish(code) {

@@ -6,7 +6,8 @@
 //! dispatcher and its parts, each channel's flow control, the listeners, the counters);
 //! [`wire`] is the channel to a worker (records and the descriptor-passing transport);
 //! [`worker`] is the worker's end of it; [`kernel`] builds the classic BPF program and the
-//! `SO_REUSEPORT` group of kernel dispatch, which the router sets up when it is asked for.
+//! `SO_REUSEPORT` group of kernel dispatch, which the router sets up when it is asked for;
+//! [`notify`] is `sd_notify` (an upgrade tells systemd which process is the main one).
 //!
 //! This crate knows nothing of JavaScript: the napi binding is its own crate (`node/`), which
 //! only converts values and errors. What the binding needs is public; the rest is
@@ -31,6 +32,7 @@ macro_rules! debug_line {
 
 pub mod kernel;
 pub mod key;
+pub mod notify;
 pub mod router;
 pub mod wire;
 pub mod worker;

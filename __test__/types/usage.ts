@@ -26,9 +26,14 @@ const primary = sticky(
     respawnResetAfter: 30_000,
     hash: 'djb2',
     dispatch: 'auto',
+    upgradeSignal: 'SIGUSR2',
+    upgradeExecPath: '/usr/local/bin/node',
+    pidFile: '/run/app.pid',
   },
 );
 if (primary) {
+  void primary.upgrade().then(({ pid }: { pid: number }) => pid);
+  primary.on('takeover', ({ previous }) => console.log(previous));
   primary.on('ready', ({ slot, worker }) => console.log(slot, worker.process.pid));
   primary.on('exit', ({ code, signal }) => console.log(code, signal));
   const stats = primary.stats();

@@ -1,5 +1,6 @@
 //! The binding: JavaScript classes over the core, nothing more: `router.rs` (the primary's
-//! `Router`), `receiver.rs` (a worker's `Receiver`), and here the pure functions.
+//! `Router`), `receiver.rs` (a worker's `Receiver`), `upgrade.rs` (the router's side of a
+//! hot upgrade, `sd_notify`), and here the pure functions.
 //!
 //! Errors are thrown with a `code` (see `errors.rs`); `lib/binding.js` turns the router's
 //! start errors into Node-style errors with `code`, `errno`, `syscall`, `address` and `port`.
@@ -10,8 +11,11 @@ use napi_derive::napi;
 mod errors;
 mod receiver;
 mod router;
+mod upgrade;
 
 use errors::{error, Result, INVALID};
+// Exported to JavaScript from their module; public here as the other functions are.
+pub use upgrade::{close_on_exec, sd_notify};
 
 use sticky_rs::key::address::AddressText;
 use sticky_rs::key::hash::{djb2_str, slot_for, Hash};

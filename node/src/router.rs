@@ -57,6 +57,9 @@ pub struct RouterOptions {
     pub load_balancing_method: Option<String>,
     /// `routeBy: 'sid'`: this server's node name, which its session ids start with.
     pub node: Option<String>,
+    /// An upgrade (issue 22): listening descriptors the old primary passed on, used instead of
+    /// binding, in the order of its `listeningFds()`; the router then accepts once `accept()`.
+    pub inherited: Option<Vec<i32>>,
 }
 
 /// The address a router listens on, shaped like `server.address()`.
@@ -273,11 +276,16 @@ impl Router {
         let on_event: OnEvent = std::sync::Arc::new(move |event| {
             on_event.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
         });
-        let inner = router::Router::start(config, on_event).map_err(|e| start_error(&env, &e))?;
+        let inner = match options.inherited {
+            Some(fds) => router::Router::inherit(config, on_event, &fds),
+            None => router::Router::start(config, on_event),
+        }
+        .map_err(|e| start_error(&env, &e))?;
         Ok(Router { inner: Some(inner) })
     }
 
-    fn inner(&self) -> Result<&router::Router> {
+    /// The core's router, unless closed.
+    pub(crate) fn inner(&self) -> Result<&router::Router> {
         self.inner.as_ref().ok_or_else(|| {
             error(
                 CLOSED,
@@ -288,7 +296,10 @@ impl Router {
 
     /// Runs a command that has nothing left to do once the router is closed (workers exiting,
     /// retiring or a second shutdown after close).
-    fn unless_closed(&self, command: impl FnOnce(&router::Router) -> io::Result<()>) -> Result<()> {
+    pub(crate) fn unless_closed(
+        &self,
+        command: impl FnOnce(&router::Router) -> io::Result<()>,
+    ) -> Result<()> {
         self.inner
             .as_ref()
             .map_or(Ok(()), |inner| command(inner).map_err(os_error))

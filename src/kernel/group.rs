@@ -75,6 +75,8 @@ struct Health {
     rotate: usize,
     /// Stopping (a socket filter drops every SYN on purpose): nothing is checked any more.
     stopped: bool,
+    /// Another process checks the same members for now (an upgrade, see [`Group::pause_checks`]).
+    paused: bool,
     /// Repairs made since the group was bound.
     repairs: u64,
     /// What was found and done, newest last (at most [`RECENT`]).
@@ -118,14 +120,36 @@ impl Group {
         let steer = program(family, hash, slots)?;
         let mut group = Self::form(addr, slots, backlog)?;
         group.hash = hash;
-        // Attached once every member listens: a program attached to a member that does not
-        // listen yet is dropped.
-        attach(group.fallback(), &steer)?;
+        group.steer(&steer)
+    }
+
+    /// A group whose members another process formed and passed on (an upgrade's new primary,
+    /// see `router::inherit`, which checked them): `members` in the kernel's order, the fallback
+    /// first, bound to `local`. Nothing is bound, so member `i` stays at index `i` and every
+    /// client on its slot; the program is attached again (this version's; the group is the same).
+    pub(crate) fn adopt(
+        members: Vec<OwnedFd>,
+        local: SocketAddr,
+        hash: Hash,
+        backlog: i32,
+    ) -> io::Result<Group> {
+        let steer = program(
+            Family::of(&local.ip()),
+            hash,
+            members.len().saturating_sub(1),
+        )?;
+        Self::assemble(members, local, hash, backlog)?.steer(&steer)
+    }
+
+    /// Attaches `steer` once every member listens (a program attached to a member that does not
+    /// listen yet is dropped), and finds out whether probes work here.
+    fn steer(self, steer: &[Insn]) -> io::Result<Group> {
+        attach(self.fallback(), steer)?;
         // Probes need TCP MD5 (CONFIG_TCP_MD5SIG) and SO_MEMINFO (Linux 4.12): without them,
         // every probe would look lost and the checks would detour every slot.
-        let probes_work = (0..3).any(|_| group.probe(FALLBACK_MEMBER) == Some(FALLBACK_MEMBER));
-        group.lock().no_probes |= !probes_work;
-        Ok(group)
+        let probes_work = (0..3).any(|_| self.probe(FALLBACK_MEMBER) == Some(FALLBACK_MEMBER));
+        self.lock().no_probes |= !probes_work;
+        Ok(self)
     }
 
     /// Binds and listens on every member, with a program that sends every SYN to the fallback
@@ -181,6 +205,18 @@ impl Group {
     /// The number of slots (members other than the fallback).
     fn slots(&self) -> usize {
         self.members.len() - 1
+    }
+
+    /// Every member in the kernel's order (the fallback first), e.g. to pass the group on to an
+    /// upgrade's new primary.
+    pub(crate) fn members(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.members.iter().map(AsFd::as_fd)
+    }
+
+    /// Another process holds the same members and checks them (an upgrade under way): two
+    /// processes probing at once would count each other's probes, so one of them pauses.
+    pub(crate) fn pause_checks(&self, paused: bool) {
+        self.lock().paused = paused;
     }
 
     /// The member that receives link-local IPv6 peers, for the router to accept on.
@@ -268,7 +304,7 @@ impl Group {
     /// Never closes a member, and member `slot_member(s)` keeps serving slot `s`.
     pub(crate) fn check(&self) -> u64 {
         let mut h = self.lock();
-        if h.stopped {
+        if h.stopped || h.paused {
             return 0;
         }
         let before = h.repairs;

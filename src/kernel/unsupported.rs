@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::key::hash::Hash;
 
@@ -61,6 +61,26 @@ impl Group {
 
     /// See the Linux group.
     pub(crate) fn check(&self) -> u64 {
+        match self.never {}
+    }
+
+    /// Fails, as [`Group::bind`] does.
+    pub(crate) fn adopt(
+        _members: Vec<OwnedFd>,
+        local: SocketAddr,
+        hash: Hash,
+        backlog: i32,
+    ) -> io::Result<Group> {
+        Self::bind(local, 0, hash, backlog)
+    }
+
+    /// See the Linux group.
+    pub(crate) fn members(&self) -> std::iter::Empty<BorrowedFd<'_>> {
+        match self.never {}
+    }
+
+    /// See the Linux group.
+    pub(crate) fn pause_checks(&self, _paused: bool) {
         match self.never {}
     }
 }

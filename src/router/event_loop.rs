@@ -10,7 +10,7 @@
 //! kernel dispatch the groups are checked every [`HEAL_INTERVAL`].
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use super::dispatcher::{Dispatcher, REPORTS, TICK};
 use super::ChannelId;
 use crate::kernel::group::Group;
 use crate::kernel::program::slot_member;
+use crate::wire::transport;
 
 /// Connections accepted per wake-up before delivering, so batches form under load.
 const ACCEPT_BURST: usize = 256;
@@ -47,6 +48,15 @@ pub(super) enum Command {
         /// Kernel dispatch: the longest the workers get to accept what the members had queued
         /// (a worker may be busy) before the members stop listening.
         drain: Duration,
+        /// An upgrade's new primary holds the same sockets (issue 22): only this router's
+        /// copies close; the sockets keep listening, untouched.
+        hand_over: bool,
+    },
+    /// Starts accepting on the listeners held since the start (inherited sockets).
+    Accept,
+    /// Copies (close-on-exec) of the listeners the thread accepts on or holds, by index.
+    Duplicate {
+        reply: std::sync::mpsc::Sender<io::Result<Vec<(u8, OwnedFd)>>>,
     },
     /// Stop the thread.
     Close,
@@ -65,9 +75,15 @@ pub(super) fn kernel_queued(groups: &[Group], slot: usize) -> u64 {
         .sum()
 }
 
+/// A listener the thread accepts on: its index in the configuration, and the socket.
+pub(super) type Listener = (u8, AsyncFd<Socket>);
+
 /// Runs until [`Command::Close`] (or the handle is gone), then closes everything held.
+/// `listeners` are accepted on from the start, `held` only after [`Command::Accept`] (an
+/// upgrade's new primary, whose old one serves meanwhile).
 pub(super) async fn run(
-    mut listeners: Vec<(u8, AsyncFd<Socket>)>,
+    mut listeners: Vec<Listener>,
+    mut held: Vec<Listener>,
     mut commands: UnboundedReceiver<Command>,
     mut state: Dispatcher,
     groups: &[Group],
@@ -86,7 +102,7 @@ pub(super) async fn run(
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Close) | None => break,
-                Some(command) => obey(command, &mut state, &mut listeners, groups),
+                Some(command) => obey(command, &mut state, &mut listeners, &mut held, groups),
             },
             done = state.next_resolved() => {
                 state.resolved(done);
@@ -139,7 +155,8 @@ pub(super) async fn run(
 fn obey(
     command: Command,
     state: &mut Dispatcher,
-    listeners: &mut Vec<(u8, AsyncFd<Socket>)>,
+    listeners: &mut Vec<Listener>,
+    held: &mut Vec<Listener>,
     groups: &[Group],
 ) {
     match command {
@@ -150,12 +167,14 @@ fn obey(
             state.close_channel(id);
         }
         Command::Retire { id } => state.retire(id),
-        Command::StopAccepting { drain } => {
+        Command::StopAccepting { drain, hand_over } => {
             listeners.clear();
+            held.clear();
             // Kernel dispatch: no new SYN joins the members' queues from now on; the workers
-            // accept what is queued, then the members stop listening (on the tick).
+            // accept what is queued, then the members stop listening (on the tick). Not in a
+            // hand-over: the new primary's workers accept from the same members.
             let mut kernel_until = None;
-            if !groups.is_empty() {
+            if !groups.is_empty() && !hand_over {
                 for group in groups {
                     if group.refuse_new().is_err() {
                         group.stop();
@@ -164,6 +183,16 @@ fn obey(
                 kernel_until = Some(Instant::now() + drain);
             }
             state.stop_accepting(kernel_until);
+        }
+        Command::Accept => listeners.append(held),
+        Command::Duplicate { reply } => {
+            let copies = listeners
+                .iter()
+                .chain(held.iter())
+                .map(|(i, l)| transport::duplicate(l.get_ref().as_fd()).map(|fd| (*i, fd)))
+                .collect();
+            // The handle stopped waiting: the copies close here.
+            let _ = reply.send(copies);
         }
         Command::Close => {}
         #[cfg(test)]
@@ -196,7 +225,7 @@ fn accept_burst(
 
 /// The first listener ready to accept, looking from position `first` on; with its position.
 async fn first_ready(
-    listeners: &[(u8, AsyncFd<Socket>)],
+    listeners: &[Listener],
     first: usize,
 ) -> (
     usize,

@@ -39,6 +39,7 @@ mod drain;
 pub mod error;
 pub mod event;
 mod event_loop;
+mod inherit;
 mod link;
 pub mod listener;
 mod placement;
@@ -80,17 +81,19 @@ impl Router {
             Dispatch::Primary => bind_listeners(&config)?,
             Dispatch::Kernel => fallbacks(&groups)?,
         };
-        Router::run(config, groups, sockets, on_event)
+        Router::run(config, groups, sockets, on_event, false)
     }
 
     /// Starts the thread on bound sockets: `groups`, one per listener with kernel dispatch
     /// (else none), and `sockets`, what the router itself accepts on (the listeners, or each
-    /// group's fallback member), in the order of `config.listeners`.
+    /// group's fallback member), in the order of `config.listeners`. With `hold`, it accepts
+    /// only once asked ([`Router::accept`]).
     fn run(
         config: Config,
         groups: Vec<Group>,
         sockets: Vec<Socket>,
         on_event: OnEvent,
+        hold: bool,
     ) -> io::Result<Router> {
         let slots = config.policy.slots.max(1);
         let groups = Arc::new(groups);
@@ -124,6 +127,11 @@ impl Router {
                 })
                 .collect::<io::Result<Vec<_>>>()?
         };
+        let (listeners, held) = if hold {
+            (Vec::new(), listeners)
+        } else {
+            (listeners, Vec::new())
+        };
         let groups_for_thread = groups.clone();
         let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -136,6 +144,7 @@ impl Router {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     runtime.block_on(event_loop::run(
                         listeners,
+                        held,
                         command_rx,
                         state,
                         &groups_for_thread,
@@ -263,7 +272,68 @@ impl Router {
     /// new clients are refused by the kernel, accepted ones still reach their workers). With
     /// kernel dispatch the workers get at most `drain` to accept what the members had queued.
     pub fn stop_accepting(&self, drain: Duration) -> io::Result<()> {
-        self.send(Command::StopAccepting { drain })
+        self.send(Command::StopAccepting {
+            drain,
+            hand_over: false,
+        })
+    }
+
+    /// An upgrade's new primary is ready on the same sockets (issue 22): stops accepting on this
+    /// router's copies only. The sockets stay listening for the new primary: nothing is refused,
+    /// and with kernel dispatch no filter is attached and no member shut down. Accepted
+    /// connections are still delivered, then slots report `drained` as in a shutdown.
+    pub fn hand_over(&self) -> io::Result<()> {
+        self.send(Command::StopAccepting {
+            drain: Duration::ZERO,
+            hand_over: true,
+        })
+    }
+
+    /// A router started on inherited sockets ([`Router::inherit`]) accepts from now on: the new
+    /// primary calls it once every slot has a ready worker. Does nothing otherwise.
+    pub fn accept(&self) -> io::Result<()> {
+        self.send(Command::Accept)
+    }
+
+    /// Copies (close-on-exec; the caller owns them) of every listening socket, to pass to an
+    /// upgrade's new primary, in the order [`Router::inherit`] takes them: `(listener, member,
+    /// fd)`, with `member` the index in the listener's group with kernel dispatch (0 the
+    /// fallback, slot `s` at `s + 1`), `None` with the router's own listeners. Fails once the
+    /// router stopped accepting on any of them.
+    pub fn listening_fds(&self) -> io::Result<Vec<(usize, Option<usize>, OwnedFd)>> {
+        if !self.groups.is_empty() {
+            let mut all = Vec::new();
+            for (listener, group) in self.groups.iter().enumerate() {
+                for (member, fd) in group.members().enumerate() {
+                    all.push((listener, Some(member), transport::duplicate(fd)?));
+                }
+            }
+            return Ok(all);
+        }
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.send(Command::Duplicate { reply })?;
+        let copies = answer.recv_timeout(CLOSE_WAIT).map_err(|_| {
+            io::Error::new(io::ErrorKind::TimedOut, "the router thread did not answer")
+        })??;
+        if copies.len() != self.local_addrs.len() {
+            return Err(io::Error::other(format!(
+                "{} of {} listeners still accept (stopping, or one failed)",
+                copies.len(),
+                self.local_addrs.len()
+            )));
+        }
+        Ok(copies
+            .into_iter()
+            .map(|(listener, fd)| (usize::from(listener), None, fd))
+            .collect())
+    }
+
+    /// Kernel dispatch: pauses (or resumes) the checks of every group while another process
+    /// checks the same members (an upgrade under way).
+    pub fn pause_checks(&self, paused: bool) {
+        for group in self.groups.iter() {
+            group.pause_checks(paused);
+        }
     }
 
     /// Stops accepting, closes the listener, every channel and every queued connection, and
