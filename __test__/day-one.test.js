@@ -4,7 +4,7 @@
 // without waiting for the old workers' long requests, a shutdown that has to wait says so.
 // Runs in the default dispatch mode and with DISPATCH=primary (the router).
 const net = require('node:net');
-const { until, sleep, freePort, startFixture, stopAll, get, ipsOf, total, alive } = require('./helpers');
+const { until, freePort, startFixture, stopAll, get, ipsOf, total, alive } = require('./helpers');
 
 afterEach(stopAll);
 

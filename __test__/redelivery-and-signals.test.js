@@ -7,7 +7,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
-const { within, until, sleep, range, freePort, clientIp, startFixture, stopAll, get, alive, ipsOf } = require('./helpers');
+const { within, until, range, freePort, clientIp, startFixture, stopAll, get, alive, ipsOf } = require('./helpers');
 
 afterEach(stopAll);
 

@@ -455,7 +455,7 @@ function targets(med) {
     // The limit of a sticky design (plain SO_REUSEPORT processes): the median of the per-repetition
     // ratios, each from one interleaved pair, so that drift between repetitions cancels out.
     const pairs = (lastRuns['sticky-rs'] || [])
-      .map((x, i) => ratio(x.closeRps, ((lastRuns.reuseport || [])[i] || {}).closeRps))
+      .map((x, i) => ratio(x.closeRps, lastRuns.reuseport?.[i]?.closeRps))
       .filter((x) => x != null);
     const x = median(pairs);
     check(

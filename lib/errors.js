@@ -13,7 +13,10 @@ const OWN = [path.join(__dirname, path.sep), path.join(__dirname, '..', 'index.j
 function withoutOwnFrames(err) {
   if (!err || typeof err.stack !== 'string') return err;
   const ours = (line) => /^\s+at /.test(line) && (OWN.some((p) => line.includes(p)) || /node:internal\//.test(line));
-  err.stack = err.stack.split('\n').filter((line) => !ours(line)).join('\n');
+  err.stack = err.stack
+    .split('\n')
+    .filter((line) => !ours(line))
+    .join('\n');
   return err;
 }
 
@@ -43,7 +46,9 @@ function describe(value) {
   if (value === null || typeof value !== 'object') return String(value);
   if (Array.isArray(value)) return 'an array';
   const proto = Object.getPrototypeOf(value);
-  return proto === null || proto === Object.prototype ? 'an object of class Object' : `an object of class ${value.constructor ? value.constructor.name : 'null'}`;
+  return proto === null || proto === Object.prototype
+    ? 'an object of class Object'
+    : `an object of class ${value.constructor ? value.constructor.name : 'null'}`;
 }
 
 module.exports = { describe, listenError, withoutOwnFrames };
