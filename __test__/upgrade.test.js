@@ -189,8 +189,12 @@ test.each([
     w.write({ version: 2, ...broken });
     process.kill(pgid, 'SIGUSR2');
     // Repeated signals during the upgrade: one upgrade, the others are refused with a message.
-    await sleep(100);
-    process.kill(pgid, 'SIGUSR2');
+    // Only while one is certainly under way: a new primary that throws at start can fail within
+    // 100 ms (Node 26), and a signal after that is a new upgrade, as it should be.
+    if (broken.stall) {
+      await app.said(/SIGUSR2: upgrading/, 5000);
+      process.kill(pgid, 'SIGUSR2');
+    }
     await app.said(why, 15000);
     await until('the broken primary and its workers are gone', () => groupMembers(pgid).sort().join() === before.join(), 10000);
     await sleep(500);
@@ -198,7 +202,9 @@ test.each([
     console.log(
       `broken upgrade (${DISPATCH || 'kernel'}, ${Object.keys(broken)[0]}): ${traffic.answers.length} requests, ${traffic.failures.length} failed`,
     );
-    expect(app.stderr).toMatch(/upgrade refused: an upgrade is under way/);
+    if (broken.stall) expect(app.stderr).toMatch(/upgrade refused: an upgrade is under way/);
+    // Exactly one attempt, rolled back once.
+    expect(app.stderr.match(/SIGUSR2: upgrading: starting a new primary/g)).toHaveLength(1);
     expect(app.events.filter((e) => e.event === 'listening').length).toBe(1 + (broken.stall ? 1 : 0));
     expect(traffic.failures).toEqual([]);
     expect(traffic.answers.every((a) => a.version === 1 && a.primary === pgid)).toBe(true);

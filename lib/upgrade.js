@@ -120,7 +120,8 @@ function started(primary) {
   if (!inheritance) writePidFile(o.pidFile);
   if (o.upgradeSignal) {
     primary.onUpgradeSignal = () => {
-      notice(`${o.upgradeSignal}: upgrading: starting a new primary`);
+      // A repeated signal is refused (said by upgrade()), not announced as a new start.
+      if (!primary.upgrading) notice(`${o.upgradeSignal}: upgrading: starting a new primary`);
       upgrade(primary).catch(() => {}); // said where it fails
     };
     process.on(o.upgradeSignal, primary.onUpgradeSignal);
