@@ -118,3 +118,27 @@ impl Policy {
         Ok(())
     }
 }
+
+#[cfg(test)]
+impl Policy {
+    /// The policy the router's unit tests start from: `route_by`, `slots` slots, a queue of 16
+    /// without a timeout, djb2, no debug; tests set the other fields they are about.
+    pub(crate) fn for_tests(route_by: RouteBy, slots: usize) -> Policy {
+        Policy {
+            rules: Rules {
+                route_by,
+                trusted: crate::key::trust::Trusted::default(),
+                limit: 256,
+                timeout: Duration::from_secs(1),
+                node: None,
+            },
+            slots,
+            queue_limit: 16,
+            queue_timeout: None,
+            hash: Hash::Djb2,
+            debug: false,
+            debug_connections: false,
+            balance: Balance::default(),
+        }
+    }
+}

@@ -555,7 +555,6 @@ mod tests {
     use std::os::fd::AsFd;
 
     use crate::key::hash::Hash;
-    use crate::key::trust::Trusted;
     use crate::router::budget::Budget;
     use crate::router::config::Balance;
     use crate::wire::record::ToPrimary;
@@ -572,20 +571,9 @@ mod tests {
         queue_timeout: Option<Duration>,
     ) -> (Dispatcher, Arc<Stats>) {
         let policy = Policy {
-            rules: Rules {
-                route_by: RouteBy::Address,
-                trusted: Trusted::default(),
-                limit: 256,
-                timeout: Duration::from_secs(1),
-                node: None,
-            },
-            slots,
             queue_limit,
             queue_timeout,
-            hash: Hash::Djb2,
-            debug: false,
-            debug_connections: false,
-            balance: Balance::default(),
+            ..Policy::for_tests(RouteBy::Address, slots)
         };
         let stats = Arc::new(Stats::new(slots));
         let on_event: OnEvent = Arc::new(|_| {});
@@ -783,20 +771,9 @@ mod tests {
     /// A `routeBy: 'sid'` dispatcher of `slots` slots placing new sessions by `balance`.
     fn sessions(slots: usize, balance: Balance) -> Dispatcher {
         let policy = Policy {
-            rules: Rules {
-                route_by: RouteBy::Sid,
-                trusted: Trusted::default(),
-                limit: 256,
-                timeout: Duration::from_secs(1),
-                node: None,
-            },
-            slots,
             queue_limit: 100,
-            queue_timeout: None,
-            hash: Hash::Djb2,
-            debug: false,
-            debug_connections: false,
             balance,
+            ..Policy::for_tests(RouteBy::Sid, slots)
         };
         Dispatcher::new(
             &policy,

@@ -165,9 +165,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use super::super::config::{Balance, Policy};
-    use crate::key::resolve::{RouteBy, Rules};
-    use crate::key::trust::Trusted;
+    use super::super::config::Policy;
+    use crate::key::resolve::RouteBy;
 
     fn addr(text: &str) -> io::Result<SocketAddr> {
         text.parse().map_err(io::Error::other)
@@ -250,22 +249,7 @@ mod tests {
     fn config(dispatch: Dispatch, addr: SocketAddr) -> Config {
         Config {
             listeners: vec![Listen { addr, backlog: 16 }],
-            policy: Policy {
-                rules: Rules {
-                    route_by: RouteBy::Address,
-                    trusted: Trusted::default(),
-                    limit: 256,
-                    timeout: Duration::from_secs(1),
-                    node: None,
-                },
-                slots: 2,
-                queue_limit: 16,
-                queue_timeout: None,
-                hash: Hash::Djb2,
-                debug: false,
-                debug_connections: false,
-                balance: Balance::default(),
-            },
+            policy: Policy::for_tests(RouteBy::Address, 2),
             dispatch,
         }
     }

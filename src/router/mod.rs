@@ -411,12 +411,9 @@ mod tests {
     use std::sync::mpsc;
     use std::sync::Mutex;
 
-    use crate::key::hash::Hash;
-    use crate::key::resolve::{RouteBy, Rules};
+    use crate::key::resolve::RouteBy;
     use crate::wire::record::ToPrimary;
-    use config::{Balance, Listen, Policy};
-
-    use crate::key::trust::Trusted;
+    use config::{Listen, Policy};
 
     const WAIT: Duration = Duration::from_secs(5);
 
@@ -428,22 +425,7 @@ mod tests {
                 addr: "127.0.0.1:0".parse().map_err(io::Error::other)?,
                 backlog: 16,
             }],
-            policy: Policy {
-                rules: Rules {
-                    route_by: RouteBy::Address,
-                    trusted: Trusted::default(),
-                    limit: 256,
-                    timeout: Duration::from_secs(1),
-                    node: None,
-                },
-                slots,
-                queue_limit: 16,
-                queue_timeout: None,
-                hash: Hash::Djb2,
-                debug: false,
-                debug_connections: false,
-                balance: Balance::default(),
-            },
+            policy: Policy::for_tests(RouteBy::Address, slots),
             dispatch: Dispatch::Primary,
         };
         let on_event: OnEvent = Arc::new(move |event| {
