@@ -5,7 +5,7 @@
 // covered by example.test.js and redis.test.js.
 const fs = require('node:fs');
 const path = require('node:path');
-const { freePort } = require('./helpers');
+const { freePort, processes } = require('./helpers');
 const { startReadyExample, stopAllExamples, within } = require('./fixtures/example-harness');
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
@@ -20,15 +20,9 @@ let browserPids = []; // Chromium's main process (a process group leader), found
 
 /** Pids of this process's children named chromium/chrome (playwright starts it detached). */
 function chromiumChildren() {
-  const pids = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const m = /^\d+ \((.*)\) \S+ (\d+)/.exec(fs.readFileSync(`/proc/${entry}/stat`, 'utf8'));
-      if (m && Number(m[2]) === process.pid && /chrom/i.test(m[1])) pids.push(Number(entry));
-    } catch {}
-  }
-  return pids;
+  return processes()
+    .filter((p) => p.ppid === process.pid && /chrom/i.test(p.name))
+    .map((p) => p.pid);
 }
 
 afterAll(async () => {

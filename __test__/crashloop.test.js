@@ -1,7 +1,7 @@
 'use strict';
 // A crash loop must not cost the primary descriptors: every handle it sends a worker (its
 // listeners' members, its channel) is closed even when the worker dies before taking it.
-const { sleep, freePort, startFixture, stopAll } = require('./helpers');
+const { processes, sleep, freePort, startFixture, stopAll } = require('./helpers');
 
 jest.setTimeout(60000);
 afterEach(stopAll);
@@ -48,20 +48,9 @@ describe.each(['kernel', 'primary'])('dispatch %s', (dispatch) => {
 
 /** The live child processes of `pid` (zombies excluded). */
 function childrenOf(pid) {
-  const fs = require('node:fs');
-  const children = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat;
-    try {
-      stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-    } catch {
-      continue;
-    }
-    const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (Number(ppid) === pid && state !== 'Z') children.push(Number(entry));
-  }
-  return children;
+  return processes()
+    .filter((p) => p.ppid === pid && p.state !== 'Z')
+    .map((p) => p.pid);
 }
 
 test.each(['sticky', 'listen'])(

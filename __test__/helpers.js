@@ -283,6 +283,27 @@ function alive(pid) {
   }
 }
 
+/**
+ * The processes alive now, from /proc: `{ pid, name, state, ppid, pgid }` each (zombies, state
+ * 'Z', included: callers that want the living filter them out).
+ */
+function processes() {
+  const found = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat;
+    try {
+      stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    const close = stat.lastIndexOf(')');
+    const [state, ppid, pgid] = stat.slice(close + 2).split(' ');
+    found.push({ pid: Number(entry), name: stat.slice(stat.indexOf('(') + 1, close), state, ppid: Number(ppid), pgid: Number(pgid) });
+  }
+  return found;
+}
+
 /** 0, 1, ... n - 1 (from `from` on). */
 function range(n, from = 0) {
   return Array.from({ length: n }, (_, i) => from + i);
@@ -317,6 +338,7 @@ async function until(what, fn, timeout = 5000) {
 }
 
 module.exports = {
+  processes,
   range,
   sleep,
   within,

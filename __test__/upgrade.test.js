@@ -8,7 +8,7 @@ const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { freePort, clientIp, startFixture, stopAll, get, slotOf, alive, range, sleep, until } = require('./helpers');
+const { processes, freePort, clientIp, startFixture, stopAll, get, slotOf, alive, range, sleep, until } = require('./helpers');
 
 jest.setTimeout(120000);
 
@@ -31,18 +31,11 @@ function workdir() {
   return { dir, module, pidFile: path.join(dir, 'app.pid'), write };
 }
 
-/** Every process in the fixture's process group (the first primary's pid is its id). */
+/** Every live process in the fixture's process group (the first primary's pid is its id). */
 function groupMembers(pgid) {
-  const found = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[2]) === pgid && fields[0] !== 'Z') found.push(Number(entry));
-    } catch {}
-  }
-  return found;
+  return processes()
+    .filter((p) => p.pgid === pgid && p.state !== 'Z')
+    .map((p) => p.pid);
 }
 
 /**
