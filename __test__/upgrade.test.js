@@ -31,6 +31,11 @@ function workdir() {
   return { dir, module, pidFile: path.join(dir, 'app.pid'), write };
 }
 
+/** The upgrade fixture on `port` with the app module of workdir `w`, in this run's dispatch mode. */
+function startUpgradeApp(port, w, env = {}) {
+  return startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH, APP_MODULE: w.module, ...env });
+}
+
 /** Every live process in the fixture's process group (the first primary's pid is its id). */
 function groupMembers(pgid) {
   return processes()
@@ -101,11 +106,7 @@ test('3 upgrades in a row under load, new app code each time: 0 failed, every cl
   w.write({ version: 1 });
   const notify = notifyReceiver(w.dir);
   await notify.isBound;
-  const app = startFixture('upgrade-app.js', {
-    PORT: port,
-    WORKERS,
-    DISPATCH,
-    APP_MODULE: w.module,
+  const app = startUpgradeApp(port, w, {
     PID_FILE: w.pidFile,
     NOTIFY_SOCKET: notify.socket,
   });
@@ -165,11 +166,7 @@ test.each([
     const port = await freePort();
     const w = workdir();
     w.write({ version: 1 });
-    const app = startFixture('upgrade-app.js', {
-      PORT: port,
-      WORKERS,
-      DISPATCH,
-      APP_MODULE: w.module,
+    const app = startUpgradeApp(port, w, {
       PID_FILE: w.pidFile,
       READY_TIMEOUT: 3000,
     });
@@ -250,13 +247,10 @@ test.each([
     const port = await freePort();
     const w = workdir();
     w.write({ version: 1 });
-    const app = startFixture('upgrade-app.js', {
-      PORT: port,
-      WORKERS,
+    const app = startUpgradeApp(port, w, {
       DISPATCH: routeBy ? undefined : DISPATCH,
       ROUTE_BY: routeBy,
       SOCKETIO: 1,
-      APP_MODULE: w.module,
       PID_FILE: w.pidFile,
     });
     await app.count('ready', WORKERS);
@@ -314,7 +308,7 @@ test('primary.upgrade() resolves with the new pid; a second call during it is re
   const port = await freePort();
   const w = workdir();
   w.write({ version: 1 });
-  const app = startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH, APP_MODULE: w.module });
+  const app = startUpgradeApp(port, w);
   await app.count('ready', WORKERS);
   w.write({ version: 2 });
   app.command('upgrade');
@@ -354,7 +348,7 @@ test('upgradeExecPath picks the binary the new primary runs (resolved at upgrade
   fs.writeFileSync(wrapper, `#!/bin/sh\nVIA_WRAPPER=1 exec "${process.execPath}" "$@"\n`, { mode: 0o755 });
   const link = path.join(w.dir, 'node');
   fs.symlinkSync(process.execPath, link);
-  const app = startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH, APP_MODULE: w.module, UPGRADE_EXEC_PATH: link });
+  const app = startUpgradeApp(port, w, { UPGRADE_EXEC_PATH: link });
   const first = await app.next((e) => e.event === 'listening');
   expect(first.via).toBe(null);
   await app.count('ready', WORKERS);
@@ -374,7 +368,7 @@ test('an upgradeExecPath that cannot run: the upgrade fails, said, the old prima
   w.write({ version: 1 });
   const notExecutable = path.join(w.dir, 'not-node');
   fs.writeFileSync(notExecutable, 'not a program\n', { mode: 0o644 });
-  const app = startFixture('upgrade-app.js', { PORT: port, WORKERS, DISPATCH, APP_MODULE: w.module, UPGRADE_EXEC_PATH: notExecutable });
+  const app = startUpgradeApp(port, w, { UPGRADE_EXEC_PATH: notExecutable });
   await app.count('ready', WORKERS);
   app.command('upgrade');
   const failed = await app.next((e) => e.event === 'upgrade-failed' && e.call === 1, 10000);
@@ -394,11 +388,7 @@ test('SIGTERM to the old primary during an upgrade: the new one is ended too, ev
   const port = await freePort();
   const w = workdir();
   w.write({ version: 1 });
-  const app = startFixture('upgrade-app.js', {
-    PORT: port,
-    WORKERS,
-    DISPATCH,
-    APP_MODULE: w.module,
+  const app = startUpgradeApp(port, w, {
     PID_FILE: w.pidFile,
     READY_TIMEOUT: 15000,
   });
