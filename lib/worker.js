@@ -171,14 +171,7 @@ class Worker {
     /** Member handles still accepting during a shutdown, see keepAccepting(). */
     this.kept = [];
     /** Open connections, however they came (adopted, or accepted on a member). */
-    this.sockets = new Set();
-    /** Connections that came through the channel (the primary counted them already). */
-    this.viaChannel = new WeakSet();
-    // The 'close' listener of every tracked connection (the socket is `this` there).
-    const worker = this;
-    this.untrack = function untrack() {
-      worker.untracked(this);
-    };
+    this.open = new internals.OpenConnections(() => this.closed());
     /** Shutting down: called when a connection closes. */
     this.onSocketClosed = null;
     this.holding = null; // test-only, see holdsBeforeAck()
@@ -260,10 +253,10 @@ class Worker {
 
   /** A handed-over server: tracked, never listening itself, closing it retires this worker. */
   takeOver(server) {
-    // Every connection is tracked for the graceful shutdown, however it came: adopted from the
+    // Every connection is counted for the graceful shutdown, however it came: adopted from the
     // channel, or accepted by the server itself on its member (kernel dispatch). First, so that
     // a throwing user listener cannot skip it.
-    server.prependListener('connection', (socket) => this.track(socket));
+    server.prependListener('connection', (socket) => this.count(socket, server));
     if (this.options.routeBy === 'sid') closeAfterEachResponse(server, this);
     internals.replaceListen(server, () => {
       throw new Error(`sticky-rs: this server was handed over to sticky-rs and must not listen: ${LISTEN_TRAP}`);
@@ -286,7 +279,7 @@ class Worker {
       // Once: a second close would emit 'close' (and engine.io's close) again.
       if (closed) return this;
       closed = true;
-      return internals.sparingFresh(worker.sockets, () => close.apply(this, args));
+      return internals.sparingFresh(worker.open, () => close.apply(this, args));
     });
   }
 
@@ -444,7 +437,6 @@ class Worker {
       }
       // The client a PROXY protocol header named: what remoteAddress/remotePort report.
       if (address !== undefined) internals.setPeer(socket, { address, family, port });
-      this.viaChannel.add(socket);
       adopted.push([socket, listener]);
     }
     // Confirmed before any byte is read: until now the primary could still give them to a
@@ -460,6 +452,8 @@ class Worker {
       }
       if (options.debugConnections) log(this.role, `connection from ${socket.remoteAddress} on listener ${listener}`);
       socket.server = server;
+      // Counted before the user's listeners see it; the primary counted its delivery already.
+      this.count(socket, server);
       // A throwing 'connection' listener must not strand the rest of the batch: rethrown after.
       try {
         server.emit('connection', socket);
@@ -495,14 +489,12 @@ class Worker {
 
   /**
    * Kernel dispatch: `socket` was accepted by the server itself, on its member. It is counted for
-   * the primary, logged like an adopted one, and kept out of Node's own count of the server's
-   * connections, as an adopted one is (see internals.uncount): both dispatch modes behave alike.
+   * the primary and logged like an adopted one.
    */
   accepted(socket) {
     this.acceptedTally.add(1);
     if (this.options.debugConnections)
       log(this.role, `connection from ${socket.remoteAddress} (accepted on its member: the kernel picked this slot)`);
-    internals.uncount(socket);
   }
 
   /** Says the warnings held back (at most one line per kind per interval) once they are due. */
@@ -515,18 +507,18 @@ class Worker {
     this.warningsTimer.unref();
   }
 
-  /** Counts `socket` among the open connections until it closes. */
-  track(socket) {
-    if (this.sockets.has(socket)) return;
-    this.sockets.add(socket);
-    if (this.kernel && !this.viaChannel.has(socket)) this.accepted(socket);
-    // One shared listener: no closure and once() wrapper to allocate (and unlink) per connection.
-    socket.on('close', this.untrack);
+  /**
+   * Counts `socket` (of `server`) among the open connections until it is destroyed, once, and out
+   * of Node's own count of the server's connections: both dispatch modes behave alike.
+   */
+  count(socket, server) {
+    const acceptedHere = this.kernel && internals.acceptedBy(socket, server);
+    if (!internals.countIn(socket, this.open)) return;
+    if (acceptedHere) this.accepted(socket);
   }
 
-  /** A tracked socket closed; a second 'close' (emitted by hand) counts nothing. */
-  untracked(socket) {
-    if (!this.sockets.delete(socket)) return;
+  /** A counted socket was destroyed. */
+  closed() {
     if (this.options.routeBy === 'sid') this.closedTally.add(1);
     if (this.onSocketClosed) this.onSocketClosed();
   }
@@ -585,11 +577,11 @@ class Worker {
     // What keeps this worker from exiting, for the primary's "waiting" line; idle keep-alive
     // connections are closed by then.
     setTimeout(() => {
-      if (this.sockets.size > 0) notifyPrimary(options.prefix, OPEN + this.sockets.size);
+      if (this.open.size > 0) notifyPrimary(options.prefix, OPEN + this.open.size);
     }, OPEN_REPORT_AFTER).unref();
     const idleSweep = setInterval(() => {
       for (const server of servers) {
-        if (typeof server.closeIdleConnections === 'function') internals.sparingFresh(this.sockets, () => server.closeIdleConnections());
+        if (typeof server.closeIdleConnections === 'function') internals.sparingFresh(this.open, () => server.closeIdleConnections());
       }
     }, IDLE_SWEEP_EVERY);
     this.finishOpen(hooks)
@@ -607,17 +599,17 @@ class Worker {
   async finishOpen(hooks) {
     const drained = () =>
       new Promise((resolve) => {
-        const check = () => this.sockets.size === 0 && resolve();
+        const check = () => this.open.size === 0 && resolve();
         this.onSocketClosed = () => setImmediate(check);
         check();
       });
     await Promise.all([drained(), ...hooks]);
     for (;;) {
       // Connections already on their way may have been adopted while the hooks ran.
-      while (this.sockets.size > 0) await drained();
+      while (this.open.size > 0) await drained();
       // One more turn of the event loop: what a kept member has ready is accepted first.
       await new Promise((resolve) => setImmediate(resolve));
-      if (this.sockets.size === 0) return;
+      if (this.open.size === 0) return;
     }
   }
 
