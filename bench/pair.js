@@ -14,6 +14,7 @@
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const net = require('node:net');
+const os = require('node:os');
 const path = require('node:path');
 
 const LOADGEN = path.join(__dirname, 'loadgen', 'target', 'release', 'loadgen');
@@ -129,8 +130,12 @@ async function main() {
     for (const s of order) s.rps.push(closeRate(s.port, MS));
   }
   const [base] = setups;
+  const git = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: __dirname, encoding: 'utf8' }).stdout?.trim();
   const lines = [
     `# pair.js: ${ROUNDS} rounds of ${MS} ms per setup, Node ${process.version}, ${WORKERS} workers, ${new Date().toISOString().slice(0, 10)}`,
+    '',
+    `- machine: ${os.cpus()[0]?.model}, ${os.cpus().length} cores, Linux ${os.release()}; sticky-rs: git ${git || 'unknown'}`,
+    '- load: `loadgen --mode close --connections 32 --ips 200`, setups started once, order rotated each round',
     '',
     `| setup | median conn/s | median pair ratio to ${base.spec} | 90% interval |`,
     '|---|---:|---:|---|',
