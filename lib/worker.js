@@ -251,7 +251,7 @@ class Worker {
     if (this.options.debug) log(this.role, 'server handed over, waiting for the channel');
   }
 
-  /** A handed-over server: tracked, never listening itself, closing it retires this worker. */
+  /** A handed-over server: its connections counted, never listening itself, closing it retires this worker. */
   takeOver(server) {
     // Every connection is counted for the graceful shutdown, however it came: adopted from the
     // channel, or accepted by the server itself on its member (kernel dispatch). First, so that
