@@ -13,9 +13,9 @@
 // example: node bench/pair.js reuseport sticky-rs cluster-none
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
+const { freePort, median } = require('./common');
 
 const LOADGEN = path.join(__dirname, 'loadgen', 'target', 'release', 'loadgen');
 const SERVER = path.join(__dirname, 'apps', 'server.js');
@@ -54,16 +54,6 @@ const killAll = () => {
 process.on('exit', killAll);
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130));
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer().on('error', reject);
-    s.listen(0, () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 async function start(spec) {
   const [setup, ...vars] = spec.split(':');
   const env = Object.fromEntries(vars.map((v) => [v.slice(0, v.indexOf('=')), v.slice(v.indexOf('=') + 1)]));
@@ -98,12 +88,6 @@ function closeRate(port, ms) {
   const r = spawnSync(LOADGEN, [...args, '--duration', `${ms}ms`, '--json'], { encoding: 'utf8', timeout: ms + 15000 });
   if (r.status !== 0) throw new Error(`loadgen on port ${port}: ${r.error?.message || r.stderr.trim().split('\n').pop()}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()).rps;
-}
-
-function median(values) {
-  const v = [...values].sort((a, b) => a - b);
-  const n = v.length;
-  return n % 2 ? v[(n - 1) / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 // 90% interval of the median by resampling the rounds (a fixed seed: the same data, the same interval).

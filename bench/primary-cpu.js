@@ -6,7 +6,7 @@
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const http = require('node:http');
-const net = require('node:net');
+const { freePort } = require('./common');
 const path = require('node:path');
 const readline = require('node:readline');
 
@@ -23,15 +23,6 @@ function cpuNs(pid) {
     } catch {} // a thread that just ended
   }
   return total;
-}
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function request(port, i) {

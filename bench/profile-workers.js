@@ -11,10 +11,10 @@
 // Run it with the node under test (e.g. Node 24); compare setups run back to back, as ratios.
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const readline = require('node:readline');
+const { freePort, groupPids, procStat } = require('./common');
 
 const argv = process.argv.slice(2);
 const value = (name, dflt) => {
@@ -35,31 +35,6 @@ const SERVER = path.join(__dirname, 'apps', 'server.js');
 const TICKS = 100; // USER_HZ: /proc/<pid>/stat counts in 1/100 s
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const freePort = () =>
-  new Promise((resolve, reject) => {
-    const s = net
-      .createServer()
-      .on('error', reject)
-      .listen(0, () => {
-        const { port } = s.address();
-        s.close(() => resolve(port));
-      });
-  });
-function stat(pid) {
-  const text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  return { pgrp: Number(f[2]), utime: Number(f[11]), stime: Number(f[12]) };
-}
-function groupPids(pgid) {
-  const pids = [];
-  for (const name of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      if (stat(name).pgrp === pgid) pids.push(Number(name));
-    } catch {} // gone
-  }
-  return pids;
-}
 let served = 0; // every connection of the workers' lives (probes, warm-up, load): the profiles' denominator
 function loadgen(port, args, ms) {
   const r = spawnSync(LOADGEN, ['--url', `http://127.0.0.1:${port}/`, '--json', '--duration', `${ms}ms`, ...args], {
@@ -129,14 +104,14 @@ async function main() {
   }
   loadgen(port, close, 1000); // warm-up
   const workers = groupPids(child.pid).filter((pid) => pid !== primary || SETUP === 'single');
-  const before = new Map(workers.map((pid) => [pid, stat(pid)]));
+  const before = new Map(workers.map((pid) => [pid, procStat(pid)]));
   let perf = null;
   if (PERF) {
     perf = spawn('perf', ['record', '-g', '-F', '999', '-o', path.join(OUT, 'perf.data'), '-p', workers.join(',')], { stdio: 'ignore' });
     await sleep(300);
   }
   const r = loadgen(port, RATE ? ['--mode', 'rate', '--rate', RATE, '--ips', '200', '--timeout', '5s'] : close, DURATION);
-  const after = new Map(workers.map((pid) => [pid, stat(pid)]));
+  const after = new Map(workers.map((pid) => [pid, procStat(pid)]));
   if (perf) {
     perf.kill('SIGINT');
     await new Promise((res) => perf.once('exit', res));

@@ -21,10 +21,10 @@
 //             addresses, one TCP connection per request: success rate and sessions/s
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const readline = require('node:readline');
+const { freePort, groupPids, median } = require('./common');
 
 const ROOT = path.resolve(__dirname, '..');
 const LOADGEN = path.join(__dirname, 'loadgen', 'target', 'release', 'loadgen');
@@ -102,22 +102,6 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
 }
 
 // ---- /proc helpers
-function readProcStat(pid) {
-  const text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  return { ppid: Number(fields[1]), pgrp: Number(fields[2]) };
-}
-// Members of a process group (the setup's primary and its workers).
-function groupPids(pgid) {
-  const pids = [];
-  for (const name of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      if (readProcStat(name).pgrp === pgid) pids.push(Number(name));
-    } catch {} // gone
-  }
-  return pids;
-}
 function cpuNs(pid) {
   let total = 0;
   try {
@@ -137,17 +121,6 @@ const cpuSnapshot = (pgid) => new Map(groupPids(pgid).map((pid) => [pid, cpuNs(p
 
 // ---- helpers
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net
-      .createServer()
-      .on('error', reject)
-      .listen(0, () => {
-        const { port } = s.address();
-        s.close(() => resolve(port));
-      });
-  });
-}
 
 // `onLine` (optional) sees each complete stdout line as it arrives.
 function runChild(cmd, args, timeoutMs, onLine = null) {
@@ -403,12 +376,6 @@ const FIGURES = [
   { key: 'totalUs', name: 'total CPU', unit: 'µs/conn', d: 1, better: 'lower' },
   { key: 'rssMb', name: 'primary RSS', unit: 'MB', d: 1, better: 'lower' },
 ];
-function median(xs) {
-  const v = xs.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);
-  if (!v.length) return null;
-  const m = Math.floor(v.length / 2);
-  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
-}
 const fmt = (x, d) => (x == null ? '—' : x.toFixed(d));
 const ratio = (x, base) => (x == null || base == null || base === 0 ? null : x / base);
 

@@ -6,7 +6,7 @@
 // design), each --reps times in one run (medians; ratios to the first setup).
 // usage: node bench/sid-keepalive.js [--clients 32] [--duration 3000] [--reps 3] [--workers 2]
 const http = require('node:http');
-const net = require('node:net');
+const { freePort } = require('./common');
 const path = require('node:path');
 const { spawn } = require('node:child_process');
 const readline = require('node:readline');
@@ -18,15 +18,6 @@ const DURATION = Number(args.duration || 3000);
 const REPS = Number(args.reps || 3);
 const WORKERS = Number(args.workers || 2);
 const SETUPS = ['sticky-rs', 'sticky-rs-sid', 'socketio-sticky'];
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function start(setup, port) {
   const child = spawn(process.execPath, [path.join(__dirname, 'apps', 'server.js')], {
