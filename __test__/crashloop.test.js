@@ -1,7 +1,7 @@
 'use strict';
 // A crash loop must not cost the primary descriptors: every handle it sends a worker (its
 // listeners' members, its channel) is closed even when the worker dies before taking it.
-const { processes, sleep, freePort, startFixture, stopAll } = require('./helpers');
+const { processes, sleep, freePort, startFixture, startOpsApp, stopAll } = require('./helpers');
 
 jest.setTimeout(60000);
 afterEach(stopAll);
@@ -57,12 +57,7 @@ test.each(['sticky', 'listen'])(
   "%s(): a leftover cluster.on('exit', () => cluster.fork()) adds no idle worker per crash, and is not fed",
   async (api) => {
     const port = await freePort();
-    const app = startFixture(
-      'ops-app.js',
-      api === 'listen'
-        ? { API: api, PORT: String(port), LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ workers: 2 }) }
-        : { API: api, LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ concurrency: 2, port }) },
-    );
+    const app = startOpsApp(api, port, {}, { LEFTOVER_FORK: '1' });
     await app.count('ready', 2);
     // Our 2 workers and the stray the fixture forked itself at start.
     const start = childrenOf(app.child.pid).length;

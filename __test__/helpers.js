@@ -158,6 +158,17 @@ function startFixture(script, env = {}, { fdLimit } = {}) {
   return fixture;
 }
 
+/**
+ * The ops-app.js fixture through `api`: 'listen' (sticky-session's `listen(server, port,
+ * { workers })`) or 'sticky' (sticky-cluster's `sticky(start, { concurrency, port })`), with
+ * `workers` and the other sticky-rs `options`; `env` adds to its environment.
+ */
+function startOpsApp(api, port, { workers = 2, ...options } = {}, env = {}) {
+  const listen = api === 'listen';
+  const all = listen ? { workers, ...options } : { concurrency: workers, port, ...options };
+  return startFixture('ops-app.js', { API: api, ...(listen ? { PORT: String(port) } : {}), ...env, OPTIONS: JSON.stringify(all) });
+}
+
 /** Kills every fixture still running (register with afterEach/afterAll). */
 async function stopAll() {
   await Promise.all([...running].map((f) => f.stop()));
@@ -346,6 +357,7 @@ module.exports = {
   freePort,
   clientIp,
   startFixture,
+  startOpsApp,
   stopAll,
   get,
   pool,

@@ -2,7 +2,7 @@
 // Running it in production, with real primaries: drop-in details of both APIs, the traps of a
 // migration (a leftover listen() or cluster.fork()), warnings an operator sees without debug,
 // debug levels, and a crash loop that ends.
-const { sleep, freePort, clientIp, startFixture, stopAll, get } = require('./helpers');
+const { sleep, freePort, clientIp, startFixture, startOpsApp, stopAll, get } = require('./helpers');
 
 afterEach(stopAll);
 
@@ -30,12 +30,7 @@ describe('drop-in gaps', () => {
   test('the worker index survives respawns with both APIs (STICKY_RS_WORKER_INDEX; stickycluster_worker_index with sticky())', async () => {
     const port = await freePort();
     for (const api of ['listen', 'sticky']) {
-      const app = startFixture(
-        'ops-app.js',
-        api === 'listen'
-          ? { API: api, PORT: String(port), OPTIONS: JSON.stringify({ workers: 2, respawnDelay: 10 }) }
-          : { API: api, OPTIONS: JSON.stringify({ concurrency: 2, port, respawnDelay: 10 }) },
-      );
+      const app = startOpsApp(api, port, { respawnDelay: 10 });
       await app.count('ready', 2);
       const before = (await app.stats()).slots.map((s) => s.pid);
       process.kill(before[1], 'SIGKILL');
@@ -84,12 +79,7 @@ describe('migration traps', () => {
     ['listen', 'after'],
   ])('%s(): a handed-over server that calls listen() %s the hand-over is refused, saying why and what to delete', async (api, when) => {
     const port = await freePort();
-    const app = startFixture(
-      'ops-app.js',
-      api === 'listen'
-        ? { API: api, PORT: String(port), LISTEN_TRAP: when, OPTIONS: JSON.stringify({ workers: 1, maxRestarts: 2 }) }
-        : { API: api, LISTEN_TRAP: when, OPTIONS: JSON.stringify({ concurrency: 1, port, maxRestarts: 2 }) },
-    );
+    const app = startOpsApp(api, port, { workers: 1, maxRestarts: 2 }, { LISTEN_TRAP: when });
     if (when === 'after') {
       // The worker caught the error; it serves, and no second listener exists.
       await app.next((e) => e.event === 'ready');
@@ -124,12 +114,7 @@ describe('migration traps', () => {
     '%s(): workers forked by a leftover cluster.fork() are named once, never routed to, and end quietly at shutdown',
     async (api) => {
       const port = await freePort();
-      const app = startFixture(
-        'ops-app.js',
-        api === 'listen'
-          ? { API: api, PORT: String(port), LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ workers: 2 }) }
-          : { API: api, LEFTOVER_FORK: '1', OPTIONS: JSON.stringify({ concurrency: 2, port }) },
-      );
+      const app = startOpsApp(api, port, {}, { LEFTOVER_FORK: '1' });
       await app.count('ready', 2);
       const answers = await Promise.all(Array.from({ length: 40 }, (_, i) => get(port, clientIp(i))));
       const slotPids = (await app.stats()).slots.map((s) => s.pid);
