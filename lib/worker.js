@@ -452,8 +452,6 @@ class Worker {
       }
       if (options.debugConnections) log(this.role, `connection from ${socket.remoteAddress} on listener ${listener}`);
       socket.server = server;
-      // Counted before the user's listeners see it; the primary counted its delivery already.
-      this.count(socket, server);
       // A throwing 'connection' listener must not strand the rest of the batch: rethrown after.
       try {
         server.emit('connection', socket);
